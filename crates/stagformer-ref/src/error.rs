@@ -1,0 +1,111 @@
+//! Typed errors of the reference model: every bad checkpoint or request names the file, field,
+//! tensor or argument at fault.
+
+use std::path::PathBuf;
+
+/// Anything that can go wrong loading a checkpoint or serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+/// A `config.json` that does not describe a valid StagFormer model.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("config field `{field}` is missing")]
+    MissingField { field: &'static str },
+    #[error("config field `{field}` = {value}: {reason}")]
+    InvalidField {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("config is inconsistent: {0}")]
+    Inconsistent(String),
+    #[error("config field `{field}` = {value} is not supported by this implementation")]
+    Unsupported { field: &'static str, value: String },
+}
+
+/// A checkpoint's tensors that do not match its config.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no model.safetensors and no model.safetensors.index.json")]
+    NoWeights { path: PathBuf },
+    #[error("{path}: invalid safetensors index: {reason}")]
+    Index { path: PathBuf, reason: String },
+    #[error("{path}: invalid or truncated safetensors file: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    #[error("tensor `{name}` is missing from the checkpoint")]
+    MissingTensor { name: String },
+    #[error("{path}: unexpected tensor `{name}` (not part of this model's config)")]
+    UnexpectedTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` appears in more than one file")]
+    DuplicateTensor { path: PathBuf, name: String },
+    #[error("tensor `{name}`: expected shape {expected:?}, found {found:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("tensor `{name}`: unsupported dtype {dtype} (f32, bf16 and f16 are supported)")]
+    UnsupportedDtype { name: String, dtype: String },
+    #[error("tensor `{name}` holds a non-finite value")]
+    NonFinite { name: String },
+    #[error("{path}: cannot write: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// A request (tokens, lengths, mode) the model cannot serve.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RequestError {
+    #[error("input is empty: at least one token is needed")]
+    EmptyInput,
+    #[error("token {token} at index {index} is out of range (vocab_size = {vocab_size})")]
+    TokenOutOfRange {
+        index: usize,
+        token: u32,
+        vocab_size: usize,
+    },
+    #[error("sequence of {len} tokens exceeds the capacity of {max} positions")]
+    TooLong { len: usize, max: usize },
+    #[error("prompt length {prompt_len} must be between 1 and the {len} tokens given")]
+    BadPromptLen { prompt_len: usize, len: usize },
+    #[error("recurrent mode needs shared weights and stag_sections = 2: {reason}")]
+    RecurrentUnsupported { reason: String },
+    #[error("sequence {seq} does not exist in this decode batch")]
+    UnknownSequence { seq: usize },
+    #[error("sequence {seq} appears twice in one decode step")]
+    DuplicateSequence { seq: usize },
+    #[error("decode step got {ids} sequence ids and {tokens} tokens")]
+    StepArity { ids: usize, tokens: usize },
+    #[error("decode batch holds {max} sequences already")]
+    BatchFull { max: usize },
+    #[error("sampling parameter `{field}` = {value}: {reason}")]
+    BadSampling {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,177 @@
+//! Random checkpoints (test and benchmark models) and the named presets.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use rayon::prelude::*;
+
+use crate::checkpoint::{self, EncodedTensor, StorageDtype};
+use crate::config::Config;
+use crate::error::{Error, LoadError};
+use crate::weights::{expected_tensors, TensorRole, TensorSpec, Weights};
+
+/// Mixes `seed` and a tensor's index into an independent stream seed (splitmix64 finaliser), so
+/// tensors can be drawn in parallel and each tensor's values do not depend on the others.
+fn tensor_seed(seed: u64, index: usize) -> u64 {
+    let mut z = seed ^ (index as u64).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Values for one tensor: projections ~ N(0, 1/fan_in) so activations keep their scale through
+/// depth, norm gains near 1, embeddings ~ N(0, 1), mix weights around 1/p.
+fn draw(spec: &TensorSpec, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n: usize = spec.shape.iter().product();
+    let mut normal = move || -> f32 { rng.sample(StandardNormal) };
+    match spec.role {
+        TensorRole::Embedding => (0..n).map(|_| normal()).collect(),
+        TensorRole::Norm => (0..n).map(|_| 1.0 + 0.1 * normal()).collect(),
+        TensorRole::Linear => {
+            let std = 1.0 / (spec.shape[1] as f32).sqrt();
+            (0..n).map(|_| std * normal()).collect()
+        }
+        TensorRole::OutputMix => {
+            let base = 1.0 / n as f32;
+            (0..n).map(|_| base + 0.2 * normal()).collect()
+        }
+    }
+}
+
+/// Random weights for `cfg`, drawn from `seed`, rounded through `dtype` so that a checkpoint
+/// written in that dtype loads back to exactly these values.
+pub fn random_weights(cfg: &Config, seed: u64, dtype: StorageDtype) -> Weights {
+    let specs = expected_tensors(cfg);
+    let values: BTreeMap<_, _> = specs
+        .into_par_iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let mut data = draw(&spec, tensor_seed(seed, i));
+            round_through(&mut data, dtype);
+            (spec.name, (spec.shape, data))
+        })
+        .collect();
+    Weights::assemble(cfg, values)
+}
+
+fn round_through(data: &mut [f32], dtype: StorageDtype) {
+    match dtype {
+        StorageDtype::F32 => {}
+        StorageDtype::Bf16 => data
+            .iter_mut()
+            .for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+        StorageDtype::F16 => data
+            .iter_mut()
+            .for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+    }
+}
+
+/// Writes a random checkpoint (`config.json` + safetensors, `shards` files) for `cfg` to `dir`.
+pub fn write_random_checkpoint(
+    cfg: &Config,
+    seed: u64,
+    dtype: StorageDtype,
+    shards: usize,
+    dir: &Path,
+) -> Result<(), Error> {
+    cfg.validate()?;
+    let specs = expected_tensors(cfg);
+    let tensors: Vec<EncodedTensor> = specs
+        .into_par_iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let data = draw(&spec, tensor_seed(seed, i));
+            EncodedTensor {
+                bytes: checkpoint::encode(&data, dtype),
+                name: spec.name,
+                shape: spec.shape,
+                dtype,
+            }
+        })
+        .collect();
+    checkpoint::write_tensors(dir, &tensors, shards)?;
+    let path = dir.join(checkpoint::CONFIG_FILE);
+    let text = serde_json::to_string_pretty(&cfg.to_json()).map_err(|e| LoadError::Write {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(&path, text + "\n").map_err(|e| LoadError::Write {
+        path,
+        reason: e.to_string(),
+    })?;
+    Ok(())
+}
+
+/// Named model shapes: `tiny` for tests and demos, the others for benchmarks.
+pub const PRESETS: &[&str] = &["tiny", "small", "125m", "350m", "1.3b"];
+
+/// The config of a named preset (all p = 2, separate weights), or `None`.
+pub fn preset(name: &str) -> Option<Config> {
+    // (D, F, total layers, H, Hkv, V, max positions)
+    let (d, f, layers, h, hkv, v, ctx) = match name {
+        "tiny" => (64, 176, 4, 4, 2, 512, 512),
+        // The CPU reference's own benchmark shape: p = 2, D = 512, 8 layers.
+        "small" => (512, 1408, 8, 8, 4, 8192, 2048),
+        "125m" => (768, 2048, 12, 12, 4, 32000, 4096),
+        "350m" => (1024, 2816, 24, 16, 8, 32000, 4096),
+        "1.3b" => (2048, 5632, 24, 16, 8, 32000, 4096),
+        _ => return None,
+    };
+    Some(Config {
+        vocab_size: v,
+        hidden_size: d,
+        intermediate_size: f,
+        num_hidden_layers: layers,
+        num_attention_heads: h,
+        num_key_value_heads: hkv,
+        head_dim: d / h,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000.0,
+        max_position_embeddings: ctx,
+        tie_word_embeddings: name == "125m",
+        stag_sections: 2,
+        stag_shared_weights: false,
+        stag_cross_window: None,
+        stag_output_mix: false,
+    })
+}
+
+/// Parameter count per part of the model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamCounts {
+    pub embedding: usize,
+    pub self_layers: usize,
+    pub cross_layers: usize,
+    pub norms_and_mix: usize,
+    pub lm_head: usize,
+}
+
+impl ParamCounts {
+    pub fn of(cfg: &Config) -> Self {
+        let mut c = ParamCounts::default();
+        for spec in expected_tensors(cfg) {
+            let n: usize = spec.shape.iter().product();
+            let slot = if spec.name == "model.embed_tokens.weight" {
+                &mut c.embedding
+            } else if spec.name == "lm_head.weight" {
+                &mut c.lm_head
+            } else if spec.name.starts_with("model.cross_layers.") {
+                &mut c.cross_layers
+            } else if spec.name.starts_with("model.layers.") {
+                &mut c.self_layers
+            } else {
+                &mut c.norms_and_mix
+            };
+            *slot += n;
+        }
+        c
+    }
+
+    pub fn total(&self) -> usize {
+        self.embedding + self.self_layers + self.cross_layers + self.norms_and_mix + self.lm_head
+    }
+}

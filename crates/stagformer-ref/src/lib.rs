@@ -1,0 +1,30 @@
+//! CPU reference implementation of the StagFormer model contract (`docs/MODEL.md`).
+//!
+//! It defines the math every other implementation is checked against, and doubles as the CPU
+//! fallback: f32 storage, multithreaded GEMM, f64 accumulation in norms and softmax.
+//!
+//! - [`Model::forward`]: the definition, section by section over the whole sequence.
+//! - [`DecodeBatch`]: inference: prefill, then steps in which every section processes the same
+//!   token, reading the prior section's memory up to the previous position.
+//! - [`ops`]: the building blocks (RMSNorm, RoPE, attention with masks, SwiGLU, linear) that
+//!   kernel tests compare against.
+
+pub mod checkpoint;
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod init;
+pub mod model;
+pub mod ops;
+pub mod sample;
+pub mod score;
+pub mod weights;
+
+pub use checkpoint::StorageDtype;
+pub use config::Config;
+pub use decode::{DecodeBatch, SeqId, StepMode};
+pub use error::{ConfigError, Error, LoadError, RequestError};
+pub use model::Model;
+pub use ops::Matrix;
+pub use sample::SamplingParams;
+pub use score::{score, ScoreMode};

@@ -1,0 +1,227 @@
+//! The tensors a config calls for (one list, used by the strict loader and by random init) and
+//! the model's weights in f32.
+
+use std::collections::BTreeMap;
+
+use crate::checkpoint::LoadedTensor;
+use crate::config::Config;
+use crate::error::LoadError;
+use crate::ops::Matrix;
+
+/// Buffers some Llama exporters save that carry no weights (RoPE is recomputed).
+fn is_ignorable(name: &str) -> bool {
+    name.ends_with(".rotary_emb.inv_freq")
+}
+
+/// What a tensor is, which decides its random initialisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorRole {
+    Embedding,
+    /// A norm's gain vector.
+    Norm,
+    /// A projection `[out, in]`.
+    Linear,
+    OutputMix,
+}
+
+/// One tensor the config calls for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub role: TensorRole,
+}
+
+/// Every tensor of a checkpoint for `cfg`, in a fixed order.
+pub fn expected_tensors(cfg: &Config) -> Vec<TensorSpec> {
+    let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    let mut specs = Vec::new();
+    let mut push = |name: String, shape: Vec<usize>, role| {
+        specs.push(TensorSpec { name, shape, role })
+    };
+    push("model.embed_tokens.weight".into(), vec![v, d], TensorRole::Embedding);
+    for l in 0..cfg.stored_layers() {
+        let p = format!("model.layers.{l}");
+        push(format!("{p}.input_layernorm.weight"), vec![d], TensorRole::Norm);
+        push(format!("{p}.self_attn.q_proj.weight"), vec![qd, d], TensorRole::Linear);
+        push(format!("{p}.self_attn.k_proj.weight"), vec![kvd, d], TensorRole::Linear);
+        push(format!("{p}.self_attn.v_proj.weight"), vec![kvd, d], TensorRole::Linear);
+        push(format!("{p}.self_attn.o_proj.weight"), vec![d, qd], TensorRole::Linear);
+        push(format!("{p}.post_attention_layernorm.weight"), vec![d], TensorRole::Norm);
+        push(format!("{p}.mlp.gate_proj.weight"), vec![f, d], TensorRole::Linear);
+        push(format!("{p}.mlp.up_proj.weight"), vec![f, d], TensorRole::Linear);
+        push(format!("{p}.mlp.down_proj.weight"), vec![d, f], TensorRole::Linear);
+    }
+    for s in 1..cfg.sections() {
+        for j in 0..cfg.layers_per_section() {
+            let p = format!("model.cross_layers.{s}.{j}");
+            push(format!("{p}.cross_attn_layernorm.weight"), vec![d], TensorRole::Norm);
+            push(format!("{p}.cross_attn.q_proj.weight"), vec![qd, d], TensorRole::Linear);
+            push(format!("{p}.cross_attn.k_proj.weight"), vec![kvd, d], TensorRole::Linear);
+            push(format!("{p}.cross_attn.v_proj.weight"), vec![kvd, d], TensorRole::Linear);
+            push(format!("{p}.cross_attn.o_proj.weight"), vec![d, qd], TensorRole::Linear);
+        }
+    }
+    for s in 0..cfg.sections().saturating_sub(1) {
+        push(format!("model.memory_norms.{s}.weight"), vec![d], TensorRole::Norm);
+    }
+    if cfg.stag_output_mix {
+        push("model.output_mix.weight".into(), vec![cfg.sections()], TensorRole::OutputMix);
+    }
+    push("model.norm.weight".into(), vec![d], TensorRole::Norm);
+    if !cfg.tie_word_embeddings {
+        push("lm_head.weight".into(), vec![v, d], TensorRole::Linear);
+    }
+    specs
+}
+
+/// Self-attention + MLP weights of one stored layer.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    pub input_norm: Vec<f32>,
+    pub wq: Matrix,
+    pub wk: Matrix,
+    pub wv: Matrix,
+    pub wo: Matrix,
+    pub post_attention_norm: Vec<f32>,
+    pub w_gate: Matrix,
+    pub w_up: Matrix,
+    pub w_down: Matrix,
+}
+
+/// Cross-attention weights of one layer of a later section.
+#[derive(Debug, Clone)]
+pub struct CrossWeights {
+    pub norm: Vec<f32>,
+    pub wq: Matrix,
+    pub wk: Matrix,
+    pub wv: Matrix,
+    pub wo: Matrix,
+}
+
+/// All weights of a model, f32.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    pub embed: Matrix,
+    /// Stored layers: p·Ls with separate weights, Ls with shared ones.
+    pub layers: Vec<LayerWeights>,
+    /// `cross[s - 1][j]`: section s ≥ 1, layer j.
+    pub cross: Vec<Vec<CrossWeights>>,
+    /// `memory_norms[s]` normalises section s's output into the memory of section s + 1.
+    pub memory_norms: Vec<Vec<f32>>,
+    pub output_mix: Option<Vec<f32>>,
+    pub final_norm: Vec<f32>,
+    /// `None` when tied to `embed`.
+    pub lm_head: Option<Matrix>,
+}
+
+impl Weights {
+    /// Takes the tensors `cfg` calls for out of `tensors`; anything missing, misshapen or left
+    /// over is an error naming the tensor.
+    pub fn from_tensors(
+        cfg: &Config,
+        mut tensors: BTreeMap<String, LoadedTensor>,
+    ) -> Result<Self, LoadError> {
+        let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>, LoadError> {
+            let t = tensors.remove(name).ok_or_else(|| LoadError::MissingTensor {
+                name: name.to_owned(),
+            })?;
+            if t.shape != shape {
+                return Err(LoadError::ShapeMismatch {
+                    name: name.to_owned(),
+                    expected: shape.to_vec(),
+                    found: t.shape,
+                });
+            }
+            Ok(t.data)
+        };
+        // Take in the spec's order so the first problem reported is deterministic.
+        let mut values = BTreeMap::new();
+        for spec in expected_tensors(cfg) {
+            let data = take(&spec.name, &spec.shape)?;
+            values.insert(spec.name, (spec.shape, data));
+        }
+        if let Some((name, t)) = tensors.into_iter().find(|(n, _)| !is_ignorable(n)) {
+            return Err(LoadError::UnexpectedTensor { path: t.file, name });
+        }
+        Ok(Self::assemble(cfg, values))
+    }
+
+    /// Builds the structure from a complete `name → (shape, data)` map (names from
+    /// [`expected_tensors`]).
+    pub(crate) fn assemble(cfg: &Config, values: BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Self {
+        let mut parts = Parts(values);
+        let layers = (0..cfg.stored_layers())
+            .map(|l| {
+                let p = format!("model.layers.{l}");
+                LayerWeights {
+                    input_norm: parts.vector(&format!("{p}.input_layernorm.weight")),
+                    wq: parts.matrix(&format!("{p}.self_attn.q_proj.weight")),
+                    wk: parts.matrix(&format!("{p}.self_attn.k_proj.weight")),
+                    wv: parts.matrix(&format!("{p}.self_attn.v_proj.weight")),
+                    wo: parts.matrix(&format!("{p}.self_attn.o_proj.weight")),
+                    post_attention_norm: parts
+                        .vector(&format!("{p}.post_attention_layernorm.weight")),
+                    w_gate: parts.matrix(&format!("{p}.mlp.gate_proj.weight")),
+                    w_up: parts.matrix(&format!("{p}.mlp.up_proj.weight")),
+                    w_down: parts.matrix(&format!("{p}.mlp.down_proj.weight")),
+                }
+            })
+            .collect();
+        let cross = (1..cfg.sections())
+            .map(|s| {
+                (0..cfg.layers_per_section())
+                    .map(|j| {
+                        let p = format!("model.cross_layers.{s}.{j}");
+                        CrossWeights {
+                            norm: parts.vector(&format!("{p}.cross_attn_layernorm.weight")),
+                            wq: parts.matrix(&format!("{p}.cross_attn.q_proj.weight")),
+                            wk: parts.matrix(&format!("{p}.cross_attn.k_proj.weight")),
+                            wv: parts.matrix(&format!("{p}.cross_attn.v_proj.weight")),
+                            wo: parts.matrix(&format!("{p}.cross_attn.o_proj.weight")),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let memory_norms = (0..cfg.sections().saturating_sub(1))
+            .map(|s| parts.vector(&format!("model.memory_norms.{s}.weight")))
+            .collect();
+        Weights {
+            embed: parts.matrix("model.embed_tokens.weight"),
+            layers,
+            cross,
+            memory_norms,
+            output_mix: cfg
+                .stag_output_mix
+                .then(|| parts.vector("model.output_mix.weight")),
+            final_norm: parts.vector("model.norm.weight"),
+            lm_head: (!cfg.tie_word_embeddings).then(|| parts.matrix("lm_head.weight")),
+        }
+    }
+
+    /// The output projection: `lm_head`, or the embedding when tied.
+    pub fn lm_head(&self) -> &Matrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+/// The tensors being assembled; every name was checked against the spec before.
+struct Parts(BTreeMap<String, (Vec<usize>, Vec<f32>)>);
+
+impl Parts {
+    fn take(&mut self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        // Invariant: `assemble` only runs on a map holding every tensor of `expected_tensors`.
+        self.0
+            .remove(name)
+            .unwrap_or_else(|| panic!("internal: tensor `{name}` was validated but is absent"))
+    }
+    fn vector(&mut self, name: &str) -> Vec<f32> {
+        self.take(name).1
+    }
+    fn matrix(&mut self, name: &str) -> Matrix {
+        let (shape, data) = self.take(name);
+        Matrix::from_vec(shape[0], shape[1], data)
+    }
+}
