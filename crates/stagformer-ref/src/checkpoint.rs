@@ -97,7 +97,9 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
             .as_str()
             .ok_or_else(|| bad(format!("`weight_map.{tensor}` is not a file name")))?;
         if file.contains('/') || file.contains('\\') || file == ".." {
-            return Err(bad(format!("`weight_map.{tensor}` = {file:?} is not a plain file name")));
+            return Err(bad(format!(
+                "`weight_map.{tensor}` = {file:?} is not a plain file name"
+            )));
         }
         if !names.contains(&file) {
             names.push(file);
@@ -235,7 +237,8 @@ pub fn write_tensors(
             "weight_map": weight_map,
         });
         let path = dir.join(INDEX_FILE);
-        let text = serde_json::to_string_pretty(&index).map_err(|e| write_err(&path, e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&index).map_err(|e| write_err(&path, e.to_string()))?;
         std::fs::write(&path, text).map_err(|e| write_err(&path, e.to_string()))?;
     }
     Ok(())

@@ -112,14 +112,26 @@ impl Config {
         }
         if let Some(w) = self.stag_cross_window {
             if w == 0 {
-                return Err(invalid("stag_cross_window", w, "must be null or at least 1"));
+                return Err(invalid(
+                    "stag_cross_window",
+                    w,
+                    "must be null or at least 1",
+                ));
             }
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
-            return Err(invalid("rms_norm_eps", self.rms_norm_eps, "must be finite and > 0"));
+            return Err(invalid(
+                "rms_norm_eps",
+                self.rms_norm_eps,
+                "must be finite and > 0",
+            ));
         }
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
-            return Err(invalid("rope_theta", self.rope_theta, "must be finite and > 0"));
+            return Err(invalid(
+                "rope_theta",
+                self.rope_theta,
+                "must be finite and > 0",
+            ));
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return Err(ConfigError::Inconsistent(format!(
@@ -128,7 +140,11 @@ impl Config {
             )));
         }
         if self.head_dim % 2 != 0 {
-            return Err(invalid("head_dim", self.head_dim, "must be even (RoPE rotates pairs)"));
+            return Err(invalid(
+                "head_dim",
+                self.head_dim,
+                "must be even (RoPE rotates pairs)",
+            ));
         }
         if !self.stag_shared_weights && self.num_hidden_layers % self.stag_sections != 0 {
             return Err(ConfigError::Inconsistent(format!(
@@ -187,7 +203,10 @@ impl Config {
         if !self.stag_shared_weights {
             Some("the model has separate weights per section".into())
         } else if self.stag_sections != 2 {
-            Some(format!("the model has stag_sections = {}", self.stag_sections))
+            Some(format!(
+                "the model has stag_sections = {}",
+                self.stag_sections
+            ))
         } else {
             None
         }

@@ -64,7 +64,12 @@ pub struct DecodeBatch<'m> {
 
 impl<'m> DecodeBatch<'m> {
     /// Room for `max_batch` sequences of up to `capacity` positions each.
-    pub fn new(model: &'m Model, mode: StepMode, max_batch: usize, capacity: usize) -> Result<Self, Error> {
+    pub fn new(
+        model: &'m Model,
+        mode: StepMode,
+        max_batch: usize,
+        capacity: usize,
+    ) -> Result<Self, Error> {
         let max = model.config.max_position_embeddings;
         if capacity > max {
             return Err(RequestError::TooLong { len: capacity, max }.into());
@@ -101,7 +106,10 @@ impl<'m> DecodeBatch<'m> {
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(SeqId, Matrix), Error> {
         let live = self.seqs.iter().filter(|s| s.is_some()).count();
         if live >= self.max_batch {
-            return Err(RequestError::BatchFull { max: self.max_batch }.into());
+            return Err(RequestError::BatchFull {
+                max: self.max_batch,
+            }
+            .into());
         }
         let model = self.model;
         model.check_tokens(prompt, self.capacity)?;
@@ -170,7 +178,10 @@ impl<'m> DecodeBatch<'m> {
         self.validate_step(ids, tokens)?;
         let model = self.model;
         let cfg = &model.config;
-        let positions: Vec<usize> = ids.iter().map(|&id| self.seqs[id].as_ref().map_or(0, |s| s.len)).collect();
+        let positions: Vec<usize> = ids
+            .iter()
+            .map(|&id| self.seqs[id].as_ref().map_or(0, |s| s.len))
+            .collect();
         let sections: Vec<usize> = match self.mode {
             StepMode::Staggered => (0..cfg.sections()).collect(),
             StepMode::Recurrent => vec![1],
@@ -233,7 +244,13 @@ impl<'m> DecodeBatch<'m> {
     }
 
     /// Section `s` on one new token per sequence; returns its output rows [B, D].
-    fn section_step(&mut self, s: usize, ids: &[SeqId], tokens: &[u32], positions: &[usize]) -> Matrix {
+    fn section_step(
+        &mut self,
+        s: usize,
+        ids: &[SeqId],
+        tokens: &[u32],
+        positions: &[usize],
+    ) -> Matrix {
         let model = self.model;
         let cfg = &model.config;
         let layout = model.head_layout();
@@ -247,7 +264,14 @@ impl<'m> DecodeBatch<'m> {
                 let seq = self.seqs[id].as_mut().expect("validated");
                 let cache = &mut seq.self_kv[s][j];
                 cache.write(pos, k.row(r), v.row(r));
-                ops::attention_row(q.row(r), &cache.k.data, &cache.v.data, 0..pos + 1, layout, attn.row_mut(r));
+                ops::attention_row(
+                    q.row(r),
+                    &cache.k.data,
+                    &cache.v.data,
+                    0..pos + 1,
+                    layout,
+                    attn.row_mut(r),
+                );
             }
             x.add_assign(&ops::linear(&attn, &layer.wo));
             if s >= 1 {
@@ -259,7 +283,14 @@ impl<'m> DecodeBatch<'m> {
                     let cache = &self.seqs[id].as_ref().expect("validated").cross_kv[s - 1][j];
                     // Slots 0..n hold exactly memory positions max(0, pos − W)..pos − 1.
                     let n = window_slots.map_or(pos, |w| pos.min(w));
-                    ops::attention_row(q.row(r), &cache.k.data, &cache.v.data, 0..n, layout, attn.row_mut(r));
+                    ops::attention_row(
+                        q.row(r),
+                        &cache.k.data,
+                        &cache.v.data,
+                        0..n,
+                        layout,
+                        attn.row_mut(r),
+                    );
                 }
                 x.add_assign(&ops::linear(&attn, &cross.wo));
             }
@@ -270,7 +301,13 @@ impl<'m> DecodeBatch<'m> {
 
     /// Projects `memory` rows into every cross-attention cache of section `reader` at the
     /// slot of each row's position.
-    fn append_memory(&mut self, reader: usize, ids: &[SeqId], positions: &[usize], memory: &Matrix) {
+    fn append_memory(
+        &mut self,
+        reader: usize,
+        ids: &[SeqId],
+        positions: &[usize],
+        memory: &Matrix,
+    ) {
         let model = self.model;
         for j in 0..model.config.layers_per_section() {
             let cross = &model.weights.cross[reader - 1][j];

@@ -16,7 +16,10 @@ use crate::weights::{expected_tensors, TensorRole, TensorSpec, Weights};
 /// Mixes `seed` and a tensor's index into an independent stream seed (splitmix64 finaliser), so
 /// tensors can be drawn in parallel and each tensor's values do not depend on the others.
 fn tensor_seed(seed: u64, index: usize) -> u64 {
-    let mut z = seed ^ (index as u64).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut z = seed
+        ^ (index as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

@@ -153,13 +153,19 @@ impl Model {
         let d = self.config.hidden_size;
         let mut x = Matrix::zeros(tokens.len(), d);
         for (i, &t) in tokens.iter().enumerate() {
-            x.row_mut(i).copy_from_slice(self.weights.embed.row(t as usize));
+            x.row_mut(i)
+                .copy_from_slice(self.weights.embed.row(t as usize));
         }
         x
     }
 
     /// q, k, v of `x`'s rows with RoPE applied at `positions`.
-    pub(crate) fn qkv(&self, layer: &LayerWeights, x: &Matrix, positions: &[usize]) -> (Matrix, Matrix, Matrix) {
+    pub(crate) fn qkv(
+        &self,
+        layer: &LayerWeights,
+        x: &Matrix,
+        positions: &[usize],
+    ) -> (Matrix, Matrix, Matrix) {
         let h = ops::rmsnorm_rows(x, &layer.input_norm, self.config.rms_norm_eps);
         let mut q = ops::linear(&h, &layer.wq);
         let mut k = ops::linear(&h, &layer.wk);
@@ -173,19 +179,36 @@ impl Model {
     }
 
     /// Causal self-attention over the whole sequence; returns the (roped) keys and values.
-    fn self_attention_full(&self, layer: &LayerWeights, x: &mut Matrix, positions: &[usize]) -> (Matrix, Matrix) {
+    fn self_attention_full(
+        &self,
+        layer: &LayerWeights,
+        x: &mut Matrix,
+        positions: &[usize],
+    ) -> (Matrix, Matrix) {
         let (q, k, v) = self.qkv(layer, x, positions);
         let layout = self.head_layout();
         let mut attn = Matrix::zeros(x.rows, layout.q_dim());
         for i in 0..x.rows {
-            ops::attention_row(q.row(i), &k.data, &v.data, 0..i + 1, layout, attn.row_mut(i));
+            ops::attention_row(
+                q.row(i),
+                &k.data,
+                &v.data,
+                0..i + 1,
+                layout,
+                attn.row_mut(i),
+            );
         }
         x.add_assign(&ops::linear(&attn, &layer.wo));
         (k, v)
     }
 
     /// The staggered cross-attention: position i reads memory rows max(0, i − W)..i − 1.
-    fn cross_attention_full(&self, cross: &CrossWeights, x: &mut Matrix, memory: &Matrix) -> (Matrix, Matrix) {
+    fn cross_attention_full(
+        &self,
+        cross: &CrossWeights,
+        x: &mut Matrix,
+        memory: &Matrix,
+    ) -> (Matrix, Matrix) {
         let layout = self.head_layout();
         let h = ops::rmsnorm_rows(x, &cross.norm, self.config.rms_norm_eps);
         let q = ops::linear(&h, &cross.wq);
@@ -209,13 +232,20 @@ impl Model {
 
     pub(crate) fn mlp(&self, layer: &LayerWeights, x: &mut Matrix) {
         let h = ops::rmsnorm_rows(x, &layer.post_attention_norm, self.config.rms_norm_eps);
-        let act = ops::swiglu(&ops::linear(&h, &layer.w_gate), &ops::linear(&h, &layer.w_up));
+        let act = ops::swiglu(
+            &ops::linear(&h, &layer.w_gate),
+            &ops::linear(&h, &layer.w_up),
+        );
         x.add_assign(&ops::linear(&act, &layer.w_down));
     }
 
     /// The memory section `s` hands to section s + 1: RMSNorm(output; memory_norms.s).
     pub fn memory(&self, s: usize, output: &Matrix) -> Matrix {
-        ops::rmsnorm_rows(output, &self.weights.memory_norms[s], self.config.rms_norm_eps)
+        ops::rmsnorm_rows(
+            output,
+            &self.weights.memory_norms[s],
+            self.config.rms_norm_eps,
+        )
     }
 
     /// z: the last section's output, or Σ α_s · output_s with the output mix.

@@ -48,7 +48,11 @@ impl Matrix {
 
     /// `self += other`, elementwise.
     pub fn add_assign(&mut self, other: &Matrix) {
-        assert_eq!((self.rows, self.cols), (other.rows, other.cols), "add shapes");
+        assert_eq!(
+            (self.rows, self.cols),
+            (other.rows, other.cols),
+            "add shapes"
+        );
         self.data
             .iter_mut()
             .zip(&other.data)
@@ -62,7 +66,11 @@ const PARALLEL_GEMM_WORK: usize = 1 << 16;
 
 /// `Y = X · Wᵀ` with `x` [M, K] and `w` [N, K] (a weight as stored in checkpoints): Y is [M, N].
 pub fn linear(x: &Matrix, w: &Matrix) -> Matrix {
-    assert_eq!(x.cols, w.cols, "linear: x has {} columns, w has {}", x.cols, w.cols);
+    assert_eq!(
+        x.cols, w.cols,
+        "linear: x has {} columns, w has {}",
+        x.cols, w.cols
+    );
     let (m, k, n) = (x.rows, x.cols, w.rows);
     let mut y = Matrix::zeros(m, n);
     if m == 0 || n == 0 {
@@ -108,7 +116,10 @@ pub fn linear(x: &Matrix, w: &Matrix) -> Matrix {
 
 /// `out = x / sqrt(mean(x²) + eps) · w` for one row.
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f64, out: &mut [f32]) {
-    assert!(x.len() == w.len() && x.len() == out.len(), "rmsnorm lengths");
+    assert!(
+        x.len() == w.len() && x.len() == out.len(),
+        "rmsnorm lengths"
+    );
     let mean_sq = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / x.len() as f64;
     let inv = 1.0 / (mean_sq + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
@@ -128,7 +139,10 @@ pub fn rmsnorm_rows(x: &Matrix, w: &[f32], eps: f64) -> Matrix {
 
 /// The residual add fused with the norm: `sum = x + r`, `out = rmsnorm(sum)`.
 pub fn add_rmsnorm(x: &[f32], r: &[f32], w: &[f32], eps: f64, sum: &mut [f32], out: &mut [f32]) {
-    assert!(x.len() == r.len() && x.len() == sum.len(), "add_rmsnorm lengths");
+    assert!(
+        x.len() == r.len() && x.len() == sum.len(),
+        "add_rmsnorm lengths"
+    );
     for ((s, &a), &b) in sum.iter_mut().zip(x).zip(r) {
         *s = a + b;
     }
@@ -193,7 +207,10 @@ pub fn attention_row(
     let (hd, kv_dim) = (layout.head_dim, layout.kv_dim());
     assert_eq!(q.len(), layout.q_dim(), "attention: q length");
     assert_eq!(out.len(), layout.q_dim(), "attention: out length");
-    assert!(key_rows.end * kv_dim <= keys.len().min(values.len()), "attention: key rows");
+    assert!(
+        key_rows.end * kv_dim <= keys.len().min(values.len()),
+        "attention: key rows"
+    );
     out.fill(0.0);
     if key_rows.is_empty() {
         return;
@@ -205,7 +222,11 @@ pub fn attention_row(
         let qh = &q[h * hd..(h + 1) * hd];
         for (score, r) in scores.iter_mut().zip(key_rows.clone()) {
             let kr = &keys[r * kv_dim + kvh * hd..r * kv_dim + (kvh + 1) * hd];
-            let dot: f64 = qh.iter().zip(kr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let dot: f64 = qh
+                .iter()
+                .zip(kr)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
             *score = dot * scale;
         }
         let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -292,7 +313,14 @@ mod tests {
             head_dim: 2,
         };
         let mut out = vec![0.0; 4];
-        attention_row(&[1.0, 2.0, 3.0, 4.0], &[0.3, 0.7], &[5.0, -6.0], 0..1, layout, &mut out);
+        attention_row(
+            &[1.0, 2.0, 3.0, 4.0],
+            &[0.3, 0.7],
+            &[5.0, -6.0],
+            0..1,
+            layout,
+            &mut out,
+        );
         assert_eq!(out, vec![5.0, -6.0, 5.0, -6.0]);
     }
 }

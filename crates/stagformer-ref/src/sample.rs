@@ -157,7 +157,9 @@ mod tests {
         let a: Vec<u32> = (0..50).map(|step| sample(&logits, &p, 3, step)).collect();
         let b: Vec<u32> = (0..50).map(|step| sample(&logits, &p, 3, step)).collect();
         assert_eq!(a, b);
-        let c: Vec<u32> = (0..50).map(|step| sample(&logits, &params(1.0, 0, 1.0, 43), 3, step)).collect();
+        let c: Vec<u32> = (0..50)
+            .map(|step| sample(&logits, &params(1.0, 0, 1.0, 43), 3, step))
+            .collect();
         assert_ne!(a, c);
     }
 

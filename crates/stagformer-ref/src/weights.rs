@@ -37,37 +37,104 @@ pub fn expected_tensors(cfg: &Config) -> Vec<TensorSpec> {
     let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
     let mut specs = Vec::new();
-    let mut push = |name: String, shape: Vec<usize>, role| {
-        specs.push(TensorSpec { name, shape, role })
-    };
-    push("model.embed_tokens.weight".into(), vec![v, d], TensorRole::Embedding);
+    let mut push =
+        |name: String, shape: Vec<usize>, role| specs.push(TensorSpec { name, shape, role });
+    push(
+        "model.embed_tokens.weight".into(),
+        vec![v, d],
+        TensorRole::Embedding,
+    );
     for l in 0..cfg.stored_layers() {
         let p = format!("model.layers.{l}");
-        push(format!("{p}.input_layernorm.weight"), vec![d], TensorRole::Norm);
-        push(format!("{p}.self_attn.q_proj.weight"), vec![qd, d], TensorRole::Linear);
-        push(format!("{p}.self_attn.k_proj.weight"), vec![kvd, d], TensorRole::Linear);
-        push(format!("{p}.self_attn.v_proj.weight"), vec![kvd, d], TensorRole::Linear);
-        push(format!("{p}.self_attn.o_proj.weight"), vec![d, qd], TensorRole::Linear);
-        push(format!("{p}.post_attention_layernorm.weight"), vec![d], TensorRole::Norm);
-        push(format!("{p}.mlp.gate_proj.weight"), vec![f, d], TensorRole::Linear);
-        push(format!("{p}.mlp.up_proj.weight"), vec![f, d], TensorRole::Linear);
-        push(format!("{p}.mlp.down_proj.weight"), vec![d, f], TensorRole::Linear);
+        push(
+            format!("{p}.input_layernorm.weight"),
+            vec![d],
+            TensorRole::Norm,
+        );
+        push(
+            format!("{p}.self_attn.q_proj.weight"),
+            vec![qd, d],
+            TensorRole::Linear,
+        );
+        push(
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![kvd, d],
+            TensorRole::Linear,
+        );
+        push(
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![kvd, d],
+            TensorRole::Linear,
+        );
+        push(
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![d, qd],
+            TensorRole::Linear,
+        );
+        push(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![d],
+            TensorRole::Norm,
+        );
+        push(
+            format!("{p}.mlp.gate_proj.weight"),
+            vec![f, d],
+            TensorRole::Linear,
+        );
+        push(
+            format!("{p}.mlp.up_proj.weight"),
+            vec![f, d],
+            TensorRole::Linear,
+        );
+        push(
+            format!("{p}.mlp.down_proj.weight"),
+            vec![d, f],
+            TensorRole::Linear,
+        );
     }
     for s in 1..cfg.sections() {
         for j in 0..cfg.layers_per_section() {
             let p = format!("model.cross_layers.{s}.{j}");
-            push(format!("{p}.cross_attn_layernorm.weight"), vec![d], TensorRole::Norm);
-            push(format!("{p}.cross_attn.q_proj.weight"), vec![qd, d], TensorRole::Linear);
-            push(format!("{p}.cross_attn.k_proj.weight"), vec![kvd, d], TensorRole::Linear);
-            push(format!("{p}.cross_attn.v_proj.weight"), vec![kvd, d], TensorRole::Linear);
-            push(format!("{p}.cross_attn.o_proj.weight"), vec![d, qd], TensorRole::Linear);
+            push(
+                format!("{p}.cross_attn_layernorm.weight"),
+                vec![d],
+                TensorRole::Norm,
+            );
+            push(
+                format!("{p}.cross_attn.q_proj.weight"),
+                vec![qd, d],
+                TensorRole::Linear,
+            );
+            push(
+                format!("{p}.cross_attn.k_proj.weight"),
+                vec![kvd, d],
+                TensorRole::Linear,
+            );
+            push(
+                format!("{p}.cross_attn.v_proj.weight"),
+                vec![kvd, d],
+                TensorRole::Linear,
+            );
+            push(
+                format!("{p}.cross_attn.o_proj.weight"),
+                vec![d, qd],
+                TensorRole::Linear,
+            );
         }
     }
     for s in 0..cfg.sections().saturating_sub(1) {
-        push(format!("model.memory_norms.{s}.weight"), vec![d], TensorRole::Norm);
+        push(
+            format!("model.memory_norms.{s}.weight"),
+            vec![d],
+            TensorRole::Norm,
+        );
     }
     if cfg.stag_output_mix {
-        push("model.output_mix.weight".into(), vec![cfg.sections()], TensorRole::OutputMix);
+        push(
+            "model.output_mix.weight".into(),
+            vec![cfg.sections()],
+            TensorRole::OutputMix,
+        );
     }
     push("model.norm.weight".into(), vec![d], TensorRole::Norm);
     if !cfg.tie_word_embeddings {
@@ -124,9 +191,11 @@ impl Weights {
         mut tensors: BTreeMap<String, LoadedTensor>,
     ) -> Result<Self, LoadError> {
         let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>, LoadError> {
-            let t = tensors.remove(name).ok_or_else(|| LoadError::MissingTensor {
-                name: name.to_owned(),
-            })?;
+            let t = tensors
+                .remove(name)
+                .ok_or_else(|| LoadError::MissingTensor {
+                    name: name.to_owned(),
+                })?;
             if t.shape != shape {
                 return Err(LoadError::ShapeMismatch {
                     name: name.to_owned(),

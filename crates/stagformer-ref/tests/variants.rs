@@ -15,7 +15,12 @@ fn decode_matches_forward_for_every_variant() {
         let forward = m.forward(&toks).unwrap();
         for prompt_len in [1, 4, toks.len()] {
             let decoded = score(&m, &toks, ScoreMode::Decode { prompt_len }).unwrap();
-            assert_close(&format!("{v:?} prompt {prompt_len}"), &decoded, &forward, TOL);
+            assert_close(
+                &format!("{v:?} prompt {prompt_len}"),
+                &decoded,
+                &forward,
+                TOL,
+            );
         }
     }
 }
@@ -24,7 +29,9 @@ fn decode_matches_forward_for_every_variant() {
 fn ragged_batch_decode_matches_forward() {
     for (n, v) in variant_matrix().into_iter().enumerate().step_by(5) {
         let m = model(v, 100 + n as u64);
-        let seqs: Vec<Vec<u32>> = (0..3).map(|s| tokens(8 + 2 * s, s as u32 + n as u32)).collect();
+        let seqs: Vec<Vec<u32>> = (0..3)
+            .map(|s| tokens(8 + 2 * s, s as u32 + n as u32))
+            .collect();
         let prompts = [1usize, 3, 6];
         let mut batch = DecodeBatch::new(&m, StepMode::Staggered, 3, 16).unwrap();
         let mut got: Vec<Matrix> = Vec::new();
@@ -98,7 +105,10 @@ fn recurrent_matches_naive_recompute() {
         // Recurrent steps really differ from the staggered two-pass decode.
         let staggered = score(&m, &toks, ScoreMode::Decode { prompt_len: 3 }).unwrap();
         let recurrent = score(&m, &toks, ScoreMode::Recurrent { prompt_len: 3 }).unwrap();
-        assert!(common::rel_err(&recurrent.data, &staggered.data) > 1e-3, "{v:?}");
+        assert!(
+            common::rel_err(&recurrent.data, &staggered.data) > 1e-3,
+            "{v:?}"
+        );
     }
     assert_eq!(checked, 3 * 24);
 }

@@ -74,24 +74,32 @@ pub fn model(v: Variant, seed: u64) -> Model {
 
 /// Tokens longer than every window of the matrix.
 pub fn tokens(n: usize, seed: u32) -> Vec<u32> {
-    (0..n as u32).map(|i| (i * 7 + seed * 13 + 3) % 37).collect()
+    (0..n as u32)
+        .map(|i| (i * 7 + seed * 13 + 3) % 37)
+        .collect()
 }
 
 /// max |a − b| / max |b|.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0f64, |m, (&x, &y)| m.max((f64::from(x) - f64::from(y)).abs()));
+    let diff = a.iter().zip(b).fold(0f64, |m, (&x, &y)| {
+        m.max((f64::from(x) - f64::from(y)).abs())
+    });
     assert!(scale > 0.0, "reference is all zeros");
     diff / scale
 }
 
 pub fn assert_close(what: &str, got: &Matrix, want: &Matrix, tol: f64) {
-    assert_eq!((got.rows, got.cols), (want.rows, want.cols), "{what}: shape");
-    assert!(got.data.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    assert_eq!(
+        (got.rows, got.cols),
+        (want.rows, want.cols),
+        "{what}: shape"
+    );
+    assert!(
+        got.data.iter().all(|v| v.is_finite()),
+        "{what}: non-finite output"
+    );
     let e = rel_err(&got.data, &want.data);
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
 }

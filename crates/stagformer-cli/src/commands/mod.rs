@@ -1,0 +1,4 @@
+pub mod generate;
+pub mod init;
+pub mod inspect;
+pub mod score;

@@ -1,0 +1,59 @@
+//! `stagformer score`: logits after every token, as one f32 tensor `logits` [T, V].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use safetensors::tensor::{Dtype, TensorView};
+use stagformer_ref::{score, ScoreMode};
+
+use crate::model_source::{parse_tokens, ModelArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Comma-separated token ids, e.g. 5,17,3.
+    #[arg(long)]
+    tokens: String,
+    #[arg(long, value_enum, default_value_t = Mode::Forward)]
+    mode: Mode,
+    /// Tokens prefilled before decoding one at a time (decode and recurrent modes).
+    #[arg(long, default_value_t = 1)]
+    prompt_len: usize,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum Mode {
+    /// The definition: each section over the whole sequence.
+    Forward,
+    /// Prefill, then one token per step with every section in the same step.
+    Decode,
+    /// Prefill, then recurrent steps (shared weights, p = 2).
+    Recurrent,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let tokens = parse_tokens(&args.tokens)?;
+    let model = args.model.load()?;
+    let mode = match args.mode {
+        Mode::Forward => ScoreMode::Forward,
+        Mode::Decode => ScoreMode::Decode {
+            prompt_len: args.prompt_len,
+        },
+        Mode::Recurrent => ScoreMode::Recurrent {
+            prompt_len: args.prompt_len,
+        },
+    };
+    let logits = score(&model, &tokens, mode)?;
+    let bytes: Vec<u8> = logits.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = TensorView::new(Dtype::F32, vec![logits.rows, logits.cols], &bytes)?;
+    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    safetensors::serialize_to_file([("logits", view)], Some(metadata), &args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    Ok(())
+}

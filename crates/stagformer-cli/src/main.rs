@@ -1,0 +1,44 @@
+//! `stagformer`: create, inspect, score and run StagFormer checkpoints.
+
+mod commands;
+mod model_source;
+mod text;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "stagformer",
+    version,
+    about = "StagFormer: staggered transformer decoding"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a checkpoint with random weights (test and benchmark models).
+    Init(commands::init::Args),
+    /// Show a checkpoint's config, parameter counts and size.
+    Inspect(commands::inspect::Args),
+    /// Write the logits after every token of a sequence to a safetensors file.
+    Score(commands::score::Args),
+    /// Generate text, streaming tokens as they are produced.
+    Generate(commands::generate::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(args) => commands::init::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Score(args) => commands::score::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

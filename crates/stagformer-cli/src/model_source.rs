@@ -1,0 +1,107 @@
+//! Where a command's model comes from (`--model DIR` or `--preset NAME`) and where it runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use stagformer_ref::{init, Model, StorageDtype};
+
+/// Checkpoints above this size show a progress bar while loading.
+const PROGRESS_BAR_BYTES: u64 = 64 << 20;
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint directory (config.json + safetensors).
+    #[arg(long, conflicts_with = "preset")]
+    pub model: Option<PathBuf>,
+    /// A built-in model shape with seeded random weights instead of a checkpoint
+    /// (tiny, small, 125m, 350m, 1.3b).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Seed of the preset's random weights.
+    #[arg(long, default_value_t = 0)]
+    pub preset_seed: u64,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+}
+
+/// The device a command runs on.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The CPU reference implementation.
+    Cpu,
+    /// The CUDA kernels run on the CPU by host emulation.
+    Emu,
+    /// The CUDA kernels on an NVIDIA GPU.
+    Cuda,
+    /// CUDA when a driver and GPU exist, else the CPU.
+    Auto,
+}
+
+impl ModelArgs {
+    /// Loads the model on the CPU reference; other devices are refused with the reason.
+    pub fn load(&self) -> Result<Model> {
+        match self.device {
+            DeviceChoice::Cpu => {}
+            DeviceChoice::Auto => {
+                eprintln!("note: --device auto: running on the CPU reference implementation");
+            }
+            DeviceChoice::Emu | DeviceChoice::Cuda => bail!(
+                "--device {:?} is not available in this command yet: the kernel decoder does not \
+                 serve it; use --device cpu",
+                self.device
+            ),
+        }
+        match (&self.model, &self.preset) {
+            (Some(dir), _) => load_dir(dir),
+            (None, Some(name)) => preset_model(name, self.preset_seed),
+            (None, None) => bail!("give --model DIR or --preset NAME"),
+        }
+    }
+}
+
+/// A preset's config with random weights from `seed`.
+pub fn preset_model(name: &str, seed: u64) -> Result<Model> {
+    let config = init::preset(name).with_context(|| {
+        format!(
+            "unknown preset {name:?}; known: {}",
+            init::PRESETS.join(", ")
+        )
+    })?;
+    Ok(Model::random(config, seed, StorageDtype::F32)?)
+}
+
+fn load_dir(dir: &std::path::Path) -> Result<Model> {
+    let bar = ProgressBar::hidden();
+    let model = Model::load_with_progress(dir, |done, total| {
+        if total >= PROGRESS_BAR_BYTES && bar.is_hidden() {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_length(total);
+            bar.set_style(
+                ProgressStyle::with_template("loading {bytes}/{total_bytes} {wide_bar} {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+        }
+        bar.set_position(done);
+    })
+    .with_context(|| format!("loading {}", dir.display()))?;
+    bar.finish_and_clear();
+    Ok(model)
+}
+
+/// Parses `5,17,3` into token ids.
+pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
+    text.split(',')
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .enumerate()
+        .map(|(i, t)| {
+            t.parse::<u32>()
+                .with_context(|| format!("--tokens: entry {i} ({t:?}) is not a token id"))
+        })
+        .collect()
+}
