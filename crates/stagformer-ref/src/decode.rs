@@ -193,8 +193,9 @@ impl<'m> DecodeBatch<'m> {
         // Only now, after every section read slots ≤ i − 1, does the memory of step i land.
         match self.mode {
             StepMode::Staggered => {
-                for s in 0..cfg.sections() - 1 {
-                    let memory = model.memory(s, &outputs[s]);
+                // The last section's output feeds no one.
+                for (s, output) in outputs.iter().enumerate().take(cfg.sections() - 1) {
+                    let memory = model.memory(s, output);
                     self.append_memory(s + 1, ids, &positions, &memory);
                 }
             }
