@@ -50,6 +50,8 @@ fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<u
     safetensors::serialize_to_file(views, None, &path).unwrap();
 }
 
+type ConfigEdit = Box<dyn Fn(&mut serde_json::Map<String, Value>)>;
+
 fn load_err(dir: &Path) -> Error {
     match Model::load(dir) {
         Ok(_) => panic!("{} loaded but should not", dir.display()),
@@ -97,7 +99,7 @@ fn invalid_json() {
 
 #[test]
 fn config_field_errors_name_the_field() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Map<String, Value>)>)> = vec![
+    let cases: Vec<(&str, ConfigEdit)> = vec![
         (
             "hidden_size",
             Box::new(|c| {
