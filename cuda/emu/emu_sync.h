@@ -1,0 +1,153 @@
+// Thread/block built-ins, barriers and warp-level collectives for the host emulator.
+//
+// Every CUDA thread of a block runs as a fiber on one host thread; the functions below are the
+// only places where a fiber hands control to the block scheduler (see emu_block.cpp). They
+// take a defaulted std::source_location so error messages can name the offending call site.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <source_location>
+#include <type_traits>
+
+#include "emu_types.h"
+
+namespace stag_emu {
+
+// Built-in variables of the running fiber. Set by the scheduler: the block-wide values once
+// per block, threadIdx at every switch. `constinit` lets the compiler access them directly
+// instead of through a TLS wrapper function.
+extern constinit thread_local uint3 threadIdx;
+extern constinit thread_local uint3 blockIdx;
+extern constinit thread_local dim3 blockDim;
+extern constinit thread_local dim3 gridDim;
+// The block's dynamic shared memory (16-byte aligned; see STAG_DYNAMIC_SMEM).
+extern constinit thread_local unsigned char *dynamic_smem;
+
+enum class BarrierOp : uint8_t { Sync, Count, And, Or };
+enum class WarpOp : uint8_t {
+    ShflIdx,
+    ShflUp,
+    ShflDown,
+    ShflXor,
+    Ballot,
+    Any,
+    All,
+    SyncWarp,
+};
+
+// Blocks until every thread of the block reaches the same barrier; returns the reduction of
+// `pred` for the Count/And/Or forms.
+int block_barrier(BarrierOp op, int pred, std::source_location loc);
+// Blocks until all lanes in `mask` arrive, then exchanges `size` bytes (shuffles only; `arg` is
+// the source lane, delta or lane mask) and writes this lane's result to `out`.
+void warp_shuffle(WarpOp op, unsigned mask, const void *value, unsigned size, int arg, int width,
+                  void *out, std::source_location loc);
+unsigned warp_vote(WarpOp op, unsigned mask, int pred, std::source_location loc);
+void warp_sync(unsigned mask, std::source_location loc);
+unsigned active_mask(std::source_location loc);
+// Fails the launch with `what` (device-side trap, failed assert). Outside a kernel it aborts.
+[[noreturn]] void kernel_trap(const char *what, std::source_location loc);
+[[noreturn]] void assert_fail(const char *expr, const char *file, unsigned line,
+                              const char *function);
+
+template <class T>
+inline T shuffle(WarpOp op, unsigned mask, T var, int arg, int width, std::source_location loc) {
+    static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16,
+                  "warp shuffles move trivially copyable values of at most 16 bytes");
+    T out;
+    warp_shuffle(op, mask, &var, sizeof(T), arg, width, &out, loc);
+    return out;
+}
+
+}  // namespace stag_emu
+
+using stag_emu::blockDim;
+using stag_emu::blockIdx;
+using stag_emu::gridDim;
+using stag_emu::threadIdx;
+inline constexpr int warpSize = 32;
+
+inline void __syncthreads(std::source_location loc = std::source_location::current()) {
+    stag_emu::block_barrier(stag_emu::BarrierOp::Sync, 0, loc);
+}
+inline int __syncthreads_count(int pred,
+                               std::source_location loc = std::source_location::current()) {
+    return stag_emu::block_barrier(stag_emu::BarrierOp::Count, pred, loc);
+}
+inline int __syncthreads_and(int pred,
+                             std::source_location loc = std::source_location::current()) {
+    return stag_emu::block_barrier(stag_emu::BarrierOp::And, pred, loc);
+}
+inline int __syncthreads_or(int pred, std::source_location loc = std::source_location::current()) {
+    return stag_emu::block_barrier(stag_emu::BarrierOp::Or, pred, loc);
+}
+
+inline void __syncwarp(unsigned mask = 0xFFFFFFFFu,
+                       std::source_location loc = std::source_location::current()) {
+    stag_emu::warp_sync(mask, loc);
+}
+
+// Shuffles follow PTX shfl.sync exactly: `width` splits the warp into segments; an index
+// shuffle wraps its source lane within the segment; up/down/xor return the caller's own value
+// when the source lane falls outside the segment (xor may read lower segments). A source lane
+// that does not take part (outside `mask`, or beyond the end of the block) yields all-ones bytes
+// (NaN for floats); on a GPU that value is undefined.
+template <class T>
+inline T __shfl_sync(unsigned mask, T var, int srcLane, int width = warpSize,
+                     std::source_location loc = std::source_location::current()) {
+    return stag_emu::shuffle(stag_emu::WarpOp::ShflIdx, mask, var, srcLane, width, loc);
+}
+template <class T>
+inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
+                        std::source_location loc = std::source_location::current()) {
+    return stag_emu::shuffle(stag_emu::WarpOp::ShflUp, mask, var, static_cast<int>(delta), width,
+                             loc);
+}
+template <class T>
+inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
+                          std::source_location loc = std::source_location::current()) {
+    return stag_emu::shuffle(stag_emu::WarpOp::ShflDown, mask, var, static_cast<int>(delta),
+                             width, loc);
+}
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = warpSize,
+                         std::source_location loc = std::source_location::current()) {
+    return stag_emu::shuffle(stag_emu::WarpOp::ShflXor, mask, var, laneMask, width, loc);
+}
+
+inline unsigned __ballot_sync(unsigned mask, int pred,
+                              std::source_location loc = std::source_location::current()) {
+    return stag_emu::warp_vote(stag_emu::WarpOp::Ballot, mask, pred, loc);
+}
+inline int __any_sync(unsigned mask, int pred,
+                      std::source_location loc = std::source_location::current()) {
+    return static_cast<int>(stag_emu::warp_vote(stag_emu::WarpOp::Any, mask, pred, loc));
+}
+inline int __all_sync(unsigned mask, int pred,
+                      std::source_location loc = std::source_location::current()) {
+    return static_cast<int>(stag_emu::warp_vote(stag_emu::WarpOp::All, mask, pred, loc));
+}
+
+// The lanes of the warp that are executing this same call site together: the emulator waits
+// until every other live lane of the warp is blocked or has exited, then groups the lanes
+// waiting here by call site.
+inline unsigned __activemask(std::source_location loc = std::source_location::current()) {
+    return stag_emu::active_mask(loc);
+}
+
+[[noreturn]] inline void __trap(std::source_location loc = std::source_location::current()) {
+    stag_emu::kernel_trap("__trap() called", loc);
+}
+
+// Device-side assert: a failing assert fails the launch (as on a GPU, where the kernel aborts)
+// instead of aborting the host process. Include <cassert> before stag_kernel.cuh, or not at
+// all: a later #include <cassert> restores the aborting host assert.
+#include <cassert>
+#undef assert
+#ifdef NDEBUG
+#define assert(e) (static_cast<void>(0))
+#else
+#define assert(e) \
+    ((e) ? static_cast<void>(0) : ::stag_emu::assert_fail(#e, __FILE__, __LINE__, __func__))
+#endif
