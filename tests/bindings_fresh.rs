@@ -38,6 +38,7 @@ fn generate(header: &Path) -> String {
         .header(header.to_str().expect("UTF-8 path"))
         .clang_args(["-x", "c", "-std=c11", "-fparse-all-comments"])
         .allowlist_type("Stag.*|.*Params")
+        .allowlist_var("STAG_.*")
         .derive_copy(true)
         .derive_debug(true)
         .derive_default(true)

@@ -4,7 +4,6 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -72,24 +71,30 @@ uint32_t default_shuffle_seed() {
     return seed;
 }
 
-void run_blocks(LaunchState &launch) {
-    std::unique_ptr<Worker> worker = worker_pool().take();
-    std::string error;
-    if (!worker->prepare(launch, error)) {
-        launch.fail(STAG_EMU_ERROR_RESOURCES, error);
-    } else {
-        while (!launch.failed.load(std::memory_order_relaxed)) {
-            const uint64_t b = launch.next_block.fetch_add(1, std::memory_order_relaxed);
-            if (b >= launch.block_count) {
-                break;
-            }
-            if (!worker->run_block(launch, b)) {
-                launch.fail(STAG_EMU_ERROR_KERNEL, worker->error());
-                break;
+// Runs blocks until none are left or one failed. Never throws: it runs on helper threads, and
+// the launch entry points are called from C.
+void run_blocks(LaunchState &launch) noexcept {
+    try {
+        std::unique_ptr<Worker> worker = worker_pool().take();
+        std::string error;
+        if (!worker->prepare(launch, error)) {
+            launch.fail(STAG_EMU_ERROR_RESOURCES, error);
+        } else {
+            while (!launch.failed.load(std::memory_order_relaxed)) {
+                const uint64_t b = launch.next_block.fetch_add(1, std::memory_order_relaxed);
+                if (b >= launch.block_count) {
+                    break;
+                }
+                if (!worker->run_block(launch, b)) {
+                    launch.fail(STAG_EMU_ERROR_KERNEL, worker->error());
+                    break;
+                }
             }
         }
+        worker_pool().give_back(std::move(worker));
+    } catch (const std::exception &e) {
+        launch.fail(STAG_EMU_ERROR_RESOURCES, std::string(launch.kernel) + ": " + e.what());
     }
-    worker_pool().give_back(std::move(worker));
 }
 
 int fail_config(const char *kernel, const std::string &what) {
@@ -97,11 +102,8 @@ int fail_config(const char *kernel, const std::string &what) {
     return STAG_EMU_ERROR_INVALID_CONFIG;
 }
 
-}  // namespace
-
-int launch(const char *kernel, const StagEmuLaunch *cfg, KernelEntry entry, const void *params,
-           uint32_t max_threads) {
-    tls_last_error.clear();
+int launch_checked(const char *kernel, const StagEmuLaunch *cfg, KernelEntry entry,
+                   const void *params, uint32_t max_threads) {
     if (detail::inside_kernel()) {
         // The block scheduler's state is per host thread and busy with the running kernel.
         return fail_config(kernel, "launched from inside a kernel (not supported)");
@@ -163,7 +165,7 @@ int launch(const char *kernel, const StagEmuLaunch *cfg, KernelEntry entry, cons
     for (uint32_t i = 1; i < workers; ++i) {
         try {
             helpers.emplace_back(run_blocks, std::ref(state));
-        } catch (const std::system_error &) {
+        } catch (...) {
             break;  // fewer threads are fine: the remaining workers take all blocks
         }
     }
@@ -176,6 +178,23 @@ int launch(const char *kernel, const StagEmuLaunch *cfg, KernelEntry entry, cons
         return state.error_code;
     }
     return STAG_EMU_OK;
+}
+
+}  // namespace
+
+int launch(const char *kernel, const StagEmuLaunch *cfg, KernelEntry entry, const void *params,
+           uint32_t max_threads) {
+    // Called from C (and Rust): no exception may escape.
+    try {
+        tls_last_error.clear();
+        return launch_checked(kernel, cfg, entry, params, max_threads);
+    } catch (const std::exception &e) {
+        try {
+            tls_last_error = std::string(kernel) + ": " + e.what();
+        } catch (...) {
+        }
+        return STAG_EMU_ERROR_RESOURCES;
+    }
 }
 
 }  // namespace stag_emu

@@ -51,6 +51,173 @@ typedef struct RmsNormParams {
     uint32_t reserved;
 } RmsNormParams;
 
+
+/*
+ * ---- Decode and prefill kernels ----
+ *
+ * Conventions shared by the structs below:
+ * - Token rows: `rows` activations, row r starting at r * <tensor>_row_stride elements.
+ * - `seq_slots[r]` is the batch slot (sequence) row r belongs to and `positions[r]` its token
+ *   position; both int32, validated by the host (the kernels still never index out of bounds).
+ * - KV caches: element [seq][kv_head][slot][d] at seq * cache_seq_stride +
+ *   kv_head * cache_head_stride + slot * head_dim + d, with `cache_slots` slots per head. Self
+ *   caches hold position k in slot k; windowed cross caches are rings of W slots (slot = k mod W).
+ * - `window` = W, or 0 for unbounded.
+ * - Activations and caches are f32 or bf16 (chosen by the kernel name); math is f32.
+ */
+
+/* Embedding gather: out[r, :] = table[ids[r], :]. An id outside [0, vocab) writes zeros and
+ * reads nothing. */
+typedef struct EmbeddingParams {
+    const int32_t *ids;
+    const void *table;
+    void *out;
+    uint32_t rows;
+    uint32_t dim;
+    uint32_t vocab;
+    uint32_t out_row_stride;
+} EmbeddingParams;
+
+/* RoPE on q (in place) and on the new keys, and the append of k (roped) and v into the cache
+ * at (seq_slots[r], positions[r]), one pass. cos/sin come from a host-built table
+ * [table_positions, head_dim / 2] (angle = position * inv_freq, computed in f64). */
+typedef struct RopeAppendParams {
+    void *q;
+    const void *k;
+    const void *v;
+    void *k_cache;
+    void *v_cache;
+    const float *rope_cos;
+    const float *rope_sin;
+    const int32_t *seq_slots;
+    const int32_t *positions;
+    uint32_t rows;
+    uint32_t heads;
+    uint32_t kv_heads;
+    uint32_t head_dim;
+    uint32_t q_row_stride;
+    uint32_t k_row_stride;
+    uint32_t v_row_stride;
+    uint32_t cache_seq_stride;
+    uint32_t cache_head_stride;
+    uint32_t cache_slots;
+    uint32_t table_positions;
+    uint32_t reserved;
+} RopeAppendParams;
+
+/* Decode attention of one query row per sequence over its KV cache, split-KV.
+ * mode STAG_ATTN_SELF: keys at positions 0..positions[r] (causal).
+ * mode STAG_ATTN_CROSS: the staggered cross-attention: memory positions
+ *   max(0, positions[r] - W)..positions[r] - 1 (none at position 0: exact zero output).
+ * Pass 1 writes per-split f32 partials (running max, sum, unnormalised output) into the
+ * workspace; pass 2 combines them into `out`. */
+#define STAG_ATTN_SELF 0u
+#define STAG_ATTN_CROSS 1u
+typedef struct AttentionDecodeParams {
+    const void *q;
+    const void *k_cache;
+    const void *v_cache;
+    void *out;
+    float *partial_out;    /* [rows, heads, max_splits, head_dim] */
+    float *partial_stats;  /* [rows, heads, max_splits, 2]: (max, sum) */
+    const int32_t *seq_slots;
+    const int32_t *positions;
+    uint32_t rows;
+    uint32_t heads;
+    uint32_t kv_heads;
+    uint32_t head_dim;
+    uint32_t q_row_stride;
+    uint32_t out_row_stride;
+    uint32_t cache_seq_stride;
+    uint32_t cache_head_stride;
+    uint32_t cache_slots;
+    uint32_t keys_per_split;
+    uint32_t max_splits;
+    uint32_t mode;
+    uint32_t window;
+    float scale;
+} AttentionDecodeParams;
+
+/* Projected memory K/V of step i written into every cross-attention layer's cache:
+ * kv row r holds, for layer l, k at kv[r * kv_row_stride + l * 2 * kv_dim] and v right after it
+ * (kv_dim = kv_heads * head_dim), as one GEMM against the concatenated [Wk_l; Wv_l] weights
+ * produces. Layer l's caches start at l * cache_layer_stride elements. Slot = position mod W
+ * (or the position when unbounded). */
+typedef struct MemoryKvAppendParams {
+    const void *kv;
+    void *k_cache;
+    void *v_cache;
+    const int32_t *seq_slots;
+    const int32_t *positions;
+    uint32_t rows;
+    uint32_t layers;
+    uint32_t kv_heads;
+    uint32_t head_dim;
+    uint32_t kv_row_stride;
+    uint32_t cache_layer_stride;
+    uint32_t cache_seq_stride;
+    uint32_t cache_head_stride;
+    uint32_t cache_slots;
+    uint32_t window;
+} MemoryKvAppendParams;
+
+/* Prefill attention, flash style (tiled, online softmax, no O(P^2) memory), over a ragged batch
+ * packed row after row: sequence b owns query rows q_offsets[b]..q_offsets[b+1] and key rows
+ * k_offsets[b]..k_offsets[b+1]; its first query row is at position q_positions0[b] and key row j
+ * at position j (relative to k_offsets[b]).
+ * mode STAG_ATTN_SELF: key k visible to query position i when k <= i.
+ * mode STAG_ATTN_CROSS: when max(0, i - W) <= k <= i - 1 (exact zero output if none). */
+typedef struct AttentionPrefillParams {
+    const void *q;
+    const void *k;
+    const void *v;
+    void *out;
+    const int32_t *q_offsets;
+    const int32_t *k_offsets;
+    const int32_t *q_positions0;
+    uint32_t sequences;
+    uint32_t heads;
+    uint32_t kv_heads;
+    uint32_t head_dim;
+    uint32_t q_row_stride;
+    uint32_t k_row_stride;
+    uint32_t v_row_stride;
+    uint32_t out_row_stride;
+    uint32_t mode;
+    uint32_t window;
+    float scale;
+    uint32_t reserved;
+} AttentionPrefillParams;
+
+/* SwiGLU: out[r, j] = silu(gate_up[r, j]) * gate_up[r, ffn + j] (the fused gate|up output). */
+typedef struct SwigluParams {
+    const void *gate_up;
+    void *out;
+    uint32_t rows;
+    uint32_t ffn;
+    uint32_t in_row_stride;
+    uint32_t out_row_stride;
+} SwigluParams;
+
+/* Sampling of one token per row of f32 logits (docs/MODEL.md, "Sampling"): greedy when
+ * temperature == 0 or top_k == 1, else temperature / top-k / top-p with the counter-based
+ * uniform(seed, sequences[r], steps[r]). Ties go to the lowest id. */
+typedef struct SampleParams {
+    const float *logits;
+    int32_t *tokens;
+    const uint32_t *sequences;
+    const uint32_t *steps;
+    void *workspace;
+    uint64_t workspace_bytes;
+    uint64_t seed;
+    uint32_t rows;
+    uint32_t vocab;
+    uint32_t logits_row_stride;
+    uint32_t top_k;
+    float temperature;
+    float top_p;
+} SampleParams;
+
 #ifdef __cplusplus
 }
 #endif
@@ -98,6 +265,14 @@ STAG_LAYOUT_ASSERT(offsetof(RmsNormParams, sum_row_stride) == 56, "RmsNormParams
 STAG_LAYOUT_ASSERT(offsetof(RmsNormParams, out_row_stride) == 60, "RmsNormParams.out_row_stride");
 STAG_LAYOUT_ASSERT(offsetof(RmsNormParams, eps) == 64, "RmsNormParams.eps");
 STAG_LAYOUT_ASSERT(offsetof(RmsNormParams, reserved) == 68, "RmsNormParams.reserved");
+
+STAG_LAYOUT_ASSERT(sizeof(EmbeddingParams) == 40, "EmbeddingParams size");
+STAG_LAYOUT_ASSERT(sizeof(RopeAppendParams) == 120, "RopeAppendParams size");
+STAG_LAYOUT_ASSERT(sizeof(AttentionDecodeParams) == 120, "AttentionDecodeParams size");
+STAG_LAYOUT_ASSERT(sizeof(MemoryKvAppendParams) == 80, "MemoryKvAppendParams size");
+STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 104, "AttentionPrefillParams size");
+STAG_LAYOUT_ASSERT(sizeof(SwigluParams) == 32, "SwigluParams size");
+STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 80, "SampleParams size");
 
 #undef STAG_LAYOUT_ASSERT
 #undef STAG_ALIGNOF

@@ -42,4 +42,13 @@ macro_rules! kernel_params {
     };
 }
 
-kernel_params!(RmsNormParams);
+kernel_params!(
+    RmsNormParams,
+    EmbeddingParams,
+    RopeAppendParams,
+    AttentionDecodeParams,
+    MemoryKvAppendParams,
+    AttentionPrefillParams,
+    SwigluParams,
+    SampleParams,
+);

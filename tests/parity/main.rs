@@ -11,8 +11,15 @@
 //! Environment: `STAGFORMER_PARITY_SEED` (default: time-based, printed), `STAGFORMER_PARITY_FILTER`
 //! (substring of row names).
 
+mod attention_decode;
+mod attention_prefill;
+mod embedding;
 mod gemm;
+mod memory_kv_append;
 mod rmsnorm;
+mod rope_append;
+mod sample;
+mod swiglu;
 mod table;
 
 use stagformer_kernels::device::{Device, EmuOptions};
@@ -22,6 +29,13 @@ fn all_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     cases.extend(rmsnorm::cases());
     cases.extend(gemm::cases());
+    cases.extend(embedding::cases());
+    cases.extend(rope_append::cases());
+    cases.extend(swiglu::cases());
+    cases.extend(memory_kv_append::cases());
+    cases.extend(attention_decode::cases());
+    cases.extend(attention_prefill::cases());
+    cases.extend(sample::cases());
     cases
 }
 
