@@ -424,8 +424,9 @@ void Worker::release_barrier() {
 
 // ---- warp collectives ----
 
-void Worker::warp_collective(WarpOp op, unsigned mask, const void *value, unsigned size, int arg,
-                             int width, void *out, std::source_location loc) {
+void Worker::warp_collective(WarpOp op, unsigned mask, const unsigned char *value,
+                             unsigned size, int arg, int width, unsigned char *out,
+                             std::source_location loc) {
     Fiber *f = current_;
     const uint32_t warp = f->linear / 32;
     const uint32_t bit = 1u << (f->linear % 32);
@@ -440,8 +441,8 @@ void Worker::warp_collective(WarpOp op, unsigned mask, const void *value, unsign
         [[unlikely]] {
         fault_invalid_collective(*f);
     }
-    if (size != 0) {
-        std::memcpy(f->value, value, size);
+    if (value != nullptr) {
+        std::memcpy(f->value, value, sizeof f->value);
     }
     f->state = FiberState::AtWarpOp;
     WarpState &w = warps_[warp];
@@ -455,7 +456,7 @@ void Worker::warp_collective(WarpOp op, unsigned mask, const void *value, unsign
     }
     suspend();
     if (out != nullptr) {
-        std::memcpy(out, f->result, size);
+        std::memcpy(out, f->result, sizeof f->result);
     }
 }
 
@@ -498,9 +499,9 @@ void Worker::complete_warp_op(uint32_t warp, uint32_t group, const Fiber &caller
             Fiber &g = lanes[lane];
             const uint32_t src = shuffle_source(g.op, lane, g.arg, g.width);
             if ((group >> src) & 1u) {
-                std::memcpy(g.result, lanes[src].value, g.size);
+                std::memcpy(g.result, lanes[src].value, sizeof g.result);
             } else {
-                std::memset(g.result, 0xFF, g.size);  // undefined on a GPU: poison
+                std::memset(g.result, 0xFF, sizeof g.result);  // undefined on a GPU: poison
             }
         }
     } else if (caller.op != WarpOp::SyncWarp) {
@@ -656,16 +657,20 @@ int block_barrier(BarrierOp op, int pred, std::source_location loc) {
     return running_worker("__syncthreads", loc).barrier(op, pred, loc);
 }
 
-void warp_shuffle(WarpOp op, unsigned mask, const void *value, unsigned size, int arg, int width,
-                  void *out, std::source_location loc) {
+void warp_shuffle(WarpOp op, unsigned mask, const unsigned char *value, unsigned size, int arg,
+                  int width, unsigned char *out, std::source_location loc) {
     running_worker("a warp shuffle", loc)
         .warp_collective(op, mask, value, size, arg, width, out, loc);
 }
 
 unsigned warp_vote(WarpOp op, unsigned mask, int pred, std::source_location loc) {
-    unsigned r = 0;
+    alignas(16) unsigned char in[16] = {};
+    alignas(16) unsigned char out[16];
+    std::memcpy(in, &pred, sizeof pred);
     running_worker("a warp vote", loc)
-        .warp_collective(op, mask, &pred, sizeof pred, 0, warpSize, &r, loc);
+        .warp_collective(op, mask, in, sizeof pred, 0, warpSize, out, loc);
+    unsigned r;
+    std::memcpy(&r, out, sizeof r);
     return r;
 }
 

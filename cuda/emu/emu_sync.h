@@ -39,10 +39,11 @@ enum class WarpOp : uint8_t {
 // Blocks until every thread of the block reaches the same barrier; returns the reduction of
 // `pred` for the Count/And/Or forms.
 int block_barrier(BarrierOp op, int pred, std::source_location loc);
-// Blocks until all lanes in `mask` arrive, then exchanges `size` bytes (shuffles only; `arg` is
-// the source lane, delta or lane mask) and writes this lane's result to `out`.
-void warp_shuffle(WarpOp op, unsigned mask, const void *value, unsigned size, int arg, int width,
-                  void *out, std::source_location loc);
+// Blocks until all lanes in `mask` arrive, then exchanges the values (`arg` is the source lane,
+// delta or lane mask). `value` and `out` are 16-byte buffers of which the first `size` bytes
+// matter (fixed-size copies are much cheaper than memcpy calls of a variable size).
+void warp_shuffle(WarpOp op, unsigned mask, const unsigned char *value, unsigned size, int arg,
+                  int width, unsigned char *out, std::source_location loc);
 unsigned warp_vote(WarpOp op, unsigned mask, int pred, std::source_location loc);
 void warp_sync(unsigned mask, std::source_location loc);
 unsigned active_mask(std::source_location loc);
@@ -55,8 +56,12 @@ template <class T>
 inline T shuffle(WarpOp op, unsigned mask, T var, int arg, int width, std::source_location loc) {
     static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16,
                   "warp shuffles move trivially copyable values of at most 16 bytes");
+    alignas(16) unsigned char in[16] = {};
+    alignas(16) unsigned char res[16];
+    std::memcpy(in, &var, sizeof(T));
+    warp_shuffle(op, mask, in, sizeof(T), arg, width, res, loc);
     T out;
-    warp_shuffle(op, mask, &var, sizeof(T), arg, width, &out, loc);
+    std::memcpy(&out, res, sizeof(T));
     return out;
 }
 

@@ -86,8 +86,9 @@ public:
 
     // Entry points for the running fiber (the sync functions of emu_sync.h).
     int barrier(BarrierOp op, int pred, std::source_location loc);
-    void warp_collective(WarpOp op, unsigned mask, const void *value, unsigned size, int arg,
-                         int width, void *out, std::source_location loc);
+    // `value` and `out`: 16-byte buffers (or null for __syncwarp).
+    void warp_collective(WarpOp op, unsigned mask, const unsigned char *value, unsigned size,
+                         int arg, int width, unsigned char *out, std::source_location loc);
     unsigned active_mask(std::source_location loc);
     // A fault first records its message, then abandons the block (the running fiber and all
     // others stay where they are; the scheduler reports the failure).

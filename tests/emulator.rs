@@ -1,0 +1,349 @@
+//! The host emulator itself: correct kernels give correct results under every schedule, and
+//! broken kernels are caught — a divergent barrier is an error naming the kernel (never a
+//! hang), and a missing `__syncthreads` shows up as seed-dependent results in shuffled order.
+//! The kernels are `cuda/emu/selftest/*.cu`, compiled only into emulation builds.
+#![cfg(not(feature = "cuda"))]
+
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int};
+
+use stagformer_kernels::ffi::StagEmuLaunch;
+
+extern "C" {
+    fn stag_emu_last_error() -> *const c_char;
+    fn stag_emu_selftest_block_sum(
+        cfg: *const StagEmuLaunch,
+        input: *const f32,
+        block_sums: *mut f32,
+        thread_coords: *mut u32,
+        positive_counts: *mut u32,
+    ) -> c_int;
+    fn stag_emu_selftest_missing_sync(
+        threads: u32,
+        shuffle_seed: u32,
+        use_barrier: c_int,
+        out: *mut u32,
+    ) -> c_int;
+    fn stag_emu_selftest_broken(cfg: *const StagEmuLaunch, scenario: u32) -> c_int;
+    fn stag_emu_selftest_warp_ops(
+        cfg: *const StagEmuLaunch,
+        input: *const i32,
+        out: *mut i32,
+    ) -> c_int;
+    fn stag_emu_selftest_atomics(cfg: *const StagEmuLaunch, out: *mut u64) -> c_int;
+    fn stag_emu_selftest_dynamic_smem(cfg: *const StagEmuLaunch, out: *mut u32) -> c_int;
+    fn stag_emu_selftest_convert(
+        input: *const f32,
+        n: u32,
+        bf16_bits: *mut u16,
+        half_bits: *mut u16,
+        bf16_back: *mut f32,
+        half_back: *mut f32,
+        pair_mismatches: *mut u32,
+    ) -> c_int;
+    fn stag_emu_selftest_barrier_loop(
+        cfg: *const StagEmuLaunch,
+        iterations: u32,
+        out: *mut u32,
+    ) -> c_int;
+}
+
+const OK: c_int = 0;
+const KERNEL_FAULT: c_int = 2;
+
+fn launch(grid: [u32; 3], block: [u32; 3], smem: u32, seed: u32, workers: u32) -> StagEmuLaunch {
+    StagEmuLaunch {
+        grid,
+        block,
+        dynamic_smem_bytes: smem,
+        shuffle_seed: seed,
+        workers,
+        reserved: 0,
+    }
+}
+
+fn count(dims: [u32; 3]) -> usize {
+    dims.iter().map(|&d| d as usize).product()
+}
+
+fn last_error() -> String {
+    // SAFETY: the emulator returns a NUL-terminated string owned by this thread, valid until
+    // its next launch (or null).
+    unsafe {
+        let p = stag_emu_last_error();
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}
+
+#[test]
+fn block_reduction_is_right_for_every_geometry_and_schedule() {
+    let geometries = [
+        ([1, 1, 1], [33, 1, 1]),
+        ([3, 1, 1], [100, 1, 1]),
+        ([2, 2, 1], [8, 4, 2]),
+        ([5, 1, 1], [1024, 1, 1]),
+    ];
+    for (grid, block) in geometries {
+        for seed in [0, 1, 77] {
+            let cfg = launch(grid, block, 0, seed, 2);
+            let (blocks, threads) = (count(grid), count(block));
+            let input: Vec<f32> = (0..blocks * threads)
+                .map(|i| ((i * 7) % 11) as f32 - 5.0)
+                .collect();
+            let mut sums = vec![f32::NAN; blocks];
+            let mut coords = vec![u32::MAX; blocks * threads];
+            let mut positives = vec![u32::MAX; blocks];
+            // SAFETY: every buffer has the length the entry point documents for this geometry.
+            let rc = unsafe {
+                stag_emu_selftest_block_sum(
+                    &cfg,
+                    input.as_ptr(),
+                    sums.as_mut_ptr(),
+                    coords.as_mut_ptr(),
+                    positives.as_mut_ptr(),
+                )
+            };
+            assert_eq!(rc, OK, "{}", last_error());
+            for b in 0..blocks {
+                let block_in = &input[b * threads..(b + 1) * threads];
+                assert_eq!(
+                    sums[b],
+                    block_in.iter().sum::<f32>(),
+                    "grid {grid:?} block {block:?} seed {seed}"
+                );
+                assert_eq!(
+                    positives[b] as usize,
+                    block_in.iter().filter(|&&v| v > 0.0).count()
+                );
+            }
+            for (t, &c) in coords[..threads].iter().enumerate() {
+                let (bx, by) = (block[0] as usize, block[1] as usize);
+                let want = (t % bx) | ((t / bx) % by) << 10 | (t / (bx * by)) << 20;
+                assert_eq!(c as usize, want, "threadIdx of thread {t}");
+            }
+        }
+    }
+}
+
+#[test]
+fn shuffled_order_exposes_a_missing_barrier() {
+    let threads = 128;
+    let correct: Vec<u32> = (0..threads).map(|t| (t + 1) % threads + 1).collect();
+    let mut out = vec![0u32; threads as usize];
+    for seed in [0, 1, 2, 3, 99] {
+        // SAFETY: `out` holds `threads` values.
+        let rc = unsafe { stag_emu_selftest_missing_sync(threads, seed, 1, out.as_mut_ptr()) };
+        assert_eq!(rc, OK, "{}", last_error());
+        assert_eq!(
+            out, correct,
+            "with the barrier every schedule is right (seed {seed})"
+        );
+    }
+    let mut results = Vec::new();
+    for seed in 1..=8 {
+        // SAFETY: as above.
+        let rc = unsafe { stag_emu_selftest_missing_sync(threads, seed, 0, out.as_mut_ptr()) };
+        assert_eq!(rc, OK, "{}", last_error());
+        results.push(out.clone());
+    }
+    assert!(
+        results.iter().any(|r| *r != correct),
+        "the race went unnoticed under every seed"
+    );
+    assert!(
+        results.windows(2).any(|w| w[0] != w[1]),
+        "different seeds gave identical racy results"
+    );
+}
+
+#[test]
+fn broken_barriers_and_collectives_are_errors_not_hangs() {
+    // (scenario, threads, what the message must say)
+    let scenarios: [(u32, u32, &str); 10] = [
+        (0, 64, "reached by 32 of 64 threads; 32 exited"),
+        (1, 64, "__syncthreads"),
+        (2, 64, "different barriers"),
+        (3, 64, "exited"),
+        (4, 64, "__syncwarp"),
+        (5, 64, "assertion"),
+        (6, 32, "width"),
+        (7, 32, "does not include the calling lane"),
+        (8, 32, "__trap"),
+        (9, 32, "__syncwarp"),
+    ];
+    for (scenario, threads, needle) in scenarios {
+        for seed in [0, 5] {
+            let cfg = launch([2, 1, 1], [threads, 1, 1], 0, seed, 2);
+            // SAFETY: the config is valid and the entry point takes no buffers.
+            let rc = unsafe { stag_emu_selftest_broken(&cfg, scenario) };
+            let msg = last_error();
+            assert_eq!(
+                rc, KERNEL_FAULT,
+                "scenario {scenario}: rc {rc}, message {msg:?}"
+            );
+            assert!(
+                msg.contains("selftest_broken"),
+                "scenario {scenario}: {msg}"
+            );
+            assert!(
+                msg.contains(needle),
+                "scenario {scenario}: {msg:?} lacks {needle:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn warp_shuffles_and_votes() {
+    for (threads, seed) in [(64u32, 0u32), (64, 3), (48, 0)] {
+        let cfg = launch([1, 1, 1], [threads, 1, 1], 0, seed, 1);
+        let n = threads as usize;
+        let input: Vec<i32> = (0..n as i32).map(|i| i * 3 + 1).collect();
+        let mut out = vec![i32::MIN; n * 16];
+        // SAFETY: `out` holds 16 columns per thread, `input` one value per thread.
+        let rc = unsafe { stag_emu_selftest_warp_ops(&cfg, input.as_ptr(), out.as_mut_ptr()) };
+        assert_eq!(rc, OK, "{}", last_error());
+        for t in 0..n {
+            let (warp, lane) = (t / 32, t % 32);
+            let get = |j: usize| {
+                let g = warp * 32 + j;
+                if g < n {
+                    input[g]
+                } else {
+                    -1
+                }
+            };
+            let col = |c: usize| out[t * 16 + c];
+            assert_eq!(col(0), get(31 - lane), "shfl reverse, thread {t}");
+            let down = if lane + 3 <= 31 {
+                get(lane + 3)
+            } else {
+                input[t]
+            };
+            assert_eq!(col(1), down, "shfl_down 3, thread {t}");
+            assert_eq!(col(3), get((lane & !7) + 5), "shfl width 8, thread {t}");
+            let warp_full = (warp + 1) * 32 <= n;
+            let sum: i32 = if warp_full { (0..32).map(get).sum() } else { 0 };
+            assert_eq!(col(10), sum, "butterfly sum, thread {t}");
+            let ballot = (0..32)
+                .filter(|&j| warp * 32 + j < n && get(j) & 1 == 1)
+                .fold(0u32, |m, j| m | 1 << j);
+            assert_eq!(col(7) as u32, ballot, "ballot, thread {t}");
+        }
+    }
+}
+
+#[test]
+fn atomics_across_blocks_on_several_host_threads() {
+    let cfg = launch([16, 1, 1], [96, 1, 1], 0, 0, 2);
+    let n = 16 * 96u64;
+    let mut out = [0u64; 8];
+    // SAFETY: `out` holds the 8 documented values.
+    let rc = unsafe { stag_emu_selftest_atomics(&cfg, out.as_mut_ptr()) };
+    assert_eq!(rc, OK, "{}", last_error());
+    assert_eq!(&out[..7], &[n, n, n - 1, 0, n * (n - 1) / 2, n, n]);
+    assert!(out[7] < n);
+}
+
+#[test]
+fn dynamic_shared_memory_is_poisoned_aligned_and_private() {
+    let cfg = launch([6, 1, 1], [64, 1, 1], 4096, 0, 2);
+    let mut out = vec![u32::MAX; 6 * 4];
+    // SAFETY: `out` holds 4 values per block.
+    let rc = unsafe { stag_emu_selftest_dynamic_smem(&cfg, out.as_mut_ptr()) };
+    assert_eq!(rc, OK, "{}", last_error());
+    for b in out.chunks(4) {
+        assert_eq!(b, &[0, 1, 1, 0]);
+    }
+}
+
+#[test]
+fn half_and_bf16_conversions_match_the_half_crate() {
+    let mut input = vec![
+        0.0f32,
+        -0.0,
+        1.0,
+        -1.5,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1e-40,
+        -3e-39,
+        65504.0,
+        65520.0,
+        1e5,
+        6e-8,
+        3e-8,
+        1.0 + 1.0 / 256.0,
+        1.0 + 3.0 / 256.0,
+        1.0 + 1.0 / 2048.0,
+        2.5e-5,
+    ];
+    let mut x = 0x1234_5678u32;
+    for _ in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        input.push(f32::from_bits(x));
+    }
+    let n = input.len();
+    let (mut bf, mut hf) = (vec![0u16; n], vec![0u16; n]);
+    let (mut bf_back, mut hf_back) = (vec![0f32; n], vec![0f32; n]);
+    let mut mismatches = u32::MAX;
+    // SAFETY: every output holds `n` values, `mismatches` one.
+    let rc = unsafe {
+        stag_emu_selftest_convert(
+            input.as_ptr(),
+            n as u32,
+            bf.as_mut_ptr(),
+            hf.as_mut_ptr(),
+            bf_back.as_mut_ptr(),
+            hf_back.as_mut_ptr(),
+            &mut mismatches,
+        )
+    };
+    assert_eq!(rc, OK, "{}", last_error());
+    assert_eq!(mismatches, 0);
+    for i in 0..n {
+        let v = input[i];
+        assert_eq!(
+            bf[i],
+            half::bf16::from_f32(v).to_bits(),
+            "bf16 of {v:e} ({:#x})",
+            v.to_bits()
+        );
+        assert_eq!(
+            hf[i],
+            half::f16::from_f32(v).to_bits(),
+            "f16 of {v:e} ({:#x})",
+            v.to_bits()
+        );
+        let (b, h) = (
+            half::bf16::from_bits(bf[i]).to_f32(),
+            half::f16::from_bits(hf[i]).to_f32(),
+        );
+        assert!(b.to_bits() == bf_back[i].to_bits() || (b.is_nan() && bf_back[i].is_nan()));
+        assert!(h.to_bits() == hf_back[i].to_bits() || (h.is_nan() && hf_back[i].is_nan()));
+    }
+}
+
+#[test]
+fn barrier_heavy_kernel_does_not_depend_on_schedule_or_workers() {
+    let run = |seed, workers| {
+        let cfg = launch([4, 1, 1], [256, 1, 1], 0, seed, workers);
+        let mut out = vec![0u32; 4 * 256];
+        // SAFETY: `out` holds one value per thread of the grid.
+        let rc = unsafe { stag_emu_selftest_barrier_loop(&cfg, 8, out.as_mut_ptr()) };
+        assert_eq!(rc, OK, "{}", last_error());
+        out
+    };
+    let base = run(0, 1);
+    assert_eq!(run(9, 2), base);
+    assert_eq!(run(12345, 1), base);
+}
