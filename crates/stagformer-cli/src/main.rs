@@ -27,6 +27,8 @@ enum Command {
     Score(commands::score::Args),
     /// Generate text, streaming tokens as they are produced.
     Generate(commands::generate::Args),
+    /// Decode speed per execution mode, prefill speed and speedups.
+    Bench(commands::bench::Args),
 }
 
 fn main() {
@@ -36,6 +38,7 @@ fn main() {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Score(args) => commands::score::run(args),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
