@@ -61,7 +61,9 @@ typedef struct RmsNormParams {
  *   position; both int32, validated by the host (the kernels still never index out of bounds).
  * - KV caches: element [seq][kv_head][slot][d] at seq * cache_seq_stride +
  *   kv_head * cache_head_stride + slot * head_dim + d, with `cache_slots` slots per head. Self
- *   caches hold position k in slot k; windowed cross caches are rings of W slots (slot = k mod W).
+ *   caches hold position k in slot k; windowed cross caches are rings of cache_slots >= W slots
+ *   (slot = k mod cache_slots; the decoder uses W + 1, so the slot the prior section writes at
+ *   step i is never one read at step i).
  * - `window` = W, or 0 for unbounded.
  * - Activations and caches are f32 or bf16 (chosen by the kernel name); math is f32.
  */
@@ -78,12 +80,15 @@ typedef struct EmbeddingParams {
     uint32_t out_row_stride;
 } EmbeddingParams;
 
-/* RoPE on q (in place) and on the new keys, and the append of k (roped) and v into the cache
- * at (seq_slots[r], positions[r]), one pass. cos/sin come from a host-built table
- * [table_positions, head_dim / 2] (angle = position * inv_freq, computed in f64). */
+/* RoPE on q and on the new keys, both in place (prefill attention reads the roped keys from
+ * the projection rows), and the append of k (roped) and v into the cache at
+ * (seq_slots[r], positions[r]), one pass. cos/sin come from a host-built table
+ * [table_positions, head_dim / 2] (angle = position * inv_freq, computed in f64). A row whose
+ * seq_slot is outside [0, cache_seqs) or whose position is outside
+ * [0, min(cache_slots, table_positions)) is skipped entirely (q included). */
 typedef struct RopeAppendParams {
     void *q;
-    const void *k;
+    void *k;
     const void *v;
     void *k_cache;
     void *v_cache;
@@ -102,7 +107,7 @@ typedef struct RopeAppendParams {
     uint32_t cache_head_stride;
     uint32_t cache_slots;
     uint32_t table_positions;
-    uint32_t reserved;
+    uint32_t cache_seqs;
 } RopeAppendParams;
 
 /* Decode attention of one query row per sequence over its KV cache, split-KV.
@@ -110,7 +115,9 @@ typedef struct RopeAppendParams {
  * mode STAG_ATTN_CROSS: the staggered cross-attention: memory positions
  *   max(0, positions[r] - W)..positions[r] - 1 (none at position 0: exact zero output).
  * Pass 1 writes per-split f32 partials (running max, sum, unnormalised output) into the
- * workspace; pass 2 combines them into `out`. */
+ * workspace; pass 2 combines them into `out`.
+ * `cache_seqs`: sequences the caches hold, so that the kernels can bound seq_slots[r] (a row
+ * whose slot or position lies outside the caches reads nothing and writes zeros). */
 #define STAG_ATTN_SELF 0u
 #define STAG_ATTN_CROSS 1u
 typedef struct AttentionDecodeParams {
@@ -136,13 +143,16 @@ typedef struct AttentionDecodeParams {
     uint32_t mode;
     uint32_t window;
     float scale;
+    uint32_t cache_seqs;
+    uint32_t reserved;
 } AttentionDecodeParams;
 
 /* Projected memory K/V of step i written into every cross-attention layer's cache:
  * kv row r holds, for layer l, k at kv[r * kv_row_stride + l * 2 * kv_dim] and v right after it
  * (kv_dim = kv_heads * head_dim), as one GEMM against the concatenated [Wk_l; Wv_l] weights
  * produces. Layer l's caches start at l * cache_layer_stride elements. Slot = position mod W
- * (or the position when unbounded). */
+ * (or the position when unbounded). A row whose seq_slot is outside [0, cache_seqs), whose
+ * position is negative or whose slot is >= cache_slots is skipped. */
 typedef struct MemoryKvAppendParams {
     const void *kv;
     void *k_cache;
@@ -159,6 +169,8 @@ typedef struct MemoryKvAppendParams {
     uint32_t cache_head_stride;
     uint32_t cache_slots;
     uint32_t window;
+    uint32_t cache_seqs;
+    uint32_t reserved;
 } MemoryKvAppendParams;
 
 /* Prefill attention, flash style (tiled, online softmax, no O(P^2) memory), over a ragged batch
@@ -166,7 +178,9 @@ typedef struct MemoryKvAppendParams {
  * k_offsets[b]..k_offsets[b+1]; its first query row is at position q_positions0[b] and key row j
  * at position j (relative to k_offsets[b]).
  * mode STAG_ATTN_SELF: key k visible to query position i when k <= i.
- * mode STAG_ATTN_CROSS: when max(0, i - W) <= k <= i - 1 (exact zero output if none). */
+ * mode STAG_ATTN_CROSS: when max(0, i - W) <= k <= i - 1 (exact zero output if none).
+ * `q_rows` / `k_rows`: rows the q/out and k/v tensors hold; the kernel clamps every offset into
+ * them, so whatever the device arrays hold it never touches a row outside the tensors. */
 typedef struct AttentionPrefillParams {
     const void *q;
     const void *k;
@@ -186,6 +200,8 @@ typedef struct AttentionPrefillParams {
     uint32_t mode;
     uint32_t window;
     float scale;
+    uint32_t q_rows;
+    uint32_t k_rows;
     uint32_t reserved;
 } AttentionPrefillParams;
 
@@ -268,9 +284,9 @@ STAG_LAYOUT_ASSERT(offsetof(RmsNormParams, reserved) == 68, "RmsNormParams.reser
 
 STAG_LAYOUT_ASSERT(sizeof(EmbeddingParams) == 40, "EmbeddingParams size");
 STAG_LAYOUT_ASSERT(sizeof(RopeAppendParams) == 120, "RopeAppendParams size");
-STAG_LAYOUT_ASSERT(sizeof(AttentionDecodeParams) == 120, "AttentionDecodeParams size");
-STAG_LAYOUT_ASSERT(sizeof(MemoryKvAppendParams) == 80, "MemoryKvAppendParams size");
-STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 104, "AttentionPrefillParams size");
+STAG_LAYOUT_ASSERT(sizeof(AttentionDecodeParams) == 128, "AttentionDecodeParams size");
+STAG_LAYOUT_ASSERT(sizeof(MemoryKvAppendParams) == 88, "MemoryKvAppendParams size");
+STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 112, "AttentionPrefillParams size");
 STAG_LAYOUT_ASSERT(sizeof(SwigluParams) == 32, "SwigluParams size");
 STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 80, "SampleParams size");
 

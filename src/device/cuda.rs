@@ -296,6 +296,13 @@ impl CudaStreamState {
             .map_err(DeviceError::driver("cuEventRecord"))
     }
 
+    /// Records an event with timing enabled, for `cuEventElapsedTime`.
+    pub(crate) fn record_timed(&self) -> Result<CudaEvent> {
+        self.stream
+            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(DeviceError::driver("cuEventRecord"))
+    }
+
     pub(crate) fn wait(&self, event: &CudaEvent) -> Result<()> {
         self.stream
             .wait(event)

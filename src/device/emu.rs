@@ -189,6 +189,20 @@ impl EmuStream {
 
     /// Queues `job`. Fails at once if the stream already failed (its error is sticky).
     pub(crate) fn enqueue(&self, job: Job) -> Result<()> {
+        self.enqueue_seq(job).map(drop)
+    }
+
+    /// Queues `job` and returns an event at it: complete once `job` has run.
+    pub(crate) fn record_after(&self, job: Job) -> Result<EmuEvent> {
+        let target = self.enqueue_seq(job)?;
+        Ok(EmuEvent {
+            stream: Arc::clone(&self.shared),
+            target,
+        })
+    }
+
+    /// Queues `job`; returns its sequence number.
+    fn enqueue_seq(&self, job: Job) -> Result<u64> {
         let mut p = lock(&self.shared.progress);
         if let Some((_, e)) = &p.failure {
             return Err(e.clone());
@@ -200,7 +214,7 @@ impl EmuStream {
                 message: "the stream's worker thread has exited".into(),
             })?;
         p.enqueued = seq;
-        Ok(())
+        Ok(seq)
     }
 
     /// Waits until everything queued so far has run; returns the stream's sticky error.

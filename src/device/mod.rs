@@ -26,6 +26,8 @@
 //! * Copies from the host take their data when called; copies to the host wait for the stream.
 //! * An error raised by queued work is sticky: the stream's next
 //!   [`synchronize`](Stream::synchronize) (or `to_host`) and all later calls return it.
+//! * [`Stream::record_timed_event`] and [`Event::elapsed_ms`] time device work: with the
+//!   driver's event clock on CUDA, with the host clock under emulation.
 //! * Dropping a buffer while queued work still uses it is safe: emulated work keeps the
 //!   allocations it touches alive; on CUDA, freeing waits for the device (like `cudaFree`).
 //!   Allocate up front rather than in a hot loop.
@@ -35,6 +37,7 @@ mod cuda;
 mod emu;
 pub(crate) mod kernel;
 mod stream;
+mod timing;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

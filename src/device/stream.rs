@@ -8,6 +8,7 @@ use cudarc::driver::CudaEvent;
 use super::buffer::Allocation;
 use super::cuda::CudaStreamState;
 use super::emu::{EmuEvent, EmuStream};
+use super::timing::EventClock;
 use super::{Backend, Device};
 use crate::error::{DeviceError, Result};
 
@@ -30,14 +31,19 @@ pub struct Stream {
 }
 
 /// A recorded point in a stream's work; other streams can wait for it. Cheap to clone.
+///
+/// Events from [`Stream::record_timed_event`] also carry a time stamp (see
+/// [`Event::elapsed_ms`]); those from [`Stream::record_event`] do not, which keeps them cheap.
 #[derive(Clone)]
 pub struct Event {
-    device: Device,
-    inner: EventInner,
+    pub(super) device: Device,
+    pub(super) inner: EventInner,
+    /// Where [`Event::elapsed_ms`] reads this event's time; `None` for untimed events.
+    pub(super) clock: Option<EventClock>,
 }
 
 #[derive(Clone)]
-enum EventInner {
+pub(super) enum EventInner {
     Emulated(EmuEvent),
     Cuda(Arc<CudaEvent>),
 }
@@ -96,6 +102,7 @@ impl Stream {
         Ok(Event {
             device: self.inner.device.clone(),
             inner,
+            clock: None,
         })
     }
 

@@ -165,14 +165,17 @@ impl Default for EmbeddingParams {
         }
     }
 }
-/** RoPE on q (in place) and on the new keys, and the append of k (roped) and v into the cache
- at (seq_slots[r], positions[r]), one pass. cos/sin come from a host-built table
- [table_positions, head_dim / 2] (angle = position * inv_freq, computed in f64).*/
+/** RoPE on q and on the new keys, both in place (prefill attention reads the roped keys from
+ the projection rows), and the append of k (roped) and v into the cache at
+ (seq_slots[r], positions[r]), one pass. cos/sin come from a host-built table
+ [table_positions, head_dim / 2] (angle = position * inv_freq, computed in f64). A row whose
+ seq_slot is outside [0, cache_seqs) or whose position is outside
+ [0, min(cache_slots, table_positions)) is skipped entirely (q included).*/
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct RopeAppendParams {
     pub q: *mut ::core::ffi::c_void,
-    pub k: *const ::core::ffi::c_void,
+    pub k: *mut ::core::ffi::c_void,
     pub v: *const ::core::ffi::c_void,
     pub k_cache: *mut ::core::ffi::c_void,
     pub v_cache: *mut ::core::ffi::c_void,
@@ -191,7 +194,7 @@ pub struct RopeAppendParams {
     pub cache_head_stride: u32,
     pub cache_slots: u32,
     pub table_positions: u32,
-    pub reserved: u32,
+    pub cache_seqs: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -260,8 +263,8 @@ const _: () = {
         "Offset of field: RopeAppendParams::table_positions",
     ][::core::mem::offset_of!(RopeAppendParams, table_positions) - 112usize];
     [
-        "Offset of field: RopeAppendParams::reserved",
-    ][::core::mem::offset_of!(RopeAppendParams, reserved) - 116usize];
+        "Offset of field: RopeAppendParams::cache_seqs",
+    ][::core::mem::offset_of!(RopeAppendParams, cache_seqs) - 116usize];
 };
 impl Default for RopeAppendParams {
     fn default() -> Self {
@@ -299,12 +302,14 @@ pub struct AttentionDecodeParams {
     pub mode: u32,
     pub window: u32,
     pub scale: f32,
+    pub cache_seqs: u32,
+    pub reserved: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
         "Size of AttentionDecodeParams",
-    ][::core::mem::size_of::<AttentionDecodeParams>() - 120usize];
+    ][::core::mem::size_of::<AttentionDecodeParams>() - 128usize];
     [
         "Alignment of AttentionDecodeParams",
     ][::core::mem::align_of::<AttentionDecodeParams>() - 8usize];
@@ -374,6 +379,12 @@ const _: () = {
     [
         "Offset of field: AttentionDecodeParams::scale",
     ][::core::mem::offset_of!(AttentionDecodeParams, scale) - 116usize];
+    [
+        "Offset of field: AttentionDecodeParams::cache_seqs",
+    ][::core::mem::offset_of!(AttentionDecodeParams, cache_seqs) - 120usize];
+    [
+        "Offset of field: AttentionDecodeParams::reserved",
+    ][::core::mem::offset_of!(AttentionDecodeParams, reserved) - 124usize];
 };
 impl Default for AttentionDecodeParams {
     fn default() -> Self {
@@ -388,7 +399,8 @@ impl Default for AttentionDecodeParams {
  kv row r holds, for layer l, k at kv[r * kv_row_stride + l * 2 * kv_dim] and v right after it
  (kv_dim = kv_heads * head_dim), as one GEMM against the concatenated [Wk_l; Wv_l] weights
  produces. Layer l's caches start at l * cache_layer_stride elements. Slot = position mod W
- (or the position when unbounded).*/
+ (or the position when unbounded). A row whose seq_slot is outside [0, cache_seqs), whose
+ position is negative or whose slot is >= cache_slots is skipped.*/
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct MemoryKvAppendParams {
@@ -407,12 +419,14 @@ pub struct MemoryKvAppendParams {
     pub cache_head_stride: u32,
     pub cache_slots: u32,
     pub window: u32,
+    pub cache_seqs: u32,
+    pub reserved: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
         "Size of MemoryKvAppendParams",
-    ][::core::mem::size_of::<MemoryKvAppendParams>() - 80usize];
+    ][::core::mem::size_of::<MemoryKvAppendParams>() - 88usize];
     [
         "Alignment of MemoryKvAppendParams",
     ][::core::mem::align_of::<MemoryKvAppendParams>() - 8usize];
@@ -461,6 +475,12 @@ const _: () = {
     [
         "Offset of field: MemoryKvAppendParams::window",
     ][::core::mem::offset_of!(MemoryKvAppendParams, window) - 76usize];
+    [
+        "Offset of field: MemoryKvAppendParams::cache_seqs",
+    ][::core::mem::offset_of!(MemoryKvAppendParams, cache_seqs) - 80usize];
+    [
+        "Offset of field: MemoryKvAppendParams::reserved",
+    ][::core::mem::offset_of!(MemoryKvAppendParams, reserved) - 84usize];
 };
 impl Default for MemoryKvAppendParams {
     fn default() -> Self {
@@ -476,7 +496,9 @@ impl Default for MemoryKvAppendParams {
  k_offsets[b]..k_offsets[b+1]; its first query row is at position q_positions0[b] and key row j
  at position j (relative to k_offsets[b]).
  mode STAG_ATTN_SELF: key k visible to query position i when k <= i.
- mode STAG_ATTN_CROSS: when max(0, i - W) <= k <= i - 1 (exact zero output if none).*/
+ mode STAG_ATTN_CROSS: when max(0, i - W) <= k <= i - 1 (exact zero output if none).
+ `q_rows` / `k_rows`: rows the q/out and k/v tensors hold; the kernel clamps every offset into
+ them, so whatever the device arrays hold it never touches a row outside the tensors.*/
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct AttentionPrefillParams {
@@ -498,13 +520,15 @@ pub struct AttentionPrefillParams {
     pub mode: u32,
     pub window: u32,
     pub scale: f32,
+    pub q_rows: u32,
+    pub k_rows: u32,
     pub reserved: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
         "Size of AttentionPrefillParams",
-    ][::core::mem::size_of::<AttentionPrefillParams>() - 104usize];
+    ][::core::mem::size_of::<AttentionPrefillParams>() - 112usize];
     [
         "Alignment of AttentionPrefillParams",
     ][::core::mem::align_of::<AttentionPrefillParams>() - 8usize];
@@ -563,8 +587,14 @@ const _: () = {
         "Offset of field: AttentionPrefillParams::scale",
     ][::core::mem::offset_of!(AttentionPrefillParams, scale) - 96usize];
     [
+        "Offset of field: AttentionPrefillParams::q_rows",
+    ][::core::mem::offset_of!(AttentionPrefillParams, q_rows) - 100usize];
+    [
+        "Offset of field: AttentionPrefillParams::k_rows",
+    ][::core::mem::offset_of!(AttentionPrefillParams, k_rows) - 104usize];
+    [
         "Offset of field: AttentionPrefillParams::reserved",
-    ][::core::mem::offset_of!(AttentionPrefillParams, reserved) - 100usize];
+    ][::core::mem::offset_of!(AttentionPrefillParams, reserved) - 108usize];
 };
 impl Default for AttentionPrefillParams {
     fn default() -> Self {

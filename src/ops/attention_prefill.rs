@@ -1,1 +1,616 @@
-//! (being written)
+//! Prefill attention over a ragged batch (`cuda/attention_prefill.cu`): causal self-attention
+//! and StagFormer's staggered cross-attention, flash style (tiled, online softmax in f32, no
+//! O(P²) memory and no workspace).
+//!
+//! # Layout
+//!
+//! The sequences of a batch are packed row after row. A [`PrefillBatch`] describes them once,
+//! from host lengths, and owns the small device arrays the kernel reads (row offsets and first
+//! positions); build it once per prefill and reuse it for every layer. Sequence `b` owns
+//!
+//! * query rows `Σ q_lens[..b] .. + q_lens[b]` of `q` and `out`, the first at position
+//!   `q_positions0[b]`, and
+//! * key rows `Σ k_lens[..b] .. + k_lens[b]` of `k` and `v`, key row `j` (counted from the
+//!   sequence's first) at position `j`.
+//!
+//! A row holds the heads one after another (`heads × head_dim` for q/out, `kv_heads × head_dim`
+//! for k/v), and consecutive rows are [`RowStrides`] elements apart, so q, k and v can be views
+//! into one fused projection output.
+//!
+//! # Masks
+//!
+//! * [`PrefillMask::Causal`]: query position `i` sees keys `0..=i`.
+//! * [`PrefillMask::StaggeredCross`]: query position `i` sees the memory positions
+//!   `max(0, i − W) ..= i − 1` (`W` unbounded for `window: None`). A query that sees nothing
+//!   (position 0) gets an exact zero output row.
+//!
+//! Query head `h` reads kv head `h / (heads / kv_heads)` (GQA). Scores are `scale · q·k`.
+
+use half::bf16;
+
+use crate::device::kernel::{stag_kernel, Kernel, LaunchConfig};
+use crate::device::{AsDeviceView, AsDeviceViewMut, Device, DeviceBuffer, Stream};
+use crate::dtype::{DType, DeviceElem};
+use crate::error::{DeviceError, Result};
+use crate::ffi::{AttentionPrefillParams, STAG_ATTN_CROSS, STAG_ATTN_SELF};
+
+stag_kernel!(static PREFILL_F32_HD64: AttentionPrefillParams = attention_prefill_f32_hd64 in ATTENTION_PREFILL);
+stag_kernel!(static PREFILL_F32_HD128: AttentionPrefillParams = attention_prefill_f32_hd128 in ATTENTION_PREFILL);
+stag_kernel!(static PREFILL_F32_ANY: AttentionPrefillParams = attention_prefill_f32_any in ATTENTION_PREFILL);
+stag_kernel!(static PREFILL_BF16_HD64: AttentionPrefillParams = attention_prefill_bf16_hd64 in ATTENTION_PREFILL);
+stag_kernel!(static PREFILL_BF16_HD128: AttentionPrefillParams = attention_prefill_bf16_hd128 in ATTENTION_PREFILL);
+stag_kernel!(static PREFILL_BF16_ANY: AttentionPrefillParams = attention_prefill_bf16_any in ATTENTION_PREFILL);
+
+// Tile geometry; must equal BM, BN, THREADS and MAX_HEAD_DIM in `cuda/attention_prefill.cu`.
+/// Query items (row, head of a kv group) per block.
+const BLOCK_ITEMS: usize = 64;
+/// Keys per streamed K/V tile.
+const BLOCK_KEYS: usize = 32;
+const THREADS: u32 = 128;
+
+/// Largest head dimension the kernels take.
+pub const MAX_HEAD_DIM: usize = 128;
+/// Most sequences in one batch (the launch grid's z extent).
+pub const MAX_SEQUENCES: usize = 65_535;
+/// Most kv heads (the launch grid's y extent).
+pub const MAX_KV_HEADS: usize = 65_535;
+
+/// Activation types of the prefill attention kernels: f32 and bf16 (f32 math).
+pub trait PrefillElem: DeviceElem {}
+
+impl PrefillElem for f32 {}
+impl PrefillElem for bf16 {}
+
+fn kernel_for<T: PrefillElem>(head_dim: usize) -> &'static Kernel<AttentionPrefillParams> {
+    // `PrefillElem` is implemented for f32 and bf16 only.
+    let bf16 = T::DTYPE == DType::BF16;
+    match (bf16, head_dim) {
+        (false, 64) => &PREFILL_F32_HD64,
+        (false, 128) => &PREFILL_F32_HD128,
+        (false, _) => &PREFILL_F32_ANY,
+        (true, 64) => &PREFILL_BF16_HD64,
+        (true, 128) => &PREFILL_BF16_HD128,
+        (true, _) => &PREFILL_BF16_ANY,
+    }
+}
+
+/// Dynamic shared memory of a launch: f32 tiles Q [BM][ld], K and V [BN][ld], P [BM][BN + 4]
+/// with ld = round_up(head_dim, 4) + 4 (the kernel's layout).
+fn smem_bytes(head_dim: usize) -> u32 {
+    let ld = head_dim.next_multiple_of(4) + 4;
+    let floats = BLOCK_ITEMS * ld + 2 * BLOCK_KEYS * ld + BLOCK_ITEMS * (BLOCK_KEYS + 4);
+    // At most 4 · (64 · 132 · 2 + 64 · 36) bytes for head_dim ≤ 128.
+    (floats * std::mem::size_of::<f32>()) as u32
+}
+
+/// The sequences of a prefill batch: host lengths and their device offset arrays.
+///
+/// Owns three device arrays of `i32` (query row offsets and key row offsets, `sequences + 1`
+/// each, and the first query position of every sequence). They are written once, when the batch
+/// is built, and never exposed mutably, so the kernel always reads what was validated here.
+pub struct PrefillBatch {
+    q_lens: Vec<usize>,
+    k_lens: Vec<usize>,
+    q_positions0: Vec<usize>,
+    q_rows: usize,
+    k_rows: usize,
+    max_q_len: usize,
+    q_offsets: DeviceBuffer<i32>,
+    k_offsets: DeviceBuffer<i32>,
+    positions0: DeviceBuffer<i32>,
+}
+
+impl PrefillBatch {
+    /// Prompts whose query rows are also their key rows, from position 0: sequence `b` has
+    /// `lens[b]` rows. This is the plain prefill, for self-attention and for the staggered
+    /// cross-attention over the previous section's memory of the same prompt.
+    pub fn new(stream: &Stream, lens: &[usize]) -> Result<Self> {
+        let zeros = vec![0; lens.len()];
+        Self::with_positions(stream, lens, lens, &zeros)
+    }
+
+    /// The general batch: sequence `b` has `q_lens[b]` query rows, the first at position
+    /// `q_positions0[b]`, over `k_lens[b]` key rows at positions `0..k_lens[b]` (e.g. a prompt
+    /// chunk continuing earlier chunks whose keys precede it). The three slices have one entry per
+    /// sequence. Whether the keys cover every query is checked per mask by
+    /// [`attention_prefill`].
+    pub fn with_positions(
+        stream: &Stream,
+        q_lens: &[usize],
+        k_lens: &[usize],
+        q_positions0: &[usize],
+    ) -> Result<Self> {
+        let sequences = q_lens.len();
+        if sequences > MAX_SEQUENCES {
+            return Err(DeviceError::invalid(
+                "q_lens",
+                format!("{sequences} sequences, at most {MAX_SEQUENCES} per batch"),
+            ));
+        }
+        for (arg, found) in [
+            ("k_lens", k_lens.len()),
+            ("q_positions0", q_positions0.len()),
+        ] {
+            if found != sequences {
+                return Err(DeviceError::LengthMismatch {
+                    arg,
+                    expected: sequences,
+                    found,
+                });
+            }
+        }
+        let q_offsets = offsets("q_lens", q_lens)?;
+        let k_offsets = offsets("k_lens", k_lens)?;
+        let mut positions0 = Vec::with_capacity(sequences);
+        for (b, (&p0, &n)) in q_positions0.iter().zip(q_lens).enumerate() {
+            // Every query position of the sequence must be an i32.
+            let last = p0.checked_add(n).filter(|&end| end <= i32::MAX as usize);
+            if last.is_none() {
+                return Err(DeviceError::invalid(
+                    "q_positions0",
+                    format!("sequence {b}: positions {p0} + {n} rows exceed 2^31 - 1"),
+                ));
+            }
+            positions0.push(p0 as i32);
+        }
+        Ok(PrefillBatch {
+            q_lens: q_lens.to_vec(),
+            k_lens: k_lens.to_vec(),
+            q_positions0: q_positions0.to_vec(),
+            q_rows: *q_offsets.last().unwrap_or(&0) as usize,
+            k_rows: *k_offsets.last().unwrap_or(&0) as usize,
+            max_q_len: q_lens.iter().copied().max().unwrap_or(0),
+            q_offsets: DeviceBuffer::from_host(stream, &q_offsets)?,
+            k_offsets: DeviceBuffer::from_host(stream, &k_offsets)?,
+            positions0: DeviceBuffer::from_host(stream, &positions0)?,
+        })
+    }
+
+    /// Number of sequences.
+    pub fn sequences(&self) -> usize {
+        self.q_lens.len()
+    }
+
+    /// Query rows per sequence.
+    pub fn q_lens(&self) -> &[usize] {
+        &self.q_lens
+    }
+
+    /// Key rows per sequence.
+    pub fn k_lens(&self) -> &[usize] {
+        &self.k_lens
+    }
+
+    /// Position of every sequence's first query row.
+    pub fn q_positions0(&self) -> &[usize] {
+        &self.q_positions0
+    }
+
+    /// Query rows of the whole batch (rows of `q` and `out`).
+    pub fn q_rows(&self) -> usize {
+        self.q_rows
+    }
+
+    /// Key rows of the whole batch (rows of `k` and `v`).
+    pub fn k_rows(&self) -> usize {
+        self.k_rows
+    }
+
+    /// The longest sequence's query rows.
+    pub fn max_q_len(&self) -> usize {
+        self.max_q_len
+    }
+
+    /// The device holding the offset arrays.
+    pub fn device(&self) -> &Device {
+        self.q_offsets.device()
+    }
+
+    /// Checks that every query's visible keys exist: causal needs keys up to the last query's
+    /// position, the staggered cross mask up to the one before it.
+    fn check_keys_cover(&self, mask: PrefillMask) -> Result<()> {
+        let needs_own = matches!(mask, PrefillMask::Causal);
+        for (b, ((&nq, &nk), &p0)) in self
+            .q_lens
+            .iter()
+            .zip(&self.k_lens)
+            .zip(&self.q_positions0)
+            .enumerate()
+        {
+            if nq == 0 {
+                continue;
+            }
+            // Positions p0 .. p0 + nq - 1; causal reads keys up to the last position, cross up
+            // to the one before.
+            let needed = if needs_own { p0 + nq } else { p0 + nq - 1 };
+            if nk < needed {
+                return Err(DeviceError::invalid(
+                    "batch",
+                    format!(
+                        "sequence {b}: {nq} queries from position {p0} need {needed} key rows \
+                         under the {} mask, the batch has {nk}",
+                        mask.name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for PrefillBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefillBatch")
+            .field("q_lens", &self.q_lens)
+            .field("k_lens", &self.k_lens)
+            .field("q_positions0", &self.q_positions0)
+            .field("device", &self.device().name())
+            .finish()
+    }
+}
+
+/// Exclusive prefix sums of `lens` as i32 row offsets (`lens.len() + 1` entries).
+fn offsets(arg: &'static str, lens: &[usize]) -> Result<Vec<i32>> {
+    let mut out = Vec::with_capacity(lens.len() + 1);
+    let mut total = 0usize;
+    out.push(0);
+    for &n in lens {
+        total = total
+            .checked_add(n)
+            .filter(|&t| t <= i32::MAX as usize)
+            .ok_or_else(|| DeviceError::invalid(arg, "the rows of the batch exceed 2^31 - 1"))?;
+        out.push(total as i32);
+    }
+    Ok(out)
+}
+
+/// Query heads, kv heads and their dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadShape {
+    pub heads: usize,
+    /// Divides `heads`; query head `h` reads kv head `h / (heads / kv_heads)`.
+    pub kv_heads: usize,
+    /// 1 ..= [`MAX_HEAD_DIM`]; 64 and 128 have dedicated kernels.
+    pub head_dim: usize,
+}
+
+/// Elements between the starts of consecutive rows of each tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowStrides {
+    pub q: usize,
+    pub k: usize,
+    pub v: usize,
+    pub out: usize,
+}
+
+impl RowStrides {
+    /// Separate, densely packed tensors: `heads × head_dim` (q, out) and
+    /// `kv_heads × head_dim` (k, v) elements per row.
+    pub fn packed(shape: HeadShape) -> Self {
+        let q = shape.heads * shape.head_dim;
+        let kv = shape.kv_heads * shape.head_dim;
+        RowStrides {
+            q,
+            k: kv,
+            v: kv,
+            out: q,
+        }
+    }
+}
+
+/// Which keys a query sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefillMask {
+    /// Query position `i` sees keys `0..=i`.
+    Causal,
+    /// Query position `i` sees memory positions `max(0, i − W) ..= i − 1`; `window: None` is
+    /// unbounded. `Some(0)` is rejected.
+    StaggeredCross { window: Option<usize> },
+}
+
+impl PrefillMask {
+    fn name(self) -> &'static str {
+        match self {
+            PrefillMask::Causal => "causal",
+            PrefillMask::StaggeredCross { .. } => "staggered cross",
+        }
+    }
+}
+
+/// Everything about one prefill attention call except its tensors and batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PrefillConfig {
+    pub shape: HeadShape,
+    pub strides: RowStrides,
+    pub mask: PrefillMask,
+    /// Multiplies q·k; finite and > 0 (usually `1 / sqrt(head_dim)`).
+    pub scale: f32,
+}
+
+impl PrefillConfig {
+    /// Packed tensors ([`RowStrides::packed`]) and scale `1 / sqrt(head_dim)`.
+    pub fn packed(shape: HeadShape, mask: PrefillMask) -> Self {
+        PrefillConfig {
+            shape,
+            strides: RowStrides::packed(shape),
+            mask,
+            scale: (1.0 / (shape.head_dim.max(1) as f64).sqrt()) as f32,
+        }
+    }
+}
+
+/// Attention of every query row of `batch` over its sequence's visible keys:
+/// `out = softmax(scale · q·kᵀ + mask) · v`, per query head (see the module docs for the layout).
+///
+/// `q`/`out` hold `batch.q_rows()` rows and `k`/`v` `batch.k_rows()` rows at the strides of
+/// `cfg`; each view must reach the last row's last element used (`(rows − 1) · stride + width`
+/// elements at least). Rows not owned by any sequence do not exist: the row counts are the
+/// batch's. Errors name the argument; nothing is launched on an error.
+pub fn attention_prefill<T: PrefillElem>(
+    stream: &Stream,
+    batch: &PrefillBatch,
+    q: &impl AsDeviceView<T>,
+    k: &impl AsDeviceView<T>,
+    v: &impl AsDeviceView<T>,
+    out: &mut impl AsDeviceViewMut<T>,
+    cfg: &PrefillConfig,
+) -> Result<()> {
+    let (q, k, v, mut out) = (q.view(), k.view(), v.view(), out.view_mut());
+    let HeadShape {
+        heads,
+        kv_heads,
+        head_dim,
+    } = cfg.shape;
+    check_heads(cfg.shape)?;
+    let (mode, window) = match cfg.mask {
+        PrefillMask::Causal => (STAG_ATTN_SELF, 0u32),
+        PrefillMask::StaggeredCross { window: None } => (STAG_ATTN_CROSS, 0),
+        PrefillMask::StaggeredCross { window: Some(w) } => {
+            let w = u32::try_from(w).ok().filter(|&w| w >= 1).ok_or_else(|| {
+                DeviceError::invalid(
+                    "window",
+                    format!("{w} must be 1 ..= 2^32 - 1 (None for unbounded)"),
+                )
+            })?;
+            (STAG_ATTN_CROSS, w)
+        }
+    };
+    if !(cfg.scale.is_finite() && cfg.scale > 0.0) {
+        return Err(DeviceError::invalid(
+            "scale",
+            format!("{} must be finite and > 0", cfg.scale),
+        ));
+    }
+    let q_width = heads * head_dim;
+    let kv_width = kv_heads * head_dim;
+    let q_stride = check_stride("q_row_stride", cfg.strides.q, q_width)?;
+    let k_stride = check_stride("k_row_stride", cfg.strides.k, kv_width)?;
+    let v_stride = check_stride("v_row_stride", cfg.strides.v, kv_width)?;
+    let out_stride = check_stride("out_row_stride", cfg.strides.out, q_width)?;
+    check_extent("q", q.len(), batch.q_rows, cfg.strides.q, q_width)?;
+    check_extent("k", k.len(), batch.k_rows, cfg.strides.k, kv_width)?;
+    check_extent("v", v.len(), batch.k_rows, cfg.strides.v, kv_width)?;
+    check_extent("out", out.len(), batch.q_rows, cfg.strides.out, q_width)?;
+    batch.check_keys_cover(cfg.mask)?;
+
+    let group = heads / kv_heads;
+    let tiles = batch
+        .max_q_len
+        .checked_mul(group)
+        .map(|items| items.div_ceil(BLOCK_ITEMS))
+        .filter(|&t| t <= i32::MAX as usize)
+        .ok_or_else(|| DeviceError::overflow("batch", "query tiles of the longest sequence"))?;
+    if tiles == 0 {
+        return Ok(());
+    }
+    let params = AttentionPrefillParams {
+        q: q.as_ptr(),
+        k: k.as_ptr(),
+        v: v.as_ptr(),
+        out: out.as_mut_ptr(),
+        q_offsets: batch.q_offsets.view().as_ptr().cast(),
+        k_offsets: batch.k_offsets.view().as_ptr().cast(),
+        q_positions0: batch.positions0.view().as_ptr().cast(),
+        sequences: batch.sequences() as u32,
+        heads: heads as u32,
+        kv_heads: kv_heads as u32,
+        head_dim: head_dim as u32,
+        q_row_stride: q_stride,
+        k_row_stride: k_stride,
+        v_row_stride: v_stride,
+        out_row_stride: out_stride,
+        mode,
+        window,
+        scale: cfg.scale,
+        q_rows: batch.q_rows as u32,
+        k_rows: batch.k_rows as u32,
+        reserved: 0,
+    };
+    let launch = LaunchConfig {
+        grid: [tiles as u32, kv_heads as u32, batch.sequences() as u32],
+        block: [THREADS, 1, 1],
+        dynamic_smem_bytes: smem_bytes(head_dim),
+    };
+    let retained = [
+        q.retain("q"),
+        k.retain("k"),
+        v.retain("v"),
+        out.retain("out"),
+        batch.q_offsets.view().retain("batch"),
+        batch.k_offsets.view().retain("batch"),
+        batch.positions0.view().retain("batch"),
+    ];
+    // SAFETY: the views are retained above. `q`/`out` reach `(q_rows − 1) · stride + heads ·
+    // head_dim` elements and `k`/`v` the same for `k_rows` rows and `kv_heads · head_dim`
+    // (checked), and the kernel clamps every row it touches into `q_rows` / `k_rows`. The
+    // offset arrays hold `sequences + 1` entries (the position array `sequences`), written from
+    // validated host values by this batch, which never hands them out mutably; the kernel reads
+    // only entries `b` and `b + 1` for `b < sequences`. `out` is borrowed mutably, so no safe
+    // code can alias it with the inputs, and a stride of at least the row width keeps its rows
+    // from overlapping each other.
+    unsafe { stream.launch(kernel_for::<T>(head_dim), launch, params, &retained) }
+}
+
+fn check_heads(shape: HeadShape) -> Result<()> {
+    let HeadShape {
+        heads,
+        kv_heads,
+        head_dim,
+    } = shape;
+    if head_dim == 0 || head_dim > MAX_HEAD_DIM {
+        return Err(DeviceError::invalid(
+            "head_dim",
+            format!("{head_dim} must be 1 ..= {MAX_HEAD_DIM}"),
+        ));
+    }
+    if kv_heads == 0 || kv_heads > MAX_KV_HEADS {
+        return Err(DeviceError::invalid(
+            "kv_heads",
+            format!("{kv_heads} must be 1 ..= {MAX_KV_HEADS}"),
+        ));
+    }
+    if heads == 0 || heads % kv_heads != 0 {
+        return Err(DeviceError::invalid(
+            "heads",
+            format!("{heads} must be a positive multiple of kv_heads = {kv_heads}"),
+        ));
+    }
+    heads
+        .checked_mul(head_dim)
+        .filter(|&w| w <= u32::MAX as usize)
+        .ok_or_else(|| DeviceError::overflow("heads", "heads × head_dim exceeds u32"))?;
+    Ok(())
+}
+
+fn check_stride(arg: &'static str, stride: usize, width: usize) -> Result<u32> {
+    if stride < width {
+        return Err(DeviceError::invalid(
+            arg,
+            format!("{stride} is less than the row width {width}"),
+        ));
+    }
+    u32::try_from(stride).map_err(|_| DeviceError::invalid(arg, format!("{stride} exceeds u32")))
+}
+
+/// `len` must reach the last element used: `(rows − 1) · stride + width`.
+fn check_extent(
+    arg: &'static str,
+    len: usize,
+    rows: usize,
+    stride: usize,
+    width: usize,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let needed = (rows - 1)
+        .checked_mul(stride)
+        .and_then(|n| n.checked_add(width))
+        .ok_or_else(|| DeviceError::overflow(arg, "rows × stride"))?;
+    if len < needed {
+        return Err(DeviceError::ShapeMismatch {
+            arg,
+            expected: format!(
+                "at least {needed} elements ({rows} rows, stride {stride}, width {width})"
+            ),
+            found: format!("{len} elements"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_memory_fits_the_device_limits() {
+        // 64 and smaller stay within the default 48 KiB; 128 needs the opt-in (≤ 227 KiB).
+        assert!(smem_bytes(64) <= 48 * 1024);
+        assert!(smem_bytes(24) <= 48 * 1024);
+        assert!(smem_bytes(MAX_HEAD_DIM) <= crate::device::EMU_MAX_DYNAMIC_SMEM_BYTES);
+        assert_eq!(smem_bytes(128), 4 * (64 * 132 + 2 * 32 * 132 + 64 * 36));
+    }
+
+    #[test]
+    fn offsets_are_prefix_sums() {
+        assert_eq!(offsets("l", &[3, 0, 5]).unwrap(), vec![0, 3, 3, 8]);
+        assert_eq!(offsets("l", &[]).unwrap(), vec![0]);
+        assert!(offsets("l", &[i32::MAX as usize, 1]).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_shapes_before_launching() {
+        let dev = Device::emulated();
+        let stream = dev.new_stream().unwrap();
+        let shape = HeadShape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let batch = PrefillBatch::new(&stream, &[3, 2]).unwrap();
+        assert_eq!(
+            (batch.q_rows(), batch.k_rows(), batch.max_q_len()),
+            (5, 5, 3)
+        );
+        let q = DeviceBuffer::<f32>::alloc(&dev, 5 * 32).unwrap();
+        let kv = DeviceBuffer::<f32>::alloc(&dev, 5 * 16).unwrap();
+        let mut out = DeviceBuffer::<f32>::alloc(&dev, 5 * 32).unwrap();
+        let run = |cfg: PrefillConfig, out: &mut DeviceBuffer<f32>| {
+            attention_prefill(&stream, &batch, &q, &kv, &kv, out, &cfg)
+        };
+        let ok = PrefillConfig::packed(shape, PrefillMask::Causal);
+        let arg_of = |e: DeviceError| match e {
+            DeviceError::InvalidArgument { arg, .. }
+            | DeviceError::ShapeMismatch { arg, .. }
+            | DeviceError::LengthMismatch { arg, .. } => arg,
+            other => panic!("unexpected error {other}"),
+        };
+        let bad_heads = PrefillConfig {
+            shape: HeadShape { heads: 3, ..shape },
+            ..ok
+        };
+        assert_eq!(arg_of(run(bad_heads, &mut out).unwrap_err()), "heads");
+        let bad_dim = PrefillConfig {
+            shape: HeadShape {
+                head_dim: 129,
+                ..shape
+            },
+            ..ok
+        };
+        assert_eq!(arg_of(run(bad_dim, &mut out).unwrap_err()), "head_dim");
+        let bad_window = PrefillConfig {
+            mask: PrefillMask::StaggeredCross { window: Some(0) },
+            ..ok
+        };
+        assert_eq!(arg_of(run(bad_window, &mut out).unwrap_err()), "window");
+        let bad_scale = PrefillConfig {
+            scale: f32::NAN,
+            ..ok
+        };
+        assert_eq!(arg_of(run(bad_scale, &mut out).unwrap_err()), "scale");
+        let bad_stride = PrefillConfig {
+            strides: RowStrides {
+                k: 15,
+                ..ok.strides
+            },
+            ..ok
+        };
+        assert_eq!(
+            arg_of(run(bad_stride, &mut out).unwrap_err()),
+            "k_row_stride"
+        );
+        let mut short = DeviceBuffer::<f32>::alloc(&dev, 5 * 32 - 1).unwrap();
+        assert_eq!(arg_of(run(ok, &mut short).unwrap_err()), "out");
+
+        // Queries at positions 2 and 3 need 4 keys causally (3 under the cross mask); the
+        // sequence has 3.
+        let shifted = PrefillBatch::with_positions(&stream, &[2], &[3], &[2]).unwrap();
+        let err = attention_prefill(&stream, &shifted, &q, &kv, &kv, &mut out, &ok).unwrap_err();
+        assert_eq!(arg_of(err), "batch");
+        let mismatched = PrefillBatch::with_positions(&stream, &[2], &[3, 1], &[0]).unwrap_err();
+        assert_eq!(arg_of(mismatched), "k_lens");
+        run(ok, &mut out).unwrap();
+        stream.synchronize().unwrap();
+    }
+}

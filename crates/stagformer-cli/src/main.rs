@@ -1,6 +1,7 @@
 //! `stagformer`: create, inspect, score and run StagFormer checkpoints.
 
 mod commands;
+mod engine;
 mod model_source;
 mod text;
 

@@ -42,19 +42,8 @@ pub enum DeviceChoice {
 }
 
 impl ModelArgs {
-    /// Loads the model on the CPU reference; other devices are refused with the reason.
+    /// Loads the model's weights (on the host; the kernel devices upload them later).
     pub fn load(&self) -> Result<Model> {
-        match self.device {
-            DeviceChoice::Cpu => {}
-            DeviceChoice::Auto => {
-                eprintln!("note: --device auto: running on the CPU reference implementation");
-            }
-            DeviceChoice::Emu | DeviceChoice::Cuda => bail!(
-                "--device {:?} is not available in this command yet: the kernel decoder does not \
-                 serve it; use --device cpu",
-                self.device
-            ),
-        }
         match (&self.model, &self.preset) {
             (Some(dir), _) => load_dir(dir),
             (None, Some(name)) => preset_model(name, self.preset_seed),

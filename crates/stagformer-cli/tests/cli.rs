@@ -180,3 +180,96 @@ fn bad_input_is_an_error_not_a_panic() {
         "unknown preset",
     );
 }
+
+#[test]
+fn emulated_kernels_match_the_cpu_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let m = model.to_str().unwrap();
+    ok(&["init", "--preset", "tiny", "--seed", "8", "--out", m]);
+    let tokens = "4,90,17,301,2,2,77,5,11";
+    for (mode, prompt, exec) in [
+        ("forward", "1", "staggered"),
+        ("decode", "3", "staggered"),
+        ("decode", "3", "sequential"),
+    ] {
+        let cpu = dir.path().join("cpu.safetensors");
+        let emu = dir.path().join("emu.safetensors");
+        let common = [
+            "score",
+            "--model",
+            m,
+            "--tokens",
+            tokens,
+            "--mode",
+            mode,
+            "--prompt-len",
+            prompt,
+        ];
+        ok(&[
+            &common[..],
+            &["--device", "cpu", "--out", cpu.to_str().unwrap()],
+        ]
+        .concat());
+        ok(&[
+            &common[..],
+            &[
+                "--device",
+                "emu",
+                "--mode-exec",
+                exec,
+                "--out",
+                emu.to_str().unwrap(),
+            ],
+        ]
+        .concat());
+        let (shape_c, want) = logits(&cpu);
+        let (shape_e, got) = logits(&emu);
+        assert_eq!(shape_c, shape_e);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = want
+            .iter()
+            .zip(&got)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff / scale < 1e-4,
+            "{mode} {exec}: emu differs from cpu by {}",
+            diff / scale
+        );
+    }
+    let table = ok(&[
+        "bench",
+        "--model",
+        m,
+        "--device",
+        "emu",
+        "--new-tokens",
+        "2",
+        "--prompt-len",
+        "4",
+    ]);
+    for row in ["prefill", "sequential", "staggered", "batched", "recurrent"] {
+        assert!(table.contains(row), "emu bench table lacks {row}: {table}");
+    }
+    // Without a GPU (the usual case here) `--device cuda` must say so plainly; with one it runs.
+    let out_file = dir.path().join("cuda.safetensors");
+    let cuda = stagformer(&[
+        "score",
+        "--model",
+        m,
+        "--tokens",
+        "1,2",
+        "--device",
+        "cuda",
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    if !cuda.status.success() {
+        let stderr = String::from_utf8_lossy(&cuda.stderr);
+        assert!(
+            stderr.contains("no usable CUDA GPU") || stderr.contains("--features cuda"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -1,1 +1,39 @@
-//! placeholder
+//! The StagFormer decoder over the `stagformer-kernels` kernels.
+//!
+//! At decode step i every section processes token i: section s reads the prior section's
+//! memory only up to position i − 1, so in [`ExecMode::Staggered`] the p sections run at the
+//! same time on p streams and join only before the logits. [`ExecMode::Sequential`] runs them
+//! one after another on one stream (the baseline); [`ExecMode::Batched`] (shared weights) runs
+//! all passes of a layer as one GEMM with p·B rows. See `docs/ARCHITECTURE.md`.
+
+mod decoder;
+pub mod error;
+mod scratch;
+mod section;
+pub mod weights;
+
+pub use decoder::{Decoder, DecoderOptions, ExecMode, SeqId};
+pub use error::{DecoderError, Result};
+pub use stagformer_kernels::ops::sample::SamplingConfig;
+
+use half::bf16;
+use stagformer_kernels::ops::attention_decode::AttentionElem;
+use stagformer_kernels::ops::attention_prefill::PrefillElem;
+use stagformer_kernels::ops::rmsnorm::NormElem;
+
+/// Activation and weight storage types of the decoder: f32 or bf16 (math is f32 either way).
+pub trait Activation: NormElem + AttentionElem + PrefillElem {
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Activation for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl Activation for bf16 {
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}

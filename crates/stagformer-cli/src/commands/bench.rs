@@ -7,16 +7,22 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use stagformer::{Activation, Decoder, DecoderOptions, ExecMode, SamplingConfig};
+use stagformer_kernels::Device;
 use stagformer_ref::sample::argmax;
 use stagformer_ref::{DecodeBatch, Model, StepMode};
 
 use crate::commands::inspect::describe;
-use crate::model_source::{DeviceChoice, ModelArgs};
+use crate::engine::{Backend, DtypeChoice};
+use crate::model_source::ModelArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
+    /// Activation and weight storage on the kernel devices; auto = bf16 on cuda, f32 on emu.
+    #[arg(long, value_enum, default_value_t = DtypeChoice::Auto)]
+    dtype: DtypeChoice,
     /// Sequences decoded together.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -42,6 +48,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.batch == 0 || args.prompt_len == 0 || args.new_tokens == 0 {
         bail!("--batch, --prompt-len and --new-tokens must be at least 1");
     }
+    let backend = Backend::resolve(args.model.device, args.dtype)?;
     let model = args.model.load()?;
     let cfg = &model.config;
     let capacity = args.prompt_len + args.warmup + args.new_tokens;
@@ -58,8 +65,12 @@ pub fn run(args: Args) -> Result<()> {
         params as f64 / 1e6
     );
     println!(
-        "device: cpu reference | batch {} | prompt {} | {} timed steps after {} warm-up",
-        args.batch, args.prompt_len, args.new_tokens, args.warmup
+        "device: {} | batch {} | prompt {} | {} timed steps after {} warm-up",
+        backend.describe(),
+        args.batch,
+        args.prompt_len,
+        args.new_tokens,
+        args.warmup
     );
     let prompts: Vec<Vec<u32>> = (0..args.batch)
         .map(|b| {
@@ -69,48 +80,139 @@ pub fn run(args: Args) -> Result<()> {
         })
         .collect();
 
-    let prefill_s = time_prefill(&model, &prompts, capacity)?;
-    let prefill_tokens = (args.batch * args.prompt_len) as f64;
-    println!(
-        "prefill: {:.1} tokens/s ({} tokens in {:.1} ms)",
-        prefill_tokens / prefill_s,
-        prefill_tokens,
-        prefill_s * 1e3
-    );
-
-    let not_here = |what: &str| Err(format!("n/a: {what}"));
-    let mut rows = vec![ModeResult {
-        name: "sequential",
-        ms_per_step: time_decode(&model, &prompts, capacity, StepMode::Staggered, &args)
-            .map_err(|e| e.to_string()),
-    }];
-    rows.push(ModeResult {
-        name: "staggered",
-        ms_per_step: not_here(
-            "the cpu reference runs sections one after another (use --device emu|cuda)",
-        ),
-    });
-    rows.push(ModeResult {
-        name: "batched",
-        ms_per_step: if cfg.stag_shared_weights {
-            not_here("the cpu reference does not batch the passes (use --device emu|cuda)")
-        } else {
-            not_here("needs shared weights")
-        },
-    });
-    rows.push(ModeResult {
-        name: "recurrent",
-        ms_per_step: match cfg.recurrent_unsupported_reason() {
-            None => time_decode(&model, &prompts, capacity, StepMode::Recurrent, &args)
-                .map_err(|e| e.to_string()),
-            Some(reason) => Err(format!("n/a: {reason}")),
-        },
-    });
+    let rows = match &backend {
+        Backend::Cpu => cpu_rows(&model, &prompts, capacity, &args)?,
+        Backend::Kernels {
+            device,
+            bf16: false,
+        } => kernel_rows::<f32>(device, &model, &prompts, capacity, &args)?,
+        Backend::Kernels { device, bf16: true } => {
+            kernel_rows::<half::bf16>(device, &model, &prompts, capacity, &args)?
+        }
+    };
     print_table(&rows, args.batch);
-    if args.model.device != DeviceChoice::Cpu {
-        println!("note: the weight-bytes floor is reported on CUDA only");
-    }
+    println!("note: the weight-bytes floor column needs a CUDA run with the copy-bandwidth probe");
     Ok(())
+}
+
+/// The CPU reference: sections run one after another (the sequential schedule).
+fn cpu_rows(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    capacity: usize,
+    args: &Args,
+) -> Result<Vec<ModeResult>> {
+    let cfg = &model.config;
+    let prefill_s = time_prefill(model, prompts, capacity)?;
+    print_prefill(prompts, prefill_s);
+    let not_here = |what: &str| Err(format!("n/a: {what}"));
+    Ok(vec![
+        ModeResult {
+            name: "sequential",
+            ms_per_step: time_decode(model, prompts, capacity, StepMode::Staggered, args)
+                .map_err(|e| e.to_string()),
+        },
+        ModeResult {
+            name: "staggered",
+            ms_per_step: not_here(
+                "the cpu reference runs sections one after another (use --device emu|cuda)",
+            ),
+        },
+        ModeResult {
+            name: "batched",
+            ms_per_step: not_here(
+                "the cpu reference does not batch the passes (use --device emu|cuda)",
+            ),
+        },
+        ModeResult {
+            name: "recurrent",
+            ms_per_step: match cfg.recurrent_unsupported_reason() {
+                None => time_decode(model, prompts, capacity, StepMode::Recurrent, args)
+                    .map_err(|e| e.to_string()),
+                Some(reason) => Err(format!("n/a: {reason}")),
+            },
+        },
+    ])
+}
+
+fn print_prefill(prompts: &[Vec<u32>], seconds: f64) {
+    let tokens: usize = prompts.iter().map(Vec::len).sum();
+    println!(
+        "prefill: {:.1} tokens/s ({tokens} tokens in {:.1} ms)",
+        tokens as f64 / seconds,
+        seconds * 1e3
+    );
+}
+
+/// The kernel decoder: every execution mode, each in a decoder of its own.
+fn kernel_rows<T: Activation>(
+    device: &Device,
+    model: &Model,
+    prompts: &[Vec<u32>],
+    capacity: usize,
+    args: &Args,
+) -> Result<Vec<ModeResult>> {
+    let modes = [
+        ("sequential", ExecMode::Sequential, false),
+        ("staggered", ExecMode::Staggered, false),
+        ("batched", ExecMode::Batched, false),
+        ("recurrent", ExecMode::Sequential, true),
+    ];
+    let mut rows = Vec::new();
+    for (name, mode, recurrent) in modes {
+        let opts = DecoderOptions {
+            max_batch: prompts.len(),
+            capacity,
+            mode,
+            recurrent,
+        };
+        let timed = Decoder::<T>::new(device, model, opts)
+            .map_err(|e| format!("n/a: {e}"))
+            .and_then(|mut dec| {
+                time_kernel_decode(&mut dec, prompts, args, name == "sequential")
+                    .map_err(|e| e.to_string())
+            });
+        rows.push(ModeResult {
+            name,
+            ms_per_step: timed,
+        });
+    }
+    Ok(rows)
+}
+
+/// Mean milliseconds per step of a kernel decoder (greedy sampling on the device).
+fn time_kernel_decode<T: Activation>(
+    dec: &mut Decoder<T>,
+    prompts: &[Vec<u32>],
+    args: &Args,
+    report_prefill: bool,
+) -> stagformer::Result<f64> {
+    let start = Instant::now();
+    let mut ids = Vec::new();
+    let mut next = Vec::new();
+    for p in prompts {
+        let (id, logits) = dec.prefill(p)?;
+        let vocab = logits.len() / p.len();
+        ids.push(id);
+        next.push(argmax(&logits[logits.len() - vocab..]));
+    }
+    if report_prefill {
+        print_prefill(prompts, start.elapsed().as_secs_f64());
+    }
+    let greedy = SamplingConfig {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+    };
+    for step in 0..args.warmup {
+        next = dec.step_sample(&ids, &next, &greedy, step as u32)?;
+    }
+    let start = Instant::now();
+    for step in 0..args.new_tokens {
+        next = dec.step_sample(&ids, &next, &greedy, (args.warmup + step) as u32)?;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e3 / args.new_tokens as f64)
 }
 
 /// Seconds to prefill every prompt.
@@ -176,7 +278,7 @@ fn print_table(rows: &[ModeResult], batch: usize) {
                     ms,
                     batch as f64 * 1e3 / ms,
                     speedup,
-                    "cuda only"
+                    "-"
                 );
             }
             Err(why) => println!("{:<12} {why}", r.name),

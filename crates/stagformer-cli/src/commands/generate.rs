@@ -3,9 +3,12 @@
 use std::io::Write;
 
 use anyhow::{bail, Result};
+use stagformer::{Activation, Decoder, DecoderOptions, ExecMode, SamplingConfig};
+use stagformer_kernels::Device;
 use stagformer_ref::sample::{sample, SamplingParams};
-use stagformer_ref::{DecodeBatch, StepMode};
+use stagformer_ref::{DecodeBatch, Model, StepMode};
 
+use crate::engine::{Backend, EngineArgs};
 use crate::model_source::{parse_tokens, ModelArgs};
 use crate::text::{StreamPrinter, TextCodec};
 
@@ -16,6 +19,8 @@ const DEFAULT_PRESET: &str = "tiny";
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Prompt text (tokenized with the model's tokenizer.json, else as bytes).
     #[arg(long, conflicts_with = "tokens")]
     prompt: Option<String>,
@@ -49,6 +54,7 @@ pub fn run(args: Args) -> Result<()> {
         );
         source.preset = Some(DEFAULT_PRESET.into());
     }
+    let backend = Backend::resolve(source.device, args.engine.dtype)?;
     let model = source.load()?;
     let codec = TextCodec::for_model(args.model.model.as_deref())?;
     let prompt = match (&args.prompt, &args.tokens) {
@@ -56,6 +62,7 @@ pub fn run(args: Args) -> Result<()> {
         (Some(text), None) => codec.encode(text)?,
         (None, None) => bail!("give --prompt TEXT or --tokens IDS"),
     };
+    model.check_tokens(&prompt, model.config.max_position_embeddings)?;
     let params = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -63,30 +70,103 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
     };
     params.validate()?;
-    let mode = if args.recurrent {
-        StepMode::Recurrent
-    } else {
-        StepMode::Staggered
-    };
     let capacity = (prompt.len() + args.max_new_tokens).min(model.config.max_position_embeddings);
-    let mut batch = DecodeBatch::new(&model, mode, 1, capacity.max(prompt.len()))?;
-    let (id, logits) = batch.prefill(&prompt)?;
-    let mut next = sample(logits.row(logits.rows - 1), &params, 0, 0);
     let mut printer = StreamPrinter::new();
     let mut out = std::io::stdout().lock();
-    for step in 0..args.max_new_tokens {
-        write!(out, "{}", printer.push(&codec, next)?)?;
+    let mut emit = |id: u32| -> Result<()> {
+        write!(out, "{}", printer.push(&codec, id)?)?;
         out.flush()?;
-        if step + 1 == args.max_new_tokens {
-            break;
+        Ok(())
+    };
+    let run = Run {
+        model: &model,
+        prompt: &prompt,
+        params,
+        capacity,
+        new_tokens: args.max_new_tokens,
+        recurrent: args.recurrent,
+    };
+    match backend {
+        Backend::Cpu => run.on_cpu(&mut emit)?,
+        Backend::Kernels {
+            device,
+            bf16: false,
+        } => run.on_kernels::<f32>(&device, args.engine.mode_exec.mode(), &mut emit)?,
+        Backend::Kernels { device, bf16: true } => {
+            run.on_kernels::<half::bf16>(&device, args.engine.mode_exec.mode(), &mut emit)?
         }
-        if batch.len(id)? >= capacity {
-            eprintln!("\nnote: stopped at the model's {capacity} positions");
-            break;
-        }
-        let logits = batch.step(&[id], &[next])?;
-        next = sample(logits.row(0), &params, 0, step as u64 + 1);
     }
+    let mut out = std::io::stdout().lock();
     writeln!(out, "{}", printer.finish(&codec)?)?;
     Ok(())
+}
+
+/// One generation: the first token comes from the prompt's logits, each later one from a step.
+struct Run<'a> {
+    model: &'a Model,
+    prompt: &'a [u32],
+    params: SamplingParams,
+    capacity: usize,
+    new_tokens: usize,
+    recurrent: bool,
+}
+
+impl Run<'_> {
+    fn steps(&self) -> usize {
+        self.new_tokens.min(self.capacity - self.prompt.len() + 1)
+    }
+
+    fn on_cpu(&self, emit: &mut impl FnMut(u32) -> Result<()>) -> Result<()> {
+        let mode = if self.recurrent {
+            StepMode::Recurrent
+        } else {
+            StepMode::Staggered
+        };
+        let mut batch =
+            DecodeBatch::new(self.model, mode, 1, self.capacity.max(self.prompt.len()))?;
+        let (id, logits) = batch.prefill(self.prompt)?;
+        let mut next = sample(logits.row(logits.rows - 1), &self.params, 0, 0);
+        for step in 1..=self.steps() {
+            emit(next)?;
+            if step == self.steps() {
+                break;
+            }
+            let logits = batch.step(&[id], &[next])?;
+            next = sample(logits.row(0), &self.params, 0, step as u64);
+        }
+        Ok(())
+    }
+
+    fn on_kernels<T: Activation>(
+        &self,
+        device: &Device,
+        exec: ExecMode,
+        emit: &mut impl FnMut(u32) -> Result<()>,
+    ) -> Result<()> {
+        let opts = DecoderOptions {
+            max_batch: 1,
+            capacity: self.capacity.max(self.prompt.len()),
+            mode: exec,
+            recurrent: self.recurrent,
+        };
+        let mut decoder = Decoder::<T>::new(device, self.model, opts)?;
+        let (id, logits) = decoder.prefill(self.prompt)?;
+        let vocab = self.model.config.vocab_size;
+        let last = &logits[logits.len() - vocab..];
+        let mut next = sample(last, &self.params, 0, 0);
+        let config = SamplingConfig {
+            temperature: self.params.temperature,
+            top_k: self.params.top_k,
+            top_p: self.params.top_p,
+            seed: self.params.seed,
+        };
+        for step in 1..=self.steps() {
+            emit(next)?;
+            if step == self.steps() {
+                break;
+            }
+            next = decoder.step_sample(&[id], &[next], &config, step as u32)?[0];
+        }
+        Ok(())
+    }
 }

@@ -6,14 +6,17 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use safetensors::tensor::{Dtype, TensorView};
-use stagformer_ref::{score, ScoreMode};
+use stagformer_ref::ScoreMode;
 
+use crate::engine::{Backend, EngineArgs};
 use crate::model_source::{parse_tokens, ModelArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Comma-separated token ids, e.g. 5,17,3.
     #[arg(long)]
     tokens: String,
@@ -39,7 +42,9 @@ enum Mode {
 
 pub fn run(args: Args) -> Result<()> {
     let tokens = parse_tokens(&args.tokens)?;
+    let backend = Backend::resolve(args.model.device, args.engine.dtype)?;
     let model = args.model.load()?;
+    model.check_tokens(&tokens, model.config.max_position_embeddings)?;
     let mode = match args.mode {
         Mode::Forward => ScoreMode::Forward,
         Mode::Decode => ScoreMode::Decode {
@@ -49,9 +54,13 @@ pub fn run(args: Args) -> Result<()> {
             prompt_len: args.prompt_len,
         },
     };
-    let logits = score(&model, &tokens, mode)?;
-    let bytes: Vec<u8> = logits.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = TensorView::new(Dtype::F32, vec![logits.rows, logits.cols], &bytes)?;
+    let logits = backend.score(&model, &tokens, mode, args.engine.mode_exec.mode())?;
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = TensorView::new(
+        Dtype::F32,
+        vec![tokens.len(), model.config.vocab_size],
+        &bytes,
+    )?;
     let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
     safetensors::serialize_to_file([("logits", view)], Some(metadata), &args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;

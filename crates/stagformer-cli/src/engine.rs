@@ -1,0 +1,140 @@
+//! Where the model runs: the CPU reference, or the kernel decoder on the emulated device or a
+//! GPU, with its execution mode and dtype.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use stagformer::{Activation, Decoder, DecoderOptions, ExecMode};
+use stagformer_kernels::Device;
+use stagformer_ref::{score, Model, ScoreMode};
+
+use crate::model_source::DeviceChoice;
+
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// How the kernel decoder schedules a step (emu and cuda devices).
+    #[arg(long, value_enum, default_value_t = ExecChoice::Staggered)]
+    pub mode_exec: ExecChoice,
+    /// Activation and weight storage on the kernel devices; auto = bf16 on cuda, f32 on emu.
+    #[arg(long, value_enum, default_value_t = DtypeChoice::Auto)]
+    pub dtype: DtypeChoice,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecChoice {
+    Staggered,
+    Sequential,
+    Batched,
+}
+
+impl ExecChoice {
+    pub fn mode(self) -> ExecMode {
+        match self {
+            ExecChoice::Staggered => ExecMode::Staggered,
+            ExecChoice::Sequential => ExecMode::Sequential,
+            ExecChoice::Batched => ExecMode::Batched,
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtypeChoice {
+    Auto,
+    F32,
+    Bf16,
+}
+
+/// A resolved device.
+pub enum Backend {
+    Cpu,
+    Kernels { device: Device, bf16: bool },
+}
+
+impl Backend {
+    pub fn resolve(choice: DeviceChoice, dtype: DtypeChoice) -> Result<Self> {
+        let kernels = |device: Device, default_bf16: bool| {
+            let bf16 = match dtype {
+                DtypeChoice::Auto => default_bf16,
+                DtypeChoice::F32 => false,
+                DtypeChoice::Bf16 => true,
+            };
+            Backend::Kernels { device, bf16 }
+        };
+        Ok(match choice {
+            DeviceChoice::Cpu => Backend::Cpu,
+            DeviceChoice::Emu => kernels(Device::emulated(), false),
+            DeviceChoice::Cuda => {
+                let device = Device::cuda(0).context("--device cuda: no usable CUDA GPU")?;
+                kernels(device, true)
+            }
+            DeviceChoice::Auto => match Device::cuda(0) {
+                Ok(device) => kernels(device, true),
+                Err(e) => {
+                    eprintln!("note: --device auto: no CUDA GPU ({e}); running on the cpu");
+                    Backend::Cpu
+                }
+            },
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Cpu => "cpu reference".into(),
+            Backend::Kernels { device, bf16 } => {
+                format!("{} ({})", device.name(), if *bf16 { "bf16" } else { "f32" })
+            }
+        }
+    }
+
+    /// Logits [T, V] of `tokens` scored in `mode`.
+    pub fn score(
+        &self,
+        model: &Model,
+        tokens: &[u32],
+        mode: ScoreMode,
+        exec: ExecMode,
+    ) -> Result<Vec<f32>> {
+        match self {
+            Backend::Cpu => Ok(score(model, tokens, mode)?.data),
+            Backend::Kernels {
+                device,
+                bf16: false,
+            } => score_kernels::<f32>(device, model, tokens, mode, exec),
+            Backend::Kernels { device, bf16: true } => {
+                score_kernels::<half::bf16>(device, model, tokens, mode, exec)
+            }
+        }
+    }
+}
+
+fn score_kernels<T: Activation>(
+    device: &Device,
+    model: &Model,
+    tokens: &[u32],
+    mode: ScoreMode,
+    exec: ExecMode,
+) -> Result<Vec<f32>> {
+    let (prompt_len, recurrent) = match mode {
+        // The prefill computes every position's logits by the definition's masks.
+        ScoreMode::Forward => (tokens.len(), false),
+        ScoreMode::Decode { prompt_len } => (prompt_len, false),
+        ScoreMode::Recurrent { prompt_len } => (prompt_len, true),
+    };
+    if prompt_len == 0 || prompt_len > tokens.len() {
+        bail!(
+            "--prompt-len {prompt_len} must be between 1 and the {} tokens given",
+            tokens.len()
+        );
+    }
+    let opts = DecoderOptions {
+        max_batch: 1,
+        capacity: tokens.len(),
+        mode: exec,
+        recurrent,
+    };
+    let mut decoder = Decoder::<T>::new(device, model, opts)?;
+    let (id, mut logits) = decoder.prefill(&tokens[..prompt_len])?;
+    for &t in &tokens[prompt_len..] {
+        logits.extend(decoder.step(&[id], &[t])?);
+    }
+    Ok(logits)
+}

@@ -1,0 +1,508 @@
+//! The decoder: owns the device state of a batch of sequences and runs prefills and steps.
+
+use stagformer_kernels::device::{Device, DeviceBuffer, Event, Stream};
+use stagformer_kernels::ops::attention_decode::RECOMMENDED_MAX_SPLITS;
+use stagformer_kernels::ops::attention_prefill::PrefillBatch;
+use stagformer_kernels::ops::gemm::{linear, GemmShape};
+use stagformer_kernels::ops::rmsnorm::{rmsnorm, Rows};
+use stagformer_kernels::ops::rope_append::{KvCacheLayout, RopeTable};
+use stagformer_kernels::ops::sample::{sample, SampleShape, SamplingConfig};
+use stagformer_ref::{Model, RequestError};
+
+use crate::error::{DecoderError, Result};
+use crate::scratch::Scratch;
+use crate::section::{Caches, CrossKeys, Pass, Shared};
+use crate::weights::DeviceWeights;
+use crate::Activation;
+
+/// Identifies a sequence of the batch (its slot, `0..max_batch`).
+pub type SeqId = usize;
+
+/// How a decode step is scheduled. Every mode computes the same logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecMode {
+    /// Section s on stream s; the sections join only before the logits.
+    Staggered,
+    /// One stream, sections one after another: the baseline.
+    Sequential,
+    /// Shared weights: all passes of a layer as one GEMM of p·B rows.
+    Batched,
+}
+
+/// Fixed capacity and schedule of a decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderOptions {
+    pub max_batch: usize,
+    /// Positions per sequence (prompt plus generated tokens).
+    pub capacity: usize,
+    pub mode: ExecMode,
+    /// Recurrent mode after the prompt (shared weights, p = 2).
+    pub recurrent: bool,
+}
+
+/// Splits used by the prefill's self-attention, whose many query rows fill the GPU already.
+const PREFILL_SPLITS: usize = 4;
+
+pub struct Decoder<T: Activation> {
+    shared: Shared<T>,
+    caches: Caches<T>,
+    /// One per section (decode steps).
+    scratch: Vec<Scratch<T>>,
+    /// Rows of a whole prompt (prefill).
+    prefill: Scratch<T>,
+    streams: Vec<Stream>,
+    logits: DeviceBuffer<f32>,
+    tokens: DeviceBuffer<i32>,
+    sample_sequences: DeviceBuffer<u32>,
+    sample_steps: DeviceBuffer<u32>,
+    opts: DecoderOptions,
+    /// Tokens processed per live sequence.
+    lens: Vec<Option<usize>>,
+    /// Recorded on stream 0 when the last step's logits are done: every stream waits for it
+    /// before reusing its buffers or overwriting cache slots the last step read.
+    step_done: Option<Event>,
+    poisoned: Option<String>,
+    /// Test hook: drop the join before the logits and delay the last section's stream by this
+    /// much, to show that the emulated streams really need their events.
+    broken_join: Option<std::time::Duration>,
+}
+
+impl<T: Activation> Decoder<T> {
+    /// Uploads `model` to `device` and allocates every buffer for `opts`.
+    pub fn new(device: &Device, model: &Model, opts: DecoderOptions) -> Result<Self> {
+        let cfg = model.config.clone();
+        let p = cfg.sections();
+        if opts.max_batch == 0 || opts.capacity == 0 {
+            return Err(DecoderError::Unsupported(
+                "max_batch and capacity must be at least 1".into(),
+            ));
+        }
+        if opts.capacity > cfg.max_position_embeddings {
+            return Err(RequestError::TooLong {
+                len: opts.capacity,
+                max: cfg.max_position_embeddings,
+            }
+            .into());
+        }
+        if opts.recurrent {
+            if let Some(reason) = cfg.recurrent_unsupported_reason() {
+                return Err(RequestError::RecurrentUnsupported { reason }.into());
+            }
+        }
+        if opts.mode == ExecMode::Batched {
+            return Err(DecoderError::Unsupported(
+                "batched execution is not implemented in the kernel decoder yet".into(),
+            ));
+        }
+        if cfg.stag_output_mix {
+            return Err(DecoderError::Unsupported(
+                "stag_output_mix is not implemented in the kernel decoder yet".into(),
+            ));
+        }
+        let streams = match opts.mode {
+            ExecMode::Staggered if !opts.recurrent => (0..p)
+                .map(|_| device.new_stream())
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => vec![device.new_stream()?],
+        };
+        let stream = &streams[0];
+        let weights = DeviceWeights::upload(stream, model)?;
+        let rope = RopeTable::new(stream, cfg.head_dim, cfg.rope_theta, opts.capacity)?;
+        let window = cfg.stag_cross_window.filter(|&w| w < opts.capacity);
+        let ring = window.map_or(opts.capacity, |w| w + 1);
+        let (hkv, hd, ls) = (
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.layers_per_section(),
+        );
+        let self_len =
+            KvCacheLayout::dense(p * opts.max_batch, hkv, opts.capacity, hd).required_len()?;
+        let cross_len = ls * KvCacheLayout::dense(opts.max_batch, hkv, ring, hd).required_len()?;
+        let alloc = |n: usize| DeviceBuffer::<T>::alloc(device, n);
+        let caches = Caches {
+            self_k: (0..ls)
+                .map(|_| alloc(self_len))
+                .collect::<Result<Vec<_>, _>>()?,
+            self_v: (0..ls)
+                .map(|_| alloc(self_len))
+                .collect::<Result<Vec<_>, _>>()?,
+            cross_k: (1..p)
+                .map(|_| alloc(cross_len))
+                .collect::<Result<Vec<_>, _>>()?,
+            cross_v: (1..p)
+                .map(|_| alloc(cross_len))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let scratch = (0..p)
+            .map(|_| Scratch::new(device, &cfg, opts.max_batch, RECOMMENDED_MAX_SPLITS))
+            .collect::<Result<Vec<_>>>()?;
+        let prefill = Scratch::new(device, &cfg, opts.capacity, PREFILL_SPLITS)?;
+        let rows = opts.max_batch;
+        let decoder = Decoder {
+            logits: DeviceBuffer::alloc(device, rows.max(opts.capacity) * cfg.vocab_size)?,
+            tokens: DeviceBuffer::alloc(device, rows)?,
+            sample_sequences: DeviceBuffer::alloc(device, rows)?,
+            sample_steps: DeviceBuffer::alloc(device, rows)?,
+            shared: Shared {
+                cfg,
+                weights,
+                rope,
+                max_batch: opts.max_batch,
+                capacity: opts.capacity,
+                ring,
+                window,
+            },
+            caches,
+            scratch,
+            prefill,
+            streams,
+            opts,
+            lens: vec![None; opts.max_batch],
+            step_done: None,
+            poisoned: None,
+            broken_join: None,
+        };
+        decoder.streams[0].synchronize()?;
+        Ok(decoder)
+    }
+
+    /// Test hook: from now on, steps skip the event wait that joins the sections before the
+    /// logits, and the last section's stream first sleeps `delay`. The logits are then wrong:
+    /// proof that cross-stream ordering is really enforced (also on the emulated device).
+    #[doc(hidden)]
+    pub fn break_join_for_test(&mut self, delay: std::time::Duration) {
+        self.broken_join = Some(delay);
+    }
+
+    pub fn options(&self) -> DecoderOptions {
+        self.opts
+    }
+
+    /// Tokens sequence `id` has processed.
+    pub fn len(&self, id: SeqId) -> Result<usize> {
+        self.lens
+            .get(id)
+            .copied()
+            .flatten()
+            .ok_or_else(|| RequestError::UnknownSequence { seq: id }.into())
+    }
+
+    /// Frees a sequence's slot.
+    pub fn remove(&mut self, id: SeqId) -> Result<()> {
+        self.len(id)?;
+        self.lens[id] = None;
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(why) => Err(DecoderError::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f`; a device error inside it poisons the decoder (its caches may be half written).
+    fn guarded<R>(&mut self, f: impl FnOnce(&mut Self) -> Result<R>) -> Result<R> {
+        self.check_usable()?;
+        let result = f(self);
+        if let Err(DecoderError::Device(e)) = &result {
+            self.poisoned = Some(e.to_string());
+        }
+        result
+    }
+
+    /// Adds a sequence: runs every section over `prompt` and fills its caches. Returns its id
+    /// and the logits after every prompt token, [P, V] row-major.
+    pub fn prefill(&mut self, prompt: &[u32]) -> Result<(SeqId, Vec<f32>)> {
+        self.check_usable()?;
+        let cfg = &self.shared.cfg;
+        let vocab = cfg.vocab_size;
+        if prompt.is_empty() {
+            return Err(RequestError::EmptyInput.into());
+        }
+        if prompt.len() > self.opts.capacity {
+            return Err(RequestError::TooLong {
+                len: prompt.len(),
+                max: self.opts.capacity,
+            }
+            .into());
+        }
+        if let Some(index) = prompt.iter().position(|&t| t as usize >= vocab) {
+            return Err(RequestError::TokenOutOfRange {
+                index,
+                token: prompt[index],
+                vocab_size: vocab,
+            }
+            .into());
+        }
+        let id = self
+            .lens
+            .iter()
+            .position(Option::is_none)
+            .ok_or(RequestError::BatchFull {
+                max: self.opts.max_batch,
+            })?;
+        let logits = self.guarded(|d| d.run_prefill(id, prompt))?;
+        self.lens[id] = Some(prompt.len());
+        Ok((id, logits))
+    }
+
+    fn run_prefill(&mut self, id: SeqId, prompt: &[u32]) -> Result<Vec<f32>> {
+        let stream = &self.streams[0];
+        let sh = &self.shared;
+        let cfg = &sh.cfg;
+        let (p, n, d, vocab) = (
+            cfg.sections(),
+            prompt.len(),
+            cfg.hidden_size,
+            cfg.vocab_size,
+        );
+        if let Some(done) = &self.step_done {
+            stream.wait_event(done)?;
+        }
+        let batch = PrefillBatch::new(stream, &[n])?;
+        let sc = &mut self.prefill;
+        let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
+        let positions: Vec<i32> = (0..n as i32).collect();
+        sc.ids.slice_mut(..n)?.copy_from_host(stream, &ids)?;
+        sc.positions
+            .slice_mut(..n)?
+            .copy_from_host(stream, &positions)?;
+        sc.cross_slots
+            .slice_mut(..n)?
+            .copy_from_host(stream, &vec![id as i32; n])?;
+        for s in 0..p {
+            let slot = (s * sh.max_batch + id) as i32;
+            sc.self_slots
+                .slice_mut(..n)?
+                .copy_from_host(stream, &vec![slot; n])?;
+            let end = if s + 1 < p {
+                &sh.weights.memory_norms[s]
+            } else {
+                &sh.weights.final_norm
+            };
+            let pass = Pass {
+                section: s,
+                rows: n,
+                cross_keys: CrossKeys::Prompt(&batch),
+                end,
+            };
+            sh.run_section(&mut self.caches, sc, stream, pass)?;
+            if s + 1 < p {
+                sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, n)?;
+                // Only the last `ring` positions fit the cross caches (and are ever read again).
+                sh.append_memory(
+                    &mut self.caches,
+                    sc,
+                    stream,
+                    s + 1,
+                    n.saturating_sub(sh.ring)..n,
+                )?;
+            }
+        }
+        let mut logits = self.logits.slice_mut(..n * vocab)?;
+        linear(
+            stream,
+            &sc.h.slice(..n * d)?,
+            sh.weights.lm_head(),
+            &mut logits,
+            GemmShape::new(n, vocab, d),
+        )?;
+        self.step_done = Some(stream.record_event()?);
+        Ok(self.logits.slice(..n * vocab)?.to_host(stream)?)
+    }
+
+    /// One decode step: feeds `tokens[r]` to sequence `seqs[r]` and returns the logits [B, V].
+    pub fn step(&mut self, seqs: &[SeqId], tokens: &[u32]) -> Result<Vec<f32>> {
+        let positions = self.validate_step(seqs, tokens)?;
+        let vocab = self.shared.cfg.vocab_size;
+        let logits = self.guarded(|d| {
+            d.run_step(seqs, tokens, &positions)?;
+            Ok(d.logits
+                .slice(..seqs.len() * vocab)?
+                .to_host(&d.streams[0])?)
+        })?;
+        self.advance(seqs);
+        Ok(logits)
+    }
+
+    /// One decode step that samples on the device; only the chosen ids reach the host.
+    /// `step_index` feeds the counter-based sampler (same seed and index → same token).
+    pub fn step_sample(
+        &mut self,
+        seqs: &[SeqId],
+        tokens: &[u32],
+        sampling: &SamplingConfig,
+        step_index: u32,
+    ) -> Result<Vec<u32>> {
+        let positions = self.validate_step(seqs, tokens)?;
+        let picked = self.guarded(|d| {
+            d.run_step(seqs, tokens, &positions)?;
+            d.sample_rows(seqs, sampling, step_index)
+        })?;
+        self.advance(seqs);
+        Ok(picked)
+    }
+
+    /// Samples one token per row from the logits of the last step (rows = `seqs`).
+    fn sample_rows(
+        &mut self,
+        seqs: &[SeqId],
+        sampling: &SamplingConfig,
+        step_index: u32,
+    ) -> Result<Vec<u32>> {
+        let stream = &self.streams[0];
+        let n = seqs.len();
+        let vocab = self.shared.cfg.vocab_size;
+        let sequences: Vec<u32> = seqs.iter().map(|&s| s as u32).collect();
+        self.sample_sequences
+            .slice_mut(..n)?
+            .copy_from_host(stream, &sequences)?;
+        self.sample_steps
+            .slice_mut(..n)?
+            .copy_from_host(stream, &vec![step_index; n])?;
+        sample(
+            stream,
+            &self.logits.slice(..n * vocab)?,
+            &mut self.tokens.slice_mut(..n)?,
+            &self.sample_sequences.slice(..n)?,
+            &self.sample_steps.slice(..n)?,
+            SampleShape::contiguous(n, vocab),
+            sampling,
+        )?;
+        let ids = self.tokens.slice(..n)?.to_host(stream)?;
+        Ok(ids.into_iter().map(|t| t as u32).collect())
+    }
+
+    fn advance(&mut self, seqs: &[SeqId]) {
+        for &s in seqs {
+            if let Some(len) = self.lens[s].as_mut() {
+                *len += 1;
+            }
+        }
+    }
+
+    /// Checks the step's arguments; returns each row's position.
+    fn validate_step(&self, seqs: &[SeqId], tokens: &[u32]) -> Result<Vec<usize>> {
+        self.check_usable()?;
+        if seqs.is_empty() {
+            return Err(RequestError::EmptyInput.into());
+        }
+        if seqs.len() != tokens.len() {
+            return Err(RequestError::StepArity {
+                ids: seqs.len(),
+                tokens: tokens.len(),
+            }
+            .into());
+        }
+        let vocab = self.shared.cfg.vocab_size;
+        let mut positions = Vec::with_capacity(seqs.len());
+        for (r, (&id, &t)) in seqs.iter().zip(tokens).enumerate() {
+            let len = self.len(id)?;
+            if seqs[..r].contains(&id) {
+                return Err(RequestError::DuplicateSequence { seq: id }.into());
+            }
+            if len >= self.opts.capacity {
+                return Err(RequestError::TooLong {
+                    len: len + 1,
+                    max: self.opts.capacity,
+                }
+                .into());
+            }
+            if t as usize >= vocab {
+                return Err(RequestError::TokenOutOfRange {
+                    index: r,
+                    token: t,
+                    vocab_size: vocab,
+                }
+                .into());
+            }
+            positions.push(len);
+        }
+        Ok(positions)
+    }
+
+    /// The launches of one step; leaves the logits in `self.logits` (ordered on stream 0).
+    fn run_step(&mut self, seqs: &[SeqId], tokens: &[u32], positions: &[usize]) -> Result<()> {
+        let sh = &self.shared;
+        let cfg = &sh.cfg;
+        let (p, n, d, vocab) = (cfg.sections(), seqs.len(), cfg.hidden_size, cfg.vocab_size);
+        let recurrent = self.opts.recurrent;
+        let sections: Vec<usize> = if recurrent { vec![1] } else { (0..p).collect() };
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let pos: Vec<i32> = positions.iter().map(|&i| i as i32).collect();
+        let cross_slots: Vec<i32> = seqs.iter().map(|&s| s as i32).collect();
+        let mut joins = Vec::new();
+        for &s in &sections {
+            // Section s runs on stream s when staggered, else everything runs on stream 0.
+            let stream = &self.streams[s.min(self.streams.len() - 1)];
+            if let Some(done) = &self.step_done {
+                stream.wait_event(done)?;
+            }
+            if let (Some(delay), true) = (self.broken_join, s + 1 == p && s > 0) {
+                stream.host_fn(move || std::thread::sleep(delay))?;
+            }
+            let sc = &mut self.scratch[s];
+            let self_slots: Vec<i32> = seqs
+                .iter()
+                .map(|&b| (s * sh.max_batch + b) as i32)
+                .collect();
+            sc.ids.slice_mut(..n)?.copy_from_host(stream, &ids)?;
+            sc.positions.slice_mut(..n)?.copy_from_host(stream, &pos)?;
+            sc.self_slots
+                .slice_mut(..n)?
+                .copy_from_host(stream, &self_slots)?;
+            sc.cross_slots
+                .slice_mut(..n)?
+                .copy_from_host(stream, &cross_slots)?;
+            let end = if !recurrent && s + 1 < p {
+                &sh.weights.memory_norms[s]
+            } else {
+                &sh.weights.final_norm
+            };
+            let pass = Pass {
+                section: s,
+                rows: n,
+                cross_keys: CrossKeys::Cache,
+                end,
+            };
+            let out = sh.run_section(&mut self.caches, sc, stream, pass)?;
+            // The memory of step i lands in slot i, which no section reads during step i.
+            if recurrent {
+                rmsnorm(
+                    stream,
+                    &sc.x[out].slice(..n * d)?,
+                    &sh.weights.memory_norms[0],
+                    &mut sc.o.slice_mut(..n * d)?,
+                    Rows { rows: n, dim: d },
+                    cfg.rms_norm_eps as f32,
+                )?;
+                sh.project_memory(stream, &sc.o, &mut sc.memory_kv, 1, n)?;
+                sh.append_memory(&mut self.caches, sc, stream, 1, 0..n)?;
+            } else if s + 1 < p {
+                sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, n)?;
+                sh.append_memory(&mut self.caches, sc, stream, s + 1, 0..n)?;
+            }
+            if self.streams.len() > 1 && s > 0 {
+                joins.push(stream.record_event()?);
+            }
+        }
+        let stream0 = &self.streams[0];
+        if self.broken_join.is_none() {
+            for join in &joins {
+                stream0.wait_event(join)?;
+            }
+        }
+        let last = *sections.last().expect("at least one section");
+        let mut logits = self.logits.slice_mut(..n * vocab)?;
+        linear(
+            stream0,
+            &self.scratch[last].h.slice(..n * d)?,
+            sh.weights.lm_head(),
+            &mut logits,
+            GemmShape::new(n, vocab, d),
+        )?;
+        self.step_done = Some(stream0.record_event()?);
+        Ok(())
+    }
+}

@@ -1,0 +1,252 @@
+//! The kernel decoder on the emulated device against the CPU reference's forward logits, for
+//! the variant matrix and every execution mode that applies.
+
+use stagformer::{Decoder, DecoderOptions, ExecMode, SamplingConfig};
+use stagformer_kernels::Device;
+use stagformer_ref::{Config, Model, StorageDtype};
+
+const TOL: f64 = 1e-4;
+const STEPS: usize = 32;
+
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    sections: usize,
+    shared: bool,
+    window: Option<usize>,
+    gqa: bool,
+    tied: bool,
+}
+
+fn variants() -> Vec<Variant> {
+    let mut out = Vec::new();
+    let mut n = 0;
+    for sections in 1..=4 {
+        for shared in [false, true] {
+            for window in [None, Some(1), Some(3)] {
+                if sections == 1 && window.is_some() {
+                    continue;
+                }
+                n += 1;
+                out.push(Variant {
+                    sections,
+                    shared,
+                    window,
+                    gqa: n % 2 == 0,
+                    tied: n % 3 == 0,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn config(v: Variant) -> Config {
+    Config {
+        vocab_size: 41,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: if v.shared { 2 } else { 2 * v.sections },
+        num_attention_heads: 4,
+        num_key_value_heads: if v.gqa { 2 } else { 4 },
+        head_dim: 8,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000.0,
+        max_position_embeddings: 64,
+        tie_word_embeddings: v.tied,
+        stag_sections: v.sections,
+        stag_shared_weights: v.shared,
+        stag_cross_window: v.window,
+        stag_output_mix: false,
+    }
+}
+
+fn tokens(n: usize, seed: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| ((i * 7 + seed * 11 + 3) % 41) as u32)
+        .collect()
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite logits");
+    let scale = want.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+    let diff = got.iter().zip(want).fold(0f64, |m, (&a, &b)| {
+        m.max((f64::from(a) - f64::from(b)).abs())
+    });
+    diff / scale
+}
+
+fn modes() -> [ExecMode; 2] {
+    [ExecMode::Sequential, ExecMode::Staggered]
+}
+
+/// B = 3 ragged: prompts of 1, 4 and 6 tokens, then 32 steps of all three together.
+#[test]
+fn decoder_logits_match_reference_forward() {
+    let device = Device::emulated();
+    for (n, v) in variants().into_iter().enumerate() {
+        let model = Model::random(config(v), 40 + n as u64, StorageDtype::F32).unwrap();
+        let prompts = [1usize, 4, 6];
+        let seqs: Vec<Vec<u32>> = prompts
+            .iter()
+            .enumerate()
+            .map(|(b, &p)| tokens(p + STEPS, n + b))
+            .collect();
+        let wants: Vec<Vec<f32>> = seqs
+            .iter()
+            .map(|s| model.forward(s).unwrap().data)
+            .collect();
+        for mode in modes() {
+            let opts = DecoderOptions {
+                max_batch: 3,
+                capacity: 40,
+                mode,
+                recurrent: false,
+            };
+            let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+            let mut got: Vec<Vec<f32>> = Vec::new();
+            let mut ids = Vec::new();
+            for (s, &p) in seqs.iter().zip(&prompts) {
+                let (id, logits) = dec.prefill(&s[..p]).unwrap();
+                ids.push(id);
+                got.push(logits);
+            }
+            for step in 0..STEPS {
+                let toks: Vec<u32> = (0..3).map(|b| seqs[b][prompts[b] + step]).collect();
+                let logits = dec.step(&ids, &toks).unwrap();
+                for b in 0..3 {
+                    got[b].extend_from_slice(&logits[b * 41..(b + 1) * 41]);
+                }
+            }
+            for b in 0..3 {
+                let e = rel_err(&got[b], &wants[b]);
+                assert!(
+                    e <= TOL,
+                    "{v:?} {mode:?} sequence {b}: relative error {e:.2e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn recurrent_mode_matches_reference() {
+    let device = Device::emulated();
+    for window in [None, Some(1), Some(3)] {
+        let v = Variant {
+            sections: 2,
+            shared: true,
+            window,
+            gqa: true,
+            tied: false,
+        };
+        let model = Model::random(config(v), 7, StorageDtype::F32).unwrap();
+        let toks = tokens(3 + STEPS, 1);
+        let want = stagformer_ref::score(
+            &model,
+            &toks,
+            stagformer_ref::ScoreMode::Recurrent { prompt_len: 3 },
+        )
+        .unwrap();
+        let opts = DecoderOptions {
+            max_batch: 1,
+            capacity: 40,
+            mode: ExecMode::Sequential,
+            recurrent: true,
+        };
+        let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+        let (id, mut got) = dec.prefill(&toks[..3]).unwrap();
+        for &t in &toks[3..] {
+            got.extend(dec.step(&[id], &[t]).unwrap());
+        }
+        let e = rel_err(&got, &want.data);
+        assert!(e <= TOL, "{window:?}: relative error {e:.2e}");
+    }
+}
+
+#[test]
+fn staggered_equals_sequential_token_for_token() {
+    let device = Device::emulated();
+    let v = Variant {
+        sections: 3,
+        shared: false,
+        window: Some(3),
+        gqa: true,
+        tied: false,
+    };
+    let model = Model::random(config(v), 99, StorageDtype::F32).unwrap();
+    let greedy = SamplingConfig {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+    };
+    let mut runs = Vec::new();
+    for mode in modes() {
+        let opts = DecoderOptions {
+            max_batch: 2,
+            capacity: 40,
+            mode,
+            recurrent: false,
+        };
+        let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+        let (a, la) = dec.prefill(&[1, 2, 3]).unwrap();
+        let (b, lb) = dec.prefill(&[9]).unwrap();
+        let argmax =
+            |row: &[f32]| (0..row.len()).fold(0, |m, i| if row[i] > row[m] { i } else { m }) as u32;
+        let mut next = vec![argmax(&la[2 * 41..]), argmax(&lb)];
+        let mut out = Vec::new();
+        for step in 0..STEPS as u32 {
+            next = dec.step_sample(&[a, b], &next, &greedy, step).unwrap();
+            out.extend_from_slice(&next);
+        }
+        runs.push(out);
+    }
+    assert_eq!(runs[0], runs[1]);
+}
+
+#[test]
+fn removing_the_join_event_breaks_the_emulated_run() {
+    let device = Device::emulated();
+    let v = Variant {
+        sections: 2,
+        shared: false,
+        window: None,
+        gqa: true,
+        tied: false,
+    };
+    let model = Model::random(config(v), 5, StorageDtype::F32).unwrap();
+    let toks = tokens(8, 2);
+    let want = model.forward(&toks).unwrap().data;
+    let run = |broken: bool| {
+        let opts = DecoderOptions {
+            max_batch: 1,
+            capacity: 16,
+            mode: ExecMode::Staggered,
+            recurrent: false,
+        };
+        let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+        if broken {
+            dec.break_join_for_test(std::time::Duration::from_millis(50));
+        }
+        let (id, mut got) = dec.prefill(&toks[..3]).unwrap();
+        for &t in &toks[3..] {
+            got.extend(dec.step(&[id], &[t]).unwrap());
+        }
+        got
+    };
+    let correct = run(false);
+    assert!(rel_err(&correct, &want) <= TOL);
+    let broken = run(true);
+    let wrong = broken.iter().any(|v| !v.is_finite()) || {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        broken
+            .iter()
+            .zip(&want)
+            .any(|(a, b)| (a - b).abs() > 1e-3 * scale)
+    };
+    assert!(
+        wrong,
+        "the logits were right without the join: the event wait is not what orders the streams"
+    );
+}

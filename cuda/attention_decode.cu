@@ -1,0 +1,462 @@
+// Decode attention, split-KV ("flash decoding"): one query row per sequence against its KV
+// cache, for the causal self-attention and for StagFormer's staggered cross-attention.
+//
+// Pass 1, attention_decode_split_<dtype>_hd<64|128|any>_g<G>: block (split, kv head × head
+// chunk, row). A split is a run of `keys_per_split` consecutive visible keys. The block loads the
+// q vectors of up to G query heads that share the kv head once, streams each K and V row of the
+// split once for all of them (GQA: the bytes read do not grow with groups up to 8; larger groups
+// take one block per 8 heads), and keeps an f32 online softmax per head. It writes one partial
+// per (row, head, split): the running max and sum, and the unnormalised output. `max_splits` is
+// this launch's split count (grid x) and the workspace's split stride.
+// Pass 2, attention_decode_combine_<dtype>: block (head, row). Rescales the row's partials to
+// their common max, sums them and divides by the total, writing `out`; a row with no visible
+// key gets exact zeros.
+//
+// Roofline design: memory bound (G flops per byte of bf16 K/V, G/2 for f32). The host picks
+// enough splits to put several blocks on every SM at batch 1. Within a block a key row is read
+// by `lanes` consecutive threads with one 16-byte load each (64 and 128 specialised), so a warp
+// reads whole contiguous rows; each thread issues U key rows of K and of V before using any, for
+// memory-level parallelism. Scores are reduced across the row's lanes by shuffles; each group of
+// lanes runs its own online softmax over its keys, and the groups merge once per split through
+// shared memory, laid out so that consecutive threads touch consecutive 16-byte words. Other
+// head dims (up to 256, any alignment) take the generic kernels: scalar element loads, lanes
+// rounded up to a power of two.
+//
+// Scores are kept in log2 units (q is pre-multiplied by scale · log2 e) so every exponential is
+// one exp2f; the partial maxima are in those units too, which only the two passes here read.
+#include "stag_vec.cuh"
+
+namespace {
+
+constexpr int SPLIT_THREADS = 128;
+constexpr int COMBINE_MAX_THREADS = 128;
+// Elements each lane holds per key row in the generic kernels: head dims up to 32 × 8.
+constexpr int GENERIC_ELEMS = 8;
+constexpr float LOG2E = 1.4426950408889634f;
+
+// ---- The mask rule: which keys a row sees and where they live -------------------------------
+
+// The visible keys of one row, oldest first: key i (0 <= i < count) is in cache slot
+// first_slot + i, wrapped modulo `ring`.
+struct KeySet {
+    uint32_t count;
+    uint32_t first_slot;
+    uint32_t ring;
+    uint32_t seq;
+
+    __device__ __forceinline__ uint32_t slot(uint32_t i) const {
+        // first_slot < ring and i < count <= ring, so one subtraction wraps.
+        const uint32_t s = first_slot + i;
+        return s >= ring ? s - ring : s;
+    }
+};
+
+// The one definition of the visibility rule of both modes, used by both passes.
+// Self: positions 0..pos, position k in slot k. Cross: positions max(0, pos - W)..pos - 1, in a
+// ring of cache_slots >= W slots (slot k mod cache_slots) when windowed, else in slot k; none at
+// pos = 0. A row whose sequence slot or position lies outside the caches sees nothing (and so
+// writes zeros), which keeps every read in bounds whatever the device-side indices hold.
+__device__ __forceinline__ KeySet visible_keys(const AttentionDecodeParams &p, uint32_t row) {
+    const KeySet none{0, 0, 1, 0};
+    const int32_t seq = p.seq_slots[row];
+    const int32_t pos = p.positions[row];
+    if (seq < 0 || uint32_t(seq) >= p.cache_seqs || pos < 0) return none;
+    const uint32_t i = uint32_t(pos);
+    if (p.mode == STAG_ATTN_SELF) {
+        if (i >= p.cache_slots) return none;
+        return KeySet{i + 1, 0, p.cache_slots, uint32_t(seq)};
+    }
+    if (p.mode != STAG_ATTN_CROSS) return none;
+    if (p.window == 0) {
+        if (i > p.cache_slots) return none;
+        return KeySet{i, 0, p.cache_slots, uint32_t(seq)};
+    }
+    // A ring of cache_slots >= W slots (slot k mod cache_slots); the decoder uses W + 1 so
+    // that the slot written at step i is never one read at step i.
+    if (p.window > p.cache_slots) return none;
+    const uint32_t count = min(i, p.window);
+    return KeySet{count, (i - count) % p.cache_slots, p.cache_slots, uint32_t(seq)};
+}
+
+// Splits a row with `count` visible keys uses: split s takes keys [s·kps, (s+1)·kps), and the
+// last one everything left, so a row longer than max_splits · kps is still exact (only slower).
+__device__ __forceinline__ uint32_t split_count(const AttentionDecodeParams &p, uint32_t count) {
+    if (count == 0) return 0;
+    const uint32_t kps = max(p.keys_per_split, 1u);
+    return min((count - 1) / kps + 1, max(p.max_splits, 1u));
+}
+
+// ---- Helpers ---------------------------------------------------------------------------------
+
+// exp2(x - m) for a running max x that may still be -inf (no key seen): then 0, never NaN.
+__device__ __forceinline__ float exp2_from(float x, float m) {
+    return x == -INFINITY ? 0.0f : exp2f(x - m);
+}
+
+__device__ __forceinline__ float lane_sum(float v, uint32_t lanes) {
+    for (uint32_t offset = lanes >> 1; offset > 0; offset >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, int(offset));
+    }
+    return v;
+}
+
+__device__ __forceinline__ float block_max(float v, float *scratch) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int warps = blockDim.x >> 5;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    }
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float m = lane < warps ? scratch[lane] : -INFINITY;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+    }
+    __syncthreads();
+    return m;
+}
+
+// Lanes per key row of the generic kernels: a power of two covering the head dim, at most 32.
+__device__ __forceinline__ uint32_t generic_lanes(uint32_t hd) {
+    uint32_t lanes = 1;
+    while (lanes < hd && lanes < 32) lanes <<= 1;
+    return lanes;
+}
+
+// One lane's share of a key row, as stored: a 16-byte vector (specialised head dims) or
+// GENERIC_ELEMS scalars (elements lane, lane + lanes, ...).
+template <typename T, bool GENERIC> struct Share;
+
+template <typename T> struct Share<T, false> {
+    static constexpr int E = stag::Vec<T>::N;
+    uint4 raw;
+
+    __device__ __forceinline__ void clear() { raw = make_uint4(0, 0, 0, 0); }
+    // `vec`: the launch's pointers and strides allow 16-byte loads; otherwise element by element
+    // (the same bytes, so a misaligned view is slower, never wrong).
+    __device__ __forceinline__ void load(const T *row, uint32_t lane, uint32_t, uint32_t,
+                                         bool vec) {
+        const T *src = row + size_t(lane) * E;
+        if (vec) {
+            raw = *reinterpret_cast<const uint4 *>(src);
+        } else {
+            T *dst = reinterpret_cast<T *>(&raw);
+#pragma unroll
+            for (int e = 0; e < E; ++e) dst[e] = src[e];
+        }
+    }
+    __device__ __forceinline__ void to_float(float *out) const {
+        stag::Vec<T>::load(reinterpret_cast<const T *>(&raw), out);
+    }
+};
+
+template <typename T> struct Share<T, true> {
+    static constexpr int E = GENERIC_ELEMS;
+    T raw[E];
+
+    __device__ __forceinline__ void clear() {
+#pragma unroll
+        for (int e = 0; e < E; ++e) raw[e] = stag::from_float<T>(0.0f);
+    }
+    __device__ __forceinline__ void load(const T *row, uint32_t lane, uint32_t lanes, uint32_t hd,
+                                         bool) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            const uint32_t d = lane + uint32_t(e) * lanes;
+            raw[e] = d < hd ? row[d] : stag::from_float<T>(0.0f);
+        }
+    }
+    __device__ __forceinline__ void to_float(float *out) const {
+#pragma unroll
+        for (int e = 0; e < E; ++e) out[e] = stag::to_float(raw[e]);
+    }
+};
+
+// ---- Pass 1 ----------------------------------------------------------------------------------
+
+// HD: 64 or 128, or 0 for any head dim up to 256. G: query heads per block (the GQA group, or a
+// chunk of it). U: key rows per thread in flight.
+template <typename T, int HD, int G, int U>
+__device__ void split_pass(const AttentionDecodeParams &p) {
+    constexpr bool GENERIC = HD == 0;
+    using S = Share<T, GENERIC>;
+    constexpr int E = S::E;
+    static_assert(GENERIC || (HD % E == 0 && HD / E <= 32), "one vector per lane");
+
+    const uint32_t hd = GENERIC ? p.head_dim : uint32_t(HD);
+    const uint32_t lanes = GENERIC ? generic_lanes(hd) : uint32_t(HD / E);
+    const uint32_t key_groups = SPLIT_THREADS / lanes;
+    const uint32_t lane = threadIdx.x % lanes;
+    const uint32_t kgroup = threadIdx.x / lanes;
+
+    // Everything up to the first barrier depends only on the block index and params, so a
+    // block that has nothing to do leaves as a whole.
+    if (p.kv_heads == 0 || p.heads % p.kv_heads != 0) return;
+    const uint32_t group = p.heads / p.kv_heads;
+    const uint32_t chunks = (group + G - 1) / G;
+    const uint32_t row = blockIdx.z;
+    const uint32_t kvh = blockIdx.y / chunks;
+    const uint32_t chunk = blockIdx.y % chunks;
+    if (row >= p.rows || kvh >= p.kv_heads) return;
+    const uint32_t h0 = kvh * group + chunk * G;
+    const uint32_t nh = min(uint32_t(G), group - chunk * G);
+
+    const KeySet keys = visible_keys(p, row);
+    const uint32_t splits = split_count(p, keys.count);
+    const uint32_t split = blockIdx.x;
+    if (split >= splits) return;
+    const uint32_t kps = max(p.keys_per_split, 1u);
+    const uint32_t begin = split * kps;
+    const uint32_t end = split + 1 == splits ? keys.count : begin + kps;
+
+    const T *q_row = static_cast<const T *>(p.q) + size_t(row) * p.q_row_stride;
+    const size_t head_base = size_t(keys.seq) * p.cache_seq_stride + size_t(kvh) * p.cache_head_stride;
+    const T *k_head = static_cast<const T *>(p.k_cache) + head_base;
+    const T *v_head = static_cast<const T *>(p.v_cache) + head_base;
+    const bool vec = !GENERIC && stag::aligned16(p.q) && stag::aligned16(p.k_cache) &&
+                     stag::aligned16(p.v_cache) && p.q_row_stride % E == 0 &&
+                     p.cache_seq_stride % E == 0 && p.cache_head_stride % E == 0;
+
+    // The group's queries, once, pre-scaled into log2 units.
+    const float qscale = p.scale * LOG2E;
+    float q[G][E];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        S share;
+        share.clear();
+        if (uint32_t(g) < nh) share.load(q_row + size_t(h0 + g) * hd, lane, lanes, hd, vec);
+        share.to_float(q[g]);
+#pragma unroll
+        for (int e = 0; e < E; ++e) q[g][e] *= qscale;
+    }
+
+    float m[G], l[G], acc[G][E];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[g][e] = 0.0f;
+    }
+
+    // Every thread runs the same number of iterations (the shuffles need the whole warp); keys
+    // past the split's end are masked, never loaded.
+    const uint32_t step = key_groups * U;
+    for (uint32_t base = begin; base < end; base += step) {
+        S k[U], v[U];
+        bool valid[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const uint32_t key = base + kgroup + uint32_t(u) * key_groups;
+            valid[u] = key < end;
+            k[u].clear();
+            v[u].clear();
+            if (valid[u]) {
+                const size_t offset = size_t(keys.slot(key)) * hd;
+                k[u].load(k_head + offset, lane, lanes, hd, vec);
+                v[u].load(v_head + offset, lane, lanes, hd, vec);
+            }
+        }
+        float s[U][G];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            float kf[E];
+            k[u].to_float(kf);
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                float dot = 0.0f;
+#pragma unroll
+                for (int e = 0; e < E; ++e) dot += q[g][e] * kf[e];
+                s[u][g] = lane_sum(dot, lanes);
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            float top = m[g];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                if (valid[u]) top = fmaxf(top, s[u][g]);
+            }
+            // top is -inf only while this lane group has not met a key yet.
+            const float keep = top == -INFINITY ? 1.0f : exp2_from(m[g], top);
+            m[g] = top;
+            l[g] *= keep;
+#pragma unroll
+            for (int e = 0; e < E; ++e) acc[g][e] *= keep;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                s[u][g] = valid[u] ? exp2f(s[u][g] - top) : 0.0f;
+                l[g] += s[u][g];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            float vf[E];
+            v[u].to_float(vf);
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+#pragma unroll
+                for (int e = 0; e < E; ++e) acc[g][e] += s[u][g] * vf[e];
+            }
+        }
+    }
+
+    // Merge the lane groups: stats, then the outputs rescaled to the split's max, then a sum over
+    // groups per output element. Layout of `red` per (group, head): quad c of lane `lane` at
+    // word (c · lanes + lane) · 4 (vectors), element e of lane at e · lanes + lane (generic).
+    STAG_DYNAMIC_SMEM(float, smem);
+    float *stat_m = smem;                              // [key_groups][G]
+    float *stat_l = smem + SPLIT_THREADS * G;          // [key_groups][G]
+    float *red = smem + 2 * SPLIT_THREADS * G;         // [key_groups][G][lanes · E]
+    const uint32_t width = lanes * E;
+    if (lane == 0) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            stat_m[kgroup * G + g] = m[g];
+            stat_l[kgroup * G + g] = l[g];
+        }
+    }
+    __syncthreads();
+    float top[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        top[g] = -INFINITY;
+        for (uint32_t kg = 0; kg < key_groups; ++kg) top[g] = fmaxf(top[g], stat_m[kg * G + g]);
+        const float mine = top[g] == -INFINITY ? 0.0f : exp2_from(m[g], top[g]);
+        float *dst = red + (kgroup * G + g) * width;
+        if constexpr (GENERIC) {
+#pragma unroll
+            for (int e = 0; e < E; ++e) dst[e * lanes + lane] = acc[g][e] * mine;
+        } else {
+#pragma unroll
+            for (int c = 0; c < E / 4; ++c) {
+                float quad[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) quad[j] = acc[g][c * 4 + j] * mine;
+                stag::Vec<float>::store(dst + (c * lanes + lane) * 4, quad);
+            }
+        }
+    }
+    __syncthreads();
+
+    const size_t part0 = (size_t(row) * p.heads + h0) * p.max_splits + split;
+    const size_t head_step = p.max_splits;  // partials of consecutive heads, same split
+    if (threadIdx.x == 0) {
+        for (uint32_t g = 0; g < nh; ++g) {
+            float sum = 0.0f;
+            if (top[g] != -INFINITY) {
+                for (uint32_t kg = 0; kg < key_groups; ++kg) {
+                    sum += stat_l[kg * G + g] * exp2_from(stat_m[kg * G + g], top[g]);
+                }
+            }
+            float *stats = p.partial_stats + (part0 + g * head_step) * 2;
+            stats[0] = top[g];
+            stats[1] = sum;
+        }
+    }
+    if constexpr (GENERIC) {
+        for (uint32_t it = threadIdx.x; it < nh * hd; it += SPLIT_THREADS) {
+            const uint32_t g = it / hd;
+            const uint32_t d = it % hd;
+            float sum = 0.0f;
+            for (uint32_t kg = 0; kg < key_groups; ++kg) sum += red[(kg * G + g) * width + d];
+            p.partial_out[(part0 + g * head_step) * hd + d] = sum;
+        }
+    } else {
+        constexpr uint32_t QUADS = HD / 4;
+        const bool vec_out = stag::aligned16(p.partial_out);
+        for (uint32_t it = threadIdx.x; it < nh * QUADS; it += SPLIT_THREADS) {
+            const uint32_t g = it / QUADS;
+            const uint32_t qq = it % QUADS;
+            float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (uint32_t kg = 0; kg < key_groups; ++kg) {
+                float quad[4];
+                stag::Vec<float>::load(red + (kg * G + g) * width + qq * 4, quad);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) sum[j] += quad[j];
+            }
+            const uint32_t d0 = (qq % lanes) * E + (qq / lanes) * 4;
+            float *dst = p.partial_out + (part0 + g * head_step) * HD + d0;
+            if (vec_out) {
+                stag::Vec<float>::store(dst, sum);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) dst[j] = sum[j];
+            }
+        }
+    }
+}
+
+// ---- Pass 2 ----------------------------------------------------------------------------------
+
+template <typename T>
+__device__ void combine_pass(const AttentionDecodeParams &p) {
+    __shared__ float scratch[32];
+    STAG_DYNAMIC_SMEM(float, weights);  // [max_splits]
+    const uint32_t h = blockIdx.x;
+    const uint32_t row = blockIdx.y;
+    if (row >= p.rows || h >= p.heads) return;
+    const uint32_t hd = p.head_dim;
+    T *out = static_cast<T *>(p.out) + size_t(row) * p.out_row_stride + size_t(h) * hd;
+    const KeySet keys = visible_keys(p, row);
+    const uint32_t splits = split_count(p, keys.count);
+    if (splits == 0) {
+        // The empty set (cross-attention at position 0) adds exactly nothing.
+        for (uint32_t d = threadIdx.x; d < hd; d += blockDim.x) out[d] = stag::from_float<T>(0.0f);
+        return;
+    }
+    const size_t part0 = (size_t(row) * p.heads + h) * p.max_splits;
+    const float *stats = p.partial_stats + part0 * 2;
+    const float *partial = p.partial_out + part0 * hd;
+
+    float top = -INFINITY;
+    for (uint32_t s = threadIdx.x; s < splits; s += blockDim.x) top = fmaxf(top, stats[2 * s]);
+    top = block_max(top, scratch);
+    float total = 0.0f;
+    for (uint32_t s = threadIdx.x; s < splits; s += blockDim.x) {
+        const float w = top == -INFINITY ? 0.0f : exp2_from(stats[2 * s], top);
+        weights[s] = w;
+        total += w * stats[2 * s + 1];
+    }
+    // block_sum's barriers also publish `weights` to the whole block.
+    total = stag::block_sum(total, scratch);
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    for (uint32_t d = threadIdx.x; d < hd; d += blockDim.x) {
+        float sum = 0.0f;
+#pragma unroll 4
+        for (uint32_t s = 0; s < splits; ++s) sum += weights[s] * partial[size_t(s) * hd + d];
+        out[d] = stag::from_float<T>(sum * inv);
+    }
+}
+
+}  // namespace
+
+#define STAG_DECODE_SPLIT(dtype, T, hdname, HD, G, U)                                        \
+    STAG_KERNEL_BOUNDED(attention_decode_split_##dtype##_##hdname##_g##G, AttentionDecodeParams, \
+                        SPLIT_THREADS) {                                                     \
+        split_pass<T, HD, G, U>(p);                                                          \
+    }
+
+// Fewer keys in flight at G = 8 keep the q and accumulator registers (2 · 8 · E) from spilling.
+#define STAG_DECODE_SPLIT_ALL_G(dtype, T, hdname, HD) \
+    STAG_DECODE_SPLIT(dtype, T, hdname, HD, 1, 4)     \
+    STAG_DECODE_SPLIT(dtype, T, hdname, HD, 2, 4)     \
+    STAG_DECODE_SPLIT(dtype, T, hdname, HD, 4, 4)     \
+    STAG_DECODE_SPLIT(dtype, T, hdname, HD, 8, 2)
+
+STAG_DECODE_SPLIT_ALL_G(f32, float, hd64, 64)
+STAG_DECODE_SPLIT_ALL_G(f32, float, hd128, 128)
+STAG_DECODE_SPLIT_ALL_G(f32, float, hdany, 0)
+STAG_DECODE_SPLIT_ALL_G(bf16, __nv_bfloat16, hd64, 64)
+STAG_DECODE_SPLIT_ALL_G(bf16, __nv_bfloat16, hd128, 128)
+STAG_DECODE_SPLIT_ALL_G(bf16, __nv_bfloat16, hdany, 0)
+
+STAG_KERNEL_BOUNDED(attention_decode_combine_f32, AttentionDecodeParams, COMBINE_MAX_THREADS) {
+    combine_pass<float>(p);
+}
+STAG_KERNEL_BOUNDED(attention_decode_combine_bf16, AttentionDecodeParams, COMBINE_MAX_THREADS) {
+    combine_pass<__nv_bfloat16>(p);
+}

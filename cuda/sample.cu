@@ -1,0 +1,544 @@
+// Token sampling, one block per row of f32 logits (docs/MODEL.md, "Sampling"; the CPU
+// reference is stagformer_ref::sample::sample).
+//
+// Greedy rows (temperature 0, top_k 1, one-token vocabularies) take one argmax pass.
+//
+// Sampling rows never sort. Candidates are ordered by logit, highest first, ties by lower id.
+// Every token gets a 64-bit composite that is unique and larger for earlier candidates:
+//   composite = order_key(logit) << id_bits | (vocab - 1 - id)
+// where order_key maps the float bits to an unsigned integer with Rust's `total_cmp` order (the
+// reference's sort order, -0 below +0). Each of the three steps of the algorithm is then "find
+// the first candidate at which a running total over the sorted order reaches a target", which a
+// radix select answers digit by digit (11 bits per pass, most significant first) without a sort:
+//   1. top-k: the running count reaches k;
+//   2. top-p: the running weight reaches ceil(top_p · total weight);
+//   3. the token: the running weight exceeds u · kept weight.
+// Each step leaves a "cut", the composite of the selected candidate: the kept set is always a
+// prefix of the sorted order, i.e. the candidates whose composite is >= the cut. A pass builds a
+// histogram of one digit over the candidates that match the digits chosen so far, a warp scans it
+// from the highest bucket down, and selection stops as soon as the chosen bucket holds a single
+// candidate (at the latest when the id bits are exhausted, because composites are unique).
+//
+// Weights are exp((l - l_max) / T) in f64, as in the reference, converted to 62-bit fixed point
+// (w · 2^62, truncated). Histograms add them with 64-bit integer atomics (split into a high and
+// a low part so that no bucket can overflow) and totals are exact 128-bit integers, so
+//   * every result is independent of thread order and atomic order: the same inputs give the
+//     same token on every run, on the GPU and under emulation;
+//   * the running totals of successive digits are exactly consistent; and
+//   * the only differences from the reference are the rounding of its f64 sums, the 2^-62
+//     truncation (each at most about V · 2^-53 of the kept weight, since the largest weight is
+//     1) and, on a GPU, the last bit of exp: a choice can differ from the reference only when
+//     u · kept weight, or top_p · total, falls within that distance of a cumulative sum (a
+//     near-exact tie, which random logits essentially never produce; ties of equal logits are
+//     exact on both sides).
+// Weights below 2^-62 of the maximum are 0 here; an f32 pre-check skips the f64 exp for them.
+//
+// When a step leaves at most LIST_CAP candidates (top-k of at most 2048, or a small nucleus),
+// one more pass copies their composites to shared memory and the remaining passes read that
+// list instead of the row.
+//
+// Passes over the row (V f32 reads each): greedy 1. Sampling: 1 for the maximum, then per step
+// one pass per digit until the chosen bucket is a singleton (typically 2, at most
+// ceil((32 + id_bits) / 11), e.g. 5 for V = 262144) plus 1 to compact; steps after the
+// compaction read no logits.
+//
+// Non-finite logits never make a kernel read or write out of bounds and always give an id in
+// [0, vocab); with them the token may differ from the reference's (which then sums NaN weights).
+#include "stag_vec.cuh"
+
+namespace {
+
+using u64 = unsigned long long;
+
+constexpr int MAX_THREADS = 1024;
+constexpr uint32_t DIGIT_BITS = 11;
+constexpr uint32_t BUCKETS = 1u << DIGIT_BITS;
+constexpr uint32_t BUCKETS_PER_LANE = BUCKETS / 32;
+constexpr uint32_t LIST_CAP = 2048;
+constexpr uint32_t FULL_MASK = 0xffffffffu;
+constexpr uint32_t LOADS_IN_FLIGHT = 4;
+// Fixed-point weights: w · 2^62 <= 2^62, added to a bucket as (W >> 31) and (W & (2^31 - 1)), so
+// that even 2^31 of them fit a 64-bit counter.
+constexpr uint32_t LOW_BITS = 31;
+constexpr u64 LOW_MASK = (u64(1) << LOW_BITS) - 1;
+constexpr double WEIGHT_SCALE = 4611686018427387904.0;  // 2^62
+// exp(-44) · 2^62 < 1: the fixed-point weight is 0 below this exponent. The f32 estimate of the
+// exponent is within a relative 2^-22 of the f64 one, so below -45 the exact one is below -44.
+constexpr float ZERO_WEIGHT_EXPONENT = -45.0f;
+
+// Dynamic shared memory layout (SAMPLE_SMEM_BYTES in src/ops/sample.rs).
+constexpr uint32_t OFF_MASS_HI = 0;
+constexpr uint32_t OFF_MASS_LO = OFF_MASS_HI + BUCKETS * 8;
+constexpr uint32_t OFF_FIRST = OFF_MASS_LO + BUCKETS * 8;
+constexpr uint32_t OFF_LIST = OFF_FIRST + BUCKETS * 8;
+constexpr uint32_t OFF_COUNT = OFF_LIST + LIST_CAP * 8;
+constexpr uint32_t SMEM_BYTES = OFF_COUNT + BUCKETS * 4;
+static_assert(SMEM_BYTES == 73728, "keep SAMPLE_SMEM_BYTES in src/ops/sample.rs in step");
+
+// ---- 128-bit unsigned integers (totals of up to 2^31 weights of 2^62) ----
+
+struct U128 {
+    u64 hi, lo;
+};
+
+__device__ __forceinline__ U128 u128(u64 v) { return U128{0, v}; }
+
+__device__ __forceinline__ U128 add(U128 a, U128 b) {
+    U128 r;
+    r.lo = a.lo + b.lo;
+    r.hi = a.hi + b.hi + (r.lo < a.lo ? 1 : 0);
+    return r;
+}
+
+__device__ __forceinline__ U128 sub(U128 a, U128 b) {
+    U128 r;
+    r.lo = a.lo - b.lo;
+    r.hi = a.hi - b.hi - (a.lo < b.lo ? 1 : 0);
+    return r;
+}
+
+__device__ __forceinline__ bool less(U128 a, U128 b) {
+    return a.hi < b.hi || (a.hi == b.hi && a.lo < b.lo);
+}
+
+__device__ __forceinline__ bool is_zero(U128 a) { return (a.hi | a.lo) == 0; }
+
+/// a · b for b < 2^32 (the products here stay below 2^128).
+__device__ __forceinline__ U128 mul32(U128 a, uint32_t b) {
+    U128 r;
+    r.lo = a.lo * b;
+    r.hi = a.hi * b + __umul64hi(a.lo, u64(b));
+    return r;
+}
+
+/// a >> s.
+__device__ __forceinline__ U128 shr(U128 a, uint32_t s) {
+    if (s == 0) return a;
+    if (s >= 128) return u128(0);
+    if (s >= 64) return u128(a.hi >> (s - 64));
+    return U128{a.hi >> s, (a.lo >> s) | (a.hi << (64 - s))};
+}
+
+/// Whether any of the low s bits of a is set.
+__device__ __forceinline__ bool low_bits_set(U128 a, uint32_t s) {
+    if (s == 0) return false;
+    if (s >= 128) return !is_zero(a);
+    if (s >= 64) return a.lo != 0 || (s > 64 && (a.hi << (128 - s)) != 0);
+    return (a.lo << (64 - s)) != 0;
+}
+
+/// The bucket total Σ(W >> 31) · 2^31 + Σ(W & (2^31 - 1)).
+__device__ __forceinline__ U128 join(u64 hi_sum, u64 lo_sum) {
+    return add(U128{hi_sum >> (64 - LOW_BITS), hi_sum << LOW_BITS}, u128(lo_sum));
+}
+
+__device__ __forceinline__ U128 shfl_down(U128 v, uint32_t offset) {
+    return U128{__shfl_down_sync(FULL_MASK, v.hi, offset),
+                __shfl_down_sync(FULL_MASK, v.lo, offset)};
+}
+
+__device__ __forceinline__ U128 shfl_xor(U128 v, uint32_t mask) {
+    return U128{__shfl_xor_sync(FULL_MASK, v.hi, mask), __shfl_xor_sync(FULL_MASK, v.lo, mask)};
+}
+
+// ---- keys, weights, the random number ----
+
+/// The float bits as an unsigned integer with the order of `f32::total_cmp`.
+__device__ __forceinline__ uint32_t order_key(float x) {
+    const uint32_t u = __float_as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ float key_value(uint32_t k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+/// The greedy order is `>` on floats, as the reference's argmax: -0 equals +0, NaN loses to
+/// everything.
+__device__ __forceinline__ uint32_t greedy_key(float x) {
+    if (x != x) return 0;
+    return order_key(x == 0.0f ? 0.0f : x);
+}
+
+/// floor(exp((l - l_max) / T) · 2^62), the exponent computed in f64 like the reference.
+__device__ __forceinline__ u64 fixed_weight(uint32_t key, float lmax, float temperature) {
+    const float l = key_value(key);
+    if ((l - lmax) / temperature < ZERO_WEIGHT_EXPONENT) return 0;
+    const double w = exp((double(l) - double(lmax)) / double(temperature));
+    // NaN (non-finite logits) counts as no weight.
+    if (!(w >= 0.0 && w <= 1.0)) return 0;
+    return u64(w * WEIGHT_SCALE);
+}
+
+/// splitmix64's finaliser.
+__device__ __forceinline__ u64 mix64(u64 z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/// The 24 random bits of uniform(seed, sequence, step) = bits / 2^24.
+__device__ __forceinline__ uint32_t uniform_bits(u64 seed, u64 sequence, u64 step) {
+    const u64 h = mix64(mix64(mix64(seed + 0x9E3779B97F4A7C15ull) ^ sequence) ^ step);
+    return uint32_t(h >> 40);
+}
+
+// ---- block-wide helpers ----
+
+__device__ __forceinline__ u64 warp_max(u64 v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const u64 o = __shfl_xor_sync(FULL_MASK, v, offset);
+        v = o > v ? o : v;
+    }
+    return v;
+}
+
+/// Maximum over the block (blockDim.x a multiple of 32), returned to every thread.
+__device__ __forceinline__ u64 block_max(u64 v, u64 *scratch) {
+    const uint32_t lane = threadIdx.x & 31;
+    const uint32_t warp = threadIdx.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = warp_max(lane < (blockDim.x >> 5) ? scratch[lane] : 0);
+    // Keeps the slots from being overwritten by a following call before every warp read them.
+    __syncthreads();
+    return v;
+}
+
+/// Calls f(id, logit) for every logit of the row (in no particular order). Whatever the row's
+/// alignment, a few leading logits are read singly and the rest with 16-byte loads, several in
+/// flight per thread, because one block streams the whole row.
+template <typename F>
+__device__ __forceinline__ void for_each_logit(const float *row, uint32_t vocab, F &&f) {
+    const uint32_t step = blockDim.x;
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(row);
+    if ((addr & 3) != 0) {
+        // Not even float-aligned (no device buffer is): plain loads.
+        for (uint32_t i = threadIdx.x; i < vocab; i += step) f(i, row[i]);
+        return;
+    }
+    uint32_t head = uint32_t((16 - (addr & 15)) & 15) / 4;
+    head = head < vocab ? head : vocab;
+    if (threadIdx.x < head) f(threadIdx.x, row[threadIdx.x]);
+    const float *body = row + head;
+    const uint32_t vectors = (vocab - head) / 4;
+    uint32_t j = threadIdx.x;
+    for (; j + (LOADS_IN_FLIGHT - 1) * step < vectors; j += LOADS_IN_FLIGHT * step) {
+        float v[LOADS_IN_FLIGHT][4];
+#pragma unroll
+        for (uint32_t u = 0; u < LOADS_IN_FLIGHT; ++u) {
+            stag::Vec<float>::load(body + size_t(j + u * step) * 4, v[u]);
+        }
+#pragma unroll
+        for (uint32_t u = 0; u < LOADS_IN_FLIGHT; ++u) {
+#pragma unroll
+            for (uint32_t q = 0; q < 4; ++q) f(head + (j + u * step) * 4 + q, v[u][q]);
+        }
+    }
+    for (; j < vectors; j += step) {
+        float v[4];
+        stag::Vec<float>::load(body + size_t(j) * 4, v);
+#pragma unroll
+        for (uint32_t q = 0; q < 4; ++q) f(head + j * 4 + q, v[q]);
+    }
+    for (uint32_t i = head + vectors * 4 + threadIdx.x; i < vocab; i += step) f(i, row[i]);
+}
+
+// ---- the radix select ----
+
+/// Where the candidates come from: the logits row, or the compacted list of their composites.
+struct Candidates {
+    const float *row;
+    const u64 *list;  // non-null once compacted
+    uint32_t list_len;
+    uint32_t vocab;
+    uint32_t id_bits;
+    float lmax;
+    float temperature;
+};
+
+template <typename F>
+__device__ __forceinline__ void for_each_candidate(const Candidates &c, F &&f) {
+    if (c.list != nullptr) {
+        for (uint32_t i = threadIdx.x; i < c.list_len; i += blockDim.x) f(c.list[i]);
+        return;
+    }
+    const uint32_t last = c.vocab - 1;
+    const uint32_t id_bits = c.id_bits;
+    for_each_logit(c.row, c.vocab, [&](uint32_t id, float x) {
+        f((u64(order_key(x)) << id_bits) | u64(last - id));
+    });
+}
+
+struct Histogram {
+    u64 *mass_hi;
+    u64 *mass_lo;
+    u64 *first;  // the composite of the first candidate counted in the bucket
+    u64 *list;
+    uint32_t *count;
+};
+
+enum Rule : uint32_t {
+    RULE_COUNT = 0,   // the candidate at which the running count reaches `arg`
+    RULE_TOP_P = 1,   // the running weight reaches ceil(top_p · total); arg = the top_p bits
+    RULE_SAMPLE = 2,  // the running weight exceeds (arg / 2^24) · total
+};
+
+/// Block-shared state of one select, written by the scanning lane between barriers.
+struct SelectState {
+    U128 above_mass;  // weight of the candidates before the current bucket range
+    U128 target;
+    u64 prefix;  // the composite digits chosen so far
+    u64 found;
+    uint32_t above_count;
+    uint32_t by_mass;  // 0: the candidates count 1 each
+    uint32_t done;
+    uint32_t list_len;
+    u64 scratch[32];
+};
+
+/// ceil(top_p · total), top_p < 1 given by its bits, exactly.
+__device__ __forceinline__ U128 top_p_target(U128 total, uint32_t top_p_bits) {
+    const uint32_t exponent = (top_p_bits >> 23) & 0xffu;
+    const uint32_t fraction = top_p_bits & 0x7fffffu;
+    // top_p = mantissa · 2^-shift.
+    const uint32_t mantissa = exponent ? (fraction | 0x800000u) : fraction;
+    const uint32_t shift = exponent ? 150u - exponent : 149u;
+    const U128 product = mul32(total, mantissa);
+    U128 q = shr(product, shift);
+    if (low_bits_set(product, shift)) q = add(q, u128(1));
+    return q;
+}
+
+/// Warp 0: picks the bucket of this level in which the running total reaches the target and
+/// records it in `s`. On the first level it first turns the rule into a target.
+__device__ void scan_level(const Histogram &h, SelectState &s, uint32_t shift, bool first_level,
+                           Rule rule, uint32_t arg) {
+    const uint32_t lane = threadIdx.x;
+    const uint32_t base = lane * BUCKETS_PER_LANE;
+    u64 lane_count = 0, lane_hi = 0, lane_lo = 0;
+    for (uint32_t j = 0; j < BUCKETS_PER_LANE; ++j) {
+        // Rotated so that the lanes read different banks.
+        const uint32_t b = base + ((j + lane) & (BUCKETS_PER_LANE - 1));
+        lane_count += h.count[b];
+        lane_hi += h.mass_hi[b];
+        lane_lo += h.mass_lo[b];
+    }
+    const U128 lane_mass = join(lane_hi, lane_lo);
+
+    bool by_mass = s.by_mass != 0;
+    U128 target = s.target;
+    if (first_level && rule != RULE_COUNT) {
+        U128 total = lane_mass;
+#pragma unroll
+        for (uint32_t m = 16; m > 0; m >>= 1) total = add(total, shfl_xor(total, m));
+        // Every lane holds the same exact total, hence the same target.
+        if (is_zero(total)) {
+            // Only non-finite logits get here: take the first candidate.
+            by_mass = false;
+            target = u128(1);
+        } else if (rule == RULE_TOP_P) {
+            target = top_p_target(total, arg);
+        } else {
+            target = add(shr(mul32(total, arg), 24), u128(1));
+        }
+        if (lane == 0) {
+            s.by_mass = by_mass ? 1u : 0u;
+            s.target = target;
+        }
+    }
+
+    const U128 value = by_mass ? lane_mass : u128(lane_count);
+    const U128 need = sub(target, by_mass ? s.above_mass : u128(s.above_count));
+    // Inclusive sums over this lane and the lanes above it (higher buckets come first).
+    U128 incl = value, mass_incl = lane_mass;
+    u64 count_incl = lane_count;
+#pragma unroll
+    for (uint32_t offset = 1; offset < 32; offset <<= 1) {
+        const U128 v = shfl_down(incl, offset);
+        const U128 m = shfl_down(mass_incl, offset);
+        const u64 c = __shfl_down_sync(FULL_MASK, count_incl, offset);
+        if (lane + offset < 32) {
+            incl = add(incl, v);
+            mass_incl = add(mass_incl, m);
+            count_incl += c;
+        }
+    }
+    const U128 excl = sub(incl, value);
+    const bool crosses = less(excl, need) && !less(incl, need);
+    uint32_t lanes = __ballot_sync(FULL_MASK, crosses);
+    // Exact integer totals make exactly one lane cross; should that ever fail, the last
+    // non-empty lane keeps the choice among the candidates.
+    if (lanes == 0) lanes = __ballot_sync(FULL_MASK, lane_count != 0);
+    if (lanes == 0 || lane != uint32_t(__ffs(int(lanes)) - 1)) return;
+
+    U128 acc = excl;
+    U128 mass_above = sub(mass_incl, lane_mass);
+    u64 count_above = count_incl - lane_count;
+    uint32_t pick = BUCKETS;
+    for (int j = int(BUCKETS_PER_LANE) - 1; j >= 0; --j) {
+        const uint32_t b = base + uint32_t(j);
+        const uint32_t n = h.count[b];
+        if (n == 0) continue;
+        const U128 m = join(h.mass_hi[b], h.mass_lo[b]);
+        const U128 v = by_mass ? m : u128(n);
+        pick = b;
+        if (!less(add(acc, v), need)) break;
+        acc = add(acc, v);
+        mass_above = add(mass_above, m);
+        count_above += n;
+    }
+    if (pick == BUCKETS) return;  // unreachable: the chosen lane holds a candidate
+    s.prefix |= u64(pick) << shift;
+    s.above_mass = add(s.above_mass, mass_above);
+    s.above_count += uint32_t(count_above);
+    if (h.count[pick] == 1) {
+        s.done = 1;
+        s.found = h.first[pick];
+    }
+}
+
+/// The composite of the candidate selected by `rule` among those >= `cut`; its rank in the
+/// sorted order (1-based) goes to `rank`. Called by the whole block.
+__device__ u64 select(const Candidates &c, const Histogram &h, SelectState &s, u64 cut, Rule rule,
+                      uint32_t arg, uint32_t *rank) {
+    if (threadIdx.x == 0) {
+        s.above_mass = u128(0);
+        s.above_count = 0;
+        s.target = u128(rule == RULE_COUNT ? arg : 0);
+        s.by_mass = rule == RULE_COUNT ? 0u : 1u;
+        s.prefix = 0;
+        s.found = 0;
+        s.done = 0;
+    }
+    uint32_t remaining = 32 + c.id_bits;  // composite bits not yet chosen
+    bool first_level = true;
+    for (;;) {
+        const uint32_t width = remaining < DIGIT_BITS ? remaining : DIGIT_BITS;
+        const uint32_t shift = remaining - width;
+        for (uint32_t b = threadIdx.x; b < BUCKETS; b += blockDim.x) {
+            h.count[b] = 0;
+            h.mass_hi[b] = 0;
+            h.mass_lo[b] = 0;
+        }
+        __syncthreads();
+        const u64 prefix = s.prefix;
+        const bool by_mass = s.by_mass != 0;
+        const uint32_t digit_mask = (1u << width) - 1;
+        const uint32_t id_bits = c.id_bits;
+        const float lmax = c.lmax;
+        const float temperature = c.temperature;
+        for_each_candidate(c, [&](u64 x) {
+            if (x < cut) return;
+            // Only candidates whose higher digits are the ones chosen (composites have at most
+            // 63 bits, so the shift is in range).
+            if ((x >> remaining) != (prefix >> remaining)) return;
+            const uint32_t b = uint32_t(x >> shift) & digit_mask;
+            if (atomicAdd(&h.count[b], 1u) == 0) h.first[b] = x;
+            if (by_mass) {
+                const u64 w = fixed_weight(uint32_t(x >> id_bits), lmax, temperature);
+                if (w != 0) {
+                    atomicAdd(&h.mass_hi[b], w >> LOW_BITS);
+                    atomicAdd(&h.mass_lo[b], w & LOW_MASK);
+                }
+            }
+        });
+        __syncthreads();
+        if (threadIdx.x < 32) scan_level(h, s, shift, first_level, rule, arg);
+        __syncthreads();
+        // The last digit always isolates one candidate (composites are unique); stopping there
+        // regardless bounds the loop whatever the histogram held.
+        if (s.done || shift == 0) {
+            const u64 found = s.done ? s.found : s.prefix;
+            *rank = s.above_count + 1;
+            // Nobody may start the next select (thread 0 resets `s`) before all have read it.
+            __syncthreads();
+            return found;
+        }
+        remaining = shift;
+        first_level = false;
+    }
+}
+
+/// Copies the composites of the candidates >= cut (at most LIST_CAP) to shared memory, so that
+/// the following selects read no logits.
+__device__ void compact(Candidates &c, const Histogram &h, SelectState &s, u64 cut) {
+    if (threadIdx.x == 0) s.list_len = 0;
+    __syncthreads();
+    for_each_candidate(c, [&](u64 x) {
+        if (x < cut) return;
+        const uint32_t slot = atomicAdd(&s.list_len, 1u);
+        if (slot < LIST_CAP) h.list[slot] = x;
+    });
+    __syncthreads();
+    c.list = h.list;
+    c.list_len = s.list_len < LIST_CAP ? s.list_len : LIST_CAP;
+}
+
+__device__ void sample_row(const SampleParams &p) {
+    STAG_DYNAMIC_SMEM(unsigned char, smem);
+    __shared__ SelectState s;
+    const uint32_t row = blockIdx.x;
+    const uint32_t vocab = p.vocab;
+    // Token ids are int32 and composites need vocab <= 2^31 (the wrapper checks both).
+    if (row >= p.rows || vocab == 0 || vocab > 0x80000000u) return;
+    const float *logits = p.logits + size_t(row) * p.logits_row_stride;
+
+    if (p.temperature == 0.0f || p.top_k == 1 || vocab == 1) {
+        u64 best = 0;
+        for_each_logit(logits, vocab, [&](uint32_t id, float x) {
+            const u64 k = (u64(greedy_key(x)) << 32) | u64(~id);
+            best = k > best ? k : best;
+        });
+        best = block_max(best, s.scratch);
+        if (threadIdx.x == 0) {
+            // The reference's argmax keeps index 0 when it holds a NaN (nothing compares above).
+            const float first = logits[0];
+            p.tokens[row] = first != first ? 0 : int32_t(~uint32_t(best));
+        }
+        return;
+    }
+
+    const Histogram h{reinterpret_cast<u64 *>(smem + OFF_MASS_HI),
+                      reinterpret_cast<u64 *>(smem + OFF_MASS_LO),
+                      reinterpret_cast<u64 *>(smem + OFF_FIRST),
+                      reinterpret_cast<u64 *>(smem + OFF_LIST),
+                      reinterpret_cast<uint32_t *>(smem + OFF_COUNT)};
+
+    u64 max_key = 0;
+    for_each_logit(logits, vocab, [&](uint32_t, float x) {
+        const u64 k = order_key(x);
+        max_key = k > max_key ? k : max_key;
+    });
+    max_key = block_max(max_key, s.scratch);
+
+    Candidates c{logits,
+                 nullptr,
+                 0,
+                 vocab,
+                 32u - uint32_t(__clz(int(vocab - 1))),
+                 key_value(uint32_t(max_key)),
+                 p.temperature};
+    u64 cut = 0;  // every composite is >= 0: all candidates
+    uint32_t rank = vocab;
+    if (p.top_k > 1 && p.top_k < vocab) {
+        cut = select(c, h, s, cut, RULE_COUNT, p.top_k, &rank);
+        if (rank <= LIST_CAP) compact(c, h, s, cut);
+    }
+    if (p.top_p < 1.0f) {
+        cut = select(c, h, s, cut, RULE_TOP_P, __float_as_uint(p.top_p), &rank);
+        if (c.list == nullptr && rank <= LIST_CAP) compact(c, h, s, cut);
+    }
+    const uint32_t bits = uniform_bits(p.seed, p.sequences[row], p.steps[row]);
+    const u64 token = select(c, h, s, cut, RULE_SAMPLE, bits, &rank);
+    if (threadIdx.x == 0) {
+        const u64 reversed = token & ((u64(1) << c.id_bits) - 1);
+        p.tokens[row] = reversed < vocab ? int32_t(vocab - 1 - uint32_t(reversed)) : 0;
+    }
+}
+
+}  // namespace
+
+STAG_KERNEL_BOUNDED(sample_f32, SampleParams, MAX_THREADS) { sample_row(p); }

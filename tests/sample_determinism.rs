@@ -1,0 +1,391 @@
+//! `ops::sample` on the emulated device: the same inputs give the same tokens on every run and
+//! under any thread order, seeds matter, tokens equal `stagformer_ref::sample::sample` over
+//! many random rows and settings, ids stay in range even for non-finite logits, and bad
+//! arguments are typed errors naming the argument.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use stagformer_kernels::device::{Device, DeviceBuffer, EmuOptions, Stream};
+use stagformer_kernels::error::DeviceError;
+use stagformer_kernels::ops::sample::{sample, SampleShape, SamplingConfig};
+use stagformer_ref::sample::{self as reference, SamplingParams};
+
+type TestResult = Result<(), DeviceError>;
+
+fn config(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SamplingConfig {
+    SamplingConfig {
+        temperature,
+        top_k,
+        top_p,
+        seed,
+    }
+}
+
+fn normal_logits(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| std * rng.sample::<f32, _>(StandardNormal))
+        .collect()
+}
+
+/// One batch: rows of logits with their sequences and steps.
+struct Batch {
+    vocab: usize,
+    logits: Vec<f32>,
+    sequences: Vec<u32>,
+    steps: Vec<u32>,
+}
+
+impl Batch {
+    fn random(rng: &mut StdRng, rows: usize, vocab: usize, std: f32) -> Batch {
+        Batch {
+            vocab,
+            logits: normal_logits(rng, rows * vocab, std),
+            sequences: (0..rows).map(|_| rng.random()).collect(),
+            steps: (0..rows).map(|_| rng.random()).collect(),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.sequences.len()
+    }
+
+    fn run(&self, stream: &Stream, config: &SamplingConfig) -> Result<Vec<i32>, DeviceError> {
+        let logits = DeviceBuffer::from_host(stream, &self.logits)?;
+        let sequences = DeviceBuffer::from_host(stream, &self.sequences)?;
+        let steps = DeviceBuffer::from_host(stream, &self.steps)?;
+        let mut tokens = DeviceBuffer::<i32>::alloc(stream.device(), self.rows())?;
+        sample(
+            stream,
+            &logits,
+            &mut tokens,
+            &sequences,
+            &steps,
+            SampleShape::contiguous(self.rows(), self.vocab),
+            config,
+        )?;
+        tokens.to_host(stream)
+    }
+
+    fn reference(&self, config: &SamplingConfig) -> Vec<i32> {
+        let params = SamplingParams {
+            temperature: config.temperature,
+            top_k: config.top_k,
+            top_p: config.top_p,
+            seed: config.seed,
+        };
+        self.logits
+            .chunks(self.vocab)
+            .enumerate()
+            .map(|(r, row)| {
+                let id =
+                    reference::sample(row, &params, self.sequences[r].into(), self.steps[r].into());
+                id as i32
+            })
+            .collect()
+    }
+}
+
+fn devices() -> Vec<Device> {
+    vec![
+        Device::emulated(),
+        Device::emulated_with(EmuOptions {
+            shuffle_seed: 0x5eed,
+            ..EmuOptions::default()
+        }),
+        Device::emulated_with(EmuOptions {
+            shuffle_seed: 77,
+            workers: 1,
+        }),
+    ]
+}
+
+#[test]
+fn same_inputs_same_tokens_on_every_run_and_thread_order() -> TestResult {
+    let mut rng = StdRng::seed_from_u64(1);
+    let batch = Batch::random(&mut rng, 6, 4099, 1.5);
+    let settings = [
+        config(1.0, 0, 1.0, 11),
+        config(0.8, 50, 0.9, 12),
+        config(1.3, 0, 0.7, 13),
+        config(1.0, 3000, 1.0, 14),
+    ];
+    for cfg in &settings {
+        let mut first: Option<Vec<i32>> = None;
+        for dev in devices() {
+            let stream = dev.new_stream()?;
+            for _ in 0..2 {
+                let tokens = batch.run(&stream, cfg)?;
+                match &first {
+                    None => first = Some(tokens),
+                    Some(f) => assert_eq!(&tokens, f, "{cfg:?} on {}", dev.name()),
+                }
+            }
+        }
+        assert_eq!(first.unwrap(), batch.reference(cfg), "{cfg:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn different_seeds_give_different_tokens() -> TestResult {
+    let dev = Device::emulated();
+    let stream = dev.new_stream()?;
+    let mut rng = StdRng::seed_from_u64(2);
+    // Flat logits: many plausible tokens per row.
+    let batch = Batch::random(&mut rng, 16, 1000, 0.5);
+    let a = batch.run(&stream, &config(1.0, 0, 1.0, 1))?;
+    let b = batch.run(&stream, &config(1.0, 0, 1.0, 2))?;
+    assert_ne!(a, b);
+    // Same seed, other steps: also different.
+    let mut later = Batch {
+        vocab: batch.vocab,
+        logits: batch.logits.clone(),
+        sequences: batch.sequences.clone(),
+        steps: batch.steps.iter().map(|s| s.wrapping_add(1)).collect(),
+    };
+    let c = later.run(&stream, &config(1.0, 0, 1.0, 1))?;
+    assert_ne!(a, c);
+    // And other sequences.
+    later.steps = batch.steps.clone();
+    later.sequences = batch.sequences.iter().map(|s| s ^ 0x8000_0000).collect();
+    let d = later.run(&stream, &config(1.0, 0, 1.0, 1))?;
+    assert_ne!(a, d);
+    Ok(())
+}
+
+#[test]
+fn tokens_equal_the_reference_over_many_rows_and_settings() -> TestResult {
+    let dev = Device::emulated_with(EmuOptions {
+        shuffle_seed: 9,
+        ..EmuOptions::default()
+    });
+    let stream = dev.new_stream()?;
+    let mut rng = StdRng::seed_from_u64(3);
+    let temperatures = [0.0, 0.3, 0.7, 1.0, 1.5, 2.5];
+    let top_ks = [0, 1, 2, 10, 40, 500, 999, 1000, 5000];
+    let top_ps = [1.0, 0.95, 0.9, 0.5, 0.1, 1e-6];
+    let mut checked = 0;
+    // 40 launches of 5 rows of V = 1000: 200 rows, each launch with its own settings.
+    for launch in 0..40u64 {
+        let cfg = config(
+            temperatures[rng.random_range(0..temperatures.len())],
+            top_ks[rng.random_range(0..top_ks.len())],
+            top_ps[rng.random_range(0..top_ps.len())],
+            rng.random(),
+        );
+        let std = [0.5f32, 2.0, 4.0][launch as usize % 3];
+        let mut batch = Batch::random(&mut rng, 5, 1000, std);
+        if launch % 4 == 3 {
+            // Many equal logits: ties at every threshold.
+            for x in &mut batch.logits {
+                *x = (*x * 2.0).round() / 2.0;
+            }
+        }
+        let got = batch.run(&stream, &cfg)?;
+        assert_eq!(got, batch.reference(&cfg), "launch {launch}: {cfg:?}");
+        assert!(got.iter().all(|&t| (0..1000).contains(&t)));
+        checked += got.len();
+    }
+    assert_eq!(checked, 200);
+    Ok(())
+}
+
+#[test]
+fn equal_logits_resolve_exact_ties_like_the_reference() -> TestResult {
+    // Equal logits weigh exactly 1 each. With a power-of-two kept count, top_p · total lands
+    // exactly on a running sum, and so does u · kept weight for the steps picked below: the
+    // token must be the first whose running sum *exceeds* u, i.e. exactly u · kept.
+    let dev = Device::emulated();
+    let stream = dev.new_stream()?;
+    let (seed, sequence) = (0x1234_5678_9abc_def0u64, 7u32);
+    for (vocab, top_p) in [(1024usize, 1.0f32), (1024, 0.5), (4096, 0.25), (1000, 1.0)] {
+        let kept = (vocab as f64 * f64::from(top_p)).ceil();
+        let exact: Vec<u32> = (0u32..)
+            .filter(|&step| {
+                let u = f64::from(reference::uniform(seed, sequence.into(), step.into()));
+                (u * kept).fract() == 0.0
+            })
+            .take(24)
+            .collect();
+        let rows = exact.len();
+        let batch = Batch {
+            vocab,
+            logits: vec![0.375; rows * vocab],
+            sequences: vec![sequence; rows],
+            steps: exact.clone(),
+        };
+        let cfg = config(0.9, 0, top_p, seed);
+        let want: Vec<i32> = exact
+            .iter()
+            .map(|&step| {
+                let u = f64::from(reference::uniform(seed, sequence.into(), step.into()));
+                (u * kept) as i32
+            })
+            .collect();
+        assert_eq!(batch.reference(&cfg), want, "V={vocab} top_p={top_p}");
+        assert_eq!(batch.run(&stream, &cfg)?, want, "V={vocab} top_p={top_p}");
+    }
+    Ok(())
+}
+
+#[test]
+fn ids_stay_in_range_for_non_finite_logits() -> TestResult {
+    let dev = Device::emulated();
+    let stream = dev.new_stream()?;
+    let mut rng = StdRng::seed_from_u64(4);
+    let vocab = 300;
+    let mut batch = Batch::random(&mut rng, 6, vocab, 1.0);
+    let specials = [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+    for (r, row) in batch.logits.chunks_mut(vocab).enumerate() {
+        match r {
+            // Everything NaN, or everything -inf.
+            0 => row.fill(f32::NAN),
+            1 => row.fill(f32::NEG_INFINITY),
+            // Scattered specials.
+            _ => {
+                for i in (r..vocab).step_by(7) {
+                    row[i] = specials[(i + r) % specials.len()];
+                }
+            }
+        }
+    }
+    for cfg in [
+        SamplingConfig::GREEDY,
+        config(1.0, 0, 1.0, 5),
+        config(0.7, 20, 0.9, 6),
+        config(1.0, 0, 0.5, 7),
+    ] {
+        let tokens = batch.run(&stream, &cfg)?;
+        assert!(
+            tokens.iter().all(|&t| (0..vocab as i32).contains(&t)),
+            "{cfg:?}: {tokens:?}"
+        );
+    }
+    // Greedy follows the reference's argmax even here (NaN never wins unless at index 0).
+    let greedy = batch.run(&stream, &SamplingConfig::GREEDY)?;
+    assert_eq!(greedy, batch.reference(&SamplingConfig::GREEDY));
+    Ok(())
+}
+
+fn invalid_arg(result: Result<(), DeviceError>) -> &'static str {
+    match result {
+        Err(DeviceError::InvalidArgument { arg, .. }) => arg,
+        Err(DeviceError::LengthMismatch { arg, .. }) => arg,
+        Err(DeviceError::ShapeMismatch { arg, .. }) => arg,
+        other => panic!("expected a typed argument error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_arguments_are_typed_errors() -> TestResult {
+    let dev = Device::emulated();
+    let stream = dev.new_stream()?;
+    let (rows, vocab) = (3, 64);
+    let logits = DeviceBuffer::from_host(&stream, &vec![0.5f32; rows * vocab])?;
+    let ids = DeviceBuffer::from_host(&stream, &vec![0u32; rows])?;
+    let short_ids = DeviceBuffer::from_host(&stream, &vec![0u32; rows - 1])?;
+    let mut tokens = DeviceBuffer::<i32>::alloc(&dev, rows)?;
+    let mut long_tokens = DeviceBuffer::<i32>::alloc(&dev, rows + 1)?;
+    let shape = SampleShape::contiguous(rows, vocab);
+    let ok = config(1.0, 0, 0.9, 1);
+
+    let mut call = |cfg: SamplingConfig, shape: SampleShape| {
+        sample(&stream, &logits, &mut tokens, &ids, &ids, shape, &cfg)
+    };
+    assert_eq!(invalid_arg(call(config(1.0, 0, 0.0, 1), shape)), "top_p");
+    assert_eq!(invalid_arg(call(config(1.0, 0, 1.5, 1), shape)), "top_p");
+    assert_eq!(
+        invalid_arg(call(config(1.0, 0, f32::NAN, 1), shape)),
+        "top_p"
+    );
+    assert_eq!(
+        invalid_arg(call(config(-0.5, 0, 0.9, 1), shape)),
+        "temperature"
+    );
+    assert_eq!(
+        invalid_arg(call(config(f32::INFINITY, 0, 0.9, 1), shape)),
+        "temperature"
+    );
+    assert_eq!(
+        invalid_arg(call(config(f32::NAN, 0, 0.9, 1), shape)),
+        "temperature"
+    );
+    assert_eq!(
+        invalid_arg(call(ok, SampleShape::contiguous(rows, 0))),
+        "vocab"
+    );
+    assert_eq!(
+        invalid_arg(call(ok, SampleShape::contiguous(rows, vocab + 1))),
+        "logits"
+    );
+    assert_eq!(
+        invalid_arg(call(
+            ok,
+            SampleShape {
+                rows,
+                vocab,
+                row_stride: vocab - 1
+            }
+        )),
+        "row_stride"
+    );
+    // Rows count from `tokens`: a wrong row count shows in the lengths.
+    assert_eq!(
+        invalid_arg(call(ok, SampleShape::contiguous(rows - 1, vocab))),
+        "logits"
+    );
+    assert_eq!(
+        invalid_arg(sample(
+            &stream,
+            &logits,
+            &mut long_tokens,
+            &ids,
+            &ids,
+            shape,
+            &ok
+        )),
+        "tokens"
+    );
+    assert_eq!(
+        invalid_arg(sample(
+            &stream,
+            &logits,
+            &mut tokens,
+            &short_ids,
+            &ids,
+            shape,
+            &ok
+        )),
+        "sequences"
+    );
+    assert_eq!(
+        invalid_arg(sample(
+            &stream,
+            &logits,
+            &mut tokens,
+            &ids,
+            &short_ids,
+            shape,
+            &ok
+        )),
+        "steps"
+    );
+    // Valid calls still work afterwards, including zero rows.
+    sample(&stream, &logits, &mut tokens, &ids, &ids, shape, &ok)?;
+    let empty_f = DeviceBuffer::<f32>::alloc(&dev, 0)?;
+    let empty_u = DeviceBuffer::<u32>::alloc(&dev, 0)?;
+    let mut empty_t = DeviceBuffer::<i32>::alloc(&dev, 0)?;
+    sample(
+        &stream,
+        &empty_f,
+        &mut empty_t,
+        &empty_u,
+        &empty_u,
+        SampleShape::contiguous(0, vocab),
+        &ok,
+    )?;
+    let tokens = tokens.to_host(&stream)?;
+    assert!(tokens.iter().all(|&t| (0..vocab as i32).contains(&t)));
+    Ok(())
+}
