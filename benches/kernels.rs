@@ -41,7 +41,28 @@
 //! add it to [`SUITES`]. The shape's `(name, value)` pairs become the criterion parameter
 //! (`rows=1,d=768`) and the `shape` object in `roofline.json`, which `python/torch_compare.py`
 //! reads to time the PyTorch equivalent on the same shapes; for attention use `batch`, `heads`,
-//! `kv_heads`, `head_dim`, `context`.
+//! `kv_heads`, `head_dim`, `context`. For example, SwiGLU over a fused `[rows, 2F]` gate|up:
+//!
+//! ```ignore
+//! fn swiglu_benches() -> Vec<KernelBench> {
+//!     let mut benches = Vec::new();
+//!     for (rows, ffn) in [(1, 5632), (64, 5632), (1, 14336), (64, 14336)] {
+//!         let bytes = rows * ffn * 2 * 3; // read gate and up, write out (bf16)
+//!         let shape = SwigluShape { rows: rows as usize, ffn: ffn as usize };
+//!         benches.push(KernelBench::new("swiglu", "bf16", &[("rows", rows), ("f", ffn)],
+//!             bytes, rows * ffn * 5, move |stream| {
+//!                 let copies = copies_for(bytes);
+//!                 let gu = random_copies::<bf16>(stream, (2 * rows * ffn) as usize, copies, 11)?;
+//!                 let mut out = output_copies::<bf16>(stream.device(), (rows * ffn) as usize, copies)?;
+//!                 Ok(Box::new(move |s: &Stream, call: u64| {
+//!                     let c = (call % copies) as usize;
+//!                     swiglu(s, &gu[c], &mut out[c], shape)
+//!                 }))
+//!             }));
+//!     }
+//!     benches
+//! }
+//! ```
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -26,7 +26,6 @@ Usage (from the repository root, on the GPU machine):
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -257,7 +256,7 @@ class Llama:
         without it the whole cache is read under a mask, which keeps shapes static for CUDA
         graphs.
         """
-        torch, F, cfg = self.torch, self.torch.nn.functional, self.cfg
+        F, cfg = self.torch.nn.functional, self.cfg
         b, h, hkv, hd, d = self.batch, cfg["heads"], cfg["kv_heads"], cfg["head_dim"], cfg["d"]
         g = h // hkv
         posb = pos.expand(b)
@@ -375,8 +374,6 @@ def time_decode(torch, cfg, tensors, batch, context, steps, use_compile):
                 results.append(("compile", timed(compiled, steps)))
             except Exception as e:  # a compiler failure must not lose the other numbers
                 print(f"torch.compile failed: {e}", file=sys.stderr)
-    del model
-    torch.cuda.empty_cache()
     return results
 
 
@@ -457,8 +454,11 @@ def main(argv=None):
         name = os.path.basename(os.path.normpath(args.model))
         for batch in parse_list(args.batch):
             for context in parse_list(args.context):
-                for mode, ms in time_decode(torch, cfg, tensors, batch, context, args.steps,
-                                            args.compile):
+                timings = time_decode(torch, cfg, tensors, batch, context, args.steps,
+                                      args.compile)
+                # The model, its caches and the graph are gone with time_decode's frame.
+                torch.cuda.empty_cache()
+                for mode, ms in timings:
                     out["decode"].append({"model": name, "mode": mode, "batch": batch,
                                           "context": context, "ms_per_step": ms})
                     print(f"decode {name} batch {batch} context {context} {mode:10s} "

@@ -234,6 +234,16 @@ typedef struct SampleParams {
     float top_p;
 } SampleParams;
 
+/* y = alpha * x + beta * y over n elements (beta == 0: y is only written). The decoder's
+ * output mix z = sum_s alpha_s * out_s is one call per section. */
+typedef struct AxpbyParams {
+    const void *x;
+    void *y;
+    uint64_t n;
+    float alpha;
+    float beta;
+} AxpbyParams;
+
 #ifdef __cplusplus
 }
 #endif
@@ -289,6 +299,7 @@ STAG_LAYOUT_ASSERT(sizeof(MemoryKvAppendParams) == 88, "MemoryKvAppendParams siz
 STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 112, "AttentionPrefillParams size");
 STAG_LAYOUT_ASSERT(sizeof(SwigluParams) == 32, "SwigluParams size");
 STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 80, "SampleParams size");
+STAG_LAYOUT_ASSERT(sizeof(AxpbyParams) == 32, "AxpbyParams size");
 
 #undef STAG_LAYOUT_ASSERT
 #undef STAG_ALIGNOF

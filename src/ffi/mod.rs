@@ -51,4 +51,5 @@ kernel_params!(
     AttentionPrefillParams,
     SwigluParams,
     SampleParams,
+    AxpbyParams,
 );

@@ -721,3 +721,43 @@ impl Default for SampleParams {
         }
     }
 }
+/** y = alpha * x + beta * y over n elements (beta == 0: y is only written). The decoder's
+ output mix z = sum_s alpha_s * out_s is one call per section.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct AxpbyParams {
+    pub x: *const ::core::ffi::c_void,
+    pub y: *mut ::core::ffi::c_void,
+    pub n: u64,
+    pub alpha: f32,
+    pub beta: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of AxpbyParams"][::core::mem::size_of::<AxpbyParams>() - 32usize];
+    ["Alignment of AxpbyParams"][::core::mem::align_of::<AxpbyParams>() - 8usize];
+    [
+        "Offset of field: AxpbyParams::x",
+    ][::core::mem::offset_of!(AxpbyParams, x) - 0usize];
+    [
+        "Offset of field: AxpbyParams::y",
+    ][::core::mem::offset_of!(AxpbyParams, y) - 8usize];
+    [
+        "Offset of field: AxpbyParams::n",
+    ][::core::mem::offset_of!(AxpbyParams, n) - 16usize];
+    [
+        "Offset of field: AxpbyParams::alpha",
+    ][::core::mem::offset_of!(AxpbyParams, alpha) - 24usize];
+    [
+        "Offset of field: AxpbyParams::beta",
+    ][::core::mem::offset_of!(AxpbyParams, beta) - 28usize];
+};
+impl Default for AxpbyParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod attention_decode;
 pub mod attention_prefill;
+pub mod axpby;
 pub mod embedding;
 pub mod gemm;
 pub mod memory_kv_append;

@@ -13,6 +13,7 @@
 
 mod attention_decode;
 mod attention_prefill;
+mod axpby;
 mod embedding;
 mod gemm;
 mod memory_kv_append;
@@ -36,6 +37,7 @@ fn all_cases() -> Vec<Case> {
     cases.extend(attention_decode::cases());
     cases.extend(attention_prefill::cases());
     cases.extend(sample::cases());
+    cases.extend(axpby::cases());
     cases
 }
 

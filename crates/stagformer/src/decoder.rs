@@ -3,6 +3,7 @@
 use stagformer_kernels::device::{Device, DeviceBuffer, Event, Stream};
 use stagformer_kernels::ops::attention_decode::RECOMMENDED_MAX_SPLITS;
 use stagformer_kernels::ops::attention_prefill::PrefillBatch;
+use stagformer_kernels::ops::axpby::axpby;
 use stagformer_kernels::ops::gemm::{linear, GemmShape};
 use stagformer_kernels::ops::rmsnorm::{rmsnorm, Rows};
 use stagformer_kernels::ops::rope_append::{KvCacheLayout, RopeTable};
@@ -40,6 +41,54 @@ pub struct DecoderOptions {
     pub recurrent: bool,
 }
 
+/// The output mix's buffers: z = Σ α_s · (output of section s), then RMSNorm(z; model.norm).
+struct OutputMix<T: Activation> {
+    alpha: Vec<f32>,
+    z: DeviceBuffer<T>,
+    normed: DeviceBuffer<T>,
+}
+
+impl<T: Activation> OutputMix<T> {
+    /// `z = α_s · out + (z if s > 0)` over `rows` rows.
+    fn accumulate(
+        &mut self,
+        stream: &Stream,
+        s: usize,
+        out: &DeviceBuffer<T>,
+        len: usize,
+    ) -> Result<()> {
+        let beta = if s == 0 { 0.0 } else { 1.0 };
+        axpby(
+            stream,
+            self.alpha[s],
+            &out.slice(..len)?,
+            beta,
+            &mut self.z.slice_mut(..len)?,
+        )?;
+        Ok(())
+    }
+
+    /// RMSNorm of z with the final norm, into `normed`.
+    fn finish(
+        &mut self,
+        stream: &Stream,
+        gain: &DeviceBuffer<f32>,
+        rows: Rows,
+        eps: f32,
+    ) -> Result<()> {
+        let len = rows.rows * rows.dim;
+        rmsnorm(
+            stream,
+            &self.z.slice(..len)?,
+            gain,
+            &mut self.normed.slice_mut(..len)?,
+            rows,
+            eps,
+        )?;
+        Ok(())
+    }
+}
+
 /// Splits used by the prefill's self-attention, whose many query rows fill the GPU already.
 const PREFILL_SPLITS: usize = 4;
 
@@ -62,6 +111,8 @@ pub struct Decoder<T: Activation> {
     /// before reusing its buffers or overwriting cache slots the last step read.
     step_done: Option<Event>,
     poisoned: Option<String>,
+    /// With `stag_output_mix`: z = Σ α_s · out_s and its final norm.
+    mix: Option<OutputMix<T>>,
     /// Test hook: drop the join before the logits and delay the last section's stream by this
     /// much, to show that the emulated streams really need their events.
     broken_join: Option<std::time::Duration>,
@@ -92,11 +143,6 @@ impl<T: Activation> Decoder<T> {
         if opts.mode == ExecMode::Batched {
             return Err(DecoderError::Unsupported(
                 "batched execution is not implemented in the kernel decoder yet".into(),
-            ));
-        }
-        if cfg.stag_output_mix {
-            return Err(DecoderError::Unsupported(
-                "stag_output_mix is not implemented in the kernel decoder yet".into(),
             ));
         }
         let streams = match opts.mode {
@@ -138,7 +184,17 @@ impl<T: Activation> Decoder<T> {
             .collect::<Result<Vec<_>>>()?;
         let prefill = Scratch::new(device, &cfg, opts.capacity, PREFILL_SPLITS)?;
         let rows = opts.max_batch;
+        let mix_rows = rows.max(opts.capacity) * cfg.hidden_size;
+        let mix = match &weights.output_mix {
+            Some(alpha) => Some(OutputMix {
+                alpha: alpha.clone(),
+                z: DeviceBuffer::alloc(device, mix_rows)?,
+                normed: DeviceBuffer::alloc(device, mix_rows)?,
+            }),
+            None => None,
+        };
         let decoder = Decoder {
+            mix,
             logits: DeviceBuffer::alloc(device, rows.max(opts.capacity) * cfg.vocab_size)?,
             tokens: DeviceBuffer::alloc(device, rows)?,
             sample_sequences: DeviceBuffer::alloc(device, rows)?,
@@ -287,7 +343,10 @@ impl<T: Activation> Decoder<T> {
                 cross_keys: CrossKeys::Prompt(&batch),
                 end,
             };
-            sh.run_section(&mut self.caches, sc, stream, pass)?;
+            let out = sh.run_section(&mut self.caches, sc, stream, pass)?;
+            if let Some(mix) = self.mix.as_mut() {
+                mix.accumulate(stream, s, &sc.x[out], n * d)?;
+            }
             if s + 1 < p {
                 sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, n)?;
                 // Only the last `ring` positions fit the cross caches (and are ever read again).
@@ -300,10 +359,23 @@ impl<T: Activation> Decoder<T> {
                 )?;
             }
         }
+        let rows = Rows { rows: n, dim: d };
+        let normed = match self.mix.as_mut() {
+            Some(mix) => {
+                mix.finish(
+                    stream,
+                    &sh.weights.final_norm,
+                    rows,
+                    cfg.rms_norm_eps as f32,
+                )?;
+                &mix.normed
+            }
+            None => &sc.h,
+        };
         let mut logits = self.logits.slice_mut(..n * vocab)?;
         linear(
             stream,
-            &sc.h.slice(..n * d)?,
+            &normed.slice(..n * d)?,
             sh.weights.lm_head(),
             &mut logits,
             GemmShape::new(n, vocab, d),
@@ -433,6 +505,7 @@ impl<T: Activation> Decoder<T> {
         let pos: Vec<i32> = positions.iter().map(|&i| i as i32).collect();
         let cross_slots: Vec<i32> = seqs.iter().map(|&s| s as i32).collect();
         let mut joins = Vec::new();
+        let mut outputs = Vec::new();
         for &s in &sections {
             // Section s runs on stream s when staggered, else everything runs on stream 0.
             let stream = &self.streams[s.min(self.streams.len() - 1)];
@@ -467,6 +540,7 @@ impl<T: Activation> Decoder<T> {
                 end,
             };
             let out = sh.run_section(&mut self.caches, sc, stream, pass)?;
+            outputs.push((s, out));
             // The memory of step i lands in slot i, which no section reads during step i.
             if recurrent {
                 rmsnorm(
@@ -494,10 +568,27 @@ impl<T: Activation> Decoder<T> {
             }
         }
         let last = *sections.last().expect("at least one section");
+        // Recurrent positions take the logits of their one pass (no mix).
+        let normed = match self.mix.as_mut() {
+            Some(mix) if !recurrent => {
+                for &(s, out) in &outputs {
+                    mix.accumulate(stream0, s, &self.scratch[s].x[out], n * d)?;
+                }
+                let rows = Rows { rows: n, dim: d };
+                mix.finish(
+                    stream0,
+                    &sh.weights.final_norm,
+                    rows,
+                    cfg.rms_norm_eps as f32,
+                )?;
+                &mix.normed
+            }
+            _ => &self.scratch[last].h,
+        };
         let mut logits = self.logits.slice_mut(..n * vocab)?;
         linear(
             stream0,
-            &self.scratch[last].h.slice(..n * d)?,
+            &normed.slice(..n * d)?,
             sh.weights.lm_head(),
             &mut logits,
             GemmShape::new(n, vocab, d),
