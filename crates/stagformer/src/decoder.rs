@@ -1,6 +1,6 @@
 //! The decoder: owns the device state of a batch of sequences and runs prefills and steps.
 
-use stagformer_kernels::device::{Device, DeviceBuffer, Event, Stream};
+use stagformer_kernels::device::{Device, DeviceBuffer, DeviceView, Event, Stream};
 use stagformer_kernels::ops::attention_decode::RECOMMENDED_MAX_SPLITS;
 use stagformer_kernels::ops::attention_prefill::PrefillBatch;
 use stagformer_kernels::ops::axpby::axpby;
@@ -49,19 +49,14 @@ struct OutputMix<T: Activation> {
 }
 
 impl<T: Activation> OutputMix<T> {
-    /// `z = α_s · out + (z if s > 0)` over `rows` rows.
-    fn accumulate(
-        &mut self,
-        stream: &Stream,
-        s: usize,
-        out: &DeviceBuffer<T>,
-        len: usize,
-    ) -> Result<()> {
+    /// `z = α_s · out + (z if s > 0)` over the rows `out` holds.
+    fn accumulate(&mut self, stream: &Stream, s: usize, out: DeviceView<'_, T>) -> Result<()> {
         let beta = if s == 0 { 0.0 } else { 1.0 };
+        let len = out.len();
         axpby(
             stream,
             self.alpha[s],
-            &out.slice(..len)?,
+            &out,
             beta,
             &mut self.z.slice_mut(..len)?,
         )?;
@@ -140,9 +135,9 @@ impl<T: Activation> Decoder<T> {
                 return Err(RequestError::RecurrentUnsupported { reason }.into());
             }
         }
-        if opts.mode == ExecMode::Batched {
+        if opts.mode == ExecMode::Batched && !cfg.stag_shared_weights && p > 1 {
             return Err(DecoderError::Unsupported(
-                "batched execution is not implemented in the kernel decoder yet".into(),
+                "batched execution needs shared weights (one stack run by every pass)".into(),
             ));
         }
         let streams = match opts.mode {
@@ -179,8 +174,13 @@ impl<T: Activation> Decoder<T> {
                 .map(|_| alloc(cross_len))
                 .collect::<Result<Vec<_>, _>>()?,
         };
+        // Batched steps put every pass's rows into the first scratch.
+        let step_rows = match opts.mode {
+            ExecMode::Batched => p * opts.max_batch,
+            _ => opts.max_batch,
+        };
         let scratch = (0..p)
-            .map(|_| Scratch::new(device, &cfg, opts.max_batch, RECOMMENDED_MAX_SPLITS))
+            .map(|_| Scratch::new(device, &cfg, step_rows, RECOMMENDED_MAX_SPLITS))
             .collect::<Result<Vec<_>>>()?;
         let prefill = Scratch::new(device, &cfg, opts.capacity, PREFILL_SPLITS)?;
         let rows = opts.max_batch;
@@ -345,10 +345,10 @@ impl<T: Activation> Decoder<T> {
             };
             let out = sh.run_section(&mut self.caches, sc, stream, pass)?;
             if let Some(mix) = self.mix.as_mut() {
-                mix.accumulate(stream, s, &sc.x[out], n * d)?;
+                mix.accumulate(stream, s, sc.x[out].slice(..n * d)?)?;
             }
             if s + 1 < p {
-                sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, n)?;
+                sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, 0..n)?;
                 // Only the last `ring` positions fit the cross caches (and are ever read again).
                 sh.append_memory(
                     &mut self.caches,
@@ -496,6 +496,9 @@ impl<T: Activation> Decoder<T> {
 
     /// The launches of one step; leaves the logits in `self.logits` (ordered on stream 0).
     fn run_step(&mut self, seqs: &[SeqId], tokens: &[u32], positions: &[usize]) -> Result<()> {
+        if self.opts.mode == ExecMode::Batched && !self.opts.recurrent {
+            return self.run_batched_step(seqs, tokens, positions);
+        }
         let sh = &self.shared;
         let cfg = &sh.cfg;
         let (p, n, d, vocab) = (cfg.sections(), seqs.len(), cfg.hidden_size, cfg.vocab_size);
@@ -551,10 +554,10 @@ impl<T: Activation> Decoder<T> {
                     Rows { rows: n, dim: d },
                     cfg.rms_norm_eps as f32,
                 )?;
-                sh.project_memory(stream, &sc.o, &mut sc.memory_kv, 1, n)?;
+                sh.project_memory(stream, &sc.o, &mut sc.memory_kv, 1, 0..n)?;
                 sh.append_memory(&mut self.caches, sc, stream, 1, 0..n)?;
             } else if s + 1 < p {
-                sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, n)?;
+                sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, 0..n)?;
                 sh.append_memory(&mut self.caches, sc, stream, s + 1, 0..n)?;
             }
             if self.streams.len() > 1 && s > 0 {
@@ -572,7 +575,7 @@ impl<T: Activation> Decoder<T> {
         let normed = match self.mix.as_mut() {
             Some(mix) if !recurrent => {
                 for &(s, out) in &outputs {
-                    mix.accumulate(stream0, s, &self.scratch[s].x[out], n * d)?;
+                    mix.accumulate(stream0, s, self.scratch[s].x[out].slice(..n * d)?)?;
                 }
                 let rows = Rows { rows: n, dim: d };
                 mix.finish(
@@ -594,6 +597,86 @@ impl<T: Activation> Decoder<T> {
             GemmShape::new(n, vocab, d),
         )?;
         self.step_done = Some(stream0.record_event()?);
+        Ok(())
+    }
+
+    /// A Batched step: pass s of sequence b is row s·B + b of one scratch; every layer's
+    /// self-attention and MLP run as one GEMM over all p·B rows.
+    fn run_batched_step(
+        &mut self,
+        seqs: &[SeqId],
+        tokens: &[u32],
+        positions: &[usize],
+    ) -> Result<()> {
+        let sh = &self.shared;
+        let cfg = &sh.cfg;
+        let (p, n, d, vocab) = (cfg.sections(), seqs.len(), cfg.hidden_size, cfg.vocab_size);
+        let stream = &self.streams[0];
+        if let Some(done) = &self.step_done {
+            stream.wait_event(done)?;
+        }
+        let rows = p * n;
+        let per_pass = |f: &dyn Fn(usize, usize) -> i32| -> Vec<i32> {
+            (0..p)
+                .flat_map(|s| (0..n).map(move |r| (s, r)))
+                .map(|(s, r)| f(s, r))
+                .collect()
+        };
+        let ids = per_pass(&|_, r| tokens[r] as i32);
+        let pos = per_pass(&|_, r| positions[r] as i32);
+        let self_slots = per_pass(&|s, r| (s * sh.max_batch + seqs[r]) as i32);
+        let cross_slots = per_pass(&|_, r| seqs[r] as i32);
+        let sc = &mut self.scratch[0];
+        sc.ids.slice_mut(..rows)?.copy_from_host(stream, &ids)?;
+        sc.positions
+            .slice_mut(..rows)?
+            .copy_from_host(stream, &pos)?;
+        sc.self_slots
+            .slice_mut(..rows)?
+            .copy_from_host(stream, &self_slots)?;
+        sc.cross_slots
+            .slice_mut(..rows)?
+            .copy_from_host(stream, &cross_slots)?;
+        let ends: Vec<&DeviceBuffer<f32>> = (0..p)
+            .map(|s| {
+                if s + 1 < p {
+                    &sh.weights.memory_norms[s]
+                } else {
+                    &sh.weights.final_norm
+                }
+            })
+            .collect();
+        let out = sh.run_batched(&mut self.caches, sc, stream, n, &ends)?;
+        for s in 0..p - 1 {
+            let pass = s * n..(s + 1) * n;
+            sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, pass.clone())?;
+            sh.append_memory(&mut self.caches, sc, stream, s + 1, pass)?;
+        }
+        let normed = match self.mix.as_mut() {
+            Some(mix) => {
+                for s in 0..p {
+                    mix.accumulate(stream, s, sc.x[out].slice(s * n * d..(s + 1) * n * d)?)?;
+                }
+                let rows = Rows { rows: n, dim: d };
+                mix.finish(
+                    stream,
+                    &sh.weights.final_norm,
+                    rows,
+                    cfg.rms_norm_eps as f32,
+                )?;
+                mix.normed.slice(..n * d)?
+            }
+            None => sc.h.slice((p - 1) * n * d..p * n * d)?,
+        };
+        let mut logits = self.logits.slice_mut(..n * vocab)?;
+        linear(
+            stream,
+            &normed,
+            sh.weights.lm_head(),
+            &mut logits,
+            GemmShape::new(n, vocab, d),
+        )?;
+        self.step_done = Some(stream.record_event()?);
         Ok(())
     }
 }

@@ -2,10 +2,13 @@
 //! launches on one stream. Decode steps and prefills share it; they differ only in where the
 //! cross-attention's keys come from (the cross caches, or the whole prompt's memory).
 
-use stagformer_kernels::device::{DeviceBuffer, Stream};
+use std::ops::Range;
+
+use stagformer_kernels::device::{DeviceBuffer, DeviceView, Stream};
 use stagformer_kernels::ops::attention_decode::{attention_decode, DecodeLayout, DecodeMask};
 use stagformer_kernels::ops::attention_prefill::{
-    attention_prefill, PrefillBatch, PrefillConfig, PrefillMask, RowStrides,
+    attention_prefill, HeadShape as PrefillHeads, PrefillBatch, PrefillConfig, PrefillMask,
+    RowStrides,
 };
 use stagformer_kernels::ops::embedding::{embedding, EmbeddingShape};
 use stagformer_kernels::ops::gemm::{linear, GemmShape};
@@ -108,271 +111,431 @@ impl<T: Activation> Shared<T> {
             end,
         } = pass;
         let cfg = &self.cfg;
-        let w = &self.weights;
-        let (d, qd, kvd, f) = (
-            cfg.hidden_size,
-            cfg.q_dim(),
-            cfg.kv_dim(),
-            cfg.intermediate_size,
-        );
-        let qkv_dim = qd + 2 * kvd;
-        let ls = cfg.layers_per_section();
-        let rows = Rows { rows: n, dim: d };
-        let eps = self.eps();
-        let Scratch {
-            ids,
-            self_slots,
-            cross_slots,
-            positions,
-            x,
-            h,
-            qkv,
-            attn,
-            o,
-            gate_up,
-            act,
-            memory_kv,
-            workspace,
-            ..
-        } = sc;
-        let ids = ids.slice(..n)?;
-        let (self_slots, cross_slots, positions) = (
-            self_slots.slice(..n)?,
-            cross_slots.slice(..n)?,
-            positions.slice(..n)?,
-        );
-        // `x[cur]` holds the residual stream.
-        let mut cur = 0;
+        let all = 0..n;
+        let mut cur = self.embed(sc, stream, all.clone(), self.layer(s, 0).input_norm.view())?;
+        for j in 0..cfg.layers_per_section() {
+            self.self_attention(caches, sc, stream, self.layer(s, j), j, all.clone())?;
+            if s >= 1 {
+                let cross = &self.weights.cross[s - 1][j];
+                cur = self.add_norm(sc, stream, cur, all.clone(), &cross.norm)?;
+                self.cross_attention(caches, sc, stream, s, j, all.clone(), &cross_keys)?;
+            }
+            cur = self.add_norm(
+                sc,
+                stream,
+                cur,
+                all.clone(),
+                &self.layer(s, j).post_attention_norm,
+            )?;
+            self.mlp(sc, stream, self.layer(s, j), all.clone())?;
+            let next = if j + 1 < cfg.layers_per_section() {
+                &self.layer(s, j + 1).input_norm
+            } else {
+                end
+            };
+            cur = self.add_norm(sc, stream, cur, all.clone(), next)?;
+        }
+        Ok(cur)
+    }
+
+    /// Every pass of a shared-weight model at once: pass s owns rows s·B..(s + 1)·B of `sc`.
+    /// Self-attention and MLP run as one GEMM over all p·B rows (each weight read once per
+    /// step); the cross sublayer runs per pass ≥ 1 on its rows. Pass s's output ends normed by
+    /// `ends[s]`. Returns the index of the residual buffer holding every pass's output.
+    pub fn run_batched(
+        &self,
+        caches: &mut Caches<T>,
+        sc: &mut Scratch<T>,
+        stream: &Stream,
+        batch: usize,
+        ends: &[&DeviceBuffer<f32>],
+    ) -> Result<usize> {
+        let cfg = &self.cfg;
+        let p = cfg.sections();
+        let all = 0..p * batch;
+        let pass_rows = |s: usize| s * batch..(s + 1) * batch;
+        let mut cur = self.embed(sc, stream, all.clone(), self.layer(0, 0).input_norm.view())?;
+        for j in 0..cfg.layers_per_section() {
+            let layer = self.layer(0, j);
+            self.self_attention(caches, sc, stream, layer, j, all.clone())?;
+            if p > 1 {
+                // Pass 0 goes straight to its MLP norm, later passes to their cross norm.
+                self.add_norm_into(sc, stream, cur, pass_rows(0), &layer.post_attention_norm)?;
+                for s in 1..p {
+                    self.add_norm_into(
+                        sc,
+                        stream,
+                        cur,
+                        pass_rows(s),
+                        &self.weights.cross[s - 1][j].norm,
+                    )?;
+                }
+                cur = 1 - cur;
+                for s in 1..p {
+                    self.cross_attention(
+                        caches,
+                        sc,
+                        stream,
+                        s,
+                        j,
+                        pass_rows(s),
+                        &CrossKeys::Cache,
+                    )?;
+                    self.add_norm_into(sc, stream, cur, pass_rows(s), &layer.post_attention_norm)?;
+                }
+                // Pass 0 had no cross sublayer: carry its residual over unchanged.
+                self.copy_rows(sc, stream, cur, pass_rows(0))?;
+                cur = 1 - cur;
+            } else {
+                cur = self.add_norm(sc, stream, cur, all.clone(), &layer.post_attention_norm)?;
+            }
+            self.mlp(sc, stream, layer, all.clone())?;
+            if j + 1 < cfg.layers_per_section() {
+                cur = self.add_norm(
+                    sc,
+                    stream,
+                    cur,
+                    all.clone(),
+                    &self.layer(0, j + 1).input_norm,
+                )?;
+            } else {
+                for (s, end) in ends.iter().enumerate() {
+                    self.add_norm_into(sc, stream, cur, pass_rows(s), end)?;
+                }
+                cur = 1 - cur;
+            }
+        }
+        Ok(cur)
+    }
+
+    fn layer(&self, s: usize, j: usize) -> &crate::weights::LayerWeights<T> {
+        &self.weights.layers[self.cfg.layer_index(s, j)]
+    }
+
+    /// x[0] = embed(ids) and h = rmsnorm(x[0]) · gain over `rows`; returns the current index.
+    fn embed(
+        &self,
+        sc: &mut Scratch<T>,
+        stream: &Stream,
+        rows: Range<usize>,
+        gain: DeviceView<'_, f32>,
+    ) -> Result<usize> {
+        let cfg = &self.cfg;
+        let d = cfg.hidden_size;
+        let span = rows.start * d..rows.end * d;
         embedding(
             stream,
-            &ids,
-            &w.embed,
-            &mut x[cur].slice_mut(..n * d)?,
+            &sc.ids.slice(rows.clone())?,
+            &self.weights.embed,
+            &mut sc.x[0].slice_mut(span.clone())?,
             EmbeddingShape {
                 vocab: cfg.vocab_size,
                 dim: d,
             },
         )?;
-        let first = &w.layers[cfg.layer_index(s, 0)];
         rmsnorm(
             stream,
-            &x[cur].slice(..n * d)?,
-            &first.input_norm,
-            &mut h.slice_mut(..n * d)?,
-            rows,
-            eps,
+            &sc.x[0].slice(span.clone())?,
+            &gain,
+            &mut sc.h.slice_mut(span)?,
+            Rows {
+                rows: rows.len(),
+                dim: d,
+            },
+            self.eps(),
         )?;
-        // The residual add of one sublayer fused with the norm of the next:
-        // x[1 - cur] = x[cur] + o, h = rmsnorm(x[1 - cur]) · gain.
-        let add_norm = |x: &mut [DeviceBuffer<T>; 2],
-                        cur: &mut usize,
-                        o: &DeviceBuffer<T>,
-                        h: &mut DeviceBuffer<T>,
-                        gain: &DeviceBuffer<f32>|
-         -> Result<()> {
-            let (first, second) = x.split_at_mut(1);
-            let (from, to) = if *cur == 0 {
-                (&first[0], &mut second[0])
-            } else {
-                (&second[0], &mut first[0])
-            };
-            add_rmsnorm(
-                stream,
-                &from.slice(..n * d)?,
-                &o.slice(..n * d)?,
-                gain,
-                &mut to.slice_mut(..n * d)?,
-                &mut h.slice_mut(..n * d)?,
-                rows,
-                eps,
-            )?;
-            *cur = 1 - *cur;
-            Ok(())
-        };
-        for j in 0..ls {
-            let layer = &w.layers[cfg.layer_index(s, j)];
-            linear(
-                stream,
-                &h.slice(..n * d)?,
-                &layer.wqkv,
-                &mut qkv.slice_mut(..n * qkv_dim)?,
-                GemmShape::new(n, qkv_dim, d),
-            )?;
-            rope_append(
-                stream,
-                QkvRows::Fused {
-                    qkv: qkv.slice_mut(..n * qkv_dim)?,
-                    row_stride: qkv_dim,
-                },
-                self.heads(),
-                &self_slots,
-                &positions,
-                &self.rope,
-                KvCacheMut {
-                    k: caches.self_k[j].view_mut(),
-                    v: caches.self_v[j].view_mut(),
-                    layout: self.self_layout(),
-                },
-            )?;
-            let layout = DecodeLayout::new(
-                n,
-                cfg.num_attention_heads,
-                cfg.num_key_value_heads,
-                cfg.head_dim,
-                cfg.sections() * self.max_batch,
-                self.capacity,
-            )
-            .with_row_strides(qkv_dim, qd)
-            .with_max_keys(self.capacity);
-            attention_decode(
-                stream,
-                &qkv.slice(..n * qkv_dim)?,
-                &caches.self_k[j],
-                &caches.self_v[j],
-                &self_slots,
-                &positions,
-                &mut attn.slice_mut(..n * qd)?,
-                workspace,
-                layout,
-                DecodeMask::SelfCausal,
-            )?;
-            linear(
-                stream,
-                &attn.slice(..n * qd)?,
-                &layer.wo,
-                &mut o.slice_mut(..n * d)?,
-                GemmShape::new(n, d, qd),
-            )?;
-            if s >= 1 {
-                let cross = &w.cross[s - 1][j];
-                add_norm(x, &mut cur, o, h, &cross.norm)?;
-                // The cross query reuses the front of `qkv` as a dense [n, q_dim] tensor.
-                linear(
-                    stream,
-                    &h.slice(..n * d)?,
-                    &cross.wq,
-                    &mut qkv.slice_mut(..n * qd)?,
-                    GemmShape::new(n, qd, d),
-                )?;
-                match cross_keys {
-                    CrossKeys::Cache => {
-                        let layer_len = self.cross_layout().required_len()?;
-                        let span = j * layer_len..(j + 1) * layer_len;
-                        let layout = DecodeLayout::new(
-                            n,
-                            cfg.num_attention_heads,
-                            cfg.num_key_value_heads,
-                            cfg.head_dim,
-                            self.max_batch,
-                            self.ring,
-                        )
-                        .with_max_keys(self.window.unwrap_or(self.capacity));
-                        attention_decode(
-                            stream,
-                            &qkv.slice(..n * qd)?,
-                            &caches.cross_k[s - 1].slice(span.clone())?,
-                            &caches.cross_v[s - 1].slice(span)?,
-                            &cross_slots,
-                            &positions,
-                            &mut attn.slice_mut(..n * qd)?,
-                            workspace,
-                            layout,
-                            DecodeMask::Cross {
-                                window: self.window,
-                            },
-                        )?;
-                    }
-                    CrossKeys::Prompt(batch) => {
-                        let stride = ls * 2 * kvd;
-                        let base = j * 2 * kvd;
-                        let cfg_prefill = PrefillConfig {
-                            shape: stagformer_kernels::ops::attention_prefill::HeadShape {
-                                heads: cfg.num_attention_heads,
-                                kv_heads: cfg.num_key_value_heads,
-                                head_dim: cfg.head_dim,
-                            },
-                            strides: RowStrides {
-                                q: qd,
-                                k: stride,
-                                v: stride,
-                                out: qd,
-                            },
-                            mask: PrefillMask::StaggeredCross {
-                                window: self.window,
-                            },
-                            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
-                        };
-                        let span =
-                            |offset: usize| base + offset..base + offset + (n - 1) * stride + kvd;
-                        attention_prefill(
-                            stream,
-                            batch,
-                            &qkv.slice(..n * qd)?,
-                            &memory_kv.slice(span(0))?,
-                            &memory_kv.slice(span(kvd))?,
-                            &mut attn.slice_mut(..n * qd)?,
-                            &cfg_prefill,
-                        )?;
-                    }
-                }
-                linear(
-                    stream,
-                    &attn.slice(..n * qd)?,
-                    &cross.wo,
-                    &mut o.slice_mut(..n * d)?,
-                    GemmShape::new(n, d, qd),
-                )?;
-            }
-            add_norm(x, &mut cur, o, h, &layer.post_attention_norm)?;
-            linear(
-                stream,
-                &h.slice(..n * d)?,
-                &layer.w_gate_up,
-                &mut gate_up.slice_mut(..n * 2 * f)?,
-                GemmShape::new(n, 2 * f, d),
-            )?;
-            swiglu(
-                stream,
-                &gate_up.slice(..n * 2 * f)?,
-                &mut act.slice_mut(..n * f)?,
-                SwigluShape { rows: n, ffn: f },
-            )?;
-            linear(
-                stream,
-                &act.slice(..n * f)?,
-                &layer.w_down,
-                &mut o.slice_mut(..n * d)?,
-                GemmShape::new(n, d, f),
-            )?;
-            let next = if j + 1 < ls {
-                &w.layers[cfg.layer_index(s, j + 1)].input_norm
-            } else {
-                end
-            };
-            add_norm(x, &mut cur, o, h, next)?;
-        }
-        Ok(cur)
+        Ok(0)
     }
 
-    /// Projects the first `n` rows of `memory` (normed section output) with the k|v weights of
-    /// section `reader`'s cross layers into `memory_kv`.
+    /// The residual add of one sublayer fused with the norm of the next, over `rows`:
+    /// x[1 − cur] = x[cur] + o, h = rmsnorm(x[1 − cur]) · gain. The caller flips `cur` once
+    /// every row has moved.
+    fn add_norm_into(
+        &self,
+        sc: &mut Scratch<T>,
+        stream: &Stream,
+        cur: usize,
+        rows: Range<usize>,
+        gain: &DeviceBuffer<f32>,
+    ) -> Result<()> {
+        let d = self.cfg.hidden_size;
+        let span = rows.start * d..rows.end * d;
+        let (first, second) = sc.x.split_at_mut(1);
+        let (from, to) = if cur == 0 {
+            (&first[0], &mut second[0])
+        } else {
+            (&second[0], &mut first[0])
+        };
+        add_rmsnorm(
+            stream,
+            &from.slice(span.clone())?,
+            &sc.o.slice(span.clone())?,
+            gain,
+            &mut to.slice_mut(span.clone())?,
+            &mut sc.h.slice_mut(span)?,
+            Rows {
+                rows: rows.len(),
+                dim: d,
+            },
+            self.eps(),
+        )?;
+        Ok(())
+    }
+
+    /// [`Self::add_norm_into`] over `rows`, returning the new current index.
+    fn add_norm(
+        &self,
+        sc: &mut Scratch<T>,
+        stream: &Stream,
+        cur: usize,
+        rows: Range<usize>,
+        gain: &DeviceBuffer<f32>,
+    ) -> Result<usize> {
+        self.add_norm_into(sc, stream, cur, rows, gain)?;
+        Ok(1 - cur)
+    }
+
+    /// x[1 − cur] = x[cur] over `rows`.
+    fn copy_rows(
+        &self,
+        sc: &mut Scratch<T>,
+        stream: &Stream,
+        cur: usize,
+        rows: Range<usize>,
+    ) -> Result<()> {
+        let d = self.cfg.hidden_size;
+        let span = rows.start * d..rows.end * d;
+        let (first, second) = sc.x.split_at_mut(1);
+        let (from, to) = if cur == 0 {
+            (&first[0], &mut second[0])
+        } else {
+            (&second[0], &mut first[0])
+        };
+        to.slice_mut(span.clone())?
+            .copy_from(stream, &from.slice(span)?)?;
+        Ok(())
+    }
+
+    /// o = self-attention of h over `rows` (q, k roped; k, v appended to layer j's caches).
+    fn self_attention(
+        &self,
+        caches: &mut Caches<T>,
+        sc: &mut Scratch<T>,
+        stream: &Stream,
+        layer: &crate::weights::LayerWeights<T>,
+        j: usize,
+        rows: Range<usize>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let (d, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
+        let qkv_dim = qd + 2 * kvd;
+        let n = rows.len();
+        let span = |width: usize| rows.start * width..rows.end * width;
+        linear(
+            stream,
+            &sc.h.slice(span(d))?,
+            &layer.wqkv,
+            &mut sc.qkv.slice_mut(span(qkv_dim))?,
+            GemmShape::new(n, qkv_dim, d),
+        )?;
+        rope_append(
+            stream,
+            QkvRows::Fused {
+                qkv: sc.qkv.slice_mut(span(qkv_dim))?,
+                row_stride: qkv_dim,
+            },
+            self.heads(),
+            &sc.self_slots.slice(rows.clone())?,
+            &sc.positions.slice(rows.clone())?,
+            &self.rope,
+            KvCacheMut {
+                k: caches.self_k[j].view_mut(),
+                v: caches.self_v[j].view_mut(),
+                layout: self.self_layout(),
+            },
+        )?;
+        let layout = DecodeLayout::new(
+            n,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.sections() * self.max_batch,
+            self.capacity,
+        )
+        .with_row_strides(qkv_dim, qd)
+        .with_max_keys(self.capacity);
+        attention_decode(
+            stream,
+            &sc.qkv.slice(span(qkv_dim))?,
+            &caches.self_k[j],
+            &caches.self_v[j],
+            &sc.self_slots.slice(rows.clone())?,
+            &sc.positions.slice(rows.clone())?,
+            &mut sc.attn.slice_mut(span(qd))?,
+            &mut sc.workspace,
+            layout,
+            DecodeMask::SelfCausal,
+        )?;
+        linear(
+            stream,
+            &sc.attn.slice(span(qd))?,
+            &layer.wo,
+            &mut sc.o.slice_mut(span(d))?,
+            GemmShape::new(n, d, qd),
+        )?;
+        Ok(())
+    }
+
+    /// o = the staggered cross-attention of h over `rows` (section `s`, layer `j`).
+    #[allow(clippy::too_many_arguments)]
+    fn cross_attention(
+        &self,
+        caches: &mut Caches<T>,
+        sc: &mut Scratch<T>,
+        stream: &Stream,
+        s: usize,
+        j: usize,
+        rows: Range<usize>,
+        cross_keys: &CrossKeys<'_>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let (d, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
+        let ls = cfg.layers_per_section();
+        let cross = &self.weights.cross[s - 1][j];
+        let n = rows.len();
+        let span = |width: usize| rows.start * width..rows.end * width;
+        // The cross query reuses `qkv` as a dense [rows, q_dim] tensor.
+        linear(
+            stream,
+            &sc.h.slice(span(d))?,
+            &cross.wq,
+            &mut sc.qkv.slice_mut(span(qd))?,
+            GemmShape::new(n, qd, d),
+        )?;
+        match cross_keys {
+            CrossKeys::Cache => {
+                let layer_len = self.cross_layout().required_len()?;
+                let cache = j * layer_len..(j + 1) * layer_len;
+                let layout = DecodeLayout::new(
+                    n,
+                    cfg.num_attention_heads,
+                    cfg.num_key_value_heads,
+                    cfg.head_dim,
+                    self.max_batch,
+                    self.ring,
+                )
+                .with_max_keys(self.window.unwrap_or(self.capacity));
+                attention_decode(
+                    stream,
+                    &sc.qkv.slice(span(qd))?,
+                    &caches.cross_k[s - 1].slice(cache.clone())?,
+                    &caches.cross_v[s - 1].slice(cache)?,
+                    &sc.cross_slots.slice(rows.clone())?,
+                    &sc.positions.slice(rows.clone())?,
+                    &mut sc.attn.slice_mut(span(qd))?,
+                    &mut sc.workspace,
+                    layout,
+                    DecodeMask::Cross {
+                        window: self.window,
+                    },
+                )?;
+            }
+            CrossKeys::Prompt(batch) => {
+                // Layer j's k and v inside each projected memory row [k_0|v_0|k_1|v_1|...].
+                let stride = ls * 2 * kvd;
+                let base = j * 2 * kvd;
+                let config = PrefillConfig {
+                    shape: PrefillHeads {
+                        heads: cfg.num_attention_heads,
+                        kv_heads: cfg.num_key_value_heads,
+                        head_dim: cfg.head_dim,
+                    },
+                    strides: RowStrides {
+                        q: qd,
+                        k: stride,
+                        v: stride,
+                        out: qd,
+                    },
+                    mask: PrefillMask::StaggeredCross {
+                        window: self.window,
+                    },
+                    scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+                };
+                let memory = |offset: usize| base + offset..base + offset + (n - 1) * stride + kvd;
+                attention_prefill(
+                    stream,
+                    batch,
+                    &sc.qkv.slice(span(qd))?,
+                    &sc.memory_kv.slice(memory(0))?,
+                    &sc.memory_kv.slice(memory(kvd))?,
+                    &mut sc.attn.slice_mut(span(qd))?,
+                    &config,
+                )?;
+            }
+        }
+        linear(
+            stream,
+            &sc.attn.slice(span(qd))?,
+            &cross.wo,
+            &mut sc.o.slice_mut(span(d))?,
+            GemmShape::new(n, d, qd),
+        )?;
+        Ok(())
+    }
+
+    /// o = down(silu(gate(h)) ⊙ up(h)) over `rows`.
+    fn mlp(
+        &self,
+        sc: &mut Scratch<T>,
+        stream: &Stream,
+        layer: &crate::weights::LayerWeights<T>,
+        rows: Range<usize>,
+    ) -> Result<()> {
+        let (d, f) = (self.cfg.hidden_size, self.cfg.intermediate_size);
+        let n = rows.len();
+        let span = |width: usize| rows.start * width..rows.end * width;
+        linear(
+            stream,
+            &sc.h.slice(span(d))?,
+            &layer.w_gate_up,
+            &mut sc.gate_up.slice_mut(span(2 * f))?,
+            GemmShape::new(n, 2 * f, d),
+        )?;
+        swiglu(
+            stream,
+            &sc.gate_up.slice(span(2 * f))?,
+            &mut sc.act.slice_mut(span(f))?,
+            SwigluShape { rows: n, ffn: f },
+        )?;
+        linear(
+            stream,
+            &sc.act.slice(span(f))?,
+            &layer.w_down,
+            &mut sc.o.slice_mut(span(d))?,
+            GemmShape::new(n, d, f),
+        )?;
+        Ok(())
+    }
+
+    /// Projects rows `rows` of `memory` (normed section output) with the k|v weights of
+    /// section `reader`'s cross layers into the same rows of `memory_kv`.
     pub fn project_memory(
         &self,
         stream: &Stream,
         memory: &DeviceBuffer<T>,
         memory_kv: &mut DeviceBuffer<T>,
         reader: usize,
-        n: usize,
+        rows: Range<usize>,
     ) -> Result<()> {
         let cfg = &self.cfg;
         let width = cfg.layers_per_section() * 2 * cfg.kv_dim();
         let d = cfg.hidden_size;
         linear(
             stream,
-            &memory.slice(..n * d)?,
+            &memory.slice(rows.start * d..rows.end * d)?,
             &self.weights.memory_kv[reader - 1],
-            &mut memory_kv.slice_mut(..n * width)?,
-            GemmShape::new(n, width, d),
+            &mut memory_kv.slice_mut(rows.start * width..rows.end * width)?,
+            GemmShape::new(rows.len(), width, d),
         )?;
         Ok(())
     }
