@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use stagformer::{Activation, Decoder, DecoderOptions, ExecMode, SamplingConfig};
+use stagformer_kernels::device::DeviceKind;
 use stagformer_kernels::Device;
 use stagformer_ref::sample::argmax;
 use stagformer_ref::{DecodeBatch, Model, StepMode};
@@ -35,6 +36,10 @@ pub struct Args {
     /// Untimed decode steps before timing.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Also write the results as JSON (`{"decode": [{model, mode, batch, context,
+    /// ms_per_step}], ...}`), the format the benchmark report reads.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 /// One row of the result table.
@@ -90,8 +95,27 @@ pub fn run(args: Args) -> Result<()> {
             kernel_rows::<half::bf16>(device, &model, &prompts, capacity, &args)?
         }
     };
-    print_table(&rows, args.batch);
-    println!("note: the weight-bytes floor column needs a CUDA run with the copy-bandwidth probe");
+    let floor = match &backend {
+        Backend::Kernels { device, bf16 } if device.kind() == DeviceKind::Cuda => {
+            let bytes = params as f64 * if *bf16 { 2.0 } else { 4.0 };
+            let bandwidth = copy_bandwidth(device)?;
+            println!(
+                "weights: {:.1} MB per step; measured copy bandwidth {:.0} GB/s -> floor {:.3} ms/step",
+                bytes / 1e6,
+                bandwidth / 1e9,
+                bytes / bandwidth * 1e3
+            );
+            Some(bytes / bandwidth * 1e3)
+        }
+        _ => None,
+    };
+    print_table(&rows, args.batch, floor);
+    if floor.is_none() {
+        println!("note: the weight-bytes floor is measured on CUDA devices only");
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &describe(cfg), &rows, &args, floor)?;
+    }
     Ok(())
 }
 
@@ -258,7 +282,51 @@ fn time_decode(
     Ok(start.elapsed().as_secs_f64() * 1e3 / args.new_tokens as f64)
 }
 
-fn print_table(rows: &[ModeResult], batch: usize) {
+/// Device-to-device copy bandwidth (bytes/s): 256 MiB copied 5 times, timed with events.
+fn copy_bandwidth(device: &Device) -> Result<f64> {
+    let n = 64 << 20; // f32 elements = 256 MiB
+    let stream = device.new_stream()?;
+    let src = stagformer_kernels::DeviceBuffer::<f32>::alloc(device, n)?;
+    let mut dst = stagformer_kernels::DeviceBuffer::<f32>::alloc(device, n)?;
+    dst.copy_from(&stream, &src)?;
+    let start = stream.record_timed_event()?;
+    let copies = 5;
+    for _ in 0..copies {
+        dst.copy_from(&stream, &src)?;
+    }
+    let end = stream.record_timed_event()?;
+    end.synchronize()?;
+    let ms = f64::from(start.elapsed_ms(&end)?);
+    // A copy reads and writes every byte.
+    Ok((2 * n * 4 * copies) as f64 / (ms / 1e3))
+}
+
+fn write_json(
+    path: &std::path::Path,
+    model: &str,
+    rows: &[ModeResult],
+    args: &Args,
+    floor_ms: Option<f64>,
+) -> Result<()> {
+    let decode: Vec<serde_json::Value> = rows
+        .iter()
+        .filter_map(|r| r.ms_per_step.as_ref().ok().map(|ms| (r.name, *ms)))
+        .map(|(mode, ms)| {
+            serde_json::json!({
+                "model": model,
+                "mode": mode,
+                "batch": args.batch,
+                "context": args.prompt_len,
+                "ms_per_step": ms,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({ "decode": decode, "weight_floor_ms": floor_ms });
+    std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
+    Ok(())
+}
+
+fn print_table(rows: &[ModeResult], batch: usize, floor_ms: Option<f64>) {
     let base = rows
         .iter()
         .find(|r| r.name == "sequential")
@@ -278,7 +346,7 @@ fn print_table(rows: &[ModeResult], batch: usize) {
                     ms,
                     batch as f64 * 1e3 / ms,
                     speedup,
-                    "-"
+                    floor_ms.map_or("-".into(), |f| format!("{:.0}%", 100.0 * f / ms))
                 );
             }
             Err(why) => println!("{:<12} {why}", r.name),
