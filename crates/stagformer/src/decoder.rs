@@ -372,15 +372,13 @@ impl<T: Activation> Decoder<T> {
             }
             None => &sc.h,
         };
-        let mut logits = self.logits.slice_mut(..n * vocab)?;
-        linear(
+        self.step_done = Some(lm_head(
             stream,
-            &normed.slice(..n * d)?,
-            sh.weights.lm_head(),
-            &mut logits,
-            GemmShape::new(n, vocab, d),
-        )?;
-        self.step_done = Some(stream.record_event()?);
+            sh,
+            normed.slice(..n * d)?,
+            &mut self.logits,
+            n,
+        )?);
         Ok(self.logits.slice(..n * vocab)?.to_host(stream)?)
     }
 
@@ -501,7 +499,7 @@ impl<T: Activation> Decoder<T> {
         }
         let sh = &self.shared;
         let cfg = &sh.cfg;
-        let (p, n, d, vocab) = (cfg.sections(), seqs.len(), cfg.hidden_size, cfg.vocab_size);
+        let (p, n, d) = (cfg.sections(), seqs.len(), cfg.hidden_size);
         let recurrent = self.opts.recurrent;
         let sections: Vec<usize> = if recurrent { vec![1] } else { (0..p).collect() };
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
@@ -588,15 +586,13 @@ impl<T: Activation> Decoder<T> {
             }
             _ => &self.scratch[last].h,
         };
-        let mut logits = self.logits.slice_mut(..n * vocab)?;
-        linear(
+        self.step_done = Some(lm_head(
             stream0,
-            &normed.slice(..n * d)?,
-            sh.weights.lm_head(),
-            &mut logits,
-            GemmShape::new(n, vocab, d),
-        )?;
-        self.step_done = Some(stream0.record_event()?);
+            sh,
+            normed.slice(..n * d)?,
+            &mut self.logits,
+            n,
+        )?);
         Ok(())
     }
 
@@ -610,7 +606,7 @@ impl<T: Activation> Decoder<T> {
     ) -> Result<()> {
         let sh = &self.shared;
         let cfg = &sh.cfg;
-        let (p, n, d, vocab) = (cfg.sections(), seqs.len(), cfg.hidden_size, cfg.vocab_size);
+        let (p, n, d) = (cfg.sections(), seqs.len(), cfg.hidden_size);
         let stream = &self.streams[0];
         if let Some(done) = &self.step_done {
             stream.wait_event(done)?;
@@ -668,15 +664,27 @@ impl<T: Activation> Decoder<T> {
             }
             None => sc.h.slice((p - 1) * n * d..p * n * d)?,
         };
-        let mut logits = self.logits.slice_mut(..n * vocab)?;
-        linear(
-            stream,
-            &normed,
-            sh.weights.lm_head(),
-            &mut logits,
-            GemmShape::new(n, vocab, d),
-        )?;
-        self.step_done = Some(stream.record_event()?);
+        self.step_done = Some(lm_head(stream, sh, normed, &mut self.logits, n)?);
         Ok(())
     }
+}
+
+/// logits[..n] = normed · lm_headᵀ (f32) on `stream`; returns the event that marks the step's
+/// end, which every stream waits for before its next step.
+fn lm_head<T: Activation>(
+    stream: &Stream,
+    sh: &Shared<T>,
+    normed: DeviceView<'_, T>,
+    logits: &mut DeviceBuffer<f32>,
+    n: usize,
+) -> Result<Event> {
+    let (d, vocab) = (sh.cfg.hidden_size, sh.cfg.vocab_size);
+    linear(
+        stream,
+        &normed,
+        sh.weights.lm_head(),
+        &mut logits.slice_mut(..n * vocab)?,
+        GemmShape::new(n, vocab, d),
+    )?;
+    Ok(stream.record_event()?)
 }
