@@ -23,6 +23,15 @@ pub struct ModelArgs {
     /// Seed of the preset's random weights.
     #[arg(long, default_value_t = 0)]
     pub preset_seed: u64,
+    /// With --preset: run the same layers as this many sections (1 = a plain Llama).
+    #[arg(long, requires = "preset")]
+    pub sections: Option<usize>,
+    /// With --preset: one shared stack of half the layers, run by both sections.
+    #[arg(long, requires = "preset")]
+    pub shared_weights: bool,
+    /// With --preset: bound the cross-attention to the last W memory positions.
+    #[arg(long, requires = "preset")]
+    pub cross_window: Option<usize>,
     /// Where to run.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
@@ -44,23 +53,40 @@ pub enum DeviceChoice {
 impl ModelArgs {
     /// Loads the model's weights (on the host; the kernel devices upload them later).
     pub fn load(&self) -> Result<Model> {
+        let overrides =
+            self.sections.is_some() || self.shared_weights || self.cross_window.is_some();
         match (&self.model, &self.preset) {
+            (Some(_), _) if overrides => {
+                bail!("--sections, --shared-weights and --cross-window apply to --preset only")
+            }
             (Some(dir), _) => load_dir(dir),
-            (None, Some(name)) => preset_model(name, self.preset_seed),
+            (None, Some(name)) => {
+                let mut config = preset_config(name)?;
+                if let Some(p) = self.sections {
+                    config.stag_sections = p;
+                }
+                if self.shared_weights {
+                    config.num_hidden_layers /= config.stag_sections;
+                    config.stag_shared_weights = true;
+                }
+                if self.cross_window.is_some() {
+                    config.stag_cross_window = self.cross_window;
+                }
+                Ok(Model::random(config, self.preset_seed, StorageDtype::F32)?)
+            }
             (None, None) => bail!("give --model DIR or --preset NAME"),
         }
     }
 }
 
-/// A preset's config with random weights from `seed`.
-pub fn preset_model(name: &str, seed: u64) -> Result<Model> {
-    let config = init::preset(name).with_context(|| {
+/// A preset's config (its weights are drawn from `--preset-seed`).
+fn preset_config(name: &str) -> Result<stagformer_ref::Config> {
+    init::preset(name).with_context(|| {
         format!(
             "unknown preset {name:?}; known: {}",
             init::PRESETS.join(", ")
         )
-    })?;
-    Ok(Model::random(config, seed, StorageDtype::F32)?)
+    })
 }
 
 fn load_dir(dir: &std::path::Path) -> Result<Model> {
