@@ -79,6 +79,9 @@ use stagformer_kernels::ops::rmsnorm::{add_rmsnorm, rmsnorm, Rows};
 
 type Result<T, E = DeviceError> = std::result::Result<T, E>;
 
+#[path = "kernels/decode_suites.rs"]
+mod decode_suites;
+
 /// Bytes one pass over a bench's operand copies must at least touch: 4× the H100's L2.
 const ROTATE_BYTES: u64 = 200_000_000;
 /// Most operand copies a bench allocates.
@@ -91,7 +94,19 @@ const CEILING_REPS: usize = 10;
 const EPS: f32 = 1e-6;
 
 /// The suites, one per kernel. Each returns its benches; the lead adds a line per kernel.
-const SUITES: &[fn() -> Vec<KernelBench>] = &[rmsnorm_benches, add_rmsnorm_benches, linear_benches];
+const SUITES: &[fn() -> Vec<KernelBench>] = &[
+    rmsnorm_benches,
+    add_rmsnorm_benches,
+    linear_benches,
+    decode_suites::embedding_benches,
+    decode_suites::rope_append_benches,
+    decode_suites::memory_kv_append_benches,
+    decode_suites::swiglu_benches,
+    decode_suites::attention_decode_benches,
+    decode_suites::attention_prefill_benches,
+    decode_suites::sample_benches,
+    decode_suites::axpby_benches,
+];
 
 /// Launches the kernel once, on operand copy `call mod copies`.
 type Launcher = Box<dyn FnMut(&Stream, u64) -> Result<()>>;
