@@ -93,7 +93,7 @@ const GATE_BATCH: u64 = 256;
 const CEILING_REPS: usize = 10;
 const EPS: f32 = 1e-6;
 
-/// The suites, one per kernel. Each returns its benches; the lead adds a line per kernel.
+/// The suites, one per kernel. Each returns its benches; a new kernel adds a line here.
 const SUITES: &[fn() -> Vec<KernelBench>] = &[
     rmsnorm_benches,
     add_rmsnorm_benches,
