@@ -68,6 +68,19 @@ fn tokens(n: usize, seed: usize) -> Vec<u32> {
         .collect()
 }
 
+/// Logits of every position of `toks`: prefill `prompt_len` tokens, then one step per token.
+fn score_one<T: stagformer::Activation>(
+    dec: &mut Decoder<T>,
+    toks: &[u32],
+    prompt_len: usize,
+) -> Vec<f32> {
+    let (id, mut got) = dec.prefill(&toks[..prompt_len]).unwrap();
+    for &t in &toks[prompt_len..] {
+        got.extend(dec.step(&[id], &[t]).unwrap());
+    }
+    got
+}
+
 fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len());
     assert!(got.iter().all(|v| v.is_finite()), "non-finite logits");
@@ -167,10 +180,7 @@ fn recurrent_mode_matches_reference() {
             recurrent: true,
         };
         let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
-        let (id, mut got) = dec.prefill(&toks[..3]).unwrap();
-        for &t in &toks[3..] {
-            got.extend(dec.step(&[id], &[t]).unwrap());
-        }
+        let got = score_one(&mut dec, &toks, 3);
         let e = rel_err(&got, &want.data);
         assert!(e <= TOL, "{window:?}: relative error {e:.2e}");
     }
@@ -243,11 +253,7 @@ fn removing_the_join_event_breaks_the_emulated_run() {
         if broken {
             dec.break_join_for_test(std::time::Duration::from_millis(50));
         }
-        let (id, mut got) = dec.prefill(&toks[..3]).unwrap();
-        for &t in &toks[3..] {
-            got.extend(dec.step(&[id], &[t]).unwrap());
-        }
-        got
+        score_one(&mut dec, &toks, 3)
     };
     let correct = run(false);
     assert!(rel_err(&correct, &want) <= TOL);
@@ -290,10 +296,7 @@ fn bf16_decoder_is_within_nmse_of_reference() {
             recurrent: false,
         };
         let mut dec = Decoder::<half::bf16>::new(&device, &model, opts).unwrap();
-        let (id, mut got) = dec.prefill(&toks[..4]).unwrap();
-        for &t in &toks[4..] {
-            got.extend(dec.step(&[id], &[t]).unwrap());
-        }
+        let got = score_one(&mut dec, &toks, 4);
         let err: f64 = got
             .iter()
             .zip(&want)
