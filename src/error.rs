@@ -124,6 +124,19 @@ pub enum DeviceError {
     /// A host thread for an emulated stream could not be started.
     #[error("could not start an emulated stream thread: {reason}")]
     Thread { reason: String },
+
+    /// An operation that a graph cannot replay was issued on a stream under capture (a copy
+    /// from or to host memory, a host function, a timed event, a synchronisation).
+    #[error("{op} cannot be captured into a graph: {reason}")]
+    NotCapturable {
+        op: &'static str,
+        reason: &'static str,
+    },
+
+    /// Stream capture was used against its rules (a nested capture, a wait on an event from
+    /// outside the capture, a stream forked into the capture that never rejoined it).
+    #[error("stream capture: {reason}")]
+    Capture { reason: String },
 }
 
 impl DeviceError {

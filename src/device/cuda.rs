@@ -10,8 +10,9 @@ use std::ffi::{c_void, CString};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
-use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaStream};
+use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaGraph, CudaStream};
 
+use super::buffer::Allocation;
 use super::kernel::ModuleImage;
 use crate::error::{DeviceError, Result};
 
@@ -39,6 +40,9 @@ pub(crate) struct CudaDevice {
     pub(crate) max_dynamic_smem: u32,
     modules: Mutex<HashMap<&'static str, Arc<LoadedModule>>>,
     functions: Mutex<HashMap<&'static str, Arc<LoadedFunction>>>,
+    /// While a capture is in progress: every allocation work queued on this device touches,
+    /// handed to the graph so that its memory outlives every replay.
+    captured: Mutex<Option<Vec<Arc<Allocation>>>>,
 }
 
 impl CudaDevice {
@@ -68,11 +72,52 @@ impl CudaDevice {
                 max_dynamic_smem: u32::try_from(max_smem).unwrap_or(0),
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
+                captured: Mutex::new(None),
             })
         });
         match opened {
             Ok(r) => r,
             Err(payload) => Err(init(panic_reason(payload))),
+        }
+    }
+
+    /// Starts collecting the allocations of captured work. One capture at a time per device.
+    pub(crate) fn begin_capture(&self) -> Result<()> {
+        let mut captured = self.captured.lock().unwrap_or_else(PoisonError::into_inner);
+        if captured.is_some() {
+            return Err(DeviceError::Capture {
+                reason: "another capture is in progress on this device".into(),
+            });
+        }
+        *captured = Some(Vec::new());
+        Ok(())
+    }
+
+    /// Stops collecting; returns what the capture touched.
+    pub(crate) fn end_capture(&self) -> Vec<Arc<Allocation>> {
+        self.captured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn capture_in_progress(&self) -> bool {
+        self.captured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Keeps `allocs` alive as long as the graph being captured, if any. Work queued on other
+    /// streams during a capture is kept too: harmless, it only delays a free.
+    pub(crate) fn retain_if_capturing<'a>(
+        &self,
+        allocs: impl IntoIterator<Item = &'a Arc<Allocation>>,
+    ) {
+        let mut captured = self.captured.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(list) = captured.as_mut() {
+            list.extend(allocs.into_iter().map(Arc::clone));
         }
     }
 
@@ -301,6 +346,38 @@ impl CudaStreamState {
         self.stream
             .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(DeviceError::driver("cuEventRecord"))
+    }
+
+    /// Whether the stream is under capture.
+    pub(crate) fn is_capturing(&self) -> Result<bool> {
+        let status = self
+            .stream
+            .capture_status()
+            .map_err(DeviceError::driver("cuStreamIsCapturing"))?;
+        Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    }
+
+    /// Starts capturing in relaxed mode: lazily created cuBLAS handles and module loads stay
+    /// legal during a capture.
+    pub(crate) fn begin_capture(&self) -> Result<()> {
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(DeviceError::driver("cuStreamBeginCapture"))
+    }
+
+    /// Ends the capture and instantiates the graph.
+    pub(crate) fn end_capture(&self) -> Result<CudaGraph> {
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(DeviceError::driver("cuStreamEndCapture"))?
+            .ok_or_else(|| DeviceError::Capture {
+                reason: "the driver returned no graph".into(),
+            })?;
+        graph
+            .upload()
+            .map_err(DeviceError::driver("cuGraphUpload"))?;
+        Ok(graph)
     }
 
     pub(crate) fn wait(&self, event: &CudaEvent) -> Result<()> {

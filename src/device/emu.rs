@@ -14,6 +14,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread;
 
+use super::emu_graph::{CapturePoint, CaptureSlot, CapturedGraph, LaneRef, Node};
 use crate::error::{DeviceError, Result};
 
 /// Alignment of emulated allocations (CUDA allocations are at least this aligned).
@@ -64,7 +65,7 @@ impl EmuDevice {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing panics while holding these locks; recover the data if it ever happens.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -155,6 +156,8 @@ impl StreamShared {
 pub(crate) struct EmuStream {
     shared: Arc<StreamShared>,
     queue: Sender<(u64, Job)>,
+    /// The capture this stream records into, if any (see `emu_graph`).
+    capture: CaptureSlot,
 }
 
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
@@ -180,25 +183,75 @@ impl EmuStream {
                 reason: e.to_string(),
             })?;
         device.register(&shared);
-        Ok(EmuStream { shared, queue })
+        Ok(EmuStream {
+            shared,
+            queue,
+            capture: Arc::new(Mutex::new(None)),
+        })
     }
 
     pub(crate) fn id(&self) -> u64 {
         self.shared.id
     }
 
-    /// Queues `job`. Fails at once if the stream already failed (its error is sticky).
+    /// Queues `job`, which runs once. Fails at once if the stream already failed (its error
+    /// is sticky), and under capture, since a graph must be able to run its work many times.
     pub(crate) fn enqueue(&self, job: Job) -> Result<()> {
+        self.refuse_capture("host-ordered work", "it can run only once")?;
         self.enqueue_seq(job).map(drop)
+    }
+
+    /// Queues `node`, or records it into the capture this stream is part of.
+    pub(crate) fn enqueue_node(&self, node: Node) -> Result<()> {
+        if let Some(lane) = self.capturing() {
+            return lane.push_run(node);
+        }
+        self.enqueue_seq(Box::new(move || node())).map(drop)
     }
 
     /// Queues `job` and returns an event at it: complete once `job` has run.
     pub(crate) fn record_after(&self, job: Job) -> Result<EmuEvent> {
+        self.refuse_capture("a timed event", "its time stamp would be taken only once")?;
         let target = self.enqueue_seq(job)?;
         Ok(EmuEvent {
             stream: Arc::clone(&self.shared),
             target,
+            capture: None,
         })
+    }
+
+    /// The capture this stream records into, if any.
+    pub(crate) fn capturing(&self) -> Option<LaneRef> {
+        lock(&self.capture).clone()
+    }
+
+    /// Fails with [`DeviceError::NotCapturable`] while this stream is under capture.
+    pub(crate) fn refuse_capture(&self, op: &'static str, reason: &'static str) -> Result<()> {
+        match self.capturing() {
+            Some(_) => Err(DeviceError::NotCapturable { op, reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts recording this stream's work (and that of streams that wait on its events)
+    /// instead of running it.
+    pub(crate) fn begin_capture(&self) -> Result<()> {
+        let mut slot = lock(&self.capture);
+        if slot.is_some() {
+            return Err(DeviceError::Capture {
+                reason: "the stream is already capturing".into(),
+            });
+        }
+        *slot = Some(LaneRef::begin(Arc::clone(&self.capture)));
+        Ok(())
+    }
+
+    /// Ends the capture this stream began; every stream that joined it leaves it too.
+    pub(crate) fn end_capture(&self) -> Result<CapturedGraph> {
+        let lane = self.capturing().ok_or_else(|| DeviceError::Capture {
+            reason: "the stream is not capturing".into(),
+        })?;
+        lane.end()
     }
 
     /// Queues `job`; returns its sequence number.
@@ -219,19 +272,38 @@ impl EmuStream {
 
     /// Waits until everything queued so far has run; returns the stream's sticky error.
     pub(crate) fn synchronize(&self) -> Result<()> {
+        self.refuse_capture("a stream synchronisation", "captured work does not run")?;
         self.shared.wait_all()
     }
 
+    /// An event at the current end of the queue; under capture, a point of the capture.
     pub(crate) fn record(&self) -> EmuEvent {
         let target = lock(&self.shared.progress).enqueued;
         EmuEvent {
             stream: Arc::clone(&self.shared),
             target,
+            capture: self.capturing().map(|lane| lane.point()),
         }
     }
 
-    /// Makes this stream's later work wait for `event`.
+    /// Makes this stream's later work wait for `event`. Waiting for an event recorded under
+    /// capture makes this stream join that capture (CUDA's fork); a stream under capture may
+    /// only wait for events of its own capture.
     pub(crate) fn wait_event(&self, event: &EmuEvent) -> Result<()> {
+        match (self.capturing(), &event.capture) {
+            (None, None) => {}
+            (Some(lane), Some(point)) => return lane.push_wait(point),
+            (None, Some(point)) => {
+                return point.join(Arc::clone(&self.capture));
+            }
+            (Some(_), None) => {
+                return Err(DeviceError::Capture {
+                    reason: "a stream under capture waited for an event recorded outside the \
+                             capture"
+                        .into(),
+                })
+            }
+        }
         if Arc::ptr_eq(&event.stream, &self.shared) {
             // Work of this stream up to the event precedes anything enqueued now.
             return Ok(());
@@ -248,20 +320,34 @@ impl EmuStream {
     }
 }
 
-/// A recorded point of an emulated stream.
+/// A recorded point of an emulated stream, or of a capture.
 #[derive(Clone)]
 pub(crate) struct EmuEvent {
     stream: Arc<StreamShared>,
     target: u64,
+    /// Set for events recorded under capture: they mark a point of the graph, not of a queue.
+    capture: Option<CapturePoint>,
 }
 
 impl EmuEvent {
+    fn refuse_captured(&self) -> Result<()> {
+        match self.capture {
+            Some(_) => Err(DeviceError::NotCapturable {
+                op: "waiting on the host for an event recorded under capture",
+                reason: "the event marks a point of the graph, which never runs as such",
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn synchronize(&self) -> Result<()> {
+        self.refuse_captured()?;
         self.stream.wait_point(self.target)
     }
 
-    pub(crate) fn is_complete(&self) -> bool {
-        lock(&self.stream.progress).completed >= self.target
+    pub(crate) fn is_complete(&self) -> Result<bool> {
+        self.refuse_captured()?;
+        Ok(lock(&self.stream.progress).completed >= self.target)
     }
 }
 

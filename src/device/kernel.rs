@@ -172,6 +172,8 @@ struct SendParams<P>(P);
 // SAFETY: `P` is a `Copy` C struct of plain values; the addresses in it refer to emulated
 // device memory that the same closure keeps alive through `Retained` allocations.
 unsafe impl<P> Send for SendParams<P> {}
+// SAFETY: as for `Send`; replays only read the params.
+unsafe impl<P> Sync for SendParams<P> {}
 
 impl<P> SendParams<P> {
     fn get(&self) -> &P {
@@ -233,8 +235,8 @@ impl Stream {
                 let keep: Vec<Arc<Allocation>> =
                     retained.iter().map(|r| Arc::clone(&r.alloc)).collect();
                 let params = SendParams(params);
-                s.enqueue(Box::new(move || {
-                    let _keep = keep;
+                s.enqueue_node(Arc::new(move || {
+                    let _keep = &keep;
                     // SAFETY: the entry point has the exported signature for `P`; both
                     // pointers are valid for the call; the caller of `launch` guaranteed the
                     // addresses inside `params`, and `_keep` holds their allocations.
@@ -258,6 +260,7 @@ impl Stream {
                     reason: "this build has no CUDA kernels; rebuild with --features cuda",
                 })?;
                 let function = dev.function(name, image)?;
+                dev.retain_if_capturing(retained.iter().map(|r| &r.alloc));
                 // SAFETY: geometry validated above; the params contract is the caller's.
                 unsafe {
                     s.launch(

@@ -35,6 +35,8 @@
 mod buffer;
 mod cuda;
 mod emu;
+mod emu_graph;
+pub mod graph;
 pub(crate) mod kernel;
 mod stream;
 mod timing;
@@ -45,6 +47,7 @@ use std::sync::Arc;
 
 pub use buffer::{AsDeviceView, AsDeviceViewMut, DeviceBuffer, DeviceView, DeviceViewMut};
 pub use emu::EmuOptions;
+pub use graph::Graph;
 pub use stream::{Event, Stream};
 
 pub(crate) use cuda::CudaDevice;

@@ -54,6 +54,8 @@ struct SendPtr(*mut u8);
 // SAFETY: the pointer targets an emulated allocation that the same closure keeps alive through
 // an `Arc<Allocation>`; device memory is only ever accessed through raw pointers.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`; the wrapper only hands out the address.
+unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     fn get(&self) -> *mut u8 {
@@ -87,6 +89,7 @@ impl Stream {
     /// Waits until all work queued so far has finished. Returns the stream's sticky error if
     /// queued work failed.
     pub fn synchronize(&self) -> Result<()> {
+        self.refuse_capture("a stream synchronisation", "captured work does not run")?;
         match self.backend() {
             StreamBackend::Emulated(s) => s.synchronize(),
             StreamBackend::Cuda(s) => s.synchronize(),
@@ -132,6 +135,7 @@ impl Stream {
     /// stream's error). `f` must not call into the device API: on CUDA that is an error, and
     /// waiting for its own stream from inside it never returns.
     pub fn host_fn(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        self.refuse_capture("a host function", "it can run only once")?;
         match self.backend() {
             StreamBackend::Emulated(s) => s.enqueue(Box::new(move || {
                 f();
@@ -164,6 +168,10 @@ impl Stream {
         offset: usize,
         src: &[u8],
     ) -> Result<()> {
+        self.refuse_capture(
+            "a copy from host memory",
+            "its source is read when it is queued; copy before launching the graph",
+        )?;
         match self.backend() {
             StreamBackend::Emulated(s) => {
                 let data = src.to_vec();
@@ -194,6 +202,10 @@ impl Stream {
         offset: usize,
         dst: &mut [u8],
     ) -> Result<()> {
+        self.refuse_capture(
+            "a copy to host memory",
+            "it waits for work that does not run",
+        )?;
         match self.backend() {
             StreamBackend::Emulated(s) => {
                 let (tx, rx) = mpsc::channel();
@@ -239,21 +251,24 @@ impl Stream {
                 let to = SendPtr(dst.host_ptr()?.wrapping_add(dst_offset));
                 let from = SendPtr(src.host_ptr()?.wrapping_add(src_offset));
                 let keep = (Arc::clone(dst), Arc::clone(src));
-                s.enqueue(Box::new(move || {
-                    let _keep = keep;
-                    // SAFETY: the caller guaranteed the ranges; `_keep` holds both allocations.
+                s.enqueue_node(Arc::new(move || {
+                    let _keep = &keep;
+                    // SAFETY: the caller guaranteed the ranges; `keep` holds both allocations.
                     unsafe { std::ptr::copy(from.get(), to.get(), bytes) };
                     Ok(())
                 }))
             }
-            // SAFETY: the caller guaranteed the ranges.
-            StreamBackend::Cuda(s) => unsafe {
-                s.memcpy_dtod(
-                    dst.addr() + dst_offset as u64,
-                    src.addr() + src_offset as u64,
-                    bytes,
-                )
-            },
+            StreamBackend::Cuda(s) => {
+                self.retain_if_capturing([dst, src]);
+                // SAFETY: the caller guaranteed the ranges.
+                unsafe {
+                    s.memcpy_dtod(
+                        dst.addr() + dst_offset as u64,
+                        src.addr() + src_offset as u64,
+                        bytes,
+                    )
+                }
+            }
         }
     }
 
@@ -271,15 +286,18 @@ impl Stream {
             StreamBackend::Emulated(s) => {
                 let to = SendPtr(dst.host_ptr()?.wrapping_add(offset));
                 let keep = Arc::clone(dst);
-                s.enqueue(Box::new(move || {
-                    let _keep = keep;
-                    // SAFETY: the caller guaranteed the range; `_keep` holds the allocation.
+                s.enqueue_node(Arc::new(move || {
+                    let _keep = &keep;
+                    // SAFETY: the caller guaranteed the range; `keep` holds the allocation.
                     unsafe { std::ptr::write_bytes(to.get(), 0, bytes) };
                     Ok(())
                 }))
             }
-            // SAFETY: the caller guaranteed the range.
-            StreamBackend::Cuda(s) => unsafe { s.memset_zero(dst.addr() + offset as u64, bytes) },
+            StreamBackend::Cuda(s) => {
+                self.retain_if_capturing([dst]);
+                // SAFETY: the caller guaranteed the range.
+                unsafe { s.memset_zero(dst.addr() + offset as u64, bytes) }
+            }
         }
     }
 }
@@ -310,7 +328,7 @@ impl Event {
     /// Whether the event's work is done, without blocking.
     pub fn is_complete(&self) -> Result<bool> {
         match &self.inner {
-            EventInner::Emulated(e) => Ok(e.is_complete()),
+            EventInner::Emulated(e) => e.is_complete(),
             EventInner::Cuda(e) => e
                 .try_is_complete()
                 .map_err(DeviceError::driver("cuEventQuery")),

@@ -48,6 +48,7 @@ impl Stream {
     ///
     /// Under emulation this queues a marker, so it fails if the stream has already failed.
     pub fn record_timed_event(&self) -> Result<Event> {
+        self.refuse_capture("a timed event", "its time stamp would be taken only once")?;
         let (inner, clock) = match self.backend() {
             StreamBackend::Cuda(s) => (
                 EventInner::Cuda(Arc::new(s.record_timed()?)),

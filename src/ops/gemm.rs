@@ -387,6 +387,8 @@ struct SendPtr<T>(*mut T);
 // SAFETY: the pointer targets an emulated allocation kept alive by the same closure; device
 // memory is only accessed through raw pointers, ordered by the stream.
 unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as for `Send`; the wrapper only hands out the address.
+unsafe impl<T> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
     fn get(&self) -> *mut T {
@@ -437,8 +439,8 @@ where
                 Arc::clone(w.allocation()),
                 Arc::clone(y.allocation()),
             );
-            s.enqueue(Box::new(move || {
-                let _keep = keep;
+            s.enqueue_node(Arc::new(move || {
+                let _keep = &keep;
                 // SAFETY: `plan` checked that every operand covers the extent the product
                 // touches; `_keep` holds the allocations; `y` is disjoint from `x` and `w`
                 // (it was borrowed mutably while they were borrowed).
@@ -447,6 +449,7 @@ where
             }))
         }
         (StreamBackend::Cuda(s), Backend::Cuda(dev)) => s.with_blas(dev, |handle| {
+            dev.retain_if_capturing([x.allocation(), w.allocation(), y.allocation()]);
             // SAFETY: `plan` validated dimensions, strides and extents against the views,
             // which are on this stream's device; alpha and beta are host scalars (the
             // handle's default pointer mode) that outlive the call.
