@@ -356,6 +356,22 @@ impl<'a, T: DeviceElem> DeviceView<'a, T> {
         Ok((self.slice(..mid)?, self.slice(mid..)?))
     }
 
+    /// The same memory viewed as another element type of the same size (e.g. `i32` as `u32`).
+    pub fn bitcast<U: DeviceElem>(&self) -> Result<DeviceView<'a, U>> {
+        if std::mem::size_of::<U>() != std::mem::size_of::<T>() {
+            return Err(DeviceError::invalid(
+                "bitcast",
+                format!("{:?} and {:?} differ in size", T::DTYPE, U::DTYPE),
+            ));
+        }
+        Ok(DeviceView {
+            alloc: self.alloc,
+            offset: self.offset,
+            len: self.len,
+            _elem: PhantomData,
+        })
+    }
+
     /// Copies the viewed range to a new `Vec`; waits for `stream` (see
     /// [`DeviceBuffer::to_host`]).
     pub fn to_host(&self, stream: &Stream) -> Result<Vec<T>> {
@@ -610,6 +626,19 @@ impl<T: DeviceElem> AsDeviceViewMut<T> for DeviceViewMut<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bitcast_views_reinterpret_same_size_types() {
+        let device = Device::emulated();
+        let stream = device.new_stream().unwrap();
+        let b = DeviceBuffer::from_host(&stream, &[-1i32, 7, 2]).unwrap();
+        let u = b.slice(1..).unwrap().bitcast::<u32>().unwrap();
+        assert_eq!(u.to_host(&stream).unwrap(), vec![7, 2]);
+        let all = b.view().bitcast::<u32>().unwrap();
+        assert_eq!(all.to_host(&stream).unwrap()[0], u32::MAX);
+        let err = b.view().bitcast::<half::bf16>().unwrap_err();
+        assert!(err.to_string().contains("bitcast"), "{err}");
+    }
 
     #[test]
     #[allow(clippy::reversed_empty_ranges)]

@@ -17,6 +17,9 @@ pub struct EngineArgs {
     /// Activation and weight storage on the kernel devices; auto = bf16 on cuda, f32 on emu.
     #[arg(long, value_enum, default_value_t = DtypeChoice::Auto)]
     pub dtype: DtypeChoice,
+    /// Launch every kernel of a decode step instead of replaying a captured step graph.
+    #[arg(long)]
+    pub no_graph: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,15 +95,16 @@ impl Backend {
         tokens: &[u32],
         mode: ScoreMode,
         exec: ExecMode,
+        graphs: bool,
     ) -> Result<Vec<f32>> {
         match self {
             Backend::Cpu => Ok(score(model, tokens, mode)?.data),
             Backend::Kernels {
                 device,
                 bf16: false,
-            } => score_kernels::<f32>(device, model, tokens, mode, exec),
+            } => score_kernels::<f32>(device, model, tokens, mode, exec, graphs),
             Backend::Kernels { device, bf16: true } => {
-                score_kernels::<half::bf16>(device, model, tokens, mode, exec)
+                score_kernels::<half::bf16>(device, model, tokens, mode, exec, graphs)
             }
         }
     }
@@ -112,6 +116,7 @@ fn score_kernels<T: Activation>(
     tokens: &[u32],
     mode: ScoreMode,
     exec: ExecMode,
+    graphs: bool,
 ) -> Result<Vec<f32>> {
     let (prompt_len, recurrent) = match mode {
         // The prefill computes every position's logits by the definition's masks.
@@ -130,6 +135,7 @@ fn score_kernels<T: Activation>(
         capacity: tokens.len(),
         mode: exec,
         recurrent,
+        graphs,
     };
     let mut decoder = Decoder::<T>::new(device, model, opts)?;
     let (id, mut logits) = decoder.prefill(&tokens[..prompt_len])?;

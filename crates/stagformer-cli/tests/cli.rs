@@ -251,6 +251,70 @@ fn emulated_kernels_match_the_cpu_reference() {
     for row in ["prefill", "sequential", "staggered", "batched", "recurrent"] {
         assert!(table.contains(row), "emu bench table lacks {row}: {table}");
     }
+    assert!(table.contains("step graphs on"), "{table}");
+    let eager = ok(&[
+        "bench",
+        "--model",
+        m,
+        "--device",
+        "emu",
+        "--new-tokens",
+        "1",
+        "--prompt-len",
+        "2",
+        "--no-graph",
+    ]);
+    assert!(eager.contains("step graphs off"), "{eager}");
+    // Generation on the emulated device samples on the device with the CPU's sampler rule:
+    // the same tokens as the reference, greedy and sampled, with and without step graphs.
+    for temperature in ["0", "0.8"] {
+        let gen = |extra: &[&str]| {
+            ok(&[
+                &[
+                    "generate",
+                    "--model",
+                    m,
+                    "--tokens",
+                    "1,2,3",
+                    "--max-new-tokens",
+                    "6",
+                    "--temperature",
+                    temperature,
+                    "--seed",
+                    "5",
+                ][..],
+                extra,
+            ]
+            .concat())
+        };
+        let cpu = gen(&["--device", "cpu"]);
+        assert!(!cpu.trim().is_empty());
+        for extra in [&["--device", "emu"][..], &["--device", "emu", "--no-graph"]] {
+            assert_eq!(
+                gen(extra),
+                cpu,
+                "generate {extra:?} at temperature {temperature}"
+            );
+        }
+    }
+    // `auto` without a GPU falls back to the cpu with a note.
+    let auto_file = dir.path().join("auto.safetensors");
+    let auto = stagformer(&[
+        "score",
+        "--model",
+        m,
+        "--tokens",
+        "1,2",
+        "--device",
+        "auto",
+        "--out",
+        auto_file.to_str().unwrap(),
+    ]);
+    assert!(auto.status.success(), "{auto:?}");
+    let stderr = String::from_utf8_lossy(&auto.stderr);
+    if stderr.contains("no CUDA GPU") {
+        assert!(stderr.contains("running on the cpu"), "{stderr}");
+    }
     // Without a GPU (the usual case here) `--device cuda` must say so plainly; with one it runs.
     let out_file = dir.path().join("cuda.safetensors");
     let cuda = stagformer(&[
@@ -271,5 +335,114 @@ fn emulated_kernels_match_the_cpu_reference() {
             "{stderr}"
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// `score --device emu` against `score --device cpu` for the variant matrix (p 1–4,
+/// separate/shared, windows, output mix, GQA, tied), in every execution mode that applies, with
+/// step graphs and with `--no-graph`; recurrent scoring for the shared p = 2 models.
+#[test]
+fn score_on_emu_matches_cpu_over_the_variant_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = "4,30,17,2,2,39,5,11,23,8,1,0";
+    let mut n = 0;
+    for sections in 1..=4usize {
+        for shared in [false, true] {
+            for window in [None, Some(1), Some(3)] {
+                if sections == 1 && window.is_some() {
+                    continue;
+                }
+                n += 1;
+                let config = stagformer_ref::Config {
+                    vocab_size: 41,
+                    hidden_size: 32,
+                    intermediate_size: 48,
+                    num_hidden_layers: if shared { 2 } else { 2 * sections },
+                    num_attention_heads: 4,
+                    num_key_value_heads: if n % 2 == 0 { 2 } else { 4 },
+                    head_dim: 8,
+                    rms_norm_eps: 1e-6,
+                    rope_theta: 10000.0,
+                    max_position_embeddings: 64,
+                    tie_word_embeddings: n % 3 == 0,
+                    stag_sections: sections,
+                    stag_shared_weights: shared,
+                    stag_cross_window: window,
+                    stag_output_mix: sections > 1 && n % 4 < 2,
+                };
+                let name = format!("v{n}");
+                let config_path = dir.path().join(format!("{name}.json"));
+                std::fs::write(&config_path, config.to_json().to_string()).unwrap();
+                let model = dir.path().join(&name);
+                let m = model.to_str().unwrap();
+                let seed = n.to_string();
+                ok(&[
+                    "init",
+                    "--config",
+                    config_path.to_str().unwrap(),
+                    "--seed",
+                    &seed,
+                    "--out",
+                    m,
+                ]);
+                let mut runs = vec![("decode", "sequential"), ("decode", "staggered")];
+                if shared || sections == 1 {
+                    runs.push(("decode", "batched"));
+                }
+                if shared && sections == 2 {
+                    runs.push(("recurrent", "sequential"));
+                }
+                for (k, (mode, exec)) in runs.into_iter().enumerate() {
+                    let score = |device: &str, extra: &[&str]| {
+                        let out = dir.path().join(format!("{name}-{device}.safetensors"));
+                        let args = [
+                            &[
+                                "score",
+                                "--model",
+                                m,
+                                "--tokens",
+                                tokens,
+                                "--mode",
+                                mode,
+                                "--prompt-len",
+                                "3",
+                                "--device",
+                                device,
+                                "--out",
+                            ][..],
+                            &[out.to_str().unwrap()],
+                            extra,
+                        ]
+                        .concat();
+                        ok(&args);
+                        logits(&out)
+                    };
+                    let (shape_c, want) = score("cpu", &[]);
+                    // Alternate graphs on and off over the matrix.
+                    let graph_flag: &[&str] = if (n + k) % 2 == 0 {
+                        &[]
+                    } else {
+                        &["--no-graph"]
+                    };
+                    let (shape_e, got) =
+                        score("emu", &[&["--mode-exec", exec], graph_flag].concat());
+                    assert_eq!(shape_c, shape_e);
+                    assert!(
+                        got.iter().all(|v| v.is_finite()),
+                        "{name} {exec}: non-finite"
+                    );
+                    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let diff = want
+                        .iter()
+                        .zip(&got)
+                        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                    assert!(
+                        diff / scale < 1e-4,
+                        "{config:?} {mode} {exec} {graph_flag:?}: emu differs from cpu by {}",
+                        diff / scale
+                    );
+                }
+            }
+        }
     }
 }

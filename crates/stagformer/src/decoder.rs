@@ -1,6 +1,8 @@
 //! The decoder: owns the device state of a batch of sequences and runs prefills and steps.
 
-use stagformer_kernels::device::{Device, DeviceBuffer, DeviceView, Event, Stream};
+use std::collections::{HashMap, HashSet};
+
+use stagformer_kernels::device::{Device, DeviceBuffer, DeviceView, Event, Graph, Stream};
 use stagformer_kernels::ops::attention_decode::RECOMMENDED_MAX_SPLITS;
 use stagformer_kernels::ops::attention_prefill::PrefillBatch;
 use stagformer_kernels::ops::axpby::axpby;
@@ -11,6 +13,7 @@ use stagformer_kernels::ops::sample::{sample, SampleShape, SamplingConfig};
 use stagformer_ref::{Model, RequestError};
 
 use crate::error::{DecoderError, Result};
+use crate::row_inputs::{Row, RowInputs};
 use crate::scratch::Scratch;
 use crate::section::{Caches, CrossKeys, Pass, Shared};
 use crate::weights::DeviceWeights;
@@ -39,6 +42,46 @@ pub struct DecoderOptions {
     pub mode: ExecMode,
     /// Recurrent mode after the prompt (shared weights, p = 2).
     pub recurrent: bool,
+    /// Replay each decode step as a graph captured once per (batch size, sampling settings)
+    /// instead of launching its kernels one by one. Same results either way.
+    pub graphs: bool,
+}
+
+impl DecoderOptions {
+    /// `max_batch` sequences of up to `capacity` positions, staggered, with graphs.
+    pub fn new(max_batch: usize, capacity: usize) -> Self {
+        DecoderOptions {
+            max_batch,
+            capacity,
+            mode: ExecMode::Staggered,
+            recurrent: false,
+            graphs: true,
+        }
+    }
+}
+
+/// What a step graph bakes in besides buffer addresses: its row count and, when it ends with
+/// sampling, the sampler settings (by value in the kernel's params).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct GraphKey {
+    rows: usize,
+    sampling: Option<[u64; 4]>,
+}
+
+impl GraphKey {
+    fn new(rows: usize, sampling: Option<&SamplingConfig>) -> Self {
+        GraphKey {
+            rows,
+            sampling: sampling.map(|c| {
+                [
+                    u64::from(c.temperature.to_bits()),
+                    c.top_k as u64,
+                    u64::from(c.top_p.to_bits()),
+                    c.seed,
+                ]
+            }),
+        }
+    }
 }
 
 /// The output mix's buffers: z = Σ α_s · (output of section s), then RMSNorm(z; model.norm).
@@ -95,16 +138,18 @@ pub struct Decoder<T: Activation> {
     /// Rows of a whole prompt (prefill).
     prefill: Scratch<T>,
     streams: Vec<Stream>,
+    /// Ids, positions, slots and sampler counters of the current pass, one copy per step.
+    inputs: RowInputs,
     logits: DeviceBuffer<f32>,
     tokens: DeviceBuffer<i32>,
-    sample_sequences: DeviceBuffer<u32>,
-    sample_steps: DeviceBuffer<u32>,
     opts: DecoderOptions,
     /// Tokens processed per live sequence.
     lens: Vec<Option<usize>>,
-    /// Recorded on stream 0 when the last step's logits are done: every stream waits for it
-    /// before reusing its buffers or overwriting cache slots the last step read.
-    step_done: Option<Event>,
+    /// Captured steps, replayed on stream 0.
+    graphs: HashMap<GraphKey, Graph>,
+    /// Keys whose step ran once without capture: the warm-up loads modules, creates cuBLAS
+    /// handles and sets kernel attributes outside any capture.
+    warmed: HashSet<GraphKey>,
     poisoned: Option<String>,
     /// With `stag_output_mix`: z = Σ α_s · out_s and its final norm.
     mix: Option<OutputMix<T>>,
@@ -195,10 +240,9 @@ impl<T: Activation> Decoder<T> {
         };
         let decoder = Decoder {
             mix,
+            inputs: RowInputs::new(device, p * rows.max(opts.capacity), rows.max(opts.capacity))?,
             logits: DeviceBuffer::alloc(device, rows.max(opts.capacity) * cfg.vocab_size)?,
             tokens: DeviceBuffer::alloc(device, rows)?,
-            sample_sequences: DeviceBuffer::alloc(device, rows)?,
-            sample_steps: DeviceBuffer::alloc(device, rows)?,
             shared: Shared {
                 cfg,
                 weights,
@@ -214,7 +258,8 @@ impl<T: Activation> Decoder<T> {
             streams,
             opts,
             lens: vec![None; opts.max_batch],
-            step_done: None,
+            graphs: HashMap::new(),
+            warmed: HashSet::new(),
             poisoned: None,
             broken_join: None,
         };
@@ -225,6 +270,7 @@ impl<T: Activation> Decoder<T> {
     /// Test hook: from now on, steps skip the event wait that joins the sections before the
     /// logits, and the last section's stream first sleeps `delay`. The logits are then wrong:
     /// proof that cross-stream ordering is really enforced (also on the emulated device).
+    /// Steps run without graphs then (a capture would refuse the unjoined stream).
     #[doc(hidden)]
     pub fn break_join_for_test(&mut self, delay: std::time::Duration) {
         self.broken_join = Some(delay);
@@ -232,6 +278,11 @@ impl<T: Activation> Decoder<T> {
 
     pub fn options(&self) -> DecoderOptions {
         self.opts
+    }
+
+    /// Step graphs captured so far (one per batch size and sampling settings seen twice).
+    pub fn captured_graphs(&self) -> usize {
+        self.graphs.len()
     }
 
     /// Tokens sequence `id` has processed.
@@ -313,25 +364,22 @@ impl<T: Activation> Decoder<T> {
             cfg.hidden_size,
             cfg.vocab_size,
         );
-        if let Some(done) = &self.step_done {
-            stream.wait_event(done)?;
-        }
+        // Stream 0 joined every stream at the end of the last step: what follows on it is
+        // ordered after all of that step's work.
         let batch = PrefillBatch::new(stream, &[n])?;
         let sc = &mut self.prefill;
-        let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
-        let positions: Vec<i32> = (0..n as i32).collect();
-        sc.ids.slice_mut(..n)?.copy_from_host(stream, &ids)?;
-        sc.positions
-            .slice_mut(..n)?
-            .copy_from_host(stream, &positions)?;
-        sc.cross_slots
-            .slice_mut(..n)?
-            .copy_from_host(stream, &vec![id as i32; n])?;
+        let rows: Vec<Row> = prompt
+            .iter()
+            .enumerate()
+            .map(|(position, &token)| Row {
+                seq: id,
+                token,
+                position,
+            })
+            .collect();
+        self.inputs.upload(stream, p, sh.max_batch, &rows, 0)?;
         for s in 0..p {
-            let slot = (s * sh.max_batch + id) as i32;
-            sc.self_slots
-                .slice_mut(..n)?
-                .copy_from_host(stream, &vec![slot; n])?;
+            let index = self.inputs.index(s * n..(s + 1) * n)?;
             let end = if s + 1 < p {
                 &sh.weights.memory_norms[s]
             } else {
@@ -340,6 +388,7 @@ impl<T: Activation> Decoder<T> {
             let pass = Pass {
                 section: s,
                 rows: n,
+                index,
                 cross_keys: CrossKeys::Prompt(&batch),
                 end,
             };
@@ -354,6 +403,7 @@ impl<T: Activation> Decoder<T> {
                     &mut self.caches,
                     sc,
                     stream,
+                    &index,
                     s + 1,
                     n.saturating_sub(sh.ring)..n,
                 )?;
@@ -372,13 +422,7 @@ impl<T: Activation> Decoder<T> {
             }
             None => &sc.h,
         };
-        self.step_done = Some(lm_head(
-            stream,
-            sh,
-            normed.slice(..n * d)?,
-            &mut self.logits,
-            n,
-        )?);
+        lm_head(stream, sh, normed.slice(..n * d)?, &mut self.logits, n)?;
         Ok(self.logits.slice(..n * vocab)?.to_host(stream)?)
     }
 
@@ -387,7 +431,7 @@ impl<T: Activation> Decoder<T> {
         let positions = self.validate_step(seqs, tokens)?;
         let vocab = self.shared.cfg.vocab_size;
         let logits = self.guarded(|d| {
-            d.run_step(seqs, tokens, &positions)?;
+            d.run_step(seqs, tokens, &positions, None)?;
             Ok(d.logits
                 .slice(..seqs.len() * vocab)?
                 .to_host(&d.streams[0])?)
@@ -406,42 +450,15 @@ impl<T: Activation> Decoder<T> {
         step_index: u32,
     ) -> Result<Vec<u32>> {
         let positions = self.validate_step(seqs, tokens)?;
+        // A bad setting is the caller's error, not the device's: check it before any launch.
+        sampling.validate()?;
         let picked = self.guarded(|d| {
-            d.run_step(seqs, tokens, &positions)?;
-            d.sample_rows(seqs, sampling, step_index)
+            d.run_step(seqs, tokens, &positions, Some((sampling, step_index)))?;
+            let ids = d.tokens.slice(..seqs.len())?.to_host(&d.streams[0])?;
+            Ok(ids.into_iter().map(|t| t as u32).collect())
         })?;
         self.advance(seqs);
         Ok(picked)
-    }
-
-    /// Samples one token per row from the logits of the last step (rows = `seqs`).
-    fn sample_rows(
-        &mut self,
-        seqs: &[SeqId],
-        sampling: &SamplingConfig,
-        step_index: u32,
-    ) -> Result<Vec<u32>> {
-        let stream = &self.streams[0];
-        let n = seqs.len();
-        let vocab = self.shared.cfg.vocab_size;
-        let sequences: Vec<u32> = seqs.iter().map(|&s| s as u32).collect();
-        self.sample_sequences
-            .slice_mut(..n)?
-            .copy_from_host(stream, &sequences)?;
-        self.sample_steps
-            .slice_mut(..n)?
-            .copy_from_host(stream, &vec![step_index; n])?;
-        sample(
-            stream,
-            &self.logits.slice(..n * vocab)?,
-            &mut self.tokens.slice_mut(..n)?,
-            &self.sample_sequences.slice(..n)?,
-            &self.sample_steps.slice(..n)?,
-            SampleShape::contiguous(n, vocab),
-            sampling,
-        )?;
-        let ids = self.tokens.slice(..n)?.to_host(stream)?;
-        Ok(ids.into_iter().map(|t| t as u32).collect())
     }
 
     fn advance(&mut self, seqs: &[SeqId]) {
@@ -492,43 +509,107 @@ impl<T: Activation> Decoder<T> {
         Ok(positions)
     }
 
-    /// The launches of one step; leaves the logits in `self.logits` (ordered on stream 0).
-    fn run_step(&mut self, seqs: &[SeqId], tokens: &[u32], positions: &[usize]) -> Result<()> {
-        if self.opts.mode == ExecMode::Batched && !self.opts.recurrent {
-            return self.run_batched_step(seqs, tokens, positions);
+    /// Uploads the step's inputs with one copy on stream 0, then runs the step's launches:
+    /// replayed from a graph when one is captured for this key, captured on the key's second
+    /// use, run directly otherwise. Leaves the logits (and, when sampling, the picked ids in
+    /// `self.tokens`) ordered on stream 0.
+    fn run_step(
+        &mut self,
+        seqs: &[SeqId],
+        tokens: &[u32],
+        positions: &[usize],
+        sampling: Option<(&SamplingConfig, u32)>,
+    ) -> Result<()> {
+        let rows: Vec<Row> = seqs
+            .iter()
+            .zip(tokens)
+            .zip(positions)
+            .map(|((&seq, &token), &position)| Row {
+                seq,
+                token,
+                position,
+            })
+            .collect();
+        let p = self.shared.cfg.sections();
+        let step_index = sampling.map_or(0, |(_, i)| i);
+        self.inputs.upload(
+            &self.streams[0],
+            p,
+            self.shared.max_batch,
+            &rows,
+            step_index,
+        )?;
+        let n = rows.len();
+        let sampling = sampling.map(|(c, _)| *c);
+        let key = GraphKey::new(n, sampling.as_ref());
+        if !self.opts.graphs || self.broken_join.is_some() {
+            return self.launch_step(n, sampling.as_ref());
         }
+        if let Some(graph) = self.graphs.get(&key) {
+            return Ok(graph.launch()?);
+        }
+        if self.warmed.insert(key) {
+            return self.launch_step(n, sampling.as_ref());
+        }
+        let origin = self.streams[0].clone();
+        let (graph, ()) = origin.capture(|| self.launch_step(n, sampling.as_ref()))?;
+        graph.launch()?;
+        self.graphs.insert(key, graph);
+        Ok(())
+    }
+
+    /// The launches of one step over the `n` rows of the uploaded inputs; everything they
+    /// read that changes between steps is in device memory, so they can be captured.
+    fn launch_step(&mut self, n: usize, sampling: Option<&SamplingConfig>) -> Result<()> {
+        if self.opts.mode == ExecMode::Batched && !self.opts.recurrent {
+            self.launch_batched_step(n)?;
+        } else {
+            self.launch_section_step(n)?;
+        }
+        if let Some(config) = sampling {
+            let stream = &self.streams[0];
+            let vocab = self.shared.cfg.vocab_size;
+            let (sequences, steps) = self.inputs.sampler()?;
+            sample(
+                stream,
+                &self.logits.slice(..n * vocab)?,
+                &mut self.tokens.slice_mut(..n)?,
+                &sequences,
+                &steps,
+                SampleShape::contiguous(n, vocab),
+                config,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A Staggered, Sequential or recurrent step: section s on stream s when staggered (forked
+    /// from stream 0 after the input copy, joined back before the logits), else all on one.
+    fn launch_section_step(&mut self, n: usize) -> Result<()> {
         let sh = &self.shared;
         let cfg = &sh.cfg;
-        let (p, n, d) = (cfg.sections(), seqs.len(), cfg.hidden_size);
+        let (p, d) = (cfg.sections(), cfg.hidden_size);
         let recurrent = self.opts.recurrent;
         let sections: Vec<usize> = if recurrent { vec![1] } else { (0..p).collect() };
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let pos: Vec<i32> = positions.iter().map(|&i| i as i32).collect();
-        let cross_slots: Vec<i32> = seqs.iter().map(|&s| s as i32).collect();
+        let stream0 = &self.streams[0];
+        // The fork: later sections start once stream 0 has the step's inputs, which also
+        // orders them after everything the previous step did (it ended joined on stream 0).
+        let fork: Option<Event> = match self.streams.len() {
+            1 => None,
+            _ => Some(stream0.record_event()?),
+        };
         let mut joins = Vec::new();
         let mut outputs = Vec::new();
         for &s in &sections {
-            // Section s runs on stream s when staggered, else everything runs on stream 0.
             let stream = &self.streams[s.min(self.streams.len() - 1)];
-            if let Some(done) = &self.step_done {
-                stream.wait_event(done)?;
+            if let (Some(fork), true) = (&fork, s > 0) {
+                stream.wait_event(fork)?;
             }
             if let (Some(delay), true) = (self.broken_join, s + 1 == p && s > 0) {
                 stream.host_fn(move || std::thread::sleep(delay))?;
             }
             let sc = &mut self.scratch[s];
-            let self_slots: Vec<i32> = seqs
-                .iter()
-                .map(|&b| (s * sh.max_batch + b) as i32)
-                .collect();
-            sc.ids.slice_mut(..n)?.copy_from_host(stream, &ids)?;
-            sc.positions.slice_mut(..n)?.copy_from_host(stream, &pos)?;
-            sc.self_slots
-                .slice_mut(..n)?
-                .copy_from_host(stream, &self_slots)?;
-            sc.cross_slots
-                .slice_mut(..n)?
-                .copy_from_host(stream, &cross_slots)?;
+            let index = self.inputs.index(s * n..(s + 1) * n)?;
             let end = if !recurrent && s + 1 < p {
                 &sh.weights.memory_norms[s]
             } else {
@@ -537,6 +618,7 @@ impl<T: Activation> Decoder<T> {
             let pass = Pass {
                 section: s,
                 rows: n,
+                index,
                 cross_keys: CrossKeys::Cache,
                 end,
             };
@@ -553,16 +635,15 @@ impl<T: Activation> Decoder<T> {
                     cfg.rms_norm_eps as f32,
                 )?;
                 sh.project_memory(stream, &sc.o, &mut sc.memory_kv, 1, 0..n)?;
-                sh.append_memory(&mut self.caches, sc, stream, 1, 0..n)?;
+                sh.append_memory(&mut self.caches, sc, stream, &index, 1, 0..n)?;
             } else if s + 1 < p {
                 sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, 0..n)?;
-                sh.append_memory(&mut self.caches, sc, stream, s + 1, 0..n)?;
+                sh.append_memory(&mut self.caches, sc, stream, &index, s + 1, 0..n)?;
             }
-            if self.streams.len() > 1 && s > 0 {
+            if fork.is_some() && s > 0 {
                 joins.push(stream.record_event()?);
             }
         }
-        let stream0 = &self.streams[0];
         if self.broken_join.is_none() {
             for join in &joins {
                 stream0.wait_event(join)?;
@@ -586,53 +667,18 @@ impl<T: Activation> Decoder<T> {
             }
             _ => &self.scratch[last].h,
         };
-        self.step_done = Some(lm_head(
-            stream0,
-            sh,
-            normed.slice(..n * d)?,
-            &mut self.logits,
-            n,
-        )?);
-        Ok(())
+        lm_head(stream0, sh, normed.slice(..n * d)?, &mut self.logits, n)
     }
 
     /// A Batched step: pass s of sequence b is row s·B + b of one scratch; every layer's
     /// self-attention and MLP run as one GEMM over all p·B rows.
-    fn run_batched_step(
-        &mut self,
-        seqs: &[SeqId],
-        tokens: &[u32],
-        positions: &[usize],
-    ) -> Result<()> {
+    fn launch_batched_step(&mut self, n: usize) -> Result<()> {
         let sh = &self.shared;
         let cfg = &sh.cfg;
-        let (p, n, d) = (cfg.sections(), seqs.len(), cfg.hidden_size);
+        let (p, d) = (cfg.sections(), cfg.hidden_size);
         let stream = &self.streams[0];
-        if let Some(done) = &self.step_done {
-            stream.wait_event(done)?;
-        }
-        let rows = p * n;
-        let per_pass = |f: &dyn Fn(usize, usize) -> i32| -> Vec<i32> {
-            (0..p)
-                .flat_map(|s| (0..n).map(move |r| (s, r)))
-                .map(|(s, r)| f(s, r))
-                .collect()
-        };
-        let ids = per_pass(&|_, r| tokens[r] as i32);
-        let pos = per_pass(&|_, r| positions[r] as i32);
-        let self_slots = per_pass(&|s, r| (s * sh.max_batch + seqs[r]) as i32);
-        let cross_slots = per_pass(&|_, r| seqs[r] as i32);
+        let index = self.inputs.index(0..p * n)?;
         let sc = &mut self.scratch[0];
-        sc.ids.slice_mut(..rows)?.copy_from_host(stream, &ids)?;
-        sc.positions
-            .slice_mut(..rows)?
-            .copy_from_host(stream, &pos)?;
-        sc.self_slots
-            .slice_mut(..rows)?
-            .copy_from_host(stream, &self_slots)?;
-        sc.cross_slots
-            .slice_mut(..rows)?
-            .copy_from_host(stream, &cross_slots)?;
         let ends: Vec<&DeviceBuffer<f32>> = (0..p)
             .map(|s| {
                 if s + 1 < p {
@@ -642,11 +688,11 @@ impl<T: Activation> Decoder<T> {
                 }
             })
             .collect();
-        let out = sh.run_batched(&mut self.caches, sc, stream, n, &ends)?;
+        let out = sh.run_batched(&mut self.caches, sc, stream, &index, n, &ends)?;
         for s in 0..p - 1 {
             let pass = s * n..(s + 1) * n;
             sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, pass.clone())?;
-            sh.append_memory(&mut self.caches, sc, stream, s + 1, pass)?;
+            sh.append_memory(&mut self.caches, sc, stream, &index, s + 1, pass)?;
         }
         let normed = match self.mix.as_mut() {
             Some(mix) => {
@@ -664,20 +710,18 @@ impl<T: Activation> Decoder<T> {
             }
             None => sc.h.slice((p - 1) * n * d..p * n * d)?,
         };
-        self.step_done = Some(lm_head(stream, sh, normed, &mut self.logits, n)?);
-        Ok(())
+        lm_head(stream, sh, normed, &mut self.logits, n)
     }
 }
 
-/// logits[..n] = normed · lm_headᵀ (f32) on `stream`; returns the event that marks the step's
-/// end, which every stream waits for before its next step.
+/// logits[..n] = normed · lm_headᵀ (f32) on `stream`.
 fn lm_head<T: Activation>(
     stream: &Stream,
     sh: &Shared<T>,
     normed: DeviceView<'_, T>,
     logits: &mut DeviceBuffer<f32>,
     n: usize,
-) -> Result<Event> {
+) -> Result<()> {
     let (d, vocab) = (sh.cfg.hidden_size, sh.cfg.vocab_size);
     linear(
         stream,
@@ -686,5 +730,5 @@ fn lm_head<T: Activation>(
         &mut logits.slice_mut(..n * vocab)?,
         GemmShape::new(n, vocab, d),
     )?;
-    Ok(stream.record_event()?)
+    Ok(())
 }

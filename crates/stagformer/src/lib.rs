@@ -8,6 +8,7 @@
 
 mod decoder;
 pub mod error;
+mod row_inputs;
 mod scratch;
 mod section;
 pub mod weights;

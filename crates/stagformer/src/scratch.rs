@@ -9,12 +9,6 @@ use crate::error::Result;
 use crate::Activation;
 
 pub(crate) struct Scratch<T: Activation> {
-    pub ids: DeviceBuffer<i32>,
-    /// Slot of each row in the self-attention caches (section s, sequence b: s·max_batch + b).
-    pub self_slots: DeviceBuffer<i32>,
-    /// Slot of each row in the cross caches (sequence b).
-    pub cross_slots: DeviceBuffer<i32>,
-    pub positions: DeviceBuffer<i32>,
     /// The residual stream, ping-ponged by `add_rmsnorm` (sum in, sum out).
     pub x: [DeviceBuffer<T>; 2],
     /// The normed input of the next sublayer.
@@ -34,12 +28,7 @@ impl<T: Activation> Scratch<T> {
         let d = cfg.hidden_size;
         let qkv = cfg.q_dim() + 2 * cfg.kv_dim();
         let alloc = |n: usize| DeviceBuffer::<T>::alloc(device, rows * n);
-        let ints = || DeviceBuffer::<i32>::alloc(device, rows);
         Ok(Scratch {
-            ids: ints()?,
-            self_slots: ints()?,
-            cross_slots: ints()?,
-            positions: ints()?,
             x: [alloc(d)?, alloc(d)?],
             h: alloc(d)?,
             qkv: alloc(qkv)?,

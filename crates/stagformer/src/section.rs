@@ -21,6 +21,7 @@ use stagformer_kernels::ops::swiglu::{swiglu, SwigluShape};
 use stagformer_ref::Config;
 
 use crate::error::Result;
+use crate::row_inputs::RowIndex;
 use crate::scratch::Scratch;
 use crate::weights::DeviceWeights;
 use crate::Activation;
@@ -57,11 +58,13 @@ pub(crate) enum CrossKeys<'a> {
     Prompt(&'a PrefillBatch),
 }
 
-/// One section pass: which section, over how many rows, reading which memory, ending with
+/// One section pass: which section, over which rows' inputs, reading which memory, ending with
 /// which norm (the next section's memory norm, or the final norm).
 pub(crate) struct Pass<'a> {
     pub section: usize,
     pub rows: usize,
+    /// The pass's per-row inputs (`rows` of them).
+    pub index: RowIndex<'a>,
     pub cross_keys: CrossKeys<'a>,
     pub end: &'a DeviceBuffer<f32>,
 }
@@ -94,8 +97,7 @@ impl<T: Activation> Shared<T> {
         self.cfg.rms_norm_eps as f32
     }
 
-    /// Section `pass.section` over the first `pass.rows` rows of `sc` (ids, slots and positions
-    /// already there). Leaves the section's output in `sc.x[returned index]` and its RMSNorm
+    /// Section `pass.section` over the first `pass.rows` rows of `sc`. Leaves the section's output in `sc.x[returned index]` and its RMSNorm
     /// with `pass.end` in `sc.h`.
     pub fn run_section(
         &self,
@@ -107,18 +109,21 @@ impl<T: Activation> Shared<T> {
         let Pass {
             section: s,
             rows: n,
+            index: ix,
             cross_keys,
             end,
         } = pass;
         let cfg = &self.cfg;
         let all = 0..n;
-        let mut cur = self.embed(sc, stream, all.clone(), self.layer(s, 0).input_norm.view())?;
+        let gain = self.layer(s, 0).input_norm.view();
+        let mut cur = self.embed(sc, stream, &ix, all.clone(), gain)?;
         for j in 0..cfg.layers_per_section() {
-            self.self_attention(caches, sc, stream, self.layer(s, j), j, all.clone())?;
+            self.self_attention(caches, sc, stream, &ix, self.layer(s, j), j, all.clone())?;
             if s >= 1 {
                 let cross = &self.weights.cross[s - 1][j];
                 cur = self.add_norm(sc, stream, cur, all.clone(), &cross.norm)?;
-                self.cross_attention(caches, sc, stream, s, j, all.clone(), &cross_keys)?;
+                let to = (s, j, all.clone());
+                self.cross_attention(caches, sc, stream, &ix, to, &cross_keys)?;
             }
             cur = self.add_norm(
                 sc,
@@ -138,7 +143,8 @@ impl<T: Activation> Shared<T> {
         Ok(cur)
     }
 
-    /// Every pass of a shared-weight model at once: pass s owns rows s·B..(s + 1)·B of `sc`.
+    /// Every pass of a shared-weight model at once: pass s owns rows s·B..(s + 1)·B of `sc` and
+    /// of `ix`.
     /// Self-attention and MLP run as one GEMM over all p·B rows (each weight read once per
     /// step); the cross sublayer runs per pass ≥ 1 on its rows. Pass s's output ends normed by
     /// `ends[s]`. Returns the index of the residual buffer holding every pass's output.
@@ -147,6 +153,7 @@ impl<T: Activation> Shared<T> {
         caches: &mut Caches<T>,
         sc: &mut Scratch<T>,
         stream: &Stream,
+        ix: &RowIndex<'_>,
         batch: usize,
         ends: &[&DeviceBuffer<f32>],
     ) -> Result<usize> {
@@ -154,10 +161,11 @@ impl<T: Activation> Shared<T> {
         let p = cfg.sections();
         let all = 0..p * batch;
         let pass_rows = |s: usize| s * batch..(s + 1) * batch;
-        let mut cur = self.embed(sc, stream, all.clone(), self.layer(0, 0).input_norm.view())?;
+        let gain = self.layer(0, 0).input_norm.view();
+        let mut cur = self.embed(sc, stream, ix, all.clone(), gain)?;
         for j in 0..cfg.layers_per_section() {
             let layer = self.layer(0, j);
-            self.self_attention(caches, sc, stream, layer, j, all.clone())?;
+            self.self_attention(caches, sc, stream, ix, layer, j, all.clone())?;
             if p > 1 {
                 // Pass 0 goes straight to its MLP norm, later passes to their cross norm.
                 self.add_norm_into(sc, stream, cur, pass_rows(0), &layer.post_attention_norm)?;
@@ -172,15 +180,8 @@ impl<T: Activation> Shared<T> {
                 }
                 cur = 1 - cur;
                 for s in 1..p {
-                    self.cross_attention(
-                        caches,
-                        sc,
-                        stream,
-                        s,
-                        j,
-                        pass_rows(s),
-                        &CrossKeys::Cache,
-                    )?;
+                    let to = (s, j, pass_rows(s));
+                    self.cross_attention(caches, sc, stream, ix, to, &CrossKeys::Cache)?;
                     self.add_norm_into(sc, stream, cur, pass_rows(s), &layer.post_attention_norm)?;
                 }
                 // Pass 0 had no cross sublayer: carry its residual over unchanged.
@@ -217,6 +218,7 @@ impl<T: Activation> Shared<T> {
         &self,
         sc: &mut Scratch<T>,
         stream: &Stream,
+        ix: &RowIndex<'_>,
         rows: Range<usize>,
         gain: DeviceView<'_, f32>,
     ) -> Result<usize> {
@@ -225,7 +227,7 @@ impl<T: Activation> Shared<T> {
         let span = rows.start * d..rows.end * d;
         embedding(
             stream,
-            &sc.ids.slice(rows.clone())?,
+            &ix.ids.slice(rows.clone())?,
             &self.weights.embed,
             &mut sc.x[0].slice_mut(span.clone())?,
             EmbeddingShape {
@@ -317,11 +319,13 @@ impl<T: Activation> Shared<T> {
     }
 
     /// o = self-attention of h over `rows` (q, k roped; k, v appended to layer j's caches).
+    #[allow(clippy::too_many_arguments)]
     fn self_attention(
         &self,
         caches: &mut Caches<T>,
         sc: &mut Scratch<T>,
         stream: &Stream,
+        ix: &RowIndex<'_>,
         layer: &crate::weights::LayerWeights<T>,
         j: usize,
         rows: Range<usize>,
@@ -345,8 +349,8 @@ impl<T: Activation> Shared<T> {
                 row_stride: qkv_dim,
             },
             self.heads(),
-            &sc.self_slots.slice(rows.clone())?,
-            &sc.positions.slice(rows.clone())?,
+            &ix.self_slots.slice(rows.clone())?,
+            &ix.positions.slice(rows.clone())?,
             &self.rope,
             KvCacheMut {
                 k: caches.self_k[j].view_mut(),
@@ -369,8 +373,8 @@ impl<T: Activation> Shared<T> {
             &sc.qkv.slice(span(qkv_dim))?,
             &caches.self_k[j],
             &caches.self_v[j],
-            &sc.self_slots.slice(rows.clone())?,
-            &sc.positions.slice(rows.clone())?,
+            &ix.self_slots.slice(rows.clone())?,
+            &ix.positions.slice(rows.clone())?,
             &mut sc.attn.slice_mut(span(qd))?,
             &mut sc.workspace,
             layout,
@@ -386,18 +390,18 @@ impl<T: Activation> Shared<T> {
         Ok(())
     }
 
-    /// o = the staggered cross-attention of h over `rows` (section `s`, layer `j`).
-    #[allow(clippy::too_many_arguments)]
+    /// o = the staggered cross-attention of h over `rows` for section `s`'s layer `j`
+    /// (`at = (s, j, rows)`).
     fn cross_attention(
         &self,
         caches: &mut Caches<T>,
         sc: &mut Scratch<T>,
         stream: &Stream,
-        s: usize,
-        j: usize,
-        rows: Range<usize>,
+        ix: &RowIndex<'_>,
+        at: (usize, usize, Range<usize>),
         cross_keys: &CrossKeys<'_>,
     ) -> Result<()> {
+        let (s, j, rows) = at;
         let cfg = &self.cfg;
         let (d, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
         let ls = cfg.layers_per_section();
@@ -430,8 +434,8 @@ impl<T: Activation> Shared<T> {
                     &sc.qkv.slice(span(qd))?,
                     &caches.cross_k[s - 1].slice(cache.clone())?,
                     &caches.cross_v[s - 1].slice(cache)?,
-                    &sc.cross_slots.slice(rows.clone())?,
-                    &sc.positions.slice(rows.clone())?,
+                    &ix.cross_slots.slice(rows.clone())?,
+                    &ix.positions.slice(rows.clone())?,
                     &mut sc.attn.slice_mut(span(qd))?,
                     &mut sc.workspace,
                     layout,
@@ -541,12 +545,14 @@ impl<T: Activation> Shared<T> {
     }
 
     /// Writes rows `rows` of the projected memory in `sc.memory_kv` into section `reader`'s cross
-    /// caches, at the slots of those rows' positions.
+    /// caches, at the slots of those rows' positions (`ix`).
+    #[allow(clippy::too_many_arguments)]
     pub fn append_memory(
         &self,
         caches: &mut Caches<T>,
         sc: &Scratch<T>,
         stream: &Stream,
+        ix: &RowIndex<'_>,
         reader: usize,
         rows: std::ops::Range<usize>,
     ) -> Result<()> {
@@ -556,8 +562,8 @@ impl<T: Activation> Shared<T> {
         memory_kv_append(
             stream,
             &sc.memory_kv.slice(rows.start * width..rows.end * width)?,
-            &sc.cross_slots.slice(rows.clone())?,
-            &sc.positions.slice(rows)?,
+            &ix.cross_slots.slice(rows.clone())?,
+            &ix.positions.slice(rows)?,
             KvCacheMut {
                 k: caches.cross_k[reader - 1].view_mut(),
                 v: caches.cross_v[reader - 1].view_mut(),

@@ -104,7 +104,8 @@ fn modes_for(v: Variant) -> Vec<ExecMode> {
     m
 }
 
-/// B = 3 ragged: prompts of 1, 4 and 6 tokens, then 32 steps of all three together.
+/// B = 3 ragged: prompts of 1, 4 and 6 tokens, then 32 steps of all three together, with step
+/// graphs and without; then B = 1 (a prompt of 4, 32 steps) with graphs.
 #[test]
 fn decoder_logits_match_reference_forward() {
     let device = Device::emulated();
@@ -120,12 +121,16 @@ fn decoder_logits_match_reference_forward() {
             .iter()
             .map(|s| model.forward(s).unwrap().data)
             .collect();
-        for mode in modes_for(v) {
+        for (mode, graphs) in modes_for(v)
+            .into_iter()
+            .flat_map(|m| [(m, true), (m, false)])
+        {
             let opts = DecoderOptions {
                 max_batch: 3,
                 capacity: 40,
                 mode,
                 recurrent: false,
+                graphs,
             };
             let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
             let mut got: Vec<Vec<f32>> = Vec::new();
@@ -146,10 +151,93 @@ fn decoder_logits_match_reference_forward() {
                 let e = rel_err(&got[b], &wants[b]);
                 assert!(
                     e <= TOL,
-                    "{v:?} {mode:?} sequence {b}: relative error {e:.2e}"
+                    "{v:?} {mode:?} graphs {graphs} sequence {b}: relative error {e:.2e}"
                 );
             }
+            // One batch size throughout: one graph, captured on the second step.
+            assert_eq!(dec.captured_graphs(), usize::from(graphs), "{v:?} {mode:?}");
         }
+        for mode in modes_for(v) {
+            let opts = DecoderOptions {
+                max_batch: 1,
+                capacity: 40,
+                mode,
+                recurrent: false,
+                graphs: true,
+            };
+            let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+            let toks = tokens(4 + STEPS, n + 7);
+            let want = model.forward(&toks).unwrap().data;
+            let e = rel_err(&score_one(&mut dec, &toks, 4), &want);
+            assert!(e <= TOL, "{v:?} {mode:?} B=1: relative error {e:.2e}");
+        }
+    }
+}
+
+/// Graph replays pick the same tokens as direct launches while the batch size and the sampler
+/// settings change: a graph per (rows, settings), and nothing stale baked into any of them.
+#[test]
+fn graph_replay_equals_direct_launches() {
+    let device = Device::emulated();
+    let v = Variant {
+        sections: 3,
+        shared: true,
+        window: Some(3),
+        gqa: true,
+        tied: false,
+        mix: true,
+    };
+    let model = Model::random(config(v), 17, StorageDtype::F32).unwrap();
+    let warm = SamplingConfig {
+        temperature: 0.9,
+        top_k: 12,
+        top_p: 0.9,
+        seed: 1234,
+    };
+    let greedy = SamplingConfig::GREEDY;
+    for mode in [ExecMode::Staggered, ExecMode::Sequential, ExecMode::Batched] {
+        let mut runs = Vec::new();
+        let mut graphs_captured = Vec::new();
+        for graphs in [true, false] {
+            let opts = DecoderOptions {
+                max_batch: 3,
+                capacity: 40,
+                mode,
+                recurrent: false,
+                graphs,
+            };
+            let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+            let (a, _) = dec.prefill(&[3, 1, 4]).unwrap();
+            let (b, _) = dec.prefill(&[9, 2, 6, 5, 3]).unwrap();
+            let (c, _) = dec.prefill(&[7]).unwrap();
+            let mut next = [5u32, 8, 13];
+            let mut out = Vec::new();
+            for step in 0..24u32 {
+                // Batches of 3, 2 and 1 rows, and two sampler settings, interleaved.
+                let seqs: &[usize] = match step % 4 {
+                    0 | 1 => &[a, b, c],
+                    2 => &[c, a],
+                    _ => &[b],
+                };
+                let sampling = if step % 3 == 0 { &greedy } else { &warm };
+                let toks: Vec<u32> = seqs.iter().map(|&s| next[s]).collect();
+                let picked = dec.step_sample(seqs, &toks, sampling, step).unwrap();
+                for (&s, &t) in seqs.iter().zip(&picked) {
+                    next[s] = t;
+                }
+                out.extend(picked);
+            }
+            // The last few steps read logits instead of sampling: graphs without a sampler.
+            for _ in 0..3 {
+                let logits = dec.step(&[a, c], &[next[a], next[c]]).unwrap();
+                out.extend(logits.iter().map(|v| v.to_bits()));
+            }
+            runs.push(out);
+            graphs_captured.push(dec.captured_graphs());
+        }
+        assert_eq!(runs[0], runs[1], "{mode:?}: graph replay differs");
+        assert!(graphs_captured[0] >= 4, "{mode:?}: {graphs_captured:?}");
+        assert_eq!(graphs_captured[1], 0, "{mode:?}");
     }
 }
 
@@ -178,6 +266,7 @@ fn recurrent_mode_matches_reference() {
             capacity: 40,
             mode: ExecMode::Sequential,
             recurrent: true,
+            graphs: true,
         };
         let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
         let got = score_one(&mut dec, &toks, 3);
@@ -211,6 +300,7 @@ fn staggered_equals_sequential_token_for_token() {
             capacity: 40,
             mode,
             recurrent: false,
+            graphs: true,
         };
         let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
         let (a, la) = dec.prefill(&[1, 2, 3]).unwrap();
@@ -248,6 +338,7 @@ fn removing_the_join_event_breaks_the_emulated_run() {
             capacity: 16,
             mode: ExecMode::Staggered,
             recurrent: false,
+            graphs: true,
         };
         let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
         if broken {
@@ -294,6 +385,7 @@ fn bf16_decoder_is_within_nmse_of_reference() {
             capacity: 40,
             mode,
             recurrent: false,
+            graphs: true,
         };
         let mut dec = Decoder::<half::bf16>::new(&device, &model, opts).unwrap();
         let got = score_one(&mut dec, &toks, 4);
@@ -335,6 +427,7 @@ fn batched_equals_sequential_token_for_token() {
                 capacity: 40,
                 mode,
                 recurrent: false,
+                graphs: true,
             };
             let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
             let (a, _) = dec.prefill(&[3, 1, 4, 1, 5]).unwrap();
@@ -356,4 +449,32 @@ fn batched_equals_sequential_token_for_token() {
             "p={sections}: batched differs from sequential"
         );
     }
+}
+
+/// A prompt as long as the capacity: the prefill fits exactly, the next step is a request error
+/// that leaves the decoder usable.
+#[test]
+fn a_prompt_filling_the_capacity() {
+    let device = Device::emulated();
+    let v = Variant {
+        sections: 3,
+        shared: false,
+        window: Some(1),
+        gqa: false,
+        tied: true,
+        mix: false,
+    };
+    let model = Model::random(config(v), 12, StorageDtype::F32).unwrap();
+    let toks = tokens(6, 4);
+    let want = model.forward(&toks).unwrap().data;
+    let mut dec = Decoder::<f32>::new(&device, &model, DecoderOptions::new(1, 6)).unwrap();
+    let (id, got) = dec.prefill(&toks).unwrap();
+    assert!(rel_err(&got, &want) <= TOL);
+    let err = dec.step(&[id], &[1]).unwrap_err();
+    assert!(err.to_string().contains("7"), "{err}");
+    dec.remove(id).unwrap();
+    let (id, got) = dec.prefill(&toks[..5]).unwrap();
+    assert!(rel_err(&got, &want[..5 * 41]) <= TOL);
+    let logits = dec.step(&[id], &[toks[5]]).unwrap();
+    assert!(rel_err(&logits, &want[5 * 41..]) <= TOL);
 }

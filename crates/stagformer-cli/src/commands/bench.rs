@@ -33,10 +33,14 @@ pub struct Args {
     /// Decode steps timed per mode.
     #[arg(long, default_value_t = 32)]
     new_tokens: usize,
-    /// Untimed decode steps before timing.
+    /// Untimed decode steps before timing (with graphs, the first runs uncaptured and the
+    /// second captures the step graph that the timed steps replay).
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Also write the results as JSON (`{"decode": [{model, mode, batch, context,
+    /// Launch every kernel of a step instead of replaying a captured step graph.
+    #[arg(long)]
+    no_graph: bool,
+    /// Also write the results as JSON (`{"decode": [{model, mode, batch, context, graphs,
     /// ms_per_step}], ...}`), the format the benchmark report reads.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -70,12 +74,17 @@ pub fn run(args: Args) -> Result<()> {
         params as f64 / 1e6
     );
     println!(
-        "device: {} | batch {} | prompt {} | {} timed steps after {} warm-up",
+        "device: {} | batch {} | prompt {} | {} timed steps after {} warm-up | step graphs {}",
         backend.describe(),
         args.batch,
         args.prompt_len,
         args.new_tokens,
-        args.warmup
+        args.warmup,
+        match (&backend, args.no_graph) {
+            (Backend::Cpu, _) => "n/a",
+            (_, true) => "off",
+            (_, false) => "on",
+        }
     );
     let prompts: Vec<Vec<u32>> = (0..args.batch)
         .map(|b| {
@@ -189,6 +198,7 @@ fn kernel_rows<T: Activation>(
             capacity,
             mode,
             recurrent,
+            graphs: !args.no_graph,
         };
         let timed = Decoder::<T>::new(device, model, opts)
             .map_err(|e| format!("n/a: {e}"))
@@ -317,6 +327,7 @@ fn write_json(
                 "mode": mode,
                 "batch": args.batch,
                 "context": args.prompt_len,
+                "graphs": !args.no_graph,
                 "ms_per_step": ms,
             })
         })

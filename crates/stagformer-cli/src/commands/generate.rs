@@ -85,6 +85,7 @@ pub fn run(args: Args) -> Result<()> {
         capacity,
         new_tokens: args.max_new_tokens,
         recurrent: args.recurrent,
+        graphs: !args.engine.no_graph,
     };
     match backend {
         Backend::Cpu => run.on_cpu(&mut emit)?,
@@ -109,6 +110,7 @@ struct Run<'a> {
     capacity: usize,
     new_tokens: usize,
     recurrent: bool,
+    graphs: bool,
 }
 
 impl Run<'_> {
@@ -148,6 +150,7 @@ impl Run<'_> {
             capacity: self.capacity.max(self.prompt.len()),
             mode: exec,
             recurrent: self.recurrent,
+            graphs: self.graphs,
         };
         let mut decoder = Decoder::<T>::new(device, self.model, opts)?;
         let (id, logits) = decoder.prefill(self.prompt)?;

@@ -54,7 +54,8 @@ pub fn run(args: Args) -> Result<()> {
             prompt_len: args.prompt_len,
         },
     };
-    let logits = backend.score(&model, &tokens, mode, args.engine.mode_exec.mode())?;
+    let exec = args.engine.mode_exec.mode();
+    let logits = backend.score(&model, &tokens, mode, exec, !args.engine.no_graph)?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = TensorView::new(
         Dtype::F32,
