@@ -331,6 +331,44 @@ mod tests {
         assert!(err.to_string().contains("already capturing"), "{err}");
     }
 
+    /// On a machine with a GPU: the same fork/join capture through the driver, replayed, and a
+    /// host copy refused under capture (ignored elsewhere, so no run passes without checking).
+    #[test]
+    #[ignore = "needs a CUDA GPU: the GPU check runs it with --include-ignored"]
+    fn cuda_graph_capture_forks_joins_and_replays() {
+        let device = Device::cuda(0).expect("this test needs a CUDA GPU");
+        let a = device.new_stream().unwrap();
+        let b = device.new_stream().unwrap();
+        let src = DeviceBuffer::from_host(&a, &[1.0f32, 2.0]).unwrap();
+        let mut mid = DeviceBuffer::<f32>::alloc(&device, 2).unwrap();
+        let mut out = DeviceBuffer::from_host(&a, &[0.0f32, 0.0]).unwrap();
+        // Warm-up outside any capture: loads the module.
+        axpby(&a, 0.0, &src, 1.0, &mut out).unwrap();
+        a.synchronize().unwrap();
+        let (graph, ()) = a
+            .capture(|| -> Result<()> {
+                let fork = a.record_event()?;
+                b.wait_event(&fork)?;
+                mid.copy_from(&b, &src)?;
+                axpby(&b, 1.0, &src, 1.0, &mut mid)?;
+                let join = b.record_event()?;
+                a.wait_event(&join)?;
+                axpby(&a, 1.0, &mid, 1.0, &mut out)
+            })
+            .unwrap();
+        for _ in 0..3 {
+            graph.launch().unwrap();
+        }
+        assert_eq!(out.to_host(&a).unwrap(), vec![6.0, 12.0]);
+        let err = a
+            .capture(|| out.copy_from_host(&a, &[1.0, 1.0]))
+            .unwrap_err();
+        assert!(matches!(err, DeviceError::NotCapturable { .. }), "{err}");
+        // The failed capture ended: the stream works eagerly again.
+        out.copy_from_host(&a, &[1.0, 1.0]).unwrap();
+        assert_eq!(out.to_host(&a).unwrap(), vec![1.0, 1.0]);
+    }
+
     #[test]
     fn a_graph_keeps_its_buffers_alive() {
         let (device, stream) = setup();

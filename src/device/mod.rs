@@ -223,6 +223,7 @@ mod tests {
         check::<Device>();
         check::<Stream>();
         check::<Event>();
+        check::<Graph>();
         check::<DeviceBuffer<half::bf16>>();
         check::<DeviceView<'static, f32>>();
         check::<DeviceViewMut<'static, u32>>();

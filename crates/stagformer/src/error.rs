@@ -6,7 +6,7 @@ use stagformer_kernels::DeviceError;
 pub enum DecoderError {
     /// A kernel, copy or allocation failed. If it happened inside a step the decoder is
     /// poisoned (see [`DecoderError::Poisoned`]).
-    #[error("device: {0}")]
+    #[error(transparent)]
     Device(#[from] DeviceError),
     /// The model or request is invalid (checked before anything runs: the decoder stays usable).
     #[error(transparent)]

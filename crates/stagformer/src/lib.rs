@@ -38,3 +38,13 @@ impl Activation for bf16 {
         bf16::from_f32(v)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decoders_can_move_between_threads() {
+        fn check<T: Send>() {}
+        check::<crate::Decoder<f32>>();
+        check::<crate::Decoder<half::bf16>>();
+    }
+}
