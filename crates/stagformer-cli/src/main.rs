@@ -33,6 +33,15 @@ enum Command {
 }
 
 fn main() {
+    #[cfg(unix)]
+    // SAFETY: the first thing `main` does, before any other thread exists; it only restores
+    // the default action for SIGPIPE, which Rust's runtime sets to ignore. Without it, output
+    // piped into a reader that exits early (`stagformer inspect … | head -1`) would make every
+    // later print fail, and `println!` panic; with it the process ends quietly, like any Unix
+    // tool.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(args) => commands::init::run(args),

@@ -446,3 +446,39 @@ fn score_on_emu_matches_cpu_over_the_variant_matrix() {
         }
     }
 }
+
+/// Output piped into a reader that has gone away ends the process quietly (SIGPIPE, as for any
+/// Unix tool), not with a panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_pipe_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stagformer"))
+        .args([
+            "bench",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--new-tokens",
+            "1",
+            "--prompt-len",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run stagformer");
+    // Close the read end before the command prints anything (it builds a model first).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
