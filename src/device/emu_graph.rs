@@ -43,6 +43,19 @@ struct CaptureState {
     lanes: Vec<Lane>,
     /// Every step in the order it was recorded: a valid order to enqueue them on replay.
     order: Vec<(usize, Step)>,
+    /// Set when the capture ends: its events can no longer be waited for.
+    ended: bool,
+}
+
+impl CaptureState {
+    fn check_open(&self) -> Result<()> {
+        if self.ended {
+            return Err(DeviceError::Capture {
+                reason: "the event was recorded during a capture that has ended".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A stream's place in a capture.
@@ -76,6 +89,7 @@ impl LaneRef {
                 waited: 0,
             }],
             order: Vec::new(),
+            ended: false,
         };
         LaneRef {
             state: Arc::new(Mutex::new(state)),
@@ -107,6 +121,7 @@ impl LaneRef {
         }
         {
             let mut st = lock(&self.state);
+            st.check_open()?;
             let waited = &mut st.lanes[point.lane].waited;
             *waited = (*waited).max(point.point);
         }
@@ -136,6 +151,7 @@ impl LaneRef {
         }
         let (slots, unjoined, graph) = {
             let mut st = lock(&self.state);
+            st.ended = true;
             let slots: Vec<CaptureSlot> = st.lanes.iter().map(|l| Arc::clone(&l.slot)).collect();
             let unjoined = st.lanes.iter().skip(1).filter(|l| l.waited < l.len).count();
             let graph = CapturedGraph {
@@ -165,6 +181,7 @@ impl CapturePoint {
     pub(crate) fn join(&self, slot: CaptureSlot) -> Result<()> {
         let lane = {
             let mut st = lock(&self.state);
+            st.check_open()?;
             st.lanes.push(Lane {
                 slot: Arc::clone(&slot),
                 len: 0,

@@ -82,7 +82,9 @@ impl Stream {
         match (self.backend(), self.device().backend()) {
             (StreamBackend::Emulated(s), Backend::Emulated(_)) => {
                 s.begin_capture()?;
+                let guard = EndOnUnwind(self);
                 let recorded = record();
+                std::mem::forget(guard);
                 let ended = s.end_capture();
                 let value = recorded?;
                 let captured = ended?;
@@ -102,7 +104,9 @@ impl Stream {
                     dev.end_capture();
                     return Err(e.into());
                 }
+                let guard = EndOnUnwind(self);
                 let recorded = record();
+                std::mem::forget(guard);
                 let ended = s.end_capture();
                 let retained = dev.end_capture();
                 let value = recorded?;
@@ -148,6 +152,24 @@ impl Stream {
     ) {
         if let Backend::Cuda(dev) = self.device().backend() {
             dev.retain_if_capturing(allocs);
+        }
+    }
+}
+
+/// Ends the capture on `.0` if the recording closure unwinds, so that neither the stream nor
+/// the device stays capturing after a panic; forgotten on the normal path.
+struct EndOnUnwind<'a>(&'a Stream);
+
+impl Drop for EndOnUnwind<'_> {
+    fn drop(&mut self) {
+        // Errors are moot here: the capture is being abandoned.
+        match (self.0.backend(), self.0.device().backend()) {
+            (StreamBackend::Emulated(s), _) => drop(s.end_capture()),
+            (StreamBackend::Cuda(s), Backend::Cuda(dev)) => {
+                drop(s.end_capture());
+                dev.end_capture();
+            }
+            _ => {}
         }
     }
 }
@@ -320,6 +342,41 @@ mod tests {
             // The failed capture left the stream usable.
             assert_eq!(buf.to_host(&stream).unwrap(), vec![1.0], "{what}");
         }
+    }
+
+    #[test]
+    fn a_panic_while_recording_ends_the_capture() {
+        let (device, a) = setup();
+        let b = device.new_stream().unwrap();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = a.capture(|| -> Result<()> {
+                b.wait_event(&a.record_event()?)?;
+                panic!("recording failed");
+            });
+        }));
+        assert!(caught.is_err());
+        // Both streams run work again, and a new capture can start.
+        let x = DeviceBuffer::from_host(&a, &[3.0f32]).unwrap();
+        assert_eq!(x.to_host(&a).unwrap(), vec![3.0]);
+        b.synchronize().unwrap();
+        let (graph, ()) = a.capture(|| Ok::<(), DeviceError>(())).unwrap();
+        graph.launch().unwrap();
+    }
+
+    #[test]
+    fn events_of_an_ended_capture_cannot_be_joined() {
+        let (device, a) = setup();
+        let b = device.new_stream().unwrap();
+        let mut stale = None;
+        let (_graph, ()) = a
+            .capture(|| -> Result<()> {
+                stale = Some(a.record_event()?);
+                Ok(())
+            })
+            .unwrap();
+        let err = b.wait_event(&stale.unwrap()).unwrap_err();
+        assert!(err.to_string().contains("has ended"), "{err}");
+        b.synchronize().unwrap();
     }
 
     #[test]

@@ -31,6 +31,9 @@
 //! * Dropping a buffer while queued work still uses it is safe: emulated work keeps the
 //!   allocations it touches alive; on CUDA, freeing waits for the device (like `cudaFree`).
 //!   Allocate up front rather than in a hot loop.
+//! * [`Stream::capture`] records a stream's work (and that of the streams it forks to through
+//!   events) into a [`Graph`] that [`Graph::launch`] replays with one call; CUDA's capture
+//!   rules hold on both backends (see [`graph`]).
 
 mod buffer;
 mod cuda;
