@@ -332,7 +332,7 @@ fn decode_case<T: Float + AttentionElem>(spec: Spec, tol: f64) -> Case {
                     0..slots.len(),
                     head_layout,
                     &mut want[r * q_dim..(r + 1) * q_dim],
-                );
+                )?;
             }
             Ok(vec![Compared {
                 output: "out",

@@ -258,7 +258,7 @@ fn run<T: Float + PrefillElem>(
                 visible.clone(),
                 layout,
                 &mut want[span.clone()],
-            );
+            )?;
             if visible.is_empty() && got[span].iter().any(|x| x.to_f32() != 0.0) {
                 anyhow::bail!("row {row} sees no key but its output is not exactly +0");
             }

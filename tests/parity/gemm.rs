@@ -43,10 +43,16 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// The reference product of the values the device sees.
-fn reference_product(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    let x = Matrix::from_vec(m, k, x.to_vec());
-    let w = Matrix::from_vec(n, k, w.to_vec());
-    reference::linear(&x, &w).data
+fn reference_product(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let x = Matrix::from_vec(m, k, x.to_vec())?;
+    let w = Matrix::from_vec(n, k, w.to_vec())?;
+    Ok(reference::linear(&x, &w)?.data)
 }
 
 fn linear_case<I: Float, O: Float>(m: usize, n: usize, k: usize, tol: f64) -> Case {
@@ -61,7 +67,7 @@ fn linear_case<I: Float, O: Float>(m: usize, n: usize, k: usize, tol: f64) -> Ca
         Ok(vec![Compared {
             output: "y",
             got: widen(&y.to_host(stream)?),
-            want: widen_f32(&reference_product(&x_seen, &w_seen, m, n, k)),
+            want: widen_f32(&reference_product(&x_seen, &w_seen, m, n, k)?),
         }])
     })
 }
@@ -113,7 +119,7 @@ fn batched_case<I: Float, O: Float>(
                 m,
                 n,
                 k,
-            ));
+            )?);
         }
         Ok(vec![Compared {
             output: "y",

@@ -95,7 +95,7 @@ fn norm_case<T: Float + NormElem>(rows: usize, dim: usize, unaligned: bool, tol:
                     &weight,
                     f64::from(EPS),
                     &mut want[span],
-                );
+                )?;
             }
             Ok(vec![Compared {
                 output: "out",
@@ -143,7 +143,7 @@ fn add_norm_case<T: Float + NormElem>(rows: usize, dim: usize, unaligned: bool, 
                     &weight,
                     f64::from(EPS),
                     &mut want_out[span],
-                );
+                )?;
             }
             let sum_exact = widen(&got_sum) == widen_f32(&sum_seen);
             if !sum_exact {

@@ -396,8 +396,8 @@ fn run_rope<T: Float + NormElem>(
         let mut q = read(0, qd);
         let mut k = read(1, kvd);
         let v = read(2, kvd);
-        reference::rope_inplace(&mut q, hd, pos, &inv_freq);
-        reference::rope_inplace(&mut k, hd, pos, &inv_freq);
+        reference::rope_inplace(&mut q, hd, pos, &inv_freq)?;
+        reference::rope_inplace(&mut k, hd, pos, &inv_freq)?;
         for (which, values) in [(0, &q), (1, &k)] {
             let (buf, col, stride) = places[which];
             for (i, &x) in values.iter().enumerate() {

@@ -4,7 +4,7 @@
 //! Self-attention K/V are cached per section and layer; each cross-attention layer caches the
 //! projected K/V of the memory, in a ring of W slots when the window is bounded.
 
-use crate::error::{Error, RequestError};
+use crate::error::{Error, RequestError, ShapeError};
 use crate::model::Model;
 use crate::ops::{self, Matrix};
 
@@ -115,7 +115,7 @@ impl<'m> DecodeBatch<'m> {
         model.check_tokens(prompt, self.capacity)?;
         let cfg = &model.config;
         let mut captured = Vec::new();
-        let outputs = model.all_sections(prompt, Some(&mut captured));
+        let outputs = model.all_sections(prompt, Some(&mut captured))?;
         let (ls, kv_dim) = (cfg.layers_per_section(), cfg.kv_dim());
         let mut seq = Sequence {
             len: prompt.len(),
@@ -136,7 +136,7 @@ impl<'m> DecodeBatch<'m> {
                 }
             }
         }
-        let logits = model.logits(&model.mix(&outputs));
+        let logits = model.logits(&model.mix(&outputs))?;
         let id = match self.seqs.iter().position(Option::is_none) {
             Some(free) => {
                 self.seqs[free] = Some(seq);
@@ -174,6 +174,10 @@ impl<'m> DecodeBatch<'m> {
     }
 
     /// One decode step: feeds `tokens[r]` to sequence `ids[r]` and returns the logits [B, V].
+    ///
+    /// Requests are validated before anything changes. An [`Error::Shape`] can only come from
+    /// weights edited after loading so that they no longer fit the config; it may leave the
+    /// batch's caches half-written.
     pub fn step(&mut self, ids: &[SeqId], tokens: &[u32]) -> Result<Matrix, Error> {
         self.validate_step(ids, tokens)?;
         let model = self.model;
@@ -186,22 +190,22 @@ impl<'m> DecodeBatch<'m> {
             StepMode::Staggered => (0..cfg.sections()).collect(),
             StepMode::Recurrent => vec![1],
         };
-        let outputs: Vec<Matrix> = sections
+        let outputs = sections
             .iter()
             .map(|&s| self.section_step(s, ids, tokens, &positions))
-            .collect();
+            .collect::<Result<Vec<Matrix>, ShapeError>>()?;
         // Only now, after every section read slots ≤ i − 1, does the memory of step i land.
         match self.mode {
             StepMode::Staggered => {
                 // The last section's output feeds no one.
                 for (s, output) in outputs.iter().enumerate().take(cfg.sections() - 1) {
-                    let memory = model.memory(s, output);
-                    self.append_memory(s + 1, ids, &positions, &memory);
+                    let memory = model.memory(s, output)?;
+                    self.append_memory(s + 1, ids, &positions, &memory)?;
                 }
             }
             StepMode::Recurrent => {
-                let memory = model.memory(0, &outputs[0]);
-                self.append_memory(1, ids, &positions, &memory);
+                let memory = model.memory(0, &outputs[0])?;
+                self.append_memory(1, ids, &positions, &memory)?;
             }
         }
         for &id in ids {
@@ -213,7 +217,7 @@ impl<'m> DecodeBatch<'m> {
             StepMode::Staggered => model.mix(&outputs),
             StepMode::Recurrent => outputs[0].clone(),
         };
-        Ok(model.logits(&z))
+        model.logits(&z)
     }
 
     fn validate_step(&self, ids: &[SeqId], tokens: &[u32]) -> Result<(), Error> {
@@ -251,7 +255,7 @@ impl<'m> DecodeBatch<'m> {
         ids: &[SeqId],
         tokens: &[u32],
         positions: &[usize],
-    ) -> Matrix {
+    ) -> Result<Matrix, ShapeError> {
         let model = self.model;
         let cfg = &model.config;
         let layout = model.head_layout();
@@ -259,7 +263,7 @@ impl<'m> DecodeBatch<'m> {
         let mut x = model.embed(tokens);
         for j in 0..cfg.layers_per_section() {
             let layer = &model.weights.layers[cfg.layer_index(s, j)];
-            let (q, k, v) = model.qkv(layer, &x, positions);
+            let (q, k, v) = model.qkv(layer, &x, positions)?;
             let mut attn = Matrix::zeros(ids.len(), layout.q_dim());
             for (r, (&id, &pos)) in ids.iter().zip(positions).enumerate() {
                 let seq = self.seqs[id].as_mut().expect("validated");
@@ -272,13 +276,13 @@ impl<'m> DecodeBatch<'m> {
                     0..pos + 1,
                     layout,
                     attn.row_mut(r),
-                );
+                )?;
             }
-            x.add_assign(&ops::linear(&attn, &layer.wo));
+            x.add_assign(&ops::linear(&attn, &layer.wo)?)?;
             if s >= 1 {
                 let cross = &model.weights.cross[s - 1][j];
-                let h = ops::rmsnorm_rows(&x, &cross.norm, cfg.rms_norm_eps);
-                let q = ops::linear(&h, &cross.wq);
+                let h = ops::rmsnorm_rows(&x, &cross.norm, cfg.rms_norm_eps)?;
+                let q = ops::linear(&h, &cross.wq)?;
                 let mut attn = Matrix::zeros(ids.len(), layout.q_dim());
                 for (r, (&id, &pos)) in ids.iter().zip(positions).enumerate() {
                     let cache = &self.seqs[id].as_ref().expect("validated").cross_kv[s - 1][j];
@@ -291,13 +295,13 @@ impl<'m> DecodeBatch<'m> {
                         0..n,
                         layout,
                         attn.row_mut(r),
-                    );
+                    )?;
                 }
-                x.add_assign(&ops::linear(&attn, &cross.wo));
+                x.add_assign(&ops::linear(&attn, &cross.wo)?)?;
             }
-            model.mlp(layer, &mut x);
+            model.mlp(layer, &mut x)?;
         }
-        x
+        Ok(x)
     }
 
     /// Projects `memory` rows into every cross-attention cache of section `reader` at the
@@ -308,17 +312,18 @@ impl<'m> DecodeBatch<'m> {
         ids: &[SeqId],
         positions: &[usize],
         memory: &Matrix,
-    ) {
+    ) -> Result<(), ShapeError> {
         let model = self.model;
         for j in 0..model.config.layers_per_section() {
             let cross = &model.weights.cross[reader - 1][j];
-            let k = ops::linear(memory, &cross.wk);
-            let v = ops::linear(memory, &cross.wv);
+            let k = ops::linear(memory, &cross.wk)?;
+            let v = ops::linear(memory, &cross.wv)?;
             for (r, (&id, &pos)) in ids.iter().zip(positions).enumerate() {
                 let slot = self.cross_slot(pos);
                 let seq = self.seqs[id].as_mut().expect("validated");
                 seq.cross_kv[reader - 1][j].write(slot, k.row(r), v.row(r));
             }
         }
+        Ok(())
     }
 }

@@ -12,6 +12,8 @@ pub enum Error {
     Load(#[from] LoadError),
     #[error(transparent)]
     Request(#[from] RequestError),
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
 }
 
 /// A `config.json` that does not describe a valid StagFormer model.
@@ -67,6 +69,13 @@ pub enum LoadError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    #[error("tensor `{name}`: shape {shape:?} needs {expected} values, found {found}")]
+    DataLength {
+        name: String,
+        shape: Vec<usize>,
+        expected: usize,
+        found: usize,
+    },
     #[error("tensor `{name}`: unsupported dtype {dtype} (f32, bf16 and f16 are supported)")]
     UnsupportedDtype { name: String, dtype: String },
     #[error("tensor `{name}` holds a non-finite value")]
@@ -106,6 +115,18 @@ pub enum RequestError {
         value: String,
         reason: &'static str,
     },
+}
+
+/// A building block got operands whose shapes do not fit together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{op}: {arg}: expected {expected}, found {found}")]
+pub struct ShapeError {
+    /// The building block, as named in [`crate::ops`].
+    pub op: &'static str,
+    /// The argument at fault.
+    pub arg: &'static str,
+    pub expected: String,
+    pub found: String,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

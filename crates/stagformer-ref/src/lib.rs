@@ -23,7 +23,7 @@ pub mod weights;
 pub use checkpoint::StorageDtype;
 pub use config::Config;
 pub use decode::{DecodeBatch, SeqId, StepMode};
-pub use error::{ConfigError, Error, LoadError, RequestError};
+pub use error::{ConfigError, Error, LoadError, RequestError, ShapeError};
 pub use model::Model;
 pub use ops::Matrix;
 pub use sample::SamplingParams;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::checkpoint::{self, StorageDtype};
 use crate::config::Config;
-use crate::error::{Error, RequestError};
+use crate::error::{Error, RequestError, ShapeError};
 use crate::init;
 use crate::ops::{self, HeadLayout, Matrix};
 use crate::weights::{CrossWeights, LayerWeights, Weights};
@@ -91,8 +91,8 @@ impl Model {
     /// Logits [T, V] for every position of `tokens`, by the definition.
     pub fn forward(&self, tokens: &[u32]) -> Result<Matrix, Error> {
         self.check_tokens(tokens, self.config.max_position_embeddings)?;
-        let outputs = self.all_sections(tokens, None);
-        Ok(self.logits(&self.mix(&outputs)))
+        let outputs = self.all_sections(tokens, None)?;
+        self.logits(&self.mix(&outputs))
     }
 
     /// Every section's output [T, D] over `tokens`, section s reading section s − 1's memory.
@@ -100,24 +100,53 @@ impl Model {
         &self,
         tokens: &[u32],
         mut capture: Option<&mut Vec<Vec<LayerKv>>>,
-    ) -> Vec<Matrix> {
+    ) -> Result<Vec<Matrix>, Error> {
         let mut outputs: Vec<Matrix> = Vec::with_capacity(self.config.sections());
         for s in 0..self.config.sections() {
-            let memory = outputs.last().map(|prev| self.memory(s - 1, prev));
+            let memory = match outputs.last() {
+                Some(prev) => Some(self.memory(s - 1, prev)?),
+                None => None,
+            };
             let mut kv = Vec::new();
             let keep = capture.is_some().then_some(&mut kv);
-            outputs.push(self.section_pass(s, tokens, memory.as_ref(), keep));
+            outputs.push(self.section_pass(s, tokens, memory.as_ref(), keep)?);
             if let Some(all) = capture.as_deref_mut() {
                 all.push(kv);
             }
         }
-        outputs
+        Ok(outputs)
     }
 
     /// Section `s` over positions 0..T of `tokens`. Sections ≥ 1 cross-attend to `memory`
-    /// (at least T − 1 rows: position i reads memory rows max(0, i − W)..i − 1).
-    pub fn section_forward(&self, s: usize, tokens: &[u32], memory: Option<&Matrix>) -> Matrix {
-        self.section_pass(s, tokens, memory, None)
+    /// (at least T − 1 rows: position i reads memory rows max(0, i − W)..i − 1); a memory of
+    /// the wrong width or too few rows, a missing memory or a section past the last is an
+    /// [`Error::Shape`], bad tokens an [`Error::Request`].
+    pub fn section_forward(
+        &self,
+        s: usize,
+        tokens: &[u32],
+        memory: Option<&Matrix>,
+    ) -> Result<Matrix, Error> {
+        let p = self.config.sections();
+        let shape = |arg, expected: String, found: String| ShapeError {
+            op: "section_forward",
+            arg,
+            expected,
+            found,
+        };
+        if s >= p {
+            return Err(shape("s", format!("a section below {p}"), s.to_string()).into());
+        }
+        if s >= 1 && memory.is_none() {
+            return Err(shape(
+                "memory",
+                format!("the memory of section {} for section {s}", s - 1),
+                "none".into(),
+            )
+            .into());
+        }
+        self.check_tokens(tokens, self.config.max_position_embeddings)?;
+        Ok(self.section_pass(s, tokens, memory, None)?)
     }
 
     pub(crate) fn section_pass(
@@ -126,18 +155,20 @@ impl Model {
         tokens: &[u32],
         memory: Option<&Matrix>,
         mut capture: Option<&mut Vec<LayerKv>>,
-    ) -> Matrix {
+    ) -> Result<Matrix, ShapeError> {
         let cfg = &self.config;
         let positions: Vec<usize> = (0..tokens.len()).collect();
         let mut x = self.embed(tokens);
         for j in 0..cfg.layers_per_section() {
             let layer = &self.weights.layers[cfg.layer_index(s, j)];
-            let (k, v) = self.self_attention_full(layer, &mut x, &positions);
-            let cross = (s >= 1).then(|| {
+            let (k, v) = self.self_attention_full(layer, &mut x, &positions)?;
+            let cross = if s >= 1 {
                 let mem = memory.expect("sections >= 1 need a memory");
-                self.cross_attention_full(&self.weights.cross[s - 1][j], &mut x, mem)
-            });
-            self.mlp(layer, &mut x);
+                Some(self.cross_attention_full(&self.weights.cross[s - 1][j], &mut x, mem)?)
+            } else {
+                None
+            };
+            self.mlp(layer, &mut x)?;
             if let Some(c) = capture.as_deref_mut() {
                 c.push(LayerKv {
                     self_k: k,
@@ -146,7 +177,7 @@ impl Model {
                 });
             }
         }
-        x
+        Ok(x)
     }
 
     pub(crate) fn embed(&self, tokens: &[u32]) -> Matrix {
@@ -165,17 +196,17 @@ impl Model {
         layer: &LayerWeights,
         x: &Matrix,
         positions: &[usize],
-    ) -> (Matrix, Matrix, Matrix) {
-        let h = ops::rmsnorm_rows(x, &layer.input_norm, self.config.rms_norm_eps);
-        let mut q = ops::linear(&h, &layer.wq);
-        let mut k = ops::linear(&h, &layer.wk);
-        let v = ops::linear(&h, &layer.wv);
+    ) -> Result<(Matrix, Matrix, Matrix), ShapeError> {
+        let h = ops::rmsnorm_rows(x, &layer.input_norm, self.config.rms_norm_eps)?;
+        let mut q = ops::linear(&h, &layer.wq)?;
+        let mut k = ops::linear(&h, &layer.wk)?;
+        let v = ops::linear(&h, &layer.wv)?;
         let hd = self.config.head_dim;
         for (r, &pos) in positions.iter().enumerate() {
-            ops::rope_inplace(q.row_mut(r), hd, pos, &self.inv_freq);
-            ops::rope_inplace(k.row_mut(r), hd, pos, &self.inv_freq);
+            ops::rope_inplace(q.row_mut(r), hd, pos, &self.inv_freq)?;
+            ops::rope_inplace(k.row_mut(r), hd, pos, &self.inv_freq)?;
         }
-        (q, k, v)
+        Ok((q, k, v))
     }
 
     /// Causal self-attention over the whole sequence; returns the (roped) keys and values.
@@ -184,8 +215,8 @@ impl Model {
         layer: &LayerWeights,
         x: &mut Matrix,
         positions: &[usize],
-    ) -> (Matrix, Matrix) {
-        let (q, k, v) = self.qkv(layer, x, positions);
+    ) -> Result<(Matrix, Matrix), ShapeError> {
+        let (q, k, v) = self.qkv(layer, x, positions)?;
         let layout = self.head_layout();
         let mut attn = Matrix::zeros(x.rows, layout.q_dim());
         for i in 0..x.rows {
@@ -196,10 +227,10 @@ impl Model {
                 0..i + 1,
                 layout,
                 attn.row_mut(i),
-            );
+            )?;
         }
-        x.add_assign(&ops::linear(&attn, &layer.wo));
-        (k, v)
+        x.add_assign(&ops::linear(&attn, &layer.wo)?)?;
+        Ok((k, v))
     }
 
     /// The staggered cross-attention: position i reads memory rows max(0, i − W)..i − 1.
@@ -208,19 +239,19 @@ impl Model {
         cross: &CrossWeights,
         x: &mut Matrix,
         memory: &Matrix,
-    ) -> (Matrix, Matrix) {
+    ) -> Result<(Matrix, Matrix), ShapeError> {
         let layout = self.head_layout();
-        let h = ops::rmsnorm_rows(x, &cross.norm, self.config.rms_norm_eps);
-        let q = ops::linear(&h, &cross.wq);
-        let k = ops::linear(memory, &cross.wk);
-        let v = ops::linear(memory, &cross.wv);
+        let h = ops::rmsnorm_rows(x, &cross.norm, self.config.rms_norm_eps)?;
+        let q = ops::linear(&h, &cross.wq)?;
+        let k = ops::linear(memory, &cross.wk)?;
+        let v = ops::linear(memory, &cross.wv)?;
         let mut attn = Matrix::zeros(x.rows, layout.q_dim());
         for i in 0..x.rows {
             let keys = self.cross_window_start(i)..i;
-            ops::attention_row(q.row(i), &k.data, &v.data, keys, layout, attn.row_mut(i));
+            ops::attention_row(q.row(i), &k.data, &v.data, keys, layout, attn.row_mut(i))?;
         }
-        x.add_assign(&ops::linear(&attn, &cross.wo));
-        (k, v)
+        x.add_assign(&ops::linear(&attn, &cross.wo)?)?;
+        Ok((k, v))
     }
 
     /// First memory position that position i may read: max(0, i − W), or 0 when unbounded.
@@ -230,22 +261,22 @@ impl Model {
             .map_or(0, |w| i.saturating_sub(w))
     }
 
-    pub(crate) fn mlp(&self, layer: &LayerWeights, x: &mut Matrix) {
-        let h = ops::rmsnorm_rows(x, &layer.post_attention_norm, self.config.rms_norm_eps);
+    pub(crate) fn mlp(&self, layer: &LayerWeights, x: &mut Matrix) -> Result<(), ShapeError> {
+        let h = ops::rmsnorm_rows(x, &layer.post_attention_norm, self.config.rms_norm_eps)?;
         let act = ops::swiglu(
-            &ops::linear(&h, &layer.w_gate),
-            &ops::linear(&h, &layer.w_up),
-        );
-        x.add_assign(&ops::linear(&act, &layer.w_down));
+            &ops::linear(&h, &layer.w_gate)?,
+            &ops::linear(&h, &layer.w_up)?,
+        )?;
+        x.add_assign(&ops::linear(&act, &layer.w_down)?)
     }
 
     /// The memory section `s` hands to section s + 1: RMSNorm(output; memory_norms.s).
-    pub fn memory(&self, s: usize, output: &Matrix) -> Matrix {
-        ops::rmsnorm_rows(
+    pub fn memory(&self, s: usize, output: &Matrix) -> Result<Matrix, Error> {
+        Ok(ops::rmsnorm_rows(
             output,
             &self.weights.memory_norms[s],
             self.config.rms_norm_eps,
-        )
+        )?)
     }
 
     /// z: the last section's output, or Σ α_s · output_s with the output mix.
@@ -267,8 +298,8 @@ impl Model {
     }
 
     /// logits = lm_head(RMSNorm(z; model.norm)).
-    pub fn logits(&self, z: &Matrix) -> Matrix {
-        let h = ops::rmsnorm_rows(z, &self.weights.final_norm, self.config.rms_norm_eps);
-        ops::linear(&h, self.weights.lm_head())
+    pub fn logits(&self, z: &Matrix) -> Result<Matrix, Error> {
+        let h = ops::rmsnorm_rows(z, &self.weights.final_norm, self.config.rms_norm_eps)?;
+        Ok(ops::linear(&h, self.weights.lm_head())?)
     }
 }

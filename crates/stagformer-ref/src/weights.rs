@@ -203,6 +203,17 @@ impl Weights {
                     found: t.shape,
                 });
             }
+            // `LoadedTensor`'s fields are public, so shape and data may disagree; `assemble`
+            // relies on them agreeing.
+            let expected: usize = shape.iter().product();
+            if t.data.len() != expected {
+                return Err(LoadError::DataLength {
+                    name: name.to_owned(),
+                    shape: t.shape,
+                    expected,
+                    found: t.data.len(),
+                });
+            }
             Ok(t.data)
         };
         // Take in the spec's order so the first problem reported is deterministic.
@@ -218,7 +229,7 @@ impl Weights {
     }
 
     /// Builds the structure from a complete `name → (shape, data)` map (names from
-    /// [`expected_tensors`]).
+    /// [`expected_tensors`]), each data holding exactly the values its shape calls for.
     pub(crate) fn assemble(cfg: &Config, values: BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Self {
         let mut parts = Parts(values);
         let layers = (0..cfg.stored_layers())
@@ -276,7 +287,7 @@ impl Weights {
     }
 }
 
-/// The tensors being assembled; every name was checked against the spec before.
+/// The tensors being assembled; every name and data length was checked against the spec before.
 struct Parts(BTreeMap<String, (Vec<usize>, Vec<f32>)>);
 
 impl Parts {
@@ -291,6 +302,9 @@ impl Parts {
     }
     fn matrix(&mut self, name: &str) -> Matrix {
         let (shape, data) = self.take(name);
+        // Invariant: `from_tensors` checked every data length against its shape, and
+        // `random_weights` draws exactly that many values.
         Matrix::from_vec(shape[0], shape[1], data)
+            .unwrap_or_else(|e| panic!("internal: tensor `{name}` was validated but {e}"))
     }
 }

@@ -224,6 +224,21 @@ fn unexpected_tensor_is_named() {
 }
 
 #[test]
+fn tensor_data_that_does_not_fill_its_shape_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    good_checkpoint(d.path(), 1);
+    let config = stagformer_ref::Config::from_file(&d.path().join("config.json")).unwrap();
+    let mut tensors = stagformer_ref::checkpoint::read_tensors(d.path(), |_, _| {}).unwrap();
+    let name = "model.layers.0.self_attn.k_proj.weight";
+    tensors.get_mut(name).unwrap().data.pop();
+    let err = stagformer_ref::weights::Weights::from_tensors(&config, tensors).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::DataLength { name: n, expected: 128, found: 127, .. } if n == name),
+        "{err}"
+    );
+}
+
+#[test]
 fn wrong_shape_says_expected_and_found() {
     let d = tempfile::tempdir().unwrap();
     good_checkpoint(d.path(), 1);

@@ -58,7 +58,7 @@ fn ragged_batch_decode_matches_forward() {
             for (r, &s) in live.iter().enumerate() {
                 let mut rows = got[s].data.clone();
                 rows.extend_from_slice(logits.row(r));
-                got[s] = Matrix::from_vec(got[s].rows + 1, logits.cols, rows);
+                got[s] = Matrix::from_vec(got[s].rows + 1, logits.cols, rows).unwrap();
             }
         }
         for (s, toks) in seqs.iter().enumerate() {
@@ -74,17 +74,17 @@ fn naive_recurrent(m: &Model, toks: &[u32], prompt_len: usize) -> Matrix {
     let vocab = m.config.vocab_size;
     let prompt = &toks[..prompt_len];
     let mut logits = m.forward(prompt).unwrap().data;
-    let section0 = m.section_forward(0, prompt, None);
-    let mut memory = m.memory(0, &section0);
+    let section0 = m.section_forward(0, prompt, None).unwrap();
+    let mut memory = m.memory(0, &section0).unwrap();
     for t in prompt_len..toks.len() {
-        let out = m.section_forward(1, &toks[..=t], Some(&memory));
-        let last = out.rows_range(t..t + 1);
-        logits.extend_from_slice(&m.logits(&last).data);
+        let out = m.section_forward(1, &toks[..=t], Some(&memory)).unwrap();
+        let last = out.rows_range(t..t + 1).unwrap();
+        logits.extend_from_slice(&m.logits(&last).unwrap().data);
         let mut rows = memory.data.clone();
-        rows.extend_from_slice(&m.memory(0, &last).data);
-        memory = Matrix::from_vec(memory.rows + 1, memory.cols, rows);
+        rows.extend_from_slice(&m.memory(0, &last).unwrap().data);
+        memory = Matrix::from_vec(memory.rows + 1, memory.cols, rows).unwrap();
     }
-    Matrix::from_vec(toks.len(), vocab, logits)
+    Matrix::from_vec(toks.len(), vocab, logits).unwrap()
 }
 
 #[test]
@@ -139,9 +139,48 @@ fn first_position_cross_attention_adds_exactly_zero() {
     };
     let m = model(v, 9);
     let toks = [5u32];
-    let memory_a = Matrix::from_vec(1, 16, vec![1.0; 16]);
-    let memory_b = Matrix::from_vec(1, 16, vec![-7.0; 16]);
-    let a = m.section_forward(1, &toks, Some(&memory_a));
-    let b = m.section_forward(1, &toks, Some(&memory_b));
+    let memory_a = Matrix::from_vec(1, 16, vec![1.0; 16]).unwrap();
+    let memory_b = Matrix::from_vec(1, 16, vec![-7.0; 16]).unwrap();
+    let a = m.section_forward(1, &toks, Some(&memory_a)).unwrap();
+    let b = m.section_forward(1, &toks, Some(&memory_b)).unwrap();
     assert_eq!(a.data, b.data);
+}
+
+#[test]
+fn section_forward_rejects_a_memory_that_does_not_fit() {
+    let v = common::Variant {
+        sections: 2,
+        shared: false,
+        window: None,
+        mix: false,
+        gqa: true,
+        tied: false,
+    };
+    let m = model(v, 9);
+    let toks = [5u32, 6, 7];
+    // Position 2 reads memory rows 0..2.
+    let short = Matrix::from_vec(1, 16, vec![1.0; 16]).unwrap();
+    let err = m.section_forward(1, &toks, Some(&short)).unwrap_err();
+    assert!(
+        matches!(&err, stagformer_ref::Error::Shape(e) if (e.op, e.arg) == ("attention_row", "key_rows")),
+        "{err}"
+    );
+    let narrow = Matrix::from_vec(2, 15, vec![1.0; 30]).unwrap();
+    let err = m.section_forward(1, &toks, Some(&narrow)).unwrap_err();
+    assert!(
+        matches!(&err, stagformer_ref::Error::Shape(e) if e.op == "linear"),
+        "{err}"
+    );
+    let err = m.section_forward(1, &toks, None).unwrap_err();
+    assert!(
+        matches!(&err, stagformer_ref::Error::Shape(e) if e.arg == "memory"),
+        "{err}"
+    );
+    let err = m.section_forward(2, &toks, None).unwrap_err();
+    assert!(
+        matches!(&err, stagformer_ref::Error::Shape(e) if e.arg == "s"),
+        "{err}"
+    );
+    let err = m.section_forward(0, &[5, 999], None).unwrap_err();
+    assert!(matches!(&err, stagformer_ref::Error::Request(_)), "{err}");
 }
