@@ -478,3 +478,42 @@ fn a_prompt_filling_the_capacity() {
     let logits = dec.step(&[id], &[toks[5]]).unwrap();
     assert!(rel_err(&logits, &want[5 * 41..]) <= TOL);
 }
+
+/// A bad sampler setting is the caller's error: reported before any launch, decoder usable.
+#[test]
+fn bad_sampling_settings_leave_the_decoder_usable() {
+    let device = Device::emulated();
+    let v = Variant {
+        sections: 2,
+        shared: false,
+        window: None,
+        gqa: true,
+        tied: false,
+        mix: false,
+    };
+    let model = Model::random(config(v), 31, StorageDtype::F32).unwrap();
+    let mut dec = Decoder::<f32>::new(&device, &model, DecoderOptions::new(1, 16)).unwrap();
+    let (id, _) = dec.prefill(&[1, 2]).unwrap();
+    for bad in [
+        SamplingConfig {
+            temperature: f32::NAN,
+            ..SamplingConfig::GREEDY
+        },
+        SamplingConfig {
+            top_p: 0.0,
+            ..SamplingConfig::GREEDY
+        },
+    ] {
+        let err = dec.step_sample(&[id], &[3], &bad, 0).unwrap_err();
+        assert!(
+            !matches!(err, stagformer::DecoderError::Poisoned(_)),
+            "{err}"
+        );
+        assert_eq!(dec.len(id).unwrap(), 2, "a refused step must not advance");
+    }
+    let picked = dec
+        .step_sample(&[id], &[3], &SamplingConfig::GREEDY, 0)
+        .unwrap();
+    assert_eq!(picked.len(), 1);
+    assert_eq!(dec.len(id).unwrap(), 3);
+}
