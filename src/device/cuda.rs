@@ -38,6 +38,7 @@ pub(crate) struct CudaDevice {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) name: String,
     pub(crate) max_dynamic_smem: u32,
+    pub(crate) sm_count: u32,
     modules: Mutex<HashMap<&'static str, Arc<LoadedModule>>>,
     functions: Mutex<HashMap<&'static str, Arc<LoadedFunction>>>,
     /// While a capture is in progress: every allocation work queued on this device touches,
@@ -66,10 +67,14 @@ impl CudaDevice {
                     sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
                 )
                 .map_err(|e| init(e.to_string()))?;
+            let sms = ctx
+                .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(|e| init(e.to_string()))?;
             Ok(CudaDevice {
                 ctx,
                 name,
                 max_dynamic_smem: u32::try_from(max_smem).unwrap_or(0),
+                sm_count: u32::try_from(sms).unwrap_or(1).max(1),
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
                 captured: Mutex::new(None),

@@ -64,6 +64,10 @@ use crate::error::Result;
 /// so that launches valid under emulation are valid on the GPU the kernels target.
 pub const EMU_MAX_DYNAMIC_SMEM_BYTES: u32 = 227 * 1024;
 
+/// Streaming multiprocessors an emulated device reports: an H100 SXM's (and an H200's), so that
+/// launch plans made under emulation are the ones that GPU gets.
+pub const EMU_SM_COUNT: u32 = 132;
+
 /// Which backend a [`Device`] runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceKind {
@@ -166,6 +170,14 @@ impl Device {
         match &self.inner.backend {
             Backend::Emulated(_) => EMU_MAX_DYNAMIC_SMEM_BYTES,
             Backend::Cuda(c) => c.max_dynamic_smem,
+        }
+    }
+
+    /// Streaming multiprocessors, for sizing grids (see [`EMU_SM_COUNT`] under emulation).
+    pub fn sm_count(&self) -> u32 {
+        match &self.inner.backend {
+            Backend::Emulated(_) => EMU_SM_COUNT,
+            Backend::Cuda(c) => c.sm_count,
         }
     }
 

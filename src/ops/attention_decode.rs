@@ -95,9 +95,9 @@ const GENERIC_ELEMS: usize = 8;
 /// Largest head dim: the generic kernels hold at most 32 lanes × `GENERIC_ELEMS` elements.
 pub const MAX_HEAD_DIM: usize = 32 * GENERIC_ELEMS;
 const COMBINE_MAX_THREADS: usize = 128;
-/// Pass-1 blocks aimed at: four per SM of a 132-SM H100, so that every SM has several blocks'
-/// loads in flight even at batch 1.
-const TARGET_BLOCKS: usize = 4 * 132;
+/// Pass-1 blocks aimed at per SM of the device (528 on a 132-SM H100), so that every SM has
+/// several blocks' loads in flight even at batch 1.
+const TARGET_BLOCKS_PER_SM: usize = 4;
 /// Below this many keys a split's fixed costs (q loads, merge, partial write) stop paying off.
 const MIN_KEYS_PER_SPLIT: usize = 64;
 /// Split lengths are rounded to this, a multiple of every kernel's keys per block iteration
@@ -441,7 +441,8 @@ pub fn plan_splits(
         });
     }
     let blocks_per_split = layout.rows.max(1) * layout.kv_heads * group.div_ceil(heads_per_block);
-    let wanted = TARGET_BLOCKS
+    let target_blocks = TARGET_BLOCKS_PER_SM * workspace.device().sm_count() as usize;
+    let wanted = target_blocks
         .div_ceil(blocks_per_split)
         .min(max_keys.div_ceil(MIN_KEYS_PER_SPLIT))
         .min(room)
