@@ -210,6 +210,14 @@ impl CapturedGraph {
         self.order.len()
     }
 
+    /// Recorded work (kernels, GEMMs, copies, fills), without the waits.
+    pub(crate) fn work_nodes(&self) -> usize {
+        self.order
+            .iter()
+            .filter(|(_, step)| matches!(step, Step::Run(_)))
+            .count()
+    }
+
     /// Queues one run of the graph: lane 0 on `origin`, lane k on `lanes[k - 1]`.
     pub(crate) fn replay(&self, origin: &EmuStream, lanes: &[&EmuStream]) -> Result<()> {
         if lanes.len() + 1 != self.lanes {

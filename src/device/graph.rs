@@ -204,6 +204,30 @@ impl Graph {
         }
     }
 
+    /// Work nodes of the graph: kernels, GEMMs, copies and fills (each GEMM may be several
+    /// kernels on CUDA, as cuBLAS chooses). Cross-stream waits are edges, not nodes.
+    pub fn nodes(&self) -> Result<usize> {
+        match &self.inner {
+            GraphInner::Emulated { captured, .. } => Ok(captured.work_nodes()),
+            GraphInner::Cuda(graph) => {
+                let graph = graph.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut count = 0usize;
+                // SAFETY: the graph handle is live (owned by `graph`, locked); a null node
+                // array asks only for the count.
+                unsafe {
+                    cudarc::driver::sys::cuGraphGetNodes(
+                        graph.0.cu_graph(),
+                        std::ptr::null_mut(),
+                        &mut count,
+                    )
+                }
+                .result()
+                .map_err(DeviceError::driver("cuGraphGetNodes"))?;
+                Ok(count)
+            }
+        }
+    }
+
     /// The stream the graph was captured from and replays on.
     pub fn stream(&self) -> &Stream {
         &self.stream
@@ -278,6 +302,7 @@ mod tests {
             graph.launch().unwrap();
         }
         assert_eq!(out.to_host(&a).unwrap(), vec![63.0, 126.0]);
+        assert_eq!(graph.nodes().unwrap(), 22);
         // Both streams left the capture.
         b.synchronize().unwrap();
         assert!(format!("{graph:?}").contains("streams: 2"), "{graph:?}");

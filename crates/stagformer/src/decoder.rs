@@ -285,6 +285,19 @@ impl<T: Activation> Decoder<T> {
         self.graphs.len()
     }
 
+    /// Work nodes (launches) of the step graph for `rows` rows ending with `sampling` (or with
+    /// logits), if that graph has been captured.
+    pub fn graph_nodes(
+        &self,
+        rows: usize,
+        sampling: Option<&SamplingConfig>,
+    ) -> Result<Option<usize>> {
+        match self.graphs.get(&GraphKey::new(rows, sampling)) {
+            Some(graph) => Ok(Some(graph.nodes()?)),
+            None => Ok(None),
+        }
+    }
+
     /// Tokens sequence `id` has processed.
     pub fn len(&self, id: SeqId) -> Result<usize> {
         self.lens

@@ -517,3 +517,33 @@ fn bad_sampling_settings_leave_the_decoder_usable() {
     assert_eq!(picked.len(), 1);
     assert_eq!(dec.len(id).unwrap(), 3);
 }
+
+/// The launch count of a step that `docs/perf-notes.md` derives from the code, measured on a
+/// captured graph: the 1.3b preset's structure (p = 2, separate weights, 12 layers a section)
+/// at small widths. A section-0 layer is 10 launches, a later section's 15; plus embedding and
+/// norm per section, the memory hand-over, the lm_head and the sampler.
+#[test]
+fn a_step_graph_has_the_launches_the_perf_notes_count() {
+    let device = Device::emulated();
+    let mut cfg = config(Variant {
+        sections: 2,
+        shared: false,
+        window: None,
+        gqa: true,
+        tied: false,
+        mix: false,
+    });
+    cfg.num_hidden_layers = 24;
+    let model = Model::random(cfg, 2, StorageDtype::F32).unwrap();
+    let mut dec = Decoder::<f32>::new(&device, &model, DecoderOptions::new(1, 8)).unwrap();
+    let (id, _) = dec.prefill(&[1, 2]).unwrap();
+    let greedy = SamplingConfig::GREEDY;
+    let mut next = vec![3];
+    for step in 0..3 {
+        next = dec.step_sample(&[id], &next, &greedy, step).unwrap();
+    }
+    let launches = 2 * 2 + 12 * 10 + 12 * 15 + 2 + 1 + 1;
+    assert_eq!(launches, 308);
+    assert_eq!(dec.graph_nodes(1, Some(&greedy)).unwrap(), Some(launches));
+    assert_eq!(dec.graph_nodes(2, Some(&greedy)).unwrap(), None);
+}
