@@ -258,6 +258,29 @@ mod tests {
         (device, stream)
     }
 
+    /// Captures on `a`: fork to `b`, which copies `src` into `mid` and adds `src` to it `adds`
+    /// times; join; `out += mid` on `a`.
+    fn capture_fork_join(
+        [a, b]: [&Stream; 2],
+        src: &DeviceBuffer<f32>,
+        mid: &mut DeviceBuffer<f32>,
+        out: &mut DeviceBuffer<f32>,
+        adds: usize,
+    ) -> Result<Graph> {
+        let (graph, ()) = a.capture(|| -> Result<()> {
+            let fork = a.record_event()?;
+            b.wait_event(&fork)?;
+            mid.copy_from(b, src)?;
+            for _ in 0..adds {
+                axpby(b, 1.0, src, 1.0, mid)?;
+            }
+            let join = b.record_event()?;
+            a.wait_event(&join)?;
+            axpby(a, 1.0, mid, 1.0, out)
+        })?;
+        Ok(graph)
+    }
+
     #[test]
     fn captured_work_runs_only_when_launched_and_rereads_device_memory() {
         let (device, stream) = setup();
@@ -284,20 +307,8 @@ mod tests {
         let src = DeviceBuffer::from_host(&a, &[1.0f32, 2.0]).unwrap();
         let mut mid = DeviceBuffer::<f32>::alloc(&device, 2).unwrap();
         let mut out = DeviceBuffer::from_host(&a, &[0.0f32, 0.0]).unwrap();
-        let (graph, ()) = a
-            .capture(|| -> Result<()> {
-                let fork = a.record_event()?;
-                b.wait_event(&fork)?;
-                mid.copy_from(&b, &src)?;
-                // A slow kernel on the forked stream: the join must wait for it.
-                for _ in 0..20 {
-                    axpby(&b, 1.0, &src, 1.0, &mut mid)?;
-                }
-                let join = b.record_event()?;
-                a.wait_event(&join)?;
-                axpby(&a, 1.0, &mid, 1.0, &mut out)
-            })
-            .unwrap();
+        // Many kernels on the forked stream: the join must wait for all of them.
+        let graph = capture_fork_join([&a, &b], &src, &mut mid, &mut out, 20).unwrap();
         for _ in 0..3 {
             graph.launch().unwrap();
         }
@@ -427,17 +438,7 @@ mod tests {
         // Warm-up outside any capture: loads the module.
         axpby(&a, 0.0, &src, 1.0, &mut out).unwrap();
         a.synchronize().unwrap();
-        let (graph, ()) = a
-            .capture(|| -> Result<()> {
-                let fork = a.record_event()?;
-                b.wait_event(&fork)?;
-                mid.copy_from(&b, &src)?;
-                axpby(&b, 1.0, &src, 1.0, &mut mid)?;
-                let join = b.record_event()?;
-                a.wait_event(&join)?;
-                axpby(&a, 1.0, &mid, 1.0, &mut out)
-            })
-            .unwrap();
+        let graph = capture_fork_join([&a, &b], &src, &mut mid, &mut out, 1).unwrap();
         for _ in 0..3 {
             graph.launch().unwrap();
         }

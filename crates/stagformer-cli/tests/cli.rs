@@ -44,6 +44,20 @@ fn logits(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (t.shape().to_vec(), data)
 }
 
+/// max|got − want| / max|want|; infinite when `got` holds a non-finite value.
+fn rel_max_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    if got.iter().any(|v| !v.is_finite()) {
+        return f32::INFINITY;
+    }
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = want
+        .iter()
+        .zip(got)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / scale
+}
+
 #[test]
 fn init_inspect_score_generate_bench() {
     let dir = tempfile::tempdir().unwrap();
@@ -226,16 +240,8 @@ fn emulated_kernels_match_the_cpu_reference() {
         let (shape_c, want) = logits(&cpu);
         let (shape_e, got) = logits(&emu);
         assert_eq!(shape_c, shape_e);
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = want
-            .iter()
-            .zip(&got)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            diff / scale < 1e-4,
-            "{mode} {exec}: emu differs from cpu by {}",
-            diff / scale
-        );
+        let err = rel_max_err(&got, &want);
+        assert!(err < 1e-4, "{mode} {exec}: emu differs from cpu by {err}");
     }
     let table = ok(&[
         "bench",
@@ -427,19 +433,10 @@ fn score_on_emu_matches_cpu_over_the_variant_matrix() {
                     let (shape_e, got) =
                         score("emu", &[&["--mode-exec", exec], graph_flag].concat());
                     assert_eq!(shape_c, shape_e);
+                    let err = rel_max_err(&got, &want);
                     assert!(
-                        got.iter().all(|v| v.is_finite()),
-                        "{name} {exec}: non-finite"
-                    );
-                    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let diff = want
-                        .iter()
-                        .zip(&got)
-                        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                    assert!(
-                        diff / scale < 1e-4,
-                        "{config:?} {mode} {exec} {graph_flag:?}: emu differs from cpu by {}",
-                        diff / scale
+                        err < 1e-4,
+                        "{config:?} {mode} {exec} {graph_flag:?}: emu differs from cpu by {err}"
                     );
                 }
             }

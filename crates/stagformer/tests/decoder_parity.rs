@@ -287,12 +287,7 @@ fn staggered_equals_sequential_token_for_token() {
         mix: true,
     };
     let model = Model::random(config(v), 99, StorageDtype::F32).unwrap();
-    let greedy = SamplingConfig {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        seed: 0,
-    };
+    let greedy = SamplingConfig::GREEDY;
     let mut runs = Vec::new();
     for mode in modes() {
         let opts = DecoderOptions {
@@ -414,12 +409,7 @@ fn batched_equals_sequential_token_for_token() {
             mix: sections == 3,
         };
         let model = Model::random(config(v), 21, StorageDtype::F32).unwrap();
-        let greedy = SamplingConfig {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
-        };
+        let greedy = SamplingConfig::GREEDY;
         let mut runs = Vec::new();
         for mode in [ExecMode::Sequential, ExecMode::Staggered, ExecMode::Batched] {
             let opts = DecoderOptions {
