@@ -380,14 +380,7 @@ impl<T: Activation> Shared<T> {
             layout,
             DecodeMask::SelfCausal,
         )?;
-        linear(
-            stream,
-            &sc.attn.slice(span(qd))?,
-            &layer.wo,
-            &mut sc.o.slice_mut(span(d))?,
-            GemmShape::new(n, d, qd),
-        )?;
-        Ok(())
+        self.attention_out(sc, stream, &layer.wo, rows)
     }
 
     /// o = the staggered cross-attention of h over `rows` for section `s`'s layer `j`
@@ -477,12 +470,24 @@ impl<T: Activation> Shared<T> {
                 )?;
             }
         }
+        self.attention_out(sc, stream, &cross.wo, rows)
+    }
+
+    /// o = attn · woᵀ over `rows`: the output projection of either attention sublayer.
+    fn attention_out(
+        &self,
+        sc: &mut Scratch<T>,
+        stream: &Stream,
+        wo: &DeviceBuffer<T>,
+        rows: Range<usize>,
+    ) -> Result<()> {
+        let (d, qd) = (self.cfg.hidden_size, self.cfg.q_dim());
         linear(
             stream,
-            &sc.attn.slice(span(qd))?,
-            &cross.wo,
-            &mut sc.o.slice_mut(span(d))?,
-            GemmShape::new(n, d, qd),
+            &sc.attn.slice(rows.start * qd..rows.end * qd)?,
+            wo,
+            &mut sc.o.slice_mut(rows.start * d..rows.end * d)?,
+            GemmShape::new(rows.len(), d, qd),
         )?;
         Ok(())
     }
