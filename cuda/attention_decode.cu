@@ -24,6 +24,7 @@
 //
 // Scores are kept in log2 units (q is pre-multiplied by scale · log2 e) so every exponential is
 // one exp2f; the partial maxima are in those units too, which only the two passes here read.
+#include "stag_mask.cuh"
 #include "stag_vec.cuh"
 
 namespace {
@@ -51,31 +52,29 @@ struct KeySet {
     }
 };
 
-// The one definition of the visibility rule of both modes, used by both passes.
-// Self: positions 0..pos, position k in slot k. Cross: positions max(0, pos - W)..pos - 1, in a
-// ring of cache_slots >= W slots (slot k mod cache_slots) when windowed, else in slot k; none at
-// pos = 0. A row whose sequence slot or position lies outside the caches sees nothing (and so
-// writes zeros), which keeps every read in bounds whatever the device-side indices hold.
+// Where the keys visible to a row live (the rule itself is stag::visible_positions). Self:
+// position k in slot k, or with a sliding window in a ring of cache_slots >= W slots (slot
+// k mod cache_slots). Cross: slot k, or with a window in a ring of cache_slots >= W slots. A
+// row whose sequence slot or position lies outside the caches sees nothing (and so writes
+// zeros), which keeps every read in bounds whatever the device-side indices hold.
 __device__ __forceinline__ KeySet visible_keys(const AttentionDecodeParams &p, uint32_t row) {
     const KeySet none{0, 0, 1, 0};
     const int32_t seq = p.seq_slots[row];
     const int32_t pos = p.positions[row];
     if (seq < 0 || uint32_t(seq) >= p.cache_seqs || pos < 0) return none;
-    const uint32_t i = uint32_t(pos);
-    if (p.mode == STAG_ATTN_SELF) {
-        if (i >= p.cache_slots) return none;
-        return KeySet{i + 1, 0, p.cache_slots, uint32_t(seq)};
-    }
-    if (p.mode != STAG_ATTN_CROSS) return none;
+    if (p.mode != STAG_ATTN_SELF && p.mode != STAG_ATTN_CROSS) return none;
+    const stag::PosRange keys = stag::visible_positions(p.mode, p.window, pos);
+    const uint32_t count = uint32_t(keys.hi - keys.lo);
     if (p.window == 0) {
-        if (i > p.cache_slots) return none;
-        return KeySet{i, 0, p.cache_slots, uint32_t(seq)};
+        // Dense: the newest visible key must have a slot.
+        if (keys.hi > int64_t(p.cache_slots)) return none;
+        return KeySet{count, 0, p.cache_slots, uint32_t(seq)};
     }
-    // A ring of cache_slots >= W slots (slot k mod cache_slots); the decoder uses W + 1 so
-    // that the slot written at step i is never one read at step i.
+    // A ring (slot k mod cache_slots) holds the window only when it has W slots or more; the
+    // decoder gives cross caches W + 1 so that the slot written at step i is never one read at
+    // step i.
     if (p.window > p.cache_slots) return none;
-    const uint32_t count = min(i, p.window);
-    return KeySet{count, (i - count) % p.cache_slots, p.cache_slots, uint32_t(seq)};
+    return KeySet{count, uint32_t(keys.lo % p.cache_slots), p.cache_slots, uint32_t(seq)};
 }
 
 // Splits a row with `count` visible keys uses: split s takes keys [s·kps, (s+1)·kps), and the

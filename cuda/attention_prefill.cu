@@ -23,6 +23,7 @@
 // 8 different rows by one 8-lane phase do not conflict. src/ops/attention_prefill.rs computes
 // the same size (`smem_bytes`). This is the plain SIMT path: tensor-core (mma) tiles would be a
 // GPU-only fast path behind __CUDA_ARCH__.
+#include "stag_mask.cuh"
 #include "stag_vec.cuh"
 
 namespace {
@@ -166,13 +167,12 @@ __device__ void prefill_block(const AttentionPrefillParams &p) {
     if (it0 >= items) return;
     const int count = int(items - it0 < uint64_t(BM) ? items - it0 : uint64_t(BM));
 
-    // The block's key range: the union of its rows' visible ranges, within the key rows.
-    const bool cross = p.mode == STAG_ATTN_CROSS;
+    // The block's key range: the union of its rows' visible ranges (both ends grow with the
+    // position), within the key rows.
     const int64_t i_first = pos0 + int64_t(it0 / group);
     const int64_t i_last = pos0 + int64_t((it0 + count - 1) / group);
-    int64_t lo = 0;
-    int64_t hi = cross ? i_last : i_last + 1;
-    if (cross && p.window != 0) lo = i_first - int64_t(p.window);
+    int64_t lo = stag::visible_positions(p.mode, p.window, i_first).lo;
+    int64_t hi = stag::visible_positions(p.mode, p.window, i_last).hi;
     lo = clamp64(lo, 0, nk);
     hi = clamp64(hi, lo, nk);
 
@@ -189,11 +189,9 @@ __device__ void prefill_block(const AttentionPrefillParams &p) {
         khi[a] = 0;
         if (m < count) {
             const int64_t i = pos0 + int64_t((it0 + m) / group);
-            int64_t l = 0;
-            int64_t h = cross ? i : i + 1;
-            if (cross && p.window != 0) l = i - int64_t(p.window);
-            l = clamp64(l, lo, hi);
-            h = clamp64(h, l, hi);
+            const stag::PosRange keys = stag::visible_positions(p.mode, p.window, i);
+            const int64_t l = clamp64(keys.lo, lo, hi);
+            const int64_t h = clamp64(keys.hi, l, hi);
             klo[a] = int(l);
             khi[a] = int(h);
         }

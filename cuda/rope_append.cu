@@ -88,7 +88,9 @@ __device__ void rope_append_items(const RopeAppendParams &p, uint32_t row, uint3
     T *q = static_cast<T *>(p.q) + size_t(row) * p.q_row_stride;
     T *k = static_cast<T *>(p.k) + size_t(row) * p.k_row_stride;
     const T *v = static_cast<const T *>(p.v) + size_t(row) * p.v_row_stride;
-    const size_t slot_offset = size_t(seq) * p.cache_seq_stride + size_t(pos) * hd;
+    // A ring (sliding-window self cache) keeps position k in slot k mod cache_slots.
+    const uint32_t slot = p.ring != 0 ? pos % p.cache_slots : pos;
+    const size_t slot_offset = size_t(seq) * p.cache_seq_stride + size_t(slot) * hd;
     T *k_slot = static_cast<T *>(p.k_cache) + slot_offset;
     T *v_slot = static_cast<T *>(p.v_cache) + slot_offset;
     const float *cos_row = p.rope_cos + size_t(pos) * half;
@@ -131,8 +133,8 @@ __device__ void rope_append_row(const RopeAppendParams &p) {
     const int32_t pos = p.positions[row];
     // Device-side indices may hold anything: a row that does not name a cache slot and a table
     // row is left alone rather than written out of bounds.
-    if (seq < 0 || uint32_t(seq) >= p.cache_seqs || pos < 0 || uint32_t(pos) >= p.cache_slots ||
-        uint32_t(pos) >= p.table_positions) {
+    if (seq < 0 || uint32_t(seq) >= p.cache_seqs || pos < 0 || p.cache_slots == 0 ||
+        (p.ring == 0 && uint32_t(pos) >= p.cache_slots) || uint32_t(pos) >= p.table_positions) {
         return;
     }
     if (vector_aligned<T>(p)) {

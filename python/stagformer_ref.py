@@ -51,6 +51,10 @@ class Config:
     head_dim: int
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
+    # {"rope_type": ..., scaling fields}: the 4.x `rope_scaling` or the 5.x `rope_parameters`.
+    rope_scaling: Optional[dict] = None
+    # Mistral's `sliding_window` over the self-attention (None: every earlier key).
+    sliding_window: Optional[int] = None
     max_position_embeddings: Optional[int] = None
     tie_word_embeddings: bool = False
     stag_sections: int = 1
@@ -72,7 +76,22 @@ class Config:
             head_dim = hidden // heads
         window = d.get("stag_cross_window")
         eps = d.get("rms_norm_eps")
-        theta = d.get("rope_theta")
+        # transformers 5 nests θ and the scaling in `rope_parameters`; 4.x keeps `rope_theta`
+        # and `rope_scaling` at the top level.
+        params = d.get("rope_parameters") or {}
+        theta = params.get("rope_theta", d.get("rope_theta"))
+        scaling = dict(params or d.get("rope_scaling") or {})
+        if "rope_type" not in scaling and "type" in scaling:
+            scaling["rope_type"] = scaling["type"]
+        scaling.pop("type", None)
+        scaling.pop("rope_theta", None)
+        if scaling.get("rope_type", "default") == "default":
+            scaling = None
+        # MistralConfig's default window is 4096; Llama has none.
+        if d.get("model_type") == "mistral" and "sliding_window" not in d:
+            sliding = 4096
+        else:
+            sliding = d.get("sliding_window")
         cfg = cls(
             vocab_size=int(d["vocab_size"]),
             hidden_size=hidden,
@@ -83,6 +102,8 @@ class Config:
             head_dim=int(head_dim),
             rms_norm_eps=1e-6 if eps is None else float(eps),
             rope_theta=10000.0 if theta is None else float(theta),
+            rope_scaling=scaling,
+            sliding_window=None if sliding is None else int(sliding),
             max_position_embeddings=d.get("max_position_embeddings"),
             tie_word_embeddings=bool(d.get("tie_word_embeddings") or False),
             stag_sections=1 if d.get("stag_sections") is None else int(d["stag_sections"]),
@@ -95,8 +116,10 @@ class Config:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["architectures"] = ["LlamaForCausalLM"]
-        d["model_type"] = "llama"
+        # transformers' Llama has no sliding window; Mistral is Llama with one.
+        mistral = self.sliding_window is not None
+        d["architectures"] = ["MistralForCausalLM" if mistral else "LlamaForCausalLM"]
+        d["model_type"] = "mistral" if mistral else "llama"
         d["hidden_act"] = "silu"
         if d["max_position_embeddings"] is None:
             d["max_position_embeddings"] = 2048
@@ -114,6 +137,11 @@ class Config:
             raise ValueError("num_hidden_layers must be divisible by stag_sections")
         if self.stag_cross_window is not None and self.stag_cross_window < 1:
             raise ValueError("stag_cross_window must be null or >= 1")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError("sliding_window must be null or >= 1")
+        if self.rope_scaling is not None and self.rope_scaling["rope_type"] not in (
+                "linear", "llama3", "dynamic"):
+            raise ValueError(f"rope_type {self.rope_scaling['rope_type']} is not implemented")
 
     @property
     def layers_per_section(self) -> int:
@@ -178,10 +206,49 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(ms + eps) * w
 
 
-def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float):
-    """cos and sin tables [T, head_dim], Hugging Face Llama layout (halves duplicated)."""
+def rope_inv_freq(head_dim: int, theta: float, scaling: Optional[dict] = None,
+                  max_position_embeddings: Optional[int] = None,
+                  seq_len: Optional[int] = None) -> np.ndarray:
+    """inv_freq [head_dim / 2] with the transformers RoPE scaling types (docs/MODEL.md).
+
+    `dynamic` rescales θ only for a sequence longer than max_position_embeddings; `seq_len`
+    defaults to max_position_embeddings, the longest sequence served.
+    """
     half = head_dim // 2
     inv_freq = theta ** (-2.0 * np.arange(half, dtype=np.float64) / head_dim)
+    if scaling is None:
+        return inv_freq
+    kind = scaling["rope_type"]
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor
+    if kind == "dynamic":
+        max_pos = float(max_position_embeddings)
+        L = max_pos if seq_len is None else max(float(seq_len), max_pos)
+        base = theta * ((factor * L / max_pos) - (factor - 1.0)) ** (head_dim / (head_dim - 2))
+        return base ** (-2.0 * np.arange(half, dtype=np.float64) / head_dim)
+    if kind == "llama3":
+        old_len = float(scaling["original_max_position_embeddings"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        wavelen = 2.0 * math.pi / inv_freq
+        smooth = (old_len / wavelen - low) / (high - low)
+        blended = (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
+        out = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return np.where(medium, blended, out)
+    raise ValueError(f"rope_type {kind} is not implemented")
+
+
+def model_inv_freq(cfg: "Config") -> np.ndarray:
+    return rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling,
+                         cfg.max_position_embeddings)
+
+
+def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float,
+                 inv_freq: Optional[np.ndarray] = None):
+    """cos and sin tables [T, head_dim], Hugging Face Llama layout (halves duplicated)."""
+    if inv_freq is None:
+        inv_freq = rope_inv_freq(head_dim, theta)
     angles = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
     angles = np.concatenate([angles, angles], axis=-1)
     return np.cos(angles), np.sin(angles)
@@ -192,9 +259,10 @@ def rotate_half(x: np.ndarray) -> np.ndarray:
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
+def rope(x: np.ndarray, positions: np.ndarray, theta: float,
+         inv_freq: Optional[np.ndarray] = None) -> np.ndarray:
     """Apply RoPE to x [T, n_heads, head_dim] at the given positions [T]."""
-    cos, sin = rope_cos_sin(positions, x.shape[-1], theta)
+    cos, sin = rope_cos_sin(positions, x.shape[-1], theta, inv_freq)
     cos, sin = cos[:, None, :], sin[:, None, :]
     return x * cos + rotate_half(x) * sin
 
@@ -232,10 +300,14 @@ def swiglu(h: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarr
     return (silu(h @ w_gate.T) * (h @ w_up.T)) @ w_down.T
 
 
-def causal_mask(T: int) -> np.ndarray:
+def causal_mask(T: int, window: Optional[int] = None) -> np.ndarray:
+    """Keys k with k <= i, and i - k < W under a sliding window W (Mistral)."""
     i = np.arange(T)[:, None]
     k = np.arange(T)[None, :]
-    return k <= i
+    m = k <= i
+    if window is not None:
+        m &= i - k < window
+    return m
 
 
 def cross_mask(T: int, window: Optional[int], S: Optional[int] = None) -> np.ndarray:
@@ -285,9 +357,10 @@ def self_attention(m: Model, l: int, x: np.ndarray, positions: np.ndarray) -> np
     q = _heads(h @ m[pre + "self_attn.q_proj.weight"].T, cfg.num_attention_heads, cfg.head_dim)
     k = _heads(h @ m[pre + "self_attn.k_proj.weight"].T, cfg.num_key_value_heads, cfg.head_dim)
     v = _heads(h @ m[pre + "self_attn.v_proj.weight"].T, cfg.num_key_value_heads, cfg.head_dim)
-    q = rope(q, positions, cfg.rope_theta)
-    k = rope(k, positions, cfg.rope_theta)
-    o = attention(q, k, v, causal_mask(x.shape[0]))
+    inv_freq = model_inv_freq(cfg)
+    q = rope(q, positions, cfg.rope_theta, inv_freq)
+    k = rope(k, positions, cfg.rope_theta, inv_freq)
+    o = attention(q, k, v, causal_mask(x.shape[0], cfg.sliding_window))
     return o @ m[pre + "self_attn.o_proj.weight"].T
 
 

@@ -61,7 +61,8 @@ typedef struct RmsNormParams {
  *   position; both int32, validated by the host (the kernels still never index out of bounds).
  * - KV caches: element [seq][kv_head][slot][d] at seq * cache_seq_stride +
  *   kv_head * cache_head_stride + slot * head_dim + d, with `cache_slots` slots per head. Self
- *   caches hold position k in slot k; windowed cross caches are rings of cache_slots >= W slots
+ *   caches hold position k in slot k (sliding-window self caches: a ring, slot k mod
+ *   cache_slots); windowed cross caches are rings of cache_slots >= W slots
  *   (slot = k mod cache_slots; the decoder uses W + 1, so the slot the prior section writes at
  *   step i is never one read at step i).
  * - `window` = W, or 0 for unbounded.
@@ -83,9 +84,11 @@ typedef struct EmbeddingParams {
 /* RoPE on q and on the new keys, both in place (prefill attention reads the roped keys from
  * the projection rows), and the append of k (roped) and v into the cache at
  * (seq_slots[r], positions[r]), one pass. cos/sin come from a host-built table
- * [table_positions, head_dim / 2] (angle = position * inv_freq, computed in f64). A row whose
- * seq_slot is outside [0, cache_seqs) or whose position is outside
- * [0, min(cache_slots, table_positions)) is skipped entirely (q included). */
+ * [table_positions, head_dim / 2] (angle = position * inv_freq, computed in f64, RoPE scaling
+ * included). `ring` != 0: the cache is a ring (a sliding-window self cache), position k in slot
+ * k mod cache_slots; else position k in slot k. A row whose seq_slot is outside
+ * [0, cache_seqs), whose position is outside the table, or (dense) outside the cache is skipped
+ * entirely (q included). */
 typedef struct RopeAppendParams {
     void *q;
     void *k;
@@ -108,10 +111,14 @@ typedef struct RopeAppendParams {
     uint32_t cache_slots;
     uint32_t table_positions;
     uint32_t cache_seqs;
+    uint32_t ring;
+    uint32_t reserved;
 } RopeAppendParams;
 
 /* Decode attention of one query row per sequence over its KV cache, split-KV.
- * mode STAG_ATTN_SELF: keys at positions 0..positions[r] (causal).
+ * mode STAG_ATTN_SELF: keys at positions 0..positions[r] (causal); with window W != 0 (a
+ *   sliding window) positions max(0, positions[r] - W + 1)..positions[r], in a ring of
+ *   cache_slots >= W slots (slot = k mod cache_slots).
  * mode STAG_ATTN_CROSS: the staggered cross-attention: memory positions
  *   max(0, positions[r] - W)..positions[r] - 1 (none at position 0: exact zero output).
  * Pass 1 writes per-split f32 partials (running max, sum, unnormalised output) into the
@@ -177,8 +184,10 @@ typedef struct MemoryKvAppendParams {
  * packed row after row: sequence b owns query rows q_offsets[b]..q_offsets[b+1] and key rows
  * k_offsets[b]..k_offsets[b+1]; its first query row is at position q_positions0[b] and key row j
  * at position j (relative to k_offsets[b]).
- * mode STAG_ATTN_SELF: key k visible to query position i when k <= i.
+ * mode STAG_ATTN_SELF: key k visible to query position i when max(0, i - W + 1) <= k <= i
+ *   (W = window; 0 = no sliding window: every k <= i).
  * mode STAG_ATTN_CROSS: when max(0, i - W) <= k <= i - 1 (exact zero output if none).
+ * Both rules are stag::visible_positions (cuda/include/stag_mask.cuh).
  * `q_rows` / `k_rows`: rows the q/out and k/v tensors hold; the kernel clamps every offset into
  * them, so whatever the device arrays hold it never touches a row outside the tensors. */
 typedef struct AttentionPrefillParams {
@@ -293,7 +302,7 @@ STAG_LAYOUT_ASSERT(offsetof(RmsNormParams, eps) == 64, "RmsNormParams.eps");
 STAG_LAYOUT_ASSERT(offsetof(RmsNormParams, reserved) == 68, "RmsNormParams.reserved");
 
 STAG_LAYOUT_ASSERT(sizeof(EmbeddingParams) == 40, "EmbeddingParams size");
-STAG_LAYOUT_ASSERT(sizeof(RopeAppendParams) == 120, "RopeAppendParams size");
+STAG_LAYOUT_ASSERT(sizeof(RopeAppendParams) == 128, "RopeAppendParams size");
 STAG_LAYOUT_ASSERT(sizeof(AttentionDecodeParams) == 128, "AttentionDecodeParams size");
 STAG_LAYOUT_ASSERT(sizeof(MemoryKvAppendParams) == 88, "MemoryKvAppendParams size");
 STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 112, "AttentionPrefillParams size");

@@ -168,9 +168,11 @@ impl Default for EmbeddingParams {
 /** RoPE on q and on the new keys, both in place (prefill attention reads the roped keys from
  the projection rows), and the append of k (roped) and v into the cache at
  (seq_slots[r], positions[r]), one pass. cos/sin come from a host-built table
- [table_positions, head_dim / 2] (angle = position * inv_freq, computed in f64). A row whose
- seq_slot is outside [0, cache_seqs) or whose position is outside
- [0, min(cache_slots, table_positions)) is skipped entirely (q included).*/
+ [table_positions, head_dim / 2] (angle = position * inv_freq, computed in f64, RoPE scaling
+ included). `ring` != 0: the cache is a ring (a sliding-window self cache), position k in slot
+ k mod cache_slots; else position k in slot k. A row whose seq_slot is outside
+ [0, cache_seqs), whose position is outside the table, or (dense) outside the cache is skipped
+ entirely (q included).*/
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct RopeAppendParams {
@@ -195,10 +197,12 @@ pub struct RopeAppendParams {
     pub cache_slots: u32,
     pub table_positions: u32,
     pub cache_seqs: u32,
+    pub ring: u32,
+    pub reserved: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of RopeAppendParams"][::core::mem::size_of::<RopeAppendParams>() - 120usize];
+    ["Size of RopeAppendParams"][::core::mem::size_of::<RopeAppendParams>() - 128usize];
     [
         "Alignment of RopeAppendParams",
     ][::core::mem::align_of::<RopeAppendParams>() - 8usize];
@@ -265,6 +269,12 @@ const _: () = {
     [
         "Offset of field: RopeAppendParams::cache_seqs",
     ][::core::mem::offset_of!(RopeAppendParams, cache_seqs) - 116usize];
+    [
+        "Offset of field: RopeAppendParams::ring",
+    ][::core::mem::offset_of!(RopeAppendParams, ring) - 120usize];
+    [
+        "Offset of field: RopeAppendParams::reserved",
+    ][::core::mem::offset_of!(RopeAppendParams, reserved) - 124usize];
 };
 impl Default for RopeAppendParams {
     fn default() -> Self {
@@ -495,8 +505,10 @@ impl Default for MemoryKvAppendParams {
  packed row after row: sequence b owns query rows q_offsets[b]..q_offsets[b+1] and key rows
  k_offsets[b]..k_offsets[b+1]; its first query row is at position q_positions0[b] and key row j
  at position j (relative to k_offsets[b]).
- mode STAG_ATTN_SELF: key k visible to query position i when k <= i.
+ mode STAG_ATTN_SELF: key k visible to query position i when max(0, i - W + 1) <= k <= i
+   (W = window; 0 = no sliding window: every k <= i).
  mode STAG_ATTN_CROSS: when max(0, i - W) <= k <= i - 1 (exact zero output if none).
+ Both rules are stag::visible_positions (cuda/include/stag_mask.cuh).
  `q_rows` / `k_rows`: rows the q/out and k/v tensors hold; the kernel clamps every offset into
  them, so whatever the device arrays hold it never touches a row outside the tensors.*/
 #[repr(C)]

@@ -7,6 +7,8 @@
 //! `h / (heads / kv_heads)`.
 //!
 //! * [`DecodeMask::SelfCausal`]: keys at positions `0..=pos` (position `k` in slot `k`).
+//! * [`DecodeMask::SelfSliding`]: keys at positions `max(0, pos − W + 1)..=pos` (Mistral's
+//!   sliding window), held in a ring of `cache_slots ≥ W` slots (slot `k mod cache_slots`).
 //! * [`DecodeMask::Cross`]: memory positions `max(0, pos − W)..pos` (exclusive of `pos`: the
 //!   staggered section sees the memory one step behind) held in a ring of `cache_slots ≥ W`
 //!   slots (slot `k mod cache_slots`), or `0..pos` in slot `k` when unbounded. At `pos = 0` the
@@ -121,6 +123,9 @@ impl AttentionElem for bf16 {}
 pub enum DecodeMask {
     /// Causal self-attention: positions `0..=pos`, position `k` in slot `k`.
     SelfCausal,
+    /// Causal self-attention over a sliding window: positions `max(0, pos − W + 1)..=pos` in a
+    /// ring of `cache_slots` slots, slot `k mod cache_slots` (`1 ≤ window ≤ cache_slots`).
+    SelfSliding { window: usize },
     /// The staggered cross-attention: memory positions `max(0, pos − W)..pos` in a ring of
     /// `cache_slots` slots, slot `k mod cache_slots` (`window: Some(W)`, `1 ≤ W ≤ cache_slots`;
     /// `W + 1` slots let the next memory be written during the step), or `0..pos` in slot `k`
@@ -333,6 +338,7 @@ pub fn attention_decode<T: AttentionElem>(
 
     let (mode, window) = match mask {
         DecodeMask::SelfCausal => (STAG_ATTN_SELF, 0),
+        DecodeMask::SelfSliding { window } => (STAG_ATTN_SELF, window),
         DecodeMask::Cross { window } => (STAG_ATTN_CROSS, window.unwrap_or(0)),
     };
     let params = AttentionDecodeParams {
@@ -419,7 +425,7 @@ pub fn plan_splits(
         _ => 8,
     };
     let capacity = match mask {
-        DecodeMask::Cross { window: Some(w) } => w,
+        DecodeMask::Cross { window: Some(w) } | DecodeMask::SelfSliding { window: w } => w,
         _ => layout.cache_slots,
     };
     let max_keys = layout.max_keys.unwrap_or(capacity).clamp(1, capacity);
@@ -555,7 +561,7 @@ fn check_layout(layout: &DecodeLayout, mask: DecodeMask) -> Result<Checked> {
     }
     match mask {
         DecodeMask::SelfCausal | DecodeMask::Cross { window: None } => {}
-        DecodeMask::Cross { window: Some(w) } => {
+        DecodeMask::Cross { window: Some(w) } | DecodeMask::SelfSliding { window: w } => {
             if w == 0 || w > l.cache_slots {
                 return Err(DeviceError::invalid(
                     "window",

@@ -20,6 +20,8 @@
 //! # Masks
 //!
 //! * [`PrefillMask::Causal`]: query position `i` sees keys `0..=i`.
+//! * [`PrefillMask::SlidingCausal`]: query position `i` sees keys `max(0, i − W + 1) ..= i`
+//!   (Mistral's sliding window).
 //! * [`PrefillMask::StaggeredCross`]: query position `i` sees the memory positions
 //!   `max(0, i − W) ..= i − 1` (`W` unbounded for `window: None`). A query that sees nothing
 //!   (position 0) gets an exact zero output row.
@@ -209,7 +211,10 @@ impl PrefillBatch {
     /// Checks that every query's visible keys exist: causal needs keys up to the last query's
     /// position, the staggered cross mask up to the one before it.
     fn check_keys_cover(&self, mask: PrefillMask) -> Result<()> {
-        let needs_own = matches!(mask, PrefillMask::Causal);
+        let needs_own = matches!(
+            mask,
+            PrefillMask::Causal | PrefillMask::SlidingCausal { .. }
+        );
         for (b, ((&nq, &nk), &p0)) in self
             .q_lens
             .iter()
@@ -303,6 +308,8 @@ impl RowStrides {
 pub enum PrefillMask {
     /// Query position `i` sees keys `0..=i`.
     Causal,
+    /// Query position `i` sees keys `max(0, i − W + 1) ..= i` (`window` = W ≥ 1).
+    SlidingCausal { window: usize },
     /// Query position `i` sees memory positions `max(0, i − W) ..= i − 1`; `window: None` is
     /// unbounded. `Some(0)` is rejected.
     StaggeredCross { window: Option<usize> },
@@ -312,6 +319,7 @@ impl PrefillMask {
     fn name(self) -> &'static str {
         match self {
             PrefillMask::Causal => "causal",
+            PrefillMask::SlidingCausal { .. } => "sliding-window causal",
             PrefillMask::StaggeredCross { .. } => "staggered cross",
         }
     }
@@ -362,18 +370,19 @@ pub fn attention_prefill<T: PrefillElem>(
         head_dim,
     } = cfg.shape;
     check_heads(cfg.shape)?;
+    let checked_window = |w: usize| {
+        u32::try_from(w).ok().filter(|&w| w >= 1).ok_or_else(|| {
+            DeviceError::invalid(
+                "window",
+                format!("{w} must be 1 ..= 2^32 - 1 (None for unbounded)"),
+            )
+        })
+    };
     let (mode, window) = match cfg.mask {
         PrefillMask::Causal => (STAG_ATTN_SELF, 0u32),
+        PrefillMask::SlidingCausal { window } => (STAG_ATTN_SELF, checked_window(window)?),
         PrefillMask::StaggeredCross { window: None } => (STAG_ATTN_CROSS, 0),
-        PrefillMask::StaggeredCross { window: Some(w) } => {
-            let w = u32::try_from(w).ok().filter(|&w| w >= 1).ok_or_else(|| {
-                DeviceError::invalid(
-                    "window",
-                    format!("{w} must be 1 ..= 2^32 - 1 (None for unbounded)"),
-                )
-            })?;
-            (STAG_ATTN_CROSS, w)
-        }
+        PrefillMask::StaggeredCross { window: Some(w) } => (STAG_ATTN_CROSS, checked_window(w)?),
     };
     if !(cfg.scale.is_finite() && cfg.scale > 0.0) {
         return Err(DeviceError::invalid(

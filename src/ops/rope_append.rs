@@ -47,29 +47,58 @@ fn kernel_for<T: NormElem>() -> &'static Kernel<RopeAppendParams> {
 /// The cos and sin of every RoPE angle `position · inv_freq[m]`, `[positions, head_dim / 2]` f32
 /// each, on the device.
 ///
-/// `inv_freq[m] = θ^(−2m / head_dim)` and the angle are computed in f64 and only their sine and
-/// cosine rounded to f32, as `stagformer_ref::ops::rope_inplace` does.
+/// The frequencies (`inv_freq[m] = θ^(−2m / head_dim)`, or a scaled set) and the angles are in
+/// f64 and only their sine and cosine rounded to f32, as `stagformer_ref::ops::rope_inplace`
+/// does.
 pub struct RopeTable {
     cos: DeviceBuffer<f32>,
     sin: DeviceBuffer<f32>,
     head_dim: usize,
     positions: usize,
-    theta: f64,
 }
 
 impl RopeTable {
-    /// Builds the table for positions `0..positions` on the host and uploads it on `stream`.
+    /// The unscaled table (`inv_freq[m] = θ^(−2m / head_dim)`) for positions `0..positions`,
+    /// built on the host and uploaded on `stream`.
     pub fn new(stream: &Stream, head_dim: usize, theta: f64, positions: usize) -> Result<Self> {
+        if !(theta.is_finite() && theta > 0.0) {
+            return Err(DeviceError::invalid(
+                "theta",
+                format!("{theta} must be finite and > 0"),
+            ));
+        }
+        let half = head_dim / 2;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|m| theta.powf(-2.0 * m as f64 / head_dim as f64))
+            .collect();
+        Self::from_inv_freq(stream, head_dim, &inv_freq, positions)
+    }
+
+    /// The table of the frequencies `inv_freq` (`head_dim / 2` of them, RoPE scaling already
+    /// applied: `stagformer_ref::Config::rope_inv_freq`), for positions `0..positions`.
+    pub fn from_inv_freq(
+        stream: &Stream,
+        head_dim: usize,
+        inv_freq: &[f64],
+        positions: usize,
+    ) -> Result<Self> {
         if head_dim < 2 || head_dim % 2 != 0 {
             return Err(DeviceError::invalid(
                 "head_dim",
                 format!("{head_dim} must be even and at least 2"),
             ));
         }
-        if !(theta.is_finite() && theta > 0.0) {
+        if inv_freq.len() != head_dim / 2 {
+            return Err(DeviceError::LengthMismatch {
+                arg: "inv_freq",
+                expected: head_dim / 2,
+                found: inv_freq.len(),
+            });
+        }
+        if let Some(bad) = inv_freq.iter().find(|f| !f.is_finite()) {
             return Err(DeviceError::invalid(
-                "theta",
-                format!("{theta} must be finite and > 0"),
+                "inv_freq",
+                format!("{bad} is not finite"),
             ));
         }
         if positions == 0 {
@@ -80,13 +109,10 @@ impl RopeTable {
             .checked_mul(half)
             .filter(|&n| n <= MAX_EXTENT && positions <= MAX_EXTENT)
             .ok_or_else(|| DeviceError::overflow("positions", "positions × head_dim / 2"))?;
-        let inv_freq: Vec<f64> = (0..half)
-            .map(|m| theta.powf(-2.0 * m as f64 / head_dim as f64))
-            .collect();
         let mut cos = Vec::with_capacity(positions * half);
         let mut sin = Vec::with_capacity(positions * half);
         for pos in 0..positions {
-            for &f in &inv_freq {
+            for &f in inv_freq {
                 let angle = pos as f64 * f;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
@@ -97,7 +123,6 @@ impl RopeTable {
             sin: DeviceBuffer::from_host(stream, &sin)?,
             head_dim,
             positions,
-            theta,
         })
     }
 
@@ -108,10 +133,6 @@ impl RopeTable {
     /// Positions the table covers (`0..positions()`).
     pub fn positions(&self) -> usize {
         self.positions
-    }
-
-    pub fn theta(&self) -> f64 {
-        self.theta
     }
 
     /// cos of the angles, `[positions, head_dim / 2]`.
@@ -149,6 +170,11 @@ impl HeadShape {
 /// `seq · seq_stride + kv_head · head_stride + slot · head_dim + d`, for `seqs` sequences,
 /// `kv_heads` heads and `slots` slots per head. The strides may pad, but distinct elements must
 /// not share an address.
+///
+/// `ring`: position `k` lives in slot `k mod slots` (a sliding-window self cache, whose
+/// attention reads only the last W ≤ slots positions), instead of slot `k`. [`rope_append`]
+/// honours it; the cross caches of `memory_kv_append` carry their ring modulus in
+/// `CrossCaches::window` instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvCacheLayout {
     pub seqs: usize,
@@ -157,6 +183,7 @@ pub struct KvCacheLayout {
     pub head_dim: usize,
     pub seq_stride: usize,
     pub head_stride: usize,
+    pub ring: bool,
 }
 
 impl KvCacheLayout {
@@ -171,6 +198,21 @@ impl KvCacheLayout {
             head_dim,
             seq_stride: kv_heads.saturating_mul(head_stride),
             head_stride,
+            ring: false,
+        }
+    }
+
+    /// The same layout as a ring: position `k` in slot `k mod slots`.
+    pub fn into_ring(self) -> Self {
+        KvCacheLayout { ring: true, ..self }
+    }
+
+    /// The slot position `pos` is written to.
+    pub fn slot_of(&self, pos: usize) -> usize {
+        if self.ring && self.slots > 0 {
+            pos % self.slots
+        } else {
+            pos
         }
     }
 
@@ -285,6 +327,8 @@ pub fn rope_append<T: NormElem>(
         cache_slots: layout.slots as u32,
         table_positions: table.positions as u32,
         cache_seqs: layout.seqs as u32,
+        ring: layout.ring as u32,
+        reserved: 0,
     };
     let mut retained = retained_qkv;
     retained.extend([
@@ -332,10 +376,14 @@ pub fn rope_append_host_rows<T: NormElem>(
     check_cache(&cache.layout, shape, cache.k.len(), cache.v.len())?;
     check_qkv(&qkv, shape, seq_slots.len())?;
     let layout = cache.layout;
-    let limit = layout.slots.min(table.positions);
+    let limit = if layout.ring {
+        table.positions
+    } else {
+        layout.slots.min(table.positions)
+    };
     check_host_rows(seq_slots, positions, layout.seqs, |pos| {
         if pos < limit {
-            Ok(pos)
+            Ok(layout.slot_of(pos))
         } else {
             Err(format!(
                 "lies outside the cache ({} slots) or the RoPE table ({} positions)",

@@ -11,7 +11,9 @@
 //! generic kernels), caches holding more sequences than there are rows in a permuted order,
 //! misaligned and strided views (the kernels' element-wise path), a split hint shorter than
 //! the rows (the last split takes the excess), and rows whose slot or position lies outside
-//! the caches (they must read nothing and come out zero).
+//! the caches (they must read nothing and come out zero). Sliding-window self rows (Mistral:
+//! positions max(0, pos − W + 1)..=pos in a ring of cache_slots ≥ W) cover windows 1/4/300
+//! before, at and far past the window.
 //!
 //! Tolerances: f32 1e-10. The kernel's f32 dot products, exp2 and sums against the f64
 //! reference leave relative errors of order 1e-7 on every output (NMSE ~1e-13), well inside.
@@ -93,6 +95,10 @@ fn cross(window: Option<usize>) -> DecodeMask {
     DecodeMask::Cross { window }
 }
 
+fn sliding(window: usize) -> DecodeMask {
+    DecodeMask::SelfSliding { window }
+}
+
 fn specs() -> Vec<Spec> {
     let mut specs = vec![
         // Self-attention: MHA, ragged batch including position 0 (one key).
@@ -168,6 +174,23 @@ fn specs() -> Vec<Spec> {
         Spec::new("cross w3 hd80 g8", 8, 1, 80)
             .rows(&[0, 3, 4, 10], 3)
             .mask(cross(Some(3))),
+        // Sliding-window self-attention (Mistral): positions 0, W − 1, W, W + 1 and far past
+        // it, in a ring of exactly W slots and in the decoder's longer ring.
+        Spec::new("self sliding w4 g2", 4, 2, 64)
+            .rows(&[0, 3, 4, 5, 77], 4)
+            .mask(sliding(4)),
+        Spec::new("self sliding w4 ring7 hd24 g3", 6, 2, 24)
+            .rows(&[2, 4, 6, 7, 40], 7)
+            .mask(sliding(4)),
+        Spec::new("self sliding w1 g4 hd128", 8, 2, 128)
+            .rows(&[0, 1, 9], 1)
+            .mask(sliding(1)),
+        Spec {
+            min_splits: 4,
+            ..Spec::new("self sliding w300 g8", 8, 1, 128)
+                .rows(&[299, 300, 1000], 555)
+                .mask(sliding(300))
+        },
     ];
     // Rows whose sequence slot or position lies outside the caches read nothing and give zeros.
     let mut invalid = Spec::new("self out-of-range rows g2", 4, 2, 64).rows(&[3, 0, 7, 9], 8);
@@ -212,6 +235,9 @@ fn visible_slots(spec: &Spec, seq: i32, pos: i32) -> Vec<usize> {
     let pos = pos as usize;
     match spec.mask {
         DecodeMask::SelfCausal if pos < spec.cache_slots => (0..=pos).collect(),
+        DecodeMask::SelfSliding { window: w } => ((pos + 1).saturating_sub(w)..=pos)
+            .map(|k| k % spec.cache_slots)
+            .collect(),
         DecodeMask::Cross { window: None } if pos <= spec.cache_slots => (0..pos).collect(),
         DecodeMask::Cross { window: Some(w) } => (pos.saturating_sub(w)..pos)
             .map(|k| k % spec.cache_slots)

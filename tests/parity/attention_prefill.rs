@@ -1,7 +1,7 @@
 //! Rows for `attention_prefill` (cuda/attention_prefill.cu): causal self-attention and the
 //! staggered cross mask over ragged batches, against `stagformer_ref::ops::attention_row`
-//! evaluated per query row over that row's visible keys (causal `0..=i`, cross
-//! `max(0, i − W)..i`).
+//! evaluated per query row over that row's visible keys (causal `0..=i`, sliding-window causal
+//! `max(0, i − W + 1)..=i`, cross `max(0, i − W)..i`).
 //!
 //! Coverage: single sequences of 1, 7, 64 and 130 rows (130: a partial last query tile and
 //! several key tiles); a ragged batch of three prompts; cross windows none/1/3 with P > W and
@@ -65,6 +65,11 @@ impl Spec {
         self
     }
 
+    fn sliding(mut self, window: usize) -> Self {
+        self.mask = PrefillMask::SlidingCausal { window };
+        self
+    }
+
     fn fused(mut self) -> Self {
         self.fused = true;
         self
@@ -73,6 +78,7 @@ impl Spec {
     fn label(&self, dtype: &str) -> String {
         let mask = match self.mask {
             PrefillMask::Causal => "causal".to_string(),
+            PrefillMask::SlidingCausal { window } => format!("sliding W={window}"),
             PrefillMask::StaggeredCross { window: None } => "cross W=none".to_string(),
             PrefillMask::StaggeredCross { window: Some(w) } => format!("cross W={w}"),
         };
@@ -94,6 +100,7 @@ impl Spec {
         let i = self.positions0[b] + r;
         match self.mask {
             PrefillMask::Causal => 0..i + 1,
+            PrefillMask::SlidingCausal { window } => (i + 1).saturating_sub(window)..i + 1,
             PrefillMask::StaggeredCross { window } => window.map_or(0, |w| i.saturating_sub(w))..i,
         }
     }
@@ -141,6 +148,23 @@ pub fn cases() -> Vec<Case> {
     };
     both(chunked.clone());
     both(chunked.cross(Some(5)));
+    // Sliding-window self-attention (Mistral): windows 1, 4 and one tile wide, GQA, generic
+    // head dims, fused rows, continued chunks, a long prompt (tiles before the window skipped).
+    both(Spec::prompts(&[9, 3], 2, 1, 64).sliding(1));
+    both(Spec::prompts(&[70, 5], 4, 2, 64).sliding(4));
+    both(Spec::prompts(&[130], 8, 2, 128).sliding(64));
+    both(Spec::prompts(&[40], 3, 1, 24).sliding(7));
+    both(Spec::prompts(&[23, 12], 4, 4, 24).sliding(5).fused());
+    both(
+        Spec {
+            q_lens: vec![20, 7],
+            k_lens: vec![50, 16],
+            positions0: vec![30, 9],
+            ..Spec::prompts(&[], 4, 2, 64)
+        }
+        .sliding(6),
+    );
+    specs.push((Spec::prompts(&[600], 1, 1, 64).sliding(40), false));
     // A long sequence with one head: most key tiles lie outside the window.
     specs.push((Spec::prompts(&[600], 1, 1, 64), false));
     specs.push((Spec::prompts(&[600], 1, 1, 64).cross(Some(40)), true));

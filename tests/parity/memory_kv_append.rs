@@ -231,6 +231,7 @@ fn run_append<T: Float + NormElem>(
         head_dim: hd,
         head_stride,
         seq_stride: s.kv_heads * head_stride + s.cache_pad,
+        ring: false,
     };
     let layer_stride = layout.required_len()? + s.layer_pad;
     let cross = CrossCaches {

@@ -16,6 +16,7 @@ use stagformer_kernels::ops::rope_append::{
     rope_append, rope_append_host_rows, HeadShape, KvCacheLayout, KvCacheMut, QkvRows, RopeTable,
 };
 use stagformer_ref::ops as reference;
+use stagformer_ref::RopeScaling;
 
 use crate::embedding::random_indices;
 use crate::table::{stored, widen, widen_f32, Case, Compared, Float, Inputs};
@@ -60,6 +61,10 @@ struct Spec {
     unaligned: bool,
     /// Indices go through `rope_append_host_rows` (after its refusals are checked).
     host_rows: bool,
+    /// The cache is a ring (position k in slot k mod slots): positions range over the table.
+    ring: bool,
+    /// RoPE scaling of the table's frequencies (`RopeTable::from_inv_freq`).
+    scaling: RopeScaling,
 }
 
 const BASE: Spec = Spec {
@@ -75,6 +80,8 @@ const BASE: Spec = Spec {
     cache_pad: 0,
     unaligned: false,
     host_rows: false,
+    ring: false,
+    scaling: RopeScaling::Default,
 };
 
 fn specs() -> Vec<Spec> {
@@ -142,6 +149,38 @@ fn specs() -> Vec<Spec> {
             unaligned: true,
             ..BASE
         },
+        // A sliding-window ring: positions up to 3× the slots wrap (slot = position mod
+        // slots), llama3-scaled frequencies, GQA 2, host indices.
+        Spec {
+            kv_heads: 2,
+            seqs: 5,
+            slots: 6,
+            table_positions: 18,
+            theta: 500_000.0,
+            rows: Rows::Decode { batch: 4 },
+            host_rows: true,
+            ring: true,
+            scaling: RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8,
+            },
+            ..BASE
+        },
+        // A ring with linear scaling, device indices, hd 24; a prefill shorter than the ring.
+        Spec {
+            heads: 8,
+            kv_heads: 1,
+            head_dim: 24,
+            seqs: 2,
+            slots: 9,
+            table_positions: 30,
+            rows: Rows::Prefill { len: 9 },
+            ring: true,
+            scaling: RopeScaling::Linear { factor: 4.0 },
+            ..BASE
+        },
         // Device indices outside the caches and the table (the table is shorter than the
         // cache): those rows are skipped.
         Spec {
@@ -189,7 +228,31 @@ fn case_name(dtype: &str, s: &Spec) -> String {
     if s.host_rows {
         name += " host rows";
     }
+    if s.ring {
+        name += &format!(" ring of {}", s.slots);
+    }
+    if s.scaling != RopeScaling::Default {
+        name += &format!(" {}", s.scaling.rope_type());
+    }
     name
+}
+
+/// Positions a row may use: the cache and the table, or only the table for a ring.
+fn position_limit(s: &Spec) -> usize {
+    if s.ring {
+        s.table_positions
+    } else {
+        s.slots.min(s.table_positions)
+    }
+}
+
+/// The frequencies the case's table is built from: the building block's own for unscaled
+/// RoPE, else the reference's scaled set.
+fn inv_freq(s: &Spec) -> Vec<f64> {
+    match s.scaling {
+        RopeScaling::Default => reference::rope_inv_freq(s.head_dim, s.theta),
+        scaling => scaling.inv_freq(s.head_dim, s.theta, s.table_positions),
+    }
 }
 
 /// A random order of `0..n`.
@@ -202,7 +265,7 @@ pub fn permutation(inputs: &mut Inputs, n: usize) -> Vec<usize> {
 
 /// Device indices (sequence slot, position) of the case's rows, possibly out of range.
 fn row_indices(inputs: &mut Inputs, s: &Spec) -> (Vec<i64>, Vec<i64>) {
-    let limit = s.slots.min(s.table_positions);
+    let limit = position_limit(s);
     match s.rows {
         Rows::Decode { batch } => {
             // Distinct sequences, so that no two rows write one cache slot.
@@ -300,7 +363,7 @@ type Place = (usize, usize, usize);
 
 /// Checks the device table against the reference's f64 angles, bit for bit.
 fn check_table(stream: &Stream, table: &RopeTable, s: &Spec) -> anyhow::Result<()> {
-    let inv_freq = reference::rope_inv_freq(s.head_dim, s.theta);
+    let inv_freq = inv_freq(s);
     let cos = table.cos().to_host(stream)?;
     let sin = table.sin().to_host(stream)?;
     let half = s.head_dim / 2;
@@ -368,6 +431,7 @@ fn run_rope<T: Float + NormElem>(
         head_dim: hd,
         head_stride: s.slots * hd + s.cache_pad,
         seq_stride: s.kv_heads * (s.slots * hd + s.cache_pad) + s.cache_pad,
+        ring: s.ring,
     };
     let cache_len = layout.required_len()?;
     let (k_sentinel, _) = stored::<T>(&inputs.normal(cache_len, 0.0, 1.0));
@@ -377,8 +441,8 @@ fn run_rope<T: Float + NormElem>(
     let mut want_ops: Vec<Expect<T>> = buffers.iter().map(|b| Expect::new(b)).collect();
     let mut want_k = Expect::new(&k_sentinel);
     let mut want_v = Expect::new(&v_sentinel);
-    let inv_freq = reference::rope_inv_freq(hd, s.theta);
-    let limit = s.slots.min(s.table_positions) as i64;
+    let inv_freq = inv_freq(s);
+    let limit = position_limit(s) as i64;
     for r in 0..rows {
         let (seq, pos) = (seq_slots[r], positions[r]);
         if !(0..s.seqs as i64).contains(&seq) || !(0..limit).contains(&pos) {
@@ -405,7 +469,8 @@ fn run_rope<T: Float + NormElem>(
             }
         }
         for kh in 0..s.kv_heads {
-            let base = seq * layout.seq_stride + kh * layout.head_stride + pos * hd;
+            let slot = if s.ring { pos % s.slots } else { pos };
+            let base = seq * layout.seq_stride + kh * layout.head_stride + slot * hd;
             for d in 0..hd {
                 want_k.set(base + d, k[kh * hd + d]);
                 want_v.set(base + d, v[kh * hd + d]);
@@ -414,7 +479,10 @@ fn run_rope<T: Float + NormElem>(
     }
 
     // The device run.
-    let table = RopeTable::new(stream, hd, s.theta, s.table_positions)?;
+    let table = match s.scaling {
+        RopeScaling::Default => RopeTable::new(stream, hd, s.theta, s.table_positions)?,
+        _ => RopeTable::from_inv_freq(stream, hd, &inv_freq, s.table_positions)?,
+    };
     check_table(stream, &table, s)?;
     let mut op_dev: Vec<DeviceBuffer<T>> = buffers
         .iter()
@@ -500,7 +568,8 @@ fn check_host_refusals<T: Float + NormElem>(
         kv_heads: s.kv_heads,
         head_dim: hd,
     };
-    let layout = KvCacheLayout::dense(s.seqs, s.kv_heads, s.slots, hd);
+    let mut layout = KvCacheLayout::dense(s.seqs, s.kv_heads, s.slots, hd);
+    layout.ring = s.ring;
     let len = layout.required_len()?;
     let mut q =
         DeviceBuffer::<T>::from_host(stream, &vec![T::from_f32(1.0); rows * shape.q_dim()])?;
@@ -510,7 +579,7 @@ fn check_host_refusals<T: Float + NormElem>(
     let mut k_cache = DeviceBuffer::<T>::from_host(stream, &vec![T::from_f32(2.0); len])?;
     let mut v_cache = DeviceBuffer::<T>::from_host(stream, &vec![T::from_f32(2.0); len])?;
     let last = rows - 1;
-    let limit = s.slots.min(s.table_positions) as u32;
+    let limit = position_limit(s) as u32;
     let mut too_far = positions.to_vec();
     too_far[last] = limit;
     let mut bad_seq = seq_slots.to_vec();

@@ -369,6 +369,8 @@ fn score_on_emu_matches_cpu_over_the_variant_matrix() {
                     head_dim: 8,
                     rms_norm_eps: 1e-6,
                     rope_theta: 10000.0,
+                    rope_scaling: stagformer_ref::RopeScaling::Default,
+                    sliding_window: None,
                     max_position_embeddings: 64,
                     tie_word_embeddings: n % 3 == 0,
                     stag_sections: sections,

@@ -1,13 +1,18 @@
-//! `config.json`: the Llama fields plus the `stag_*` fields of the model contract (docs/MODEL.md).
+//! `config.json`: the Llama / Mistral fields plus the `stag_*` fields of the model contract
+//! (docs/MODEL.md), in the layouts Hugging Face `transformers` 4.x and 5.x write.
 //!
 //! Parsed field by field from a JSON object (not through a derive) so that every error names the
-//! field at fault. Unknown fields are ignored, as Hugging Face configs carry many.
+//! field at fault. A field this implementation does not know is refused unless it is on the list
+//! of fields known not to change the math ([`config_keys`](crate::config_keys)): a config that
+//! loads computes what transformers would compute, or it does not load.
 
 use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use crate::config_keys;
 use crate::error::ConfigError;
+use crate::rope::RopeScaling;
 
 /// A validated model configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +26,11 @@ pub struct Config {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// How the RoPE frequencies derive from θ (`rope_scaling`, or `rope_parameters.rope_type`).
+    pub rope_scaling: RopeScaling,
+    /// Sliding window W of the self-attention (Mistral's `sliding_window`): position i sees
+    /// keys max(0, i − W + 1)..=i; `None` = every earlier key.
+    pub sliding_window: Option<usize>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// p: number of sections.
@@ -50,11 +60,13 @@ impl Config {
     /// Validates a parsed `config.json`.
     pub fn from_json(value: &Value) -> Result<Self, ConfigError> {
         let obj = value.as_object().ok_or_else(|| ConfigError::InvalidField {
-            field: "(root)",
+            field: "(root)".into(),
             value: short(value),
             reason: "config.json must hold a JSON object".into(),
         })?;
-        reject_unsupported(obj)?;
+        let family = config_keys::check(obj)?;
+        let (rope_theta, rope_scaling) = config_keys::rope(obj)?;
+        let sliding_window = config_keys::sliding_window(obj, family)?;
         let hidden_size = req_usize(obj, "hidden_size")?;
         let num_attention_heads = req_usize(obj, "num_attention_heads")?;
         let num_key_value_heads =
@@ -80,7 +92,9 @@ impl Config {
             num_key_value_heads,
             head_dim,
             rms_norm_eps: opt_f64(obj, "rms_norm_eps")?.unwrap_or(1e-6),
-            rope_theta: opt_f64(obj, "rope_theta")?.unwrap_or(10000.0),
+            rope_theta,
+            rope_scaling,
+            sliding_window,
             max_position_embeddings: req_usize(obj, "max_position_embeddings")?,
             tie_word_embeddings: opt_bool(obj, "tie_word_embeddings")?.unwrap_or(false),
             stag_sections: opt_usize(obj, "stag_sections")?.unwrap_or(1),
@@ -110,15 +124,15 @@ impl Config {
                 return Err(invalid(field, value, "must be at least 1"));
             }
         }
-        if let Some(w) = self.stag_cross_window {
-            if w == 0 {
-                return Err(invalid(
-                    "stag_cross_window",
-                    w,
-                    "must be null or at least 1",
-                ));
+        for (field, window) in [
+            ("stag_cross_window", self.stag_cross_window),
+            ("sliding_window", self.sliding_window),
+        ] {
+            if window == Some(0) {
+                return Err(invalid(field, 0, "must be null or at least 1"));
             }
         }
+        config_keys::validate_scaling(&self.rope_scaling)?;
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
             return Err(invalid(
                 "rms_norm_eps",
@@ -188,6 +202,19 @@ impl Config {
         self.num_hidden_layers
     }
 
+    /// inv_freq[m] (m < head_dim / 2) of this model's RoPE, scaling applied: the one source of
+    /// the frequencies for the reference and the kernel decoder alike.
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        self.rope_scaling
+            .inv_freq(self.head_dim, self.rope_theta, self.max_position_embeddings)
+    }
+
+    /// First key position that self-attention at position i sees: max(0, i − W + 1) with a
+    /// sliding window W, else 0.
+    pub fn self_window_start(&self, i: usize) -> usize {
+        self.sliding_window.map_or(0, |w| (i + 1).saturating_sub(w))
+    }
+
     /// H · head_dim, the width of q and of the attention output.
     pub fn q_dim(&self) -> usize {
         self.num_attention_heads * self.head_dim
@@ -227,6 +254,8 @@ impl Config {
             "head_dim": self.head_dim,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
+            "rope_scaling": config_keys::scaling_to_json(&self.rope_scaling),
+            "sliding_window": self.sliding_window,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "stag_sections": self.stag_sections,
@@ -237,33 +266,7 @@ impl Config {
     }
 }
 
-/// Llama options whose math this contract does not define: refuse rather than compute wrongly.
-fn reject_unsupported(obj: &Map<String, Value>) -> Result<(), ConfigError> {
-    let unsupported = |field: &'static str, value: &Value| ConfigError::Unsupported {
-        field,
-        value: short(value),
-    };
-    if let Some(v) = obj.get("hidden_act") {
-        if v.as_str() != Some("silu") {
-            return Err(unsupported("hidden_act", v));
-        }
-    }
-    for field in ["attention_bias", "mlp_bias"] {
-        if let Some(v) = obj.get(field) {
-            if v.as_bool() == Some(true) {
-                return Err(unsupported(field, v));
-            }
-        }
-    }
-    if let Some(v) = obj.get("rope_scaling") {
-        if !v.is_null() {
-            return Err(unsupported("rope_scaling", v));
-        }
-    }
-    Ok(())
-}
-
-fn short(value: &Value) -> String {
+pub(crate) fn short(value: &Value) -> String {
     let mut s = value.to_string();
     if s.len() > 60 {
         s.truncate(57);
@@ -272,16 +275,19 @@ fn short(value: &Value) -> String {
     s
 }
 
-fn invalid(field: &'static str, value: impl ToString, reason: &str) -> ConfigError {
+pub(crate) fn invalid(field: &str, value: impl ToString, reason: &str) -> ConfigError {
     ConfigError::InvalidField {
-        field,
+        field: field.into(),
         value: value.to_string(),
         reason: reason.into(),
     }
 }
 
 /// `Ok(None)` when the field is absent or null.
-fn opt_usize(obj: &Map<String, Value>, field: &'static str) -> Result<Option<usize>, ConfigError> {
+pub(crate) fn opt_usize(
+    obj: &Map<String, Value>,
+    field: &str,
+) -> Result<Option<usize>, ConfigError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -292,11 +298,13 @@ fn opt_usize(obj: &Map<String, Value>, field: &'static str) -> Result<Option<usi
     }
 }
 
-fn req_usize(obj: &Map<String, Value>, field: &'static str) -> Result<usize, ConfigError> {
-    opt_usize(obj, field)?.ok_or(ConfigError::MissingField { field })
+fn req_usize(obj: &Map<String, Value>, field: &str) -> Result<usize, ConfigError> {
+    opt_usize(obj, field)?.ok_or_else(|| ConfigError::MissingField {
+        field: field.into(),
+    })
 }
 
-fn opt_f64(obj: &Map<String, Value>, field: &'static str) -> Result<Option<f64>, ConfigError> {
+pub(crate) fn opt_f64(obj: &Map<String, Value>, field: &str) -> Result<Option<f64>, ConfigError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -306,7 +314,7 @@ fn opt_f64(obj: &Map<String, Value>, field: &'static str) -> Result<Option<f64>,
     }
 }
 
-fn opt_bool(obj: &Map<String, Value>, field: &'static str) -> Result<Option<bool>, ConfigError> {
+pub(crate) fn opt_bool(obj: &Map<String, Value>, field: &str) -> Result<Option<bool>, ConfigError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v

@@ -273,7 +273,7 @@ impl<'m> DecodeBatch<'m> {
                     q.row(r),
                     &cache.k.data,
                     &cache.v.data,
-                    0..pos + 1,
+                    cfg.self_window_start(pos)..pos + 1,
                     layout,
                     attn.row_mut(r),
                 )?;

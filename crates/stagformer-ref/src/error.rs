@@ -30,17 +30,30 @@ pub enum ConfigError {
         source: serde_json::Error,
     },
     #[error("config field `{field}` is missing")]
-    MissingField { field: &'static str },
+    MissingField { field: String },
     #[error("config field `{field}` = {value}: {reason}")]
     InvalidField {
-        field: &'static str,
+        field: String,
         value: String,
         reason: String,
     },
     #[error("config is inconsistent: {0}")]
     Inconsistent(String),
     #[error("config field `{field}` = {value} is not supported by this implementation")]
-    Unsupported { field: &'static str, value: String },
+    Unsupported { field: String, value: String },
+    #[error(
+        "config field `{field}` is not known to this implementation: it may change the model's \
+         math, so the config is refused rather than run without it (docs/MODEL.md lists the \
+         fields that are understood or known to be harmless)"
+    )]
+    UnknownField { field: String },
+    #[error("config fields `{first}` = {first_value} and `{second}` = {second_value} disagree")]
+    Conflict {
+        first: String,
+        first_value: String,
+        second: String,
+        second_value: String,
+    },
 }
 
 /// A checkpoint's tensors that do not match its config.

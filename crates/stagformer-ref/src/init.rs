@@ -134,6 +134,8 @@ pub fn preset(name: &str) -> Option<Config> {
         head_dim: d / h,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        rope_scaling: crate::RopeScaling::Default,
+        sliding_window: None,
         max_position_embeddings: ctx,
         tie_word_embeddings: name == "125m",
         stag_sections: 2,

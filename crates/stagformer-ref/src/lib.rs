@@ -11,11 +11,13 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod config_keys;
 pub mod decode;
 pub mod error;
 pub mod init;
 pub mod model;
 pub mod ops;
+pub mod rope;
 pub mod sample;
 pub mod score;
 pub mod weights;
@@ -26,5 +28,6 @@ pub use decode::{DecodeBatch, SeqId, StepMode};
 pub use error::{ConfigError, Error, LoadError, RequestError, ShapeError};
 pub use model::Model;
 pub use ops::Matrix;
+pub use rope::RopeScaling;
 pub use sample::SamplingParams;
 pub use score::{score, ScoreMode};

@@ -29,7 +29,7 @@ pub(crate) struct LayerKv {
 
 impl Model {
     pub fn new(config: Config, weights: Weights) -> Self {
-        let inv_freq = ops::rope_inv_freq(config.head_dim, config.rope_theta);
+        let inv_freq = config.rope_inv_freq();
         Model {
             config,
             weights,
@@ -224,7 +224,7 @@ impl Model {
                 q.row(i),
                 &k.data,
                 &v.data,
-                0..i + 1,
+                self.config.self_window_start(i)..i + 1,
                 layout,
                 attn.row_mut(i),
             )?;

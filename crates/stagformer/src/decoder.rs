@@ -15,7 +15,7 @@ use stagformer_ref::{Model, RequestError};
 use crate::error::{DecoderError, Result};
 use crate::row_inputs::{Row, RowInputs};
 use crate::scratch::Scratch;
-use crate::section::{Caches, CrossKeys, Pass, Shared};
+use crate::section::{Caches, CrossKeys, Pass, SelfCache, Shared};
 use crate::weights::DeviceWeights;
 use crate::Activation;
 
@@ -193,16 +193,19 @@ impl<T: Activation> Decoder<T> {
         };
         let stream = &streams[0];
         let weights = DeviceWeights::upload(stream, model)?;
-        let rope = RopeTable::new(stream, cfg.head_dim, cfg.rope_theta, opts.capacity)?;
+        let rope =
+            RopeTable::from_inv_freq(stream, cfg.head_dim, &cfg.rope_inv_freq(), opts.capacity)?;
         let window = cfg.stag_cross_window.filter(|&w| w < opts.capacity);
+        let self_cache = SelfCache::new(cfg.sliding_window, opts.capacity);
         let ring = window.map_or(opts.capacity, |w| w + 1);
         let (hkv, hd, ls) = (
             cfg.num_key_value_heads,
             cfg.head_dim,
             cfg.layers_per_section(),
         );
-        let self_len =
-            KvCacheLayout::dense(p * opts.max_batch, hkv, opts.capacity, hd).required_len()?;
+        let self_len = self_cache
+            .layout(p * opts.max_batch, hkv, hd)
+            .required_len()?;
         let cross_len = ls * KvCacheLayout::dense(opts.max_batch, hkv, ring, hd).required_len()?;
         let alloc = |n: usize| DeviceBuffer::<T>::alloc(device, n);
         let caches = Caches {
@@ -251,6 +254,7 @@ impl<T: Activation> Decoder<T> {
                 capacity: opts.capacity,
                 ring,
                 window,
+                self_cache,
             },
             caches,
             scratch,

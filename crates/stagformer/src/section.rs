@@ -39,6 +39,64 @@ pub(crate) struct Shared<T: Activation> {
     pub ring: usize,
     /// The cross window, `None` when unbounded (or at least the capacity).
     pub window: Option<usize>,
+    /// The self-attention geometry (sliding window, ring, prefill chunk).
+    pub self_cache: SelfCache,
+}
+
+/// Geometry of the self-attention caches. Without a sliding window (or one at least the
+/// capacity) a cache holds position k in slot k. With a window W it is a ring of
+/// `slots = W + chunk − 1` slots: a prefill appends and attends in chunks of `chunk` rows, and
+/// appending positions a..a + chunk overwrites only positions before a − W + 1, which no row of
+/// the chunk sees; a decode step has one row per sequence. So memory grows with W, not with the
+/// capacity, and no row ever reads a slot overwritten before it ran.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SelfCache {
+    pub window: Option<usize>,
+    pub slots: usize,
+    /// Rows of one sequence appended and attended per launch pair (the whole prefill when
+    /// the cache is not a ring).
+    pub chunk: usize,
+}
+
+/// Rows per self-attention chunk of a windowed prefill (smaller for small windows, so the ring
+/// stays within 2·W slots).
+const SLIDING_CHUNK: usize = 256;
+
+impl SelfCache {
+    pub fn new(sliding_window: Option<usize>, capacity: usize) -> Self {
+        match sliding_window.filter(|&w| w < capacity) {
+            None => SelfCache {
+                window: None,
+                slots: capacity,
+                chunk: capacity,
+            },
+            Some(w) => {
+                let chunk = w.min(SLIDING_CHUNK);
+                let slots = (w + chunk - 1).min(capacity);
+                SelfCache {
+                    window: Some(w),
+                    slots,
+                    // A ring as long as the capacity never wraps: no chunking needed.
+                    chunk: if slots == capacity { capacity } else { chunk },
+                }
+            }
+        }
+    }
+
+    pub fn layout(&self, seqs: usize, kv_heads: usize, head_dim: usize) -> KvCacheLayout {
+        let dense = KvCacheLayout::dense(seqs, kv_heads, self.slots, head_dim);
+        match self.window {
+            Some(_) => dense.into_ring(),
+            None => dense,
+        }
+    }
+
+    fn mask(&self) -> DecodeMask {
+        match self.window {
+            Some(window) => DecodeMask::SelfSliding { window },
+            None => DecodeMask::SelfCausal,
+        }
+    }
 }
 
 /// Self-attention caches per layer ([p·max_batch][Hkv][capacity][hd]: section s's sequence b
@@ -80,10 +138,9 @@ impl<T: Activation> Shared<T> {
 
     fn self_layout(&self) -> KvCacheLayout {
         let c = &self.cfg;
-        KvCacheLayout::dense(
+        self.self_cache.layout(
             c.sections() * self.max_batch,
             c.num_key_value_heads,
-            self.capacity,
             c.head_dim,
         )
     }
@@ -319,6 +376,7 @@ impl<T: Activation> Shared<T> {
     }
 
     /// o = self-attention of h over `rows` (q, k roped; k, v appended to layer j's caches).
+    /// With a ring cache the rows are appended and attended chunk by chunk (see [`SelfCache`]).
     #[allow(clippy::too_many_arguments)]
     fn self_attention(
         &self,
@@ -342,44 +400,51 @@ impl<T: Activation> Shared<T> {
             &mut sc.qkv.slice_mut(span(qkv_dim))?,
             GemmShape::new(n, qkv_dim, d),
         )?;
-        rope_append(
-            stream,
-            QkvRows::Fused {
-                qkv: sc.qkv.slice_mut(span(qkv_dim))?,
-                row_stride: qkv_dim,
-            },
-            self.heads(),
-            &ix.self_slots.slice(rows.clone())?,
-            &ix.positions.slice(rows.clone())?,
-            &self.rope,
-            KvCacheMut {
-                k: caches.self_k[j].view_mut(),
-                v: caches.self_v[j].view_mut(),
-                layout: self.self_layout(),
-            },
-        )?;
-        let layout = DecodeLayout::new(
-            n,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-            cfg.sections() * self.max_batch,
-            self.capacity,
-        )
-        .with_row_strides(qkv_dim, qd)
-        .with_max_keys(self.capacity);
-        attention_decode(
-            stream,
-            &sc.qkv.slice(span(qkv_dim))?,
-            &caches.self_k[j],
-            &caches.self_v[j],
-            &ix.self_slots.slice(rows.clone())?,
-            &ix.positions.slice(rows.clone())?,
-            &mut sc.attn.slice_mut(span(qd))?,
-            &mut sc.workspace,
-            layout,
-            DecodeMask::SelfCausal,
-        )?;
+        let sc_self = self.self_cache;
+        let mut start = rows.start;
+        while start < rows.end {
+            let chunk = start..(start + sc_self.chunk).min(rows.end);
+            let part = |width: usize| chunk.start * width..chunk.end * width;
+            rope_append(
+                stream,
+                QkvRows::Fused {
+                    qkv: sc.qkv.slice_mut(part(qkv_dim))?,
+                    row_stride: qkv_dim,
+                },
+                self.heads(),
+                &ix.self_slots.slice(chunk.clone())?,
+                &ix.positions.slice(chunk.clone())?,
+                &self.rope,
+                KvCacheMut {
+                    k: caches.self_k[j].view_mut(),
+                    v: caches.self_v[j].view_mut(),
+                    layout: self.self_layout(),
+                },
+            )?;
+            let layout = DecodeLayout::new(
+                chunk.len(),
+                cfg.num_attention_heads,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+                cfg.sections() * self.max_batch,
+                sc_self.slots,
+            )
+            .with_row_strides(qkv_dim, qd)
+            .with_max_keys(sc_self.window.unwrap_or(self.capacity));
+            attention_decode(
+                stream,
+                &sc.qkv.slice(part(qkv_dim))?,
+                &caches.self_k[j],
+                &caches.self_v[j],
+                &ix.self_slots.slice(chunk.clone())?,
+                &ix.positions.slice(chunk.clone())?,
+                &mut sc.attn.slice_mut(part(qd))?,
+                &mut sc.workspace,
+                layout,
+                sc_self.mask(),
+            )?;
+            start = chunk.end;
+        }
         self.attention_out(sc, stream, &layer.wo, rows)
     }
 

@@ -53,6 +53,8 @@ fn config(v: Variant) -> Config {
         head_dim: 8,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        rope_scaling: stagformer_ref::RopeScaling::Default,
+        sliding_window: None,
         max_position_embeddings: 64,
         tie_word_embeddings: v.tied,
         stag_sections: v.sections,
@@ -536,4 +538,74 @@ fn a_step_graph_has_the_launches_the_perf_notes_count() {
     assert_eq!(launches, 308);
     assert_eq!(dec.graph_nodes(1, Some(&greedy)).unwrap(), Some(launches));
     assert_eq!(dec.graph_nodes(2, Some(&greedy)).unwrap(), None);
+}
+
+/// Mistral's sliding window (self caches become rings, prefills run in chunks) and the RoPE
+/// scaling types, in every mode that applies, graphs on and off: prompts longer than the ring
+/// (chunked prefill), then steps far past the window, against the reference forward. The
+/// window must matter: the same model without it gives other logits.
+#[test]
+fn sliding_window_and_rope_scaling_match_reference_forward() {
+    use stagformer_ref::RopeScaling;
+    let device = Device::emulated();
+    let cases = [
+        (1, false, None, Some(4), RopeScaling::Linear { factor: 4.0 }),
+        (
+            2,
+            false,
+            Some(3),
+            Some(5),
+            RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 16,
+            },
+        ),
+        (2, true, None, Some(3), RopeScaling::Dynamic { factor: 2.0 }),
+        (3, false, Some(1), Some(2), RopeScaling::Default),
+    ];
+    for (n, (sections, shared, window, sliding, scaling)) in cases.into_iter().enumerate() {
+        let v = Variant {
+            sections,
+            shared,
+            window,
+            gqa: n % 2 == 0,
+            tied: n == 1,
+            mix: sections == 3,
+        };
+        let mut cfg = config(v);
+        cfg.rope_theta = 500000.0;
+        cfg.rope_scaling = scaling;
+        cfg.sliding_window = sliding;
+        let model = Model::random(cfg.clone(), 90 + n as u64, StorageDtype::F32).unwrap();
+        let toks = tokens(40, n + 3);
+        let want = model.forward(&toks).unwrap().data;
+        let mut unwindowed = cfg;
+        unwindowed.sliding_window = None;
+        let plain = Model::new(unwindowed, model.weights.clone());
+        assert!(
+            rel_err(&plain.forward(&toks).unwrap().data, &want) > 1e-3,
+            "case {n}: the window changes nothing"
+        );
+        for mode in modes_for(v) {
+            for graphs in [true, false] {
+                let opts = DecoderOptions {
+                    max_batch: 2,
+                    capacity: 40,
+                    mode,
+                    recurrent: false,
+                    graphs,
+                };
+                let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+                for prompt in [17, 1] {
+                    let e = rel_err(&score_one(&mut dec, &toks, prompt), &want);
+                    assert!(
+                        e <= TOL,
+                        "case {n} {mode:?} graphs {graphs} prompt {prompt}: relative error {e:.2e}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -59,6 +59,8 @@ pub fn config(v: Variant) -> Config {
         head_dim: 4,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        rope_scaling: stagformer_ref::RopeScaling::Default,
+        sliding_window: None,
         max_position_embeddings: 64,
         tie_word_embeddings: v.tied,
         stag_sections: v.sections,
