@@ -35,6 +35,7 @@ pub struct Args {
     /// Tokenize --prompt without the tokenizer's special tokens (no BOS).
     #[arg(long, conflicts_with = "tokens")]
     no_special_tokens: bool,
+    /// At most this many new tokens (fewer when the model's positions run out first).
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
     /// Keep generating past the model's end-of-sequence token.
@@ -49,7 +50,7 @@ pub struct Args {
     /// 0 = no top-k filter [default: generation_config.json's, else 40].
     #[arg(long)]
     top_k: Option<usize>,
-    /// [default: generation_config.json's, else 0.95]
+    /// Nucleus filter; 1 = off [default: generation_config.json's, else 0.95].
     #[arg(long)]
     top_p: Option<f32>,
     #[arg(long, default_value_t = 0)]
