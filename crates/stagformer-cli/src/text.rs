@@ -24,10 +24,13 @@ impl TextCodec {
         }
     }
 
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+    /// `text` as ids. With `special_tokens` the tokenizer's post-processor adds what the model
+    /// was trained to see around a sequence (a BOS, `[CLS] … [SEP]`), as Hugging Face's
+    /// `encode(text, add_special_tokens=True)` does; bytes have no special tokens.
+    pub fn encode(&self, text: &str, special_tokens: bool) -> Result<Vec<u32>> {
         match self {
             TextCodec::Tokenizer(tok) => Ok(tok
-                .encode(text, false)
+                .encode(text, special_tokens)
                 .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?
                 .get_ids()
                 .to_vec()),
@@ -35,6 +38,7 @@ impl TextCodec {
         }
     }
 
+    /// `ids` as text, special tokens left out (`decode(ids, skip_special_tokens=True)`).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match self {
             TextCodec::Tokenizer(tok) => {
@@ -56,41 +60,158 @@ impl TextCodec {
             }
         }
     }
+
+    /// What `id` contributes to a decode, as far as the printer needs to know.
+    pub fn piece_kind(&self, id: u32) -> PieceKind {
+        let TextCodec::Tokenizer(tok) = self else {
+            return PieceKind::Text;
+        };
+        match tok.id_to_token(id) {
+            None => PieceKind::Skipped,
+            Some(t) if tok.get_added_vocabulary().is_special_token(&t) => PieceKind::Skipped,
+            Some(t)
+                if t.len() == 6
+                    && t.starts_with("<0x")
+                    && t.ends_with('>')
+                    && t[3..5].bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                PieceKind::Byte
+            }
+            Some(_) => PieceKind::Text,
+        }
+    }
 }
 
-/// Prints only the text added by each new token: decodes the whole output each time and emits
-/// the new suffix once it no longer ends in an incomplete character.
+/// How a token takes part in a decode with special tokens skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceKind {
+    /// A byte-fallback token (`<0xNN>`). A run of them is decoded as one UTF-8 byte string,
+    /// and a single bad byte turns the whole run into U+FFFD, so the run's text is not final
+    /// until a text piece ends it.
+    Byte,
+    /// Left out of the decode (a special token, or an id the tokenizer does not know). It
+    /// does not end a byte run: the decoder never sees it.
+    Skipped,
+    /// Any other piece.
+    Text,
+}
+
+/// Prints generated text as it is produced such that everything printed is always a prefix of
+/// the decode of all ids, and at the end equals it exactly.
+///
+/// Each token, it decodes all ids (the truth so far) and the ids before a held-back tail (the
+/// candidate). The tail is the latest token that shows text, because decoders may rewrite
+/// text when the next token arrives (a `Replace` after `Fuse` can turn "a" into "X" once "b"
+/// follows), and any byte-fallback run not yet ended. The candidate is printed, as far as not
+/// printed yet, when it extends what was printed, is a prefix of the truth, and does not end
+/// in U+FFFD (an incomplete character that later bytes may complete). Otherwise the printer
+/// waits; `finish` prints what is left. A rewrite reaching back past the latest token is not
+/// caught; `finish` reports it.
+///
+/// Every token decodes all ids so far, twice: quadratic in the output length, which is
+/// negligible next to a model step for the lengths a context holds.
 pub struct StreamPrinter {
     ids: Vec<u32>,
-    printed: usize,
+    /// Index of the latest token that is not skipped in decoding.
+    last_shown: Option<usize>,
+    /// Start of the byte-fallback run still open at the end of `ids`.
+    open_byte_run: Option<usize>,
+    printed: String,
+}
+
+/// What is left to print at the end.
+pub struct Finish {
+    /// The text still to print.
+    pub rest: String,
+    /// Set when the printed text is not a prefix of the final decode (a decoder rewrote text
+    /// the printer had judged stable); `rest` then completes the final decode's tail only.
+    pub diverged: bool,
 }
 
 impl StreamPrinter {
     pub fn new() -> Self {
         StreamPrinter {
             ids: Vec::new(),
-            printed: 0,
+            last_shown: None,
+            open_byte_run: None,
+            printed: String::new(),
         }
     }
 
     /// The text to print after `id`.
     pub fn push(&mut self, codec: &TextCodec, id: u32) -> Result<String> {
+        let index = self.ids.len();
         self.ids.push(id);
-        let text = codec.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}')
-            || text.len() < self.printed
-            || !text.is_char_boundary(self.printed)
+        match codec.piece_kind(id) {
+            PieceKind::Skipped => {}
+            PieceKind::Byte => {
+                self.last_shown = Some(index);
+                self.open_byte_run.get_or_insert(index);
+            }
+            PieceKind::Text => {
+                self.last_shown = Some(index);
+                self.open_byte_run = None;
+            }
+        }
+        let held = self.last_shown.unwrap_or(0);
+        let stable = self.open_byte_run.map_or(held, |start| start.min(held));
+        if stable == 0 {
+            return Ok(String::new());
+        }
+        let candidate = codec.decode(&self.ids[..stable])?;
+        if candidate.len() <= self.printed.len()
+            || !candidate.starts_with(&self.printed)
+            || candidate.ends_with('\u{FFFD}')
         {
             return Ok(String::new());
         }
-        let new = text[self.printed..].to_owned();
-        self.printed = text.len();
+        let truth = codec.decode(&self.ids)?;
+        if !truth.starts_with(&candidate) {
+            return Ok(String::new());
+        }
+        let new = candidate[self.printed.len()..].to_owned();
+        self.printed = candidate;
         Ok(new)
     }
 
-    /// Whatever is left (e.g. a trailing incomplete character).
-    pub fn finish(&mut self, codec: &TextCodec) -> Result<String> {
+    /// Whatever is left once no more tokens come.
+    pub fn finish(&mut self, codec: &TextCodec) -> Result<Finish> {
         let text = codec.decode(&self.ids)?;
-        Ok(text.get(self.printed..).unwrap_or_default().to_owned())
+        let finish = match text.strip_prefix(self.printed.as_str()) {
+            Some(rest) => Finish {
+                rest: rest.to_owned(),
+                diverged: false,
+            },
+            None => {
+                let common = common_prefix_len(&text, &self.printed);
+                Finish {
+                    rest: text[common..].to_owned(),
+                    diverged: true,
+                }
+            }
+        };
+        self.printed = text;
+        Ok(finish)
+    }
+
+    /// The generated ids pushed so far.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
     }
 }
+
+/// Length in bytes of the longest common prefix of `a` and `b`, on a character boundary.
+fn common_prefix_len(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, ca), cb)| ca != cb)
+        .map(|((i, _), _)| i)
+        .unwrap_or_else(|| a.len().min(b.len()))
+}
+
+#[cfg(test)]
+#[path = "../tests/support/tokenizers.rs"]
+mod test_tokenizers;
+
+#[cfg(test)]
+mod tests;

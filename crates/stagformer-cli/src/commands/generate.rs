@@ -1,16 +1,21 @@
-//! `stagformer generate`: prefill a prompt, then decode and stream tokens.
+//! `stagformer generate`: prefill a prompt, then decode and stream tokens. stdout carries the
+//! generated text only; notes, ids, the stop reason and speeds go to stderr.
+
+mod driver;
+mod settings;
 
 use std::io::Write;
 
-use anyhow::{bail, Result};
-use stagformer::{Activation, Decoder, DecoderOptions, ExecMode, SamplingConfig};
+use anyhow::{bail, Context, Result};
+use stagformer::{Activation, Decoder, DecoderOptions, SamplingConfig};
 use stagformer_kernels::Device;
 use stagformer_ref::sample::{sample, SamplingParams};
-use stagformer_ref::{DecodeBatch, Model, StepMode};
+use stagformer_ref::{DecodeBatch, GenerationConfig, Model, SeqId, StepMode};
 
 use crate::engine::{Backend, EngineArgs};
 use crate::model_source::{parse_tokens, ModelArgs};
 use crate::text::{StreamPrinter, TextCodec};
+use driver::{Engine, Limits, Stop};
 
 /// The model `generate` runs when no `--model` or `--preset` is given.
 const DEFAULT_PRESET: &str = "tiny";
@@ -24,19 +29,30 @@ pub struct Args {
     /// Prompt text (tokenized with the model's tokenizer.json, else as bytes).
     #[arg(long, conflicts_with = "tokens")]
     prompt: Option<String>,
-    /// Prompt as comma-separated token ids.
+    /// Prompt as comma-separated token ids, used as given.
     #[arg(long)]
     tokens: Option<String>,
+    /// Tokenize --prompt without the tokenizer's special tokens (no BOS).
+    #[arg(long, conflicts_with = "tokens")]
+    no_special_tokens: bool,
+    /// At most this many new tokens (fewer when the model's positions run out first).
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f32,
-    /// 0 = no top-k filter.
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
+    /// Keep generating past the model's end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Show the prompt's and the generated token ids (on stderr).
+    #[arg(long)]
+    print_ids: bool,
+    /// 0 = greedy [default: generation_config.json's, else 0.8].
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// 0 = no top-k filter [default: generation_config.json's, else 40].
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus filter; 1 = off [default: generation_config.json's, else 0.95].
+    #[arg(long)]
+    top_p: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Recurrent mode after the prompt (shared weights, p = 2).
@@ -56,21 +72,57 @@ pub fn run(args: Args) -> Result<()> {
     }
     let backend = Backend::resolve(source.device, args.engine.dtype)?;
     let model = source.load()?;
-    let codec = TextCodec::for_model(args.model.model.as_deref())?;
+    let model_dir = args.model.model.as_deref();
+    let codec = TextCodec::for_model(model_dir)?;
+    if matches!(codec, TextCodec::Bytes) {
+        eprintln!("note: no tokenizer.json: text is encoded and decoded as bytes (ids 0-255)");
+    }
+    let generation = match model_dir {
+        Some(dir) => GenerationConfig::from_dir(dir)?,
+        None => GenerationConfig::default(),
+    };
     let prompt = match (&args.prompt, &args.tokens) {
         (_, Some(t)) => parse_tokens(t)?,
-        (Some(text), None) => codec.encode(text)?,
+        (Some(text), None) => codec.encode(text, !args.no_special_tokens)?,
         (None, None) => bail!("give --prompt TEXT or --tokens IDS"),
     };
-    model.check_tokens(&prompt, model.config.max_position_embeddings)?;
-    let params = SamplingParams {
+    let positions = model.config.max_position_embeddings;
+    model.check_tokens(&prompt, positions)?;
+    let flags = settings::Flags {
         temperature: args.temperature,
         top_k: args.top_k,
         top_p: args.top_p,
-        seed: args.seed,
     };
+    let (params, note) = settings::resolve(flags, args.seed, &generation);
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
     params.validate()?;
-    let capacity = (prompt.len() + args.max_new_tokens).min(model.config.max_position_embeddings);
+    // The whole sequence, prompt and generated tokens, has to fit the model's positions.
+    let room = positions - prompt.len();
+    let clamped = args.max_new_tokens > room;
+    if clamped {
+        eprintln!(
+            "note: --max-new-tokens {} does not fit: the prompt's {} tokens leave {room} of the \
+             model's {positions} positions (max_position_embeddings); generating at most {room}",
+            args.max_new_tokens,
+            prompt.len()
+        );
+    }
+    let eos = if args.ignore_eos {
+        &[][..]
+    } else {
+        &generation.eos_token_ids[..]
+    };
+    let limits = Limits {
+        max_tokens: args.max_new_tokens.min(room),
+        clamped,
+        eos,
+    };
+    if args.print_ids {
+        eprintln!("prompt ids: {prompt:?}");
+    }
+
     let mut printer = StreamPrinter::new();
     let mut out = std::io::stdout().lock();
     let mut emit = |id: u32| -> Result<()> {
@@ -78,98 +130,141 @@ pub fn run(args: Args) -> Result<()> {
         out.flush()?;
         Ok(())
     };
-    let run = Run {
-        model: &model,
-        prompt: &prompt,
-        params,
-        capacity,
-        new_tokens: args.max_new_tokens,
-        recurrent: args.recurrent,
-        graphs: !args.engine.no_graph,
+    let capacity = prompt.len() + limits.max_tokens;
+    let step_mode = if args.recurrent {
+        StepMode::Recurrent
+    } else {
+        StepMode::Staggered
     };
-    match backend {
-        Backend::Cpu => run.on_cpu(&mut emit)?,
-        Backend::Kernels {
-            device,
-            bf16: false,
-        } => run.on_kernels::<f32>(&device, args.engine.mode_exec.mode(), &mut emit)?,
-        Backend::Kernels { device, bf16: true } => {
-            run.on_kernels::<half::bf16>(&device, args.engine.mode_exec.mode(), &mut emit)?
+    let outcome = match backend {
+        Backend::Cpu => {
+            let mut engine = CpuEngine {
+                batch: DecodeBatch::new(&model, step_mode, 1, capacity)?,
+                seq: None,
+                params,
+            };
+            driver::generate(&mut engine, &prompt, &limits, &mut emit)?
         }
-    }
+        Backend::Kernels { device, bf16 } => {
+            let opts = DecoderOptions {
+                max_batch: 1,
+                capacity,
+                mode: args.engine.mode_exec.mode(),
+                recurrent: args.recurrent,
+                graphs: !args.engine.no_graph,
+            };
+            if bf16 {
+                let mut engine = KernelEngine::<half::bf16>::new(&device, &model, opts, params)?;
+                driver::generate(&mut engine, &prompt, &limits, &mut emit)?
+            } else {
+                let mut engine = KernelEngine::<f32>::new(&device, &model, opts, params)?;
+                driver::generate(&mut engine, &prompt, &limits, &mut emit)?
+            }
+        }
+    };
+    let finish = printer.finish(&codec)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", printer.finish(&codec)?)?;
+    writeln!(out, "{}", finish.rest)?;
+    out.flush()?;
+    if finish.diverged {
+        eprintln!(
+            "note: the tokenizer rewrote text already printed; the full text is: {:?}",
+            codec.decode(printer.ids())?
+        );
+    }
+    if args.print_ids {
+        eprintln!("generated ids: {:?}", printer.ids());
+    }
+    match outcome.stop {
+        Stop::Eos(id) => eprintln!("stopped: end of sequence (token {id})"),
+        Stop::MaxNewTokens => {
+            eprintln!("stopped: --max-new-tokens {} reached", args.max_new_tokens)
+        }
+        Stop::Capacity => eprintln!(
+            "stopped: the model's {positions} positions (max_position_embeddings) are full"
+        ),
+    }
+    eprintln!(
+        "prompt: {} tokens in {:.3} s ({} tok/s); generation: {} tokens, {} decode steps in \
+         {:.3} s ({} tok/s)",
+        prompt.len(),
+        outcome.prompt_time.as_secs_f64(),
+        driver::rate(prompt.len(), outcome.prompt_time),
+        outcome.generated,
+        outcome.steps,
+        outcome.generation_time.as_secs_f64(),
+        driver::rate(outcome.steps, outcome.generation_time),
+    );
     Ok(())
 }
 
-/// One generation: the first token comes from the prompt's logits, each later one from a step.
-struct Run<'a> {
-    model: &'a Model,
-    prompt: &'a [u32],
+/// The CPU reference, sampling on the host.
+struct CpuEngine<'a> {
+    batch: DecodeBatch<'a>,
+    seq: Option<SeqId>,
     params: SamplingParams,
-    capacity: usize,
-    new_tokens: usize,
-    recurrent: bool,
-    graphs: bool,
 }
 
-impl Run<'_> {
-    fn steps(&self) -> usize {
-        self.new_tokens.min(self.capacity - self.prompt.len() + 1)
+impl Engine for CpuEngine<'_> {
+    fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
+        let (seq, logits) = self.batch.prefill(prompt)?;
+        self.seq = Some(seq);
+        Ok(sample(logits.row(logits.rows - 1), &self.params, 0, 0))
     }
 
-    fn on_cpu(&self, emit: &mut impl FnMut(u32) -> Result<()>) -> Result<()> {
-        let mode = if self.recurrent {
-            StepMode::Recurrent
-        } else {
-            StepMode::Staggered
-        };
-        let mut batch =
-            DecodeBatch::new(self.model, mode, 1, self.capacity.max(self.prompt.len()))?;
-        let (id, logits) = batch.prefill(self.prompt)?;
-        let mut next = sample(logits.row(logits.rows - 1), &self.params, 0, 0);
-        for step in 1..=self.steps() {
-            emit(next)?;
-            if step == self.steps() {
-                break;
-            }
-            let logits = batch.step(&[id], &[next])?;
-            next = sample(logits.row(0), &self.params, 0, step as u64);
-        }
-        Ok(())
+    fn step(&mut self, token: u32, step: u64) -> Result<u32> {
+        let seq = self.seq.context("decode step before the prefill")?;
+        let logits = self.batch.step(&[seq], &[token])?;
+        Ok(sample(logits.row(0), &self.params, 0, step))
     }
+}
 
-    fn on_kernels<T: Activation>(
-        &self,
+/// The kernel decoder: the prompt's token is sampled on the host from the prefill's logits,
+/// every later one on the device by the same rule.
+struct KernelEngine<T: Activation> {
+    decoder: Decoder<T>,
+    seq: Option<stagformer::SeqId>,
+    vocab: usize,
+    params: SamplingParams,
+}
+
+impl<T: Activation> KernelEngine<T> {
+    fn new(
         device: &Device,
-        exec: ExecMode,
-        emit: &mut impl FnMut(u32) -> Result<()>,
-    ) -> Result<()> {
-        let opts = DecoderOptions {
-            max_batch: 1,
-            capacity: self.capacity.max(self.prompt.len()),
-            mode: exec,
-            recurrent: self.recurrent,
-            graphs: self.graphs,
-        };
-        let mut decoder = Decoder::<T>::new(device, self.model, opts)?;
-        let (id, logits) = decoder.prefill(self.prompt)?;
-        let vocab = self.model.config.vocab_size;
-        let last = &logits[logits.len() - vocab..];
-        let mut next = sample(last, &self.params, 0, 0);
+        model: &Model,
+        opts: DecoderOptions,
+        params: SamplingParams,
+    ) -> Result<Self> {
+        Ok(KernelEngine {
+            decoder: Decoder::new(device, model, opts)?,
+            seq: None,
+            vocab: model.config.vocab_size,
+            params,
+        })
+    }
+}
+
+impl<T: Activation> Engine for KernelEngine<T> {
+    fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
+        let (seq, logits) = self.decoder.prefill(prompt)?;
+        self.seq = Some(seq);
+        Ok(sample(
+            &logits[logits.len() - self.vocab..],
+            &self.params,
+            0,
+            0,
+        ))
+    }
+
+    fn step(&mut self, token: u32, step: u64) -> Result<u32> {
+        let seq = self.seq.context("decode step before the prefill")?;
         let config = SamplingConfig {
             temperature: self.params.temperature,
             top_k: self.params.top_k,
             top_p: self.params.top_p,
             seed: self.params.seed,
         };
-        for step in 1..=self.steps() {
-            emit(next)?;
-            if step == self.steps() {
-                break;
-            }
-            next = decoder.step_sample(&[id], &[next], &config, step as u32)?[0];
-        }
-        Ok(())
+        let step = u32::try_from(step).context("too many decode steps")?;
+        Ok(self.decoder.step_sample(&[seq], &[token], &config, step)?[0])
     }
 }
