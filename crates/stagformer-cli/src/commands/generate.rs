@@ -6,10 +6,10 @@ use anyhow::{bail, Result};
 use stagformer::{Activation, Decoder, DecoderOptions, ExecMode, SamplingConfig};
 use stagformer_kernels::Device;
 use stagformer_ref::sample::{sample, SamplingParams};
-use stagformer_ref::{DecodeBatch, Model, StepMode};
+use stagformer_ref::{Config, DecodeBatch, Model, StepMode};
 
-use crate::engine::{Backend, EngineArgs};
-use crate::model_source::{parse_tokens, ModelArgs};
+use crate::engine::{Engine, EngineArgs};
+use crate::model_source::{parse_tokens, ModelArgs, Source};
 use crate::text::{StreamPrinter, TextCodec};
 
 /// The model `generate` runs when no `--model` or `--preset` is given.
@@ -54,15 +54,15 @@ pub fn run(args: Args) -> Result<()> {
         );
         source.preset = Some(DEFAULT_PRESET.into());
     }
-    let backend = Backend::resolve(source.device, args.engine.dtype)?;
-    let model = source.load()?;
+    let engine = Engine::open(&source, args.engine.dtype)?;
+    let config = engine.config();
     let codec = TextCodec::for_model(args.model.model.as_deref())?;
     let prompt = match (&args.prompt, &args.tokens) {
         (_, Some(t)) => parse_tokens(t)?,
         (Some(text), None) => codec.encode(text)?,
         (None, None) => bail!("give --prompt TEXT or --tokens IDS"),
     };
-    model.check_tokens(&prompt, model.config.max_position_embeddings)?;
+    stagformer_ref::model::check_tokens(config, &prompt, config.max_position_embeddings)?;
     let params = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -70,7 +70,7 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
     };
     params.validate()?;
-    let capacity = (prompt.len() + args.max_new_tokens).min(model.config.max_position_embeddings);
+    let capacity = (prompt.len() + args.max_new_tokens).min(config.max_position_embeddings);
     let mut printer = StreamPrinter::new();
     let mut out = std::io::stdout().lock();
     let mut emit = |id: u32| -> Result<()> {
@@ -79,7 +79,7 @@ pub fn run(args: Args) -> Result<()> {
         Ok(())
     };
     let run = Run {
-        model: &model,
+        config,
         prompt: &prompt,
         params,
         capacity,
@@ -87,15 +87,19 @@ pub fn run(args: Args) -> Result<()> {
         recurrent: args.recurrent,
         graphs: !args.engine.no_graph,
     };
-    match backend {
-        Backend::Cpu => run.on_cpu(&mut emit)?,
-        Backend::Kernels {
+    let exec = args.engine.mode_exec.mode();
+    match &engine {
+        Engine::Cpu(model) => run.on_cpu(model, &mut emit)?,
+        Engine::Kernels {
             device,
             bf16: false,
-        } => run.on_kernels::<f32>(&device, args.engine.mode_exec.mode(), &mut emit)?,
-        Backend::Kernels { device, bf16: true } => {
-            run.on_kernels::<half::bf16>(&device, args.engine.mode_exec.mode(), &mut emit)?
-        }
+            source,
+        } => run.on_kernels::<f32>(device, source, exec, &mut emit)?,
+        Engine::Kernels {
+            device,
+            bf16: true,
+            source,
+        } => run.on_kernels::<half::bf16>(device, source, exec, &mut emit)?,
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", printer.finish(&codec)?)?;
@@ -104,7 +108,7 @@ pub fn run(args: Args) -> Result<()> {
 
 /// One generation: the first token comes from the prompt's logits, each later one from a step.
 struct Run<'a> {
-    model: &'a Model,
+    config: &'a Config,
     prompt: &'a [u32],
     params: SamplingParams,
     capacity: usize,
@@ -118,14 +122,13 @@ impl Run<'_> {
         self.new_tokens.min(self.capacity - self.prompt.len() + 1)
     }
 
-    fn on_cpu(&self, emit: &mut impl FnMut(u32) -> Result<()>) -> Result<()> {
+    fn on_cpu(&self, model: &Model, emit: &mut impl FnMut(u32) -> Result<()>) -> Result<()> {
         let mode = if self.recurrent {
             StepMode::Recurrent
         } else {
             StepMode::Staggered
         };
-        let mut batch =
-            DecodeBatch::new(self.model, mode, 1, self.capacity.max(self.prompt.len()))?;
+        let mut batch = DecodeBatch::new(model, mode, 1, self.capacity.max(self.prompt.len()))?;
         let (id, logits) = batch.prefill(self.prompt)?;
         let mut next = sample(logits.row(logits.rows - 1), &self.params, 0, 0);
         for step in 1..=self.steps() {
@@ -142,6 +145,7 @@ impl Run<'_> {
     fn on_kernels<T: Activation>(
         &self,
         device: &Device,
+        source: &Source,
         exec: ExecMode,
         emit: &mut impl FnMut(u32) -> Result<()>,
     ) -> Result<()> {
@@ -152,9 +156,9 @@ impl Run<'_> {
             recurrent: self.recurrent,
             graphs: self.graphs,
         };
-        let mut decoder = Decoder::<T>::new(device, self.model, opts)?;
+        let mut decoder = Decoder::<T>::from_source(device, source, opts)?;
         let (id, logits) = decoder.prefill(self.prompt)?;
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.config.vocab_size;
         let last = &logits[logits.len() - vocab..];
         let mut next = sample(last, &self.params, 0, 0);
         let config = SamplingConfig {
