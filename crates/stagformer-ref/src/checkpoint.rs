@@ -462,11 +462,11 @@ fn map_file(path: &Path) -> Result<Mmap, LoadError> {
             reason: format!("{} bytes is too short for a safetensors header", meta.len()),
         });
     }
-    // SAFETY: the map is read-only and private to this process's address space; Rust's
-    // aliasing rules hold for it only as long as the file's contents do not change. That the
-    // files are not modified (or truncated) while mapped is the caller's contract, as for every
-    // memory-mapping model loader; it is stated on `Checkpoint`. A regular file was checked for
-    // above, so the map cannot be a device or pipe.
+    // SAFETY: a read-only shared mapping of the file; the `&[u8]` it derefs to is immutable
+    // only as long as the file's contents do not change. That the files are not modified (or
+    // truncated) while mapped is the caller's contract, as for every memory-mapping model
+    // loader; it is stated on `Checkpoint` and in docs/MODEL.md. A regular file was checked
+    // for above, so the map is not of a device or pipe, and its length (>= 8) is not zero.
     let map = unsafe { Mmap::map(&file) }.map_err(io)?;
     Ok(map)
 }
