@@ -226,12 +226,13 @@ impl Checkpoint {
                 name: name.clone(),
             });
         }
-        if tied_head.is_some() && self.tensors.contains_key(LM_HEAD) {
-            if !self.same_values(EMBED, LM_HEAD) {
-                self.warnings.push(LoadWarning::TiedLmHeadDiffers {
-                    path: self.files[self.tensors[LM_HEAD].file].path.clone(),
-                });
-            }
+        if tied_head.is_some()
+            && self.tensors.contains_key(LM_HEAD)
+            && !self.same_values(EMBED, LM_HEAD)
+        {
+            self.warnings.push(LoadWarning::TiedLmHeadDiffers {
+                path: self.files[self.tensors[LM_HEAD].file].path.clone(),
+            });
         }
         Ok(())
     }
