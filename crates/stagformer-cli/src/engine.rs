@@ -5,9 +5,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use stagformer::{Activation, Decoder, DecoderOptions, ExecMode};
 use stagformer_kernels::Device;
-use stagformer_ref::{score, Model, ScoreMode};
+use stagformer_ref::{score, Config, Model, ScoreMode, TensorSource};
 
-use crate::model_source::DeviceChoice;
+use crate::model_source::{DeviceChoice, ModelArgs, Source};
 
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
@@ -87,32 +87,75 @@ impl Backend {
             }
         }
     }
+}
+
+/// A resolved device with the model loaded the way it runs there: the CPU reference holds the
+/// whole model in host f32; the kernel devices keep the checkpoint mapped and upload from it.
+pub enum Engine {
+    Cpu(Model),
+    Kernels {
+        device: Device,
+        bf16: bool,
+        source: Source,
+    },
+}
+
+impl Engine {
+    /// Resolves `--device` (before loading, so a missing GPU is reported first), then loads.
+    pub fn open(models: &ModelArgs, dtype: DtypeChoice) -> Result<Self> {
+        Ok(match Backend::resolve(models.device, dtype)? {
+            Backend::Cpu => Engine::Cpu(models.load()?),
+            Backend::Kernels { device, bf16 } => Engine::Kernels {
+                device,
+                bf16,
+                source: models.open()?,
+            },
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        match self {
+            Engine::Cpu(model) => &model.config,
+            Engine::Kernels { source, .. } => source.config(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Engine::Cpu(_) => Backend::Cpu.describe(),
+            Engine::Kernels { device, bf16, .. } => {
+                format!("{} ({})", device.name(), if *bf16 { "bf16" } else { "f32" })
+            }
+        }
+    }
 
     /// Logits [T, V] of `tokens` scored in `mode`.
     pub fn score(
         &self,
-        model: &Model,
         tokens: &[u32],
         mode: ScoreMode,
         exec: ExecMode,
         graphs: bool,
     ) -> Result<Vec<f32>> {
         match self {
-            Backend::Cpu => Ok(score(model, tokens, mode)?.data),
-            Backend::Kernels {
+            Engine::Cpu(model) => Ok(score(model, tokens, mode)?.data),
+            Engine::Kernels {
                 device,
                 bf16: false,
-            } => score_kernels::<f32>(device, model, tokens, mode, exec, graphs),
-            Backend::Kernels { device, bf16: true } => {
-                score_kernels::<half::bf16>(device, model, tokens, mode, exec, graphs)
-            }
+                source,
+            } => score_kernels::<f32>(device, source, tokens, mode, exec, graphs),
+            Engine::Kernels {
+                device,
+                bf16: true,
+                source,
+            } => score_kernels::<half::bf16>(device, source, tokens, mode, exec, graphs),
         }
     }
 }
 
 fn score_kernels<T: Activation>(
     device: &Device,
-    model: &Model,
+    source: &Source,
     tokens: &[u32],
     mode: ScoreMode,
     exec: ExecMode,
@@ -137,7 +180,7 @@ fn score_kernels<T: Activation>(
         recurrent,
         graphs,
     };
-    let mut decoder = Decoder::<T>::new(device, model, opts)?;
+    let mut decoder = Decoder::<T>::from_source(device, source, opts)?;
     let (id, mut logits) = decoder.prefill(&tokens[..prompt_len])?;
     for &t in &tokens[prompt_len..] {
         logits.extend(decoder.step(&[id], &[t])?);

@@ -6,7 +6,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use stagformer_ref::{init, Model, StorageDtype};
+use stagformer_ref::init::RandomWeights;
+use stagformer_ref::{
+    init, Checkpoint, Config, Element, LoadError, LoadWarning, Model, StorageDtype, TensorSource,
+};
 
 /// Checkpoints above this size show a progress bar while loading.
 const PROGRESS_BAR_BYTES: u64 = 64 << 20;
@@ -50,16 +53,39 @@ pub enum DeviceChoice {
     Auto,
 }
 
+/// The weights the kernel devices upload, tensor by tensor: a memory-mapped checkpoint or a
+/// preset's seeded random weights. Never a whole host f32 model.
+pub enum Source {
+    Checkpoint(Checkpoint),
+    Random(RandomWeights),
+}
+
+impl TensorSource for Source {
+    fn config(&self) -> &Config {
+        match self {
+            Source::Checkpoint(c) => c.config(),
+            Source::Random(r) => r.config(),
+        }
+    }
+
+    fn read<E: Element>(&self, name: &str) -> Result<Vec<E>, LoadError> {
+        match self {
+            Source::Checkpoint(c) => c.read(name),
+            Source::Random(r) => r.read(name),
+        }
+    }
+}
+
 impl ModelArgs {
-    /// Loads the model's weights (on the host; the kernel devices upload them later).
-    pub fn load(&self) -> Result<Model> {
+    /// The preset's config with the overrides applied, `None` for `--model`.
+    fn preset(&self) -> Result<Option<Config>> {
         let overrides =
             self.sections.is_some() || self.shared_weights || self.cross_window.is_some();
         match (&self.model, &self.preset) {
             (Some(_), _) if overrides => {
                 bail!("--sections, --shared-weights and --cross-window apply to --preset only")
             }
-            (Some(dir), _) => load_dir(dir),
+            (Some(_), _) => Ok(None),
             (None, Some(name)) => {
                 let mut config = preset_config(name)?;
                 if let Some(p) = self.sections {
@@ -72,15 +98,54 @@ impl ModelArgs {
                 if self.cross_window.is_some() {
                     config.stag_cross_window = self.cross_window;
                 }
-                Ok(Model::random(config, self.preset_seed, StorageDtype::F32)?)
+                Ok(Some(config))
+            }
+            (None, None) => bail!("give --model DIR or --preset NAME"),
+        }
+    }
+
+    /// Loads the whole model into host f32 (the CPU reference).
+    pub fn load(&self) -> Result<Model> {
+        match (self.preset()?, &self.model) {
+            (Some(config), _) => Ok(Model::random(config, self.preset_seed, StorageDtype::F32)?),
+            (None, Some(dir)) => {
+                let model = load_dir(dir)?;
+                print_warnings(model.warnings());
+                Ok(model)
+            }
+            (None, None) => bail!("give --model DIR or --preset NAME"),
+        }
+    }
+
+    /// Opens the weights for the kernel devices: a checkpoint is mapped and validated from its
+    /// headers, and each tensor is converted when it is uploaded.
+    pub fn open(&self) -> Result<Source> {
+        match (self.preset()?, &self.model) {
+            (Some(config), _) => Ok(Source::Random(RandomWeights::new(
+                config,
+                self.preset_seed,
+                StorageDtype::F32,
+            )?)),
+            (None, Some(dir)) => {
+                let ckpt =
+                    Checkpoint::open(dir).with_context(|| format!("loading {}", dir.display()))?;
+                print_warnings(ckpt.warnings());
+                Ok(Source::Checkpoint(ckpt))
             }
             (None, None) => bail!("give --model DIR or --preset NAME"),
         }
     }
 }
 
+/// Shows what loading accepted but the user should know, one `warning:` line each on stderr.
+pub fn print_warnings(warnings: &[LoadWarning]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
 /// A preset's config (its weights are drawn from `--preset-seed`).
-fn preset_config(name: &str) -> Result<stagformer_ref::Config> {
+fn preset_config(name: &str) -> Result<Config> {
     init::preset(name).with_context(|| {
         format!(
             "unknown preset {name:?}; known: {}",

@@ -481,3 +481,79 @@ fn a_closed_stdout_pipe_is_not_a_panic() {
         out.status
     );
 }
+
+/// A checkpoint with `tie_word_embeddings: true` that also stores a (different) `lm_head.weight`
+/// loads like Hugging Face loads it: the embedding is the output projection, and every command
+/// says so on stderr as a `warning:` line. Scores equal those of the checkpoint without it.
+#[test]
+fn tied_checkpoint_with_a_stored_lm_head_warns_and_uses_the_embedding() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = dir.path().join("with");
+    let without = dir.path().join("without");
+    for d in [&with, &without] {
+        ok(&[
+            "init",
+            "--preset",
+            "tiny",
+            "--seed",
+            "3",
+            "--out",
+            d.to_str().unwrap(),
+        ]);
+        let cfg = d.join("config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        v["tie_word_embeddings"] = serde_json::json!(true);
+        std::fs::write(&cfg, v.to_string()).unwrap();
+    }
+    // `without`: drop the stored head.
+    let path = without.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != "lm_head.weight")
+        .collect();
+    let out = safetensors::serialize(views, None).unwrap();
+    std::fs::write(&path, out).unwrap();
+
+    let (w, wo) = (with.to_str().unwrap(), without.to_str().unwrap());
+    let inspect = stagformer(&["inspect", "--model", w]);
+    assert!(inspect.status.success());
+    let stderr = String::from_utf8_lossy(&inspect.stderr);
+    assert!(
+        stderr.starts_with("warning: ") && stderr.contains("lm_head.weight"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("tied embeddings"));
+    assert!(stagformer(&["inspect", "--model", wo]).stderr.is_empty());
+
+    let tokens = "5,17,3,9";
+    let score = |model: &str, device: &str| {
+        let out = dir.path().join(format!(
+            "{}-{device}.safetensors",
+            Path::new(model).file_name().unwrap().to_str().unwrap()
+        ));
+        let o = out.to_str().unwrap();
+        let run = stagformer(&[
+            "score", "--model", model, "--tokens", tokens, "--device", device, "--out", o,
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        (
+            logits(&out).1,
+            String::from_utf8_lossy(&run.stderr).into_owned(),
+        )
+    };
+    for device in ["cpu", "emu"] {
+        let (got, warned) = score(w, device);
+        let (want, quiet) = score(wo, device);
+        assert!(warned.contains("warning: "), "{device}: {warned}");
+        assert!(!quiet.contains("warning"), "{device}: {quiet}");
+        assert_eq!(got, want, "{device}");
+    }
+}

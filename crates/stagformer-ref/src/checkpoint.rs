@@ -1,15 +1,26 @@
 //! Checkpoint files: `config.json` + `model.safetensors`, or shards
 //! `model-0000N-of-0000M.safetensors` listed by `model.safetensors.index.json`.
-//! Every tensor is read into f32; f32, bf16 and f16 are accepted.
+//! f32, bf16 and f16 tensors are accepted.
+//!
+//! [`Checkpoint::open`] maps the files and validates the tensor directory (names, dtypes,
+//! shapes, byte ranges) from the headers alone; tensor data is read only when a tensor is
+//! converted ([`TensorSource::read`]), one tensor at a time, into the element type the caller
+//! stores (f32 for the CPU reference, f32 or bf16 on a device). [`read_tensors`] is the older
+//! eager path: every tensor widened to f32 at once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
+use memmap2::Mmap;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-use crate::error::LoadError;
+use crate::config::Config;
+use crate::error::{LoadError, LoadWarning};
+use crate::weights::{expected_tensors, is_ignorable, TensorSpec};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -41,35 +52,514 @@ impl StorageDtype {
     }
 }
 
-/// Reads every tensor of the checkpoint in `dir`.
+impl StorageDtype {
+    fn from_safetensors(dtype: Dtype) -> Option<Self> {
+        match dtype {
+            Dtype::F32 => Some(StorageDtype::F32),
+            Dtype::BF16 => Some(StorageDtype::Bf16),
+            Dtype::F16 => Some(StorageDtype::F16),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageDtype::F32 => "f32",
+            StorageDtype::Bf16 => "bf16",
+            StorageDtype::F16 => "f16",
+        }
+    }
+}
+
+/// An element type stored tensors convert into. Each conversion rounds at most once: bf16 to
+/// bf16 is a copy, f16 to bf16 goes through f32 (exact) and rounds once.
+pub trait Element: Copy + Send + Sync + 'static {
+    fn from_f32(v: f32) -> Self;
+    fn from_bf16(v: bf16) -> Self;
+    fn from_f16(v: f16) -> Self;
+}
+
+impl Element for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn from_bf16(v: bf16) -> Self {
+        v.to_f32()
+    }
+    fn from_f16(v: f16) -> Self {
+        v.to_f32()
+    }
+}
+
+impl Element for bf16 {
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+    fn from_bf16(v: bf16) -> Self {
+        v
+    }
+    fn from_f16(v: f16) -> Self {
+        bf16::from_f32(v.to_f32())
+    }
+}
+
+/// Where a model's tensors come from: a mapped [`Checkpoint`], a loaded [`crate::Model`], or
+/// seeded random weights ([`crate::init::RandomWeights`]). Loaders ask for one tensor at a
+/// time, so only one converted tensor needs to exist on the host at once.
+pub trait TensorSource {
+    /// The validated config the tensors belong to.
+    fn config(&self) -> &Config;
+    /// Tensor `name` (one that [`expected_tensors`] lists for [`TensorSource::config`]),
+    /// row-major, converted to `E`: exactly the values its expected shape calls for. A
+    /// non-finite value is an error naming the tensor.
+    fn read<E: Element>(&self, name: &str) -> Result<Vec<E>, LoadError>;
+}
+
+/// One memory-mapped safetensors file.
+struct MappedFile {
+    path: PathBuf,
+    map: Mmap,
+}
+
+/// Where one tensor of a [`Checkpoint`] lies.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// Index into `Checkpoint::files`.
+    file: usize,
+    dtype: StorageDtype,
+    shape: Vec<usize>,
+    /// Byte range within the file (validated to lie inside it).
+    bytes: Range<usize>,
+}
+
+/// What the directory says about one tensor (no data is read).
+#[derive(Debug, Clone, Copy)]
+pub struct TensorInfo<'a> {
+    pub name: &'a str,
+    pub file: &'a Path,
+    pub dtype: StorageDtype,
+    pub shape: &'a [usize],
+    /// Bytes of data in the file.
+    pub bytes: usize,
+}
+
+/// A checkpoint directory with its safetensors files memory-mapped and its tensor directory
+/// validated against the config; tensors are converted on demand.
+///
+/// Opening reads only `config.json`, the index and the safetensors headers (plus, for a tied
+/// model that also stores `lm_head.weight`, the two tensors compared, see
+/// [`Checkpoint::warnings`]). The files must not be modified while a `Checkpoint` maps them.
+pub struct Checkpoint {
+    dir: PathBuf,
+    config: Config,
+    files: Vec<MappedFile>,
+    tensors: BTreeMap<String, Entry>,
+    warnings: Vec<LoadWarning>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("dir", &self.dir)
+            .field(
+                "files",
+                &self.files.iter().map(|m| &m.path).collect::<Vec<_>>(),
+            )
+            .field("tensors", &self.tensors.len())
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+impl Checkpoint {
+    /// Opens `dir` strictly: the config, then every file's header. Missing, unexpected,
+    /// misshapen or duplicated tensors, unsupported dtypes, truncated or corrupt files and a
+    /// broken index are errors naming the file and tensor. Non-finite values are found when a
+    /// tensor is converted ([`TensorSource::read`]).
+    pub fn open(dir: &Path) -> Result<Self, crate::Error> {
+        let config = Config::from_file(&dir.join(CONFIG_FILE))?;
+        let mut files = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for path in weight_files(dir)? {
+            let map = map_file(&path)?;
+            index_file(files.len(), &path, &map, &mut tensors)?;
+            files.push(MappedFile { path, map });
+        }
+        let mut ckpt = Checkpoint {
+            dir: dir.to_owned(),
+            config,
+            files,
+            tensors,
+            warnings: Vec::new(),
+        };
+        ckpt.validate()?;
+        Ok(ckpt)
+    }
+
+    /// Checks the directory against the config's tensor list (in the list's order, so the first
+    /// problem reported is deterministic), then a tied model's stored `lm_head`.
+    fn validate(&mut self) -> Result<(), LoadError> {
+        let specs = expected_tensors(&self.config);
+        for spec in &specs {
+            let entry = self
+                .tensors
+                .get(&spec.name)
+                .ok_or_else(|| LoadError::MissingTensor {
+                    name: spec.name.clone(),
+                })?;
+            self.check_shape(&spec.name, entry, &spec.shape)?;
+        }
+        let tied_head = tied_lm_head_spec(&self.config);
+        if let Some(spec) = &tied_head {
+            if let Some(entry) = self.tensors.get(&spec.name) {
+                self.check_shape(&spec.name, entry, &spec.shape)?;
+            }
+        }
+        self.tensors.retain(|name, _| !is_ignorable(name));
+        let known = |name: &str| {
+            specs.iter().any(|s| s.name == name)
+                || tied_head.as_ref().is_some_and(|s| s.name == name)
+        };
+        if let Some((name, entry)) = self.tensors.iter().find(|(n, _)| !known(n)) {
+            return Err(LoadError::UnexpectedTensor {
+                path: self.files[entry.file].path.clone(),
+                name: name.clone(),
+            });
+        }
+        if tied_head.is_some()
+            && self.tensors.contains_key(LM_HEAD)
+            && !self.same_values(EMBED, LM_HEAD)
+        {
+            self.warnings.push(LoadWarning::TiedLmHeadDiffers {
+                path: self.files[self.tensors[LM_HEAD].file].path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_shape(&self, name: &str, entry: &Entry, shape: &[usize]) -> Result<(), LoadError> {
+        if entry.shape != shape {
+            return Err(LoadError::ShapeMismatch {
+                path: self.files[entry.file].path.clone(),
+                name: name.to_owned(),
+                expected: shape.to_vec(),
+                found: entry.shape.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether two tensors of equal shape hold the same values bit for bit: the same bytes when
+    /// stored in one dtype, else the same f32 values (every supported dtype widens exactly).
+    fn same_values(&self, a: &str, b: &str) -> bool {
+        let (ea, eb) = (&self.tensors[a], &self.tensors[b]);
+        let (da, db) = (self.data(ea), self.data(eb));
+        let same = if ea.dtype == eb.dtype {
+            da == db
+        } else {
+            let wa = widen_bytes(ea.dtype, da);
+            let wb = widen_bytes(eb.dtype, db);
+            wa.zip(wb).all(|(x, y)| x.to_bits() == y.to_bits())
+        };
+        self.release(ea);
+        self.release(eb);
+        same
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The safetensors files, in the order they were read.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|f| f.path.as_path())
+    }
+
+    /// Total size of the safetensors files.
+    pub fn file_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.map.len() as u64).sum()
+    }
+
+    /// Every tensor of the checkpoint (`*.rotary_emb.inv_freq` buffers left out), by name.
+    pub fn tensors(&self) -> impl Iterator<Item = TensorInfo<'_>> {
+        self.tensors.iter().map(|(name, e)| self.info(name, e))
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<TensorInfo<'_>> {
+        let (name, e) = self.tensors.get_key_value(name)?;
+        Some(self.info(name, e))
+    }
+
+    fn info<'a>(&'a self, name: &'a str, e: &'a Entry) -> TensorInfo<'a> {
+        TensorInfo {
+            name,
+            file: &self.files[e.file].path,
+            dtype: e.dtype,
+            shape: &e.shape,
+            bytes: e.bytes.len(),
+        }
+    }
+
+    /// What loading noticed but did not refuse (see [`LoadWarning`]). The library prints
+    /// nothing; callers decide how to show these.
+    pub fn warnings(&self) -> &[LoadWarning] {
+        &self.warnings
+    }
+
+    fn data(&self, e: &Entry) -> &[u8] {
+        // In range: `index_file` checked the range against the mapped length.
+        &self.files[e.file].map[e.bytes.clone()]
+    }
+
+    /// Drops a converted tensor's pages from this process's resident set: the map stays valid
+    /// and the kernel reads the file again if the range is touched again, so a model read
+    /// tensor by tensor never holds more than one tensor's mapped pages resident.
+    fn release(&self, e: &Entry) {
+        #[cfg(unix)]
+        {
+            let map = &self.files[e.file].map;
+            // SAFETY: `Mmap::map` makes a shared, read-only file mapping, for which
+            // MADV_DONTNEED only unmaps the pages from this process; a later access (also one
+            // racing from another thread) faults the same bytes back in from the file, so no
+            // borrow of the map ever observes different contents, given the file is not
+            // modified while mapped (the contract of `Checkpoint::open`). The range was checked
+            // to lie inside the map. Failure only means the pages stay resident.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    e.bytes.start,
+                    e.bytes.len(),
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = e;
+    }
+
+    /// Total bytes of the tensors the config calls for (what a full read converts).
+    pub fn tensor_bytes(&self) -> u64 {
+        expected_tensors(&self.config)
+            .iter()
+            .filter_map(|s| self.tensors.get(&s.name))
+            .map(|e| e.bytes.len() as u64)
+            .sum()
+    }
+
+    /// Bytes of tensor `name` in the file (0 when absent).
+    pub fn tensor_len(&self, name: &str) -> u64 {
+        self.tensors.get(name).map_or(0, |e| e.bytes.len() as u64)
+    }
+}
+
+impl TensorSource for Checkpoint {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn read<E: Element>(&self, name: &str) -> Result<Vec<E>, LoadError> {
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                name: name.to_owned(),
+            })?;
+        let out = convert::<E>(entry.dtype, self.data(entry));
+        self.release(entry);
+        out.ok_or_else(|| LoadError::NonFinite {
+            path: self.files[entry.file].path.clone(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+pub(crate) const EMBED: &str = "model.embed_tokens.weight";
+pub(crate) const LM_HEAD: &str = "lm_head.weight";
+
+/// With tied embeddings, the `lm_head.weight` a checkpoint may store anyway (Hugging Face
+/// writes it for some models): allowed, with the embedding's shape, and ignored.
+pub(crate) fn tied_lm_head_spec(cfg: &Config) -> Option<TensorSpec> {
+    cfg.tie_word_embeddings.then(|| TensorSpec {
+        name: LM_HEAD.to_owned(),
+        shape: vec![cfg.vocab_size, cfg.hidden_size],
+        role: crate::weights::TensorRole::Linear,
+    })
+}
+
+/// `bytes` (little-endian, a whole number of elements, validated by the caller) converted to
+/// `E`, or `None` if a value is not finite.
+fn convert<E: Element>(dtype: StorageDtype, bytes: &[u8]) -> Option<Vec<E>> {
+    let mut finite = true;
+    let out: Vec<E> = match dtype {
+        StorageDtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                finite &= v.is_finite();
+                E::from_f32(v)
+            })
+            .collect(),
+        StorageDtype::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|c| {
+                let v = bf16::from_le_bytes([c[0], c[1]]);
+                finite &= v.is_finite();
+                E::from_bf16(v)
+            })
+            .collect(),
+        StorageDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| {
+                let v = f16::from_le_bytes([c[0], c[1]]);
+                finite &= v.is_finite();
+                E::from_f16(v)
+            })
+            .collect(),
+    };
+    finite.then_some(out)
+}
+
+/// The f32 values of `bytes` stored as `dtype`.
+fn widen_bytes(dtype: StorageDtype, bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    let width = dtype.bytes();
+    bytes.chunks_exact(width).map(move |c| match dtype {
+        StorageDtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+        StorageDtype::Bf16 => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+        StorageDtype::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
+    })
+}
+
+/// The safetensors files of `dir`: `model.safetensors`, or the shards its index names.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let single = dir.join(SINGLE_FILE);
+    let index = dir.join(INDEX_FILE);
+    if single.is_file() {
+        Ok(vec![single])
+    } else if index.is_file() {
+        shard_files(dir, &index)
+    } else {
+        Err(LoadError::NoWeights {
+            path: dir.to_owned(),
+        })
+    }
+}
+
+/// Maps `path` read-only after checking it is a regular file (symlinks to one are followed, as
+/// in Hugging Face's cache) long enough to hold a safetensors header length.
+fn map_file(path: &Path) -> Result<Mmap, LoadError> {
+    let io = |source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.file_type().is_file() {
+        return Err(LoadError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    if meta.len() < 8 {
+        return Err(LoadError::Safetensors {
+            path: path.to_owned(),
+            reason: format!("{} bytes is too short for a safetensors header", meta.len()),
+        });
+    }
+    // SAFETY: a read-only shared mapping of the file; the `&[u8]` it derefs to is immutable
+    // only as long as the file's contents do not change. That the files are not modified (or
+    // truncated) while mapped is the caller's contract, as for every memory-mapping model
+    // loader; it is stated on `Checkpoint` and in docs/MODEL.md. A regular file was checked
+    // for above, so the map is not of a device or pipe, and its length (>= 8) is not zero.
+    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+    Ok(map)
+}
+
+/// Adds the tensors of the mapped file `map` (the `file`-th) to `out`, with their byte ranges
+/// checked against the file.
+fn index_file(
+    file: usize,
+    path: &Path,
+    map: &[u8],
+    out: &mut BTreeMap<String, Entry>,
+) -> Result<(), LoadError> {
+    let corrupt = |reason: String| LoadError::Safetensors {
+        path: path.to_owned(),
+        reason,
+    };
+    // Parses and validates the header: offsets contiguous and covering the data exactly, and
+    // each tensor's byte length equal to its element count times its dtype size.
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(map).map_err(|e| corrupt(e.to_string()))?;
+    let data_start = header_len
+        .checked_add(8)
+        .ok_or_else(|| corrupt("header length overflows".into()))?;
+    let mut infos: Vec<_> = metadata.tensors().into_iter().collect();
+    // HashMap order: sort so the first problem reported is deterministic.
+    infos.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, info) in infos {
+        let dtype = StorageDtype::from_safetensors(info.dtype).ok_or_else(|| {
+            LoadError::UnsupportedDtype {
+                path: path.to_owned(),
+                name: name.clone(),
+                dtype: format!("{:?}", info.dtype),
+            }
+        })?;
+        // Checked again here (safetensors checked it too) because the range is indexed later.
+        let len = info
+            .shape
+            .iter()
+            .try_fold(dtype.bytes(), |n, &d| n.checked_mul(d));
+        let (s, e) = info.data_offsets;
+        let start = data_start.checked_add(s);
+        let end = data_start.checked_add(e);
+        let bytes = match (len, start, end) {
+            (Some(len), Some(start), Some(end))
+                if start <= end && end - start == len && end <= map.len() =>
+            {
+                start..end
+            }
+            _ => {
+                return Err(corrupt(format!(
+                    "tensor `{name}`: data offsets {:?} do not hold shape {:?} of {} inside the \
+                     file",
+                    info.data_offsets,
+                    info.shape,
+                    dtype.name()
+                )))
+            }
+        };
+        let entry = Entry {
+            file,
+            dtype,
+            shape: info.shape.clone(),
+            bytes,
+        };
+        if out.insert(name.clone(), entry).is_some() {
+            return Err(LoadError::DuplicateTensor {
+                path: path.to_owned(),
+                name,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads every tensor of the checkpoint in `dir`, widened to f32, with no check against a
+/// config (see [`crate::weights::Weights::from_tensors`]). [`Checkpoint`] converts on demand
+/// instead.
 pub fn read_tensors(
     dir: &Path,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<BTreeMap<String, LoadedTensor>, LoadError> {
-    let single = dir.join(SINGLE_FILE);
-    let index = dir.join(INDEX_FILE);
-    let files = if single.is_file() {
-        vec![single]
-    } else if index.is_file() {
-        shard_files(dir, &index)?
-    } else {
-        return Err(LoadError::NoWeights {
-            path: dir.to_owned(),
-        });
-    };
-    let total: u64 = files
-        .iter()
-        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let files = weight_files(dir)?;
+    let mut maps = Vec::new();
+    for file in &files {
+        maps.push(map_file(file)?);
+    }
+    let total: u64 = maps.iter().map(|m| m.len() as u64).sum();
     let mut done = 0;
     let mut tensors = BTreeMap::new();
-    for file in &files {
-        let bytes = std::fs::read(file).map_err(|source| LoadError::Io {
-            path: file.clone(),
-            source,
-        })?;
-        done += bytes.len() as u64;
-        read_file_tensors(file, &bytes, &mut tensors)?;
+    for (file, map) in files.iter().zip(&maps) {
+        done += map.len() as u64;
+        read_file_tensors(file, map, &mut tensors)?;
         progress(done, total);
     }
     Ok(tensors)
@@ -122,9 +612,12 @@ fn read_file_tensors(
         reason: e.to_string(),
     })?;
     for (name, view) in st.tensors() {
-        let data = widen(&name, &view)?;
+        let data = widen(file, &name, &view)?;
         if data.iter().any(|v| !v.is_finite()) {
-            return Err(LoadError::NonFinite { name });
+            return Err(LoadError::NonFinite {
+                path: file.to_owned(),
+                name,
+            });
         }
         let tensor = LoadedTensor {
             shape: view.shape().to_vec(),
@@ -141,7 +634,7 @@ fn read_file_tensors(
     Ok(())
 }
 
-fn widen(name: &str, view: &TensorView<'_>) -> Result<Vec<f32>, LoadError> {
+fn widen(file: &Path, name: &str, view: &TensorView<'_>) -> Result<Vec<f32>, LoadError> {
     let bytes = view.data();
     Ok(match view.dtype() {
         Dtype::F32 => bytes
@@ -158,6 +651,7 @@ fn widen(name: &str, view: &TensorView<'_>) -> Result<Vec<f32>, LoadError> {
             .collect(),
         other => {
             return Err(LoadError::UnsupportedDtype {
+                path: file.to_owned(),
                 name: name.to_owned(),
                 dtype: format!("{other:?}"),
             })

@@ -70,14 +70,17 @@ pub enum LoadError {
     Index { path: PathBuf, reason: String },
     #[error("{path}: invalid or truncated safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },
+    #[error("{path}: not a regular file")]
+    NotAFile { path: PathBuf },
     #[error("tensor `{name}` is missing from the checkpoint")]
     MissingTensor { name: String },
     #[error("{path}: unexpected tensor `{name}` (not part of this model's config)")]
     UnexpectedTensor { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}` appears in more than one file")]
     DuplicateTensor { path: PathBuf, name: String },
-    #[error("tensor `{name}`: expected shape {expected:?}, found {found:?}")]
+    #[error("{path}: tensor `{name}`: expected shape {expected:?}, found {found:?}")]
     ShapeMismatch {
+        path: PathBuf,
         name: String,
         expected: Vec<usize>,
         found: Vec<usize>,
@@ -89,12 +92,34 @@ pub enum LoadError {
         expected: usize,
         found: usize,
     },
-    #[error("tensor `{name}`: unsupported dtype {dtype} (f32, bf16 and f16 are supported)")]
-    UnsupportedDtype { name: String, dtype: String },
-    #[error("tensor `{name}` holds a non-finite value")]
-    NonFinite { name: String },
+    #[error(
+        "{path}: tensor `{name}`: unsupported dtype {dtype} (f32, bf16 and f16 are supported)"
+    )]
+    UnsupportedDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    #[error("{path}: tensor `{name}` holds a non-finite value")]
+    NonFinite { path: PathBuf, name: String },
     #[error("{path}: cannot write: {reason}")]
     Write { path: PathBuf, reason: String },
+}
+
+/// Something a checkpoint does that loading accepts but a user should hear about. The
+/// library never prints these; see [`crate::checkpoint::Checkpoint::warnings`] and
+/// [`crate::Model::warnings`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadWarning {
+    /// `tie_word_embeddings` is true and the checkpoint also stores an `lm_head.weight` whose
+    /// values differ from the embedding's. Hugging Face transformers ties the output projection
+    /// to the input embedding in that case, discarding the stored one; so does this loader.
+    #[error(
+        "{path}: `lm_head.weight` differs from `model.embed_tokens.weight`, but \
+         tie_word_embeddings is true: using the embedding and ignoring the stored lm_head, as \
+         Hugging Face transformers does"
+    )]
+    TiedLmHeadDiffers { path: PathBuf },
 }
 
 /// A request (tokens, lengths, mode) the model cannot serve.

@@ -1,6 +1,6 @@
 //! Random checkpoints (test and benchmark models) and the named presets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use rand::rngs::StdRng;
@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
-use crate::checkpoint::{self, EncodedTensor, StorageDtype};
+use crate::checkpoint::{self, Element, EncodedTensor, StorageDtype, TensorSource};
 use crate::config::Config;
 use crate::error::{Error, LoadError};
 use crate::weights::{expected_tensors, TensorRole, TensorSpec, Weights};
@@ -70,6 +70,52 @@ fn round_through(data: &mut [f32], dtype: StorageDtype) {
         StorageDtype::F16 => data
             .iter_mut()
             .for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+    }
+}
+
+/// The random weights of [`random_weights`] as a [`TensorSource`]: each tensor is drawn when it
+/// is read, so a device decoder can be built without the whole model in host f32.
+#[derive(Debug, Clone)]
+pub struct RandomWeights {
+    config: Config,
+    seed: u64,
+    dtype: StorageDtype,
+    /// Name → (index in `expected_tensors`, which seeds its stream; spec).
+    specs: HashMap<String, (usize, TensorSpec)>,
+}
+
+impl RandomWeights {
+    pub fn new(config: Config, seed: u64, dtype: StorageDtype) -> Result<Self, Error> {
+        config.validate()?;
+        let specs = expected_tensors(&config)
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| (spec.name.clone(), (i, spec)))
+            .collect();
+        Ok(RandomWeights {
+            config,
+            seed,
+            dtype,
+            specs,
+        })
+    }
+}
+
+impl TensorSource for RandomWeights {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn read<E: Element>(&self, name: &str) -> Result<Vec<E>, LoadError> {
+        let (i, spec) = self
+            .specs
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                name: name.to_owned(),
+            })?;
+        let mut data = draw(spec, tensor_seed(self.seed, *i));
+        round_through(&mut data, self.dtype);
+        Ok(data.into_iter().map(E::from_f32).collect())
     }
 }
 

@@ -23,10 +23,10 @@ pub mod sample;
 pub mod score;
 pub mod weights;
 
-pub use checkpoint::StorageDtype;
+pub use checkpoint::{Checkpoint, Element, StorageDtype, TensorSource};
 pub use config::Config;
 pub use decode::{DecodeBatch, SeqId, StepMode};
-pub use error::{ConfigError, Error, LoadError, RequestError, ShapeError};
+pub use error::{ConfigError, Error, LoadError, LoadWarning, RequestError, ShapeError};
 pub use generation::{GenerationConfig, GenerationConfigError};
 pub use model::Model;
 pub use ops::Matrix;

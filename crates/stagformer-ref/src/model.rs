@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use crate::checkpoint::{self, StorageDtype};
+use crate::checkpoint::{Checkpoint, Element, StorageDtype, TensorSource};
 use crate::config::Config;
-use crate::error::{Error, RequestError, ShapeError};
+use crate::error::{Error, LoadError, LoadWarning, RequestError, ShapeError};
 use crate::init;
 use crate::ops::{self, HeadLayout, Matrix};
 use crate::weights::{CrossWeights, LayerWeights, Weights};
@@ -16,6 +16,7 @@ pub struct Model {
     pub config: Config,
     pub weights: Weights,
     pub(crate) inv_freq: Vec<f64>,
+    pub(crate) warnings: Vec<LoadWarning>,
 }
 
 /// Keys/values of one layer computed during a section pass, handed to a prefill so it can fill
@@ -34,20 +35,48 @@ impl Model {
             config,
             weights,
             inv_freq,
+            warnings: Vec::new(),
         }
     }
 
-    /// Loads `dir` (config.json + safetensors) strictly.
+    /// Loads `dir` (config.json + safetensors) strictly, converting every tensor to f32 (the
+    /// whole model in host memory, 4 bytes per parameter).
     pub fn load(dir: &Path) -> Result<Self, Error> {
         Self::load_with_progress(dir, |_, _| {})
     }
 
-    /// As [`Model::load`], reporting (bytes read, total bytes) as files are read.
-    pub fn load_with_progress(dir: &Path, progress: impl FnMut(u64, u64)) -> Result<Self, Error> {
-        let config = Config::from_file(&dir.join(checkpoint::CONFIG_FILE))?;
-        let tensors = checkpoint::read_tensors(dir, progress)?;
-        let weights = Weights::from_tensors(&config, tensors)?;
-        Ok(Self::new(config, weights))
+    /// As [`Model::load`], reporting (bytes converted, total bytes) as tensors are converted.
+    pub fn load_with_progress(
+        dir: &Path,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Self, Error> {
+        let ckpt = Checkpoint::open(dir)?;
+        let total = ckpt.tensor_bytes();
+        let mut done = 0;
+        let names = crate::weights::expected_tensors(ckpt.config());
+        let weights = Weights::from_source(&ckpt, |i, _| {
+            done += ckpt.tensor_len(&names[i - 1].name);
+            progress(done, total);
+        })?;
+        Ok(Self::from_checkpoint_weights(&ckpt, weights))
+    }
+
+    /// Converts every tensor of an opened checkpoint to f32.
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self, Error> {
+        let weights = Weights::from_source(ckpt, |_, _| {})?;
+        Ok(Self::from_checkpoint_weights(ckpt, weights))
+    }
+
+    fn from_checkpoint_weights(ckpt: &Checkpoint, weights: Weights) -> Self {
+        let mut model = Self::new(ckpt.config().clone(), weights);
+        model.warnings = ckpt.warnings().to_vec();
+        model
+    }
+
+    /// What loading noticed but accepted (see [`LoadWarning`]); empty for models not loaded
+    /// from a checkpoint.
+    pub fn warnings(&self) -> &[LoadWarning] {
+        &self.warnings
     }
 
     /// A model with random weights drawn from `seed` (identical to loading the checkpoint
@@ -68,24 +97,7 @@ impl Model {
 
     /// Checks ids against the vocabulary and the length against `capacity` positions.
     pub fn check_tokens(&self, tokens: &[u32], capacity: usize) -> Result<(), RequestError> {
-        if tokens.is_empty() {
-            return Err(RequestError::EmptyInput);
-        }
-        if tokens.len() > capacity {
-            return Err(RequestError::TooLong {
-                len: tokens.len(),
-                max: capacity,
-            });
-        }
-        let vocab_size = self.config.vocab_size;
-        match tokens.iter().position(|&t| t as usize >= vocab_size) {
-            Some(index) => Err(RequestError::TokenOutOfRange {
-                index,
-                token: tokens[index],
-                vocab_size,
-            }),
-            None => Ok(()),
-        }
+        check_tokens(&self.config, tokens, capacity)
     }
 
     /// Logits [T, V] for every position of `tokens`, by the definition.
@@ -301,5 +313,45 @@ impl Model {
     pub fn logits(&self, z: &Matrix) -> Result<Matrix, Error> {
         let h = ops::rmsnorm_rows(z, &self.weights.final_norm, self.config.rms_norm_eps)?;
         Ok(ops::linear(&h, self.weights.lm_head())?)
+    }
+}
+
+/// Checks ids against `config`'s vocabulary and the length against `capacity` positions (what
+/// [`Model::check_tokens`] does, for callers that hold only a config).
+pub fn check_tokens(config: &Config, tokens: &[u32], capacity: usize) -> Result<(), RequestError> {
+    if tokens.is_empty() {
+        return Err(RequestError::EmptyInput);
+    }
+    if tokens.len() > capacity {
+        return Err(RequestError::TooLong {
+            len: tokens.len(),
+            max: capacity,
+        });
+    }
+    let vocab_size = config.vocab_size;
+    match tokens.iter().position(|&t| t as usize >= vocab_size) {
+        Some(index) => Err(RequestError::TokenOutOfRange {
+            index,
+            token: tokens[index],
+            vocab_size,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The CPU model as a tensor source, so a device decoder can be built from it.
+impl TensorSource for Model {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn read<E: Element>(&self, name: &str) -> Result<Vec<E>, LoadError> {
+        let data = self
+            .weights
+            .tensor(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                name: name.to_owned(),
+            })?;
+        Ok(data.iter().map(|&v| E::from_f32(v)).collect())
     }
 }

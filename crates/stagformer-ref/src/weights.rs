@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::checkpoint::LoadedTensor;
+use crate::checkpoint::{self, LoadedTensor, TensorSource};
 use crate::config::Config;
 use crate::error::LoadError;
 use crate::ops::Matrix;
 
 /// Buffers some Llama exporters save that carry no weights (RoPE is recomputed).
-fn is_ignorable(name: &str) -> bool {
+pub(crate) fn is_ignorable(name: &str) -> bool {
     name.ends_with(".rotary_emb.inv_freq")
 }
 
@@ -185,7 +185,9 @@ pub struct Weights {
 
 impl Weights {
     /// Takes the tensors `cfg` calls for out of `tensors`; anything missing, misshapen or left
-    /// over is an error naming the tensor.
+    /// over is an error naming the tensor. A tied model's stored `lm_head.weight` is checked
+    /// for shape and dropped (see [`checkpoint::Checkpoint::warnings`] for the comparison with
+    /// the embedding).
     pub fn from_tensors(
         cfg: &Config,
         mut tensors: BTreeMap<String, LoadedTensor>,
@@ -198,6 +200,7 @@ impl Weights {
                 })?;
             if t.shape != shape {
                 return Err(LoadError::ShapeMismatch {
+                    path: t.file,
                     name: name.to_owned(),
                     expected: shape.to_vec(),
                     found: t.shape,
@@ -222,10 +225,82 @@ impl Weights {
             let data = take(&spec.name, &spec.shape)?;
             values.insert(spec.name, (spec.shape, data));
         }
+        if let Some(spec) = checkpoint::tied_lm_head_spec(cfg) {
+            // Absent is fine; present, it must have the embedding's shape.
+            match take(&spec.name, &spec.shape) {
+                Ok(_) | Err(LoadError::MissingTensor { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         if let Some((name, t)) = tensors.into_iter().find(|(n, _)| !is_ignorable(n)) {
             return Err(LoadError::UnexpectedTensor { path: t.file, name });
         }
         Ok(Self::assemble(cfg, values))
+    }
+
+    /// Reads every tensor `source.config()` calls for, one at a time, as f32, reporting
+    /// (tensors read, tensors in all) after each.
+    pub fn from_source(
+        source: &impl TensorSource,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self, LoadError> {
+        let cfg = source.config();
+        let specs = expected_tensors(cfg);
+        let total = specs.len();
+        let mut values = BTreeMap::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let data = source.read::<f32>(&spec.name)?;
+            check_len(&spec, data.len())?;
+            values.insert(spec.name, (spec.shape, data));
+            progress(i + 1, total);
+        }
+        Ok(Self::assemble(cfg, values))
+    }
+
+    /// The f32 values of the tensor stored under `name` (a name of [`expected_tensors`]), or
+    /// `None` if this model has no such tensor. A tied model has no `lm_head.weight`.
+    pub fn tensor(&self, name: &str) -> Option<&[f32]> {
+        match name {
+            "model.embed_tokens.weight" => return Some(&self.embed.data),
+            "model.norm.weight" => return Some(&self.final_norm),
+            "model.output_mix.weight" => return self.output_mix.as_deref(),
+            "lm_head.weight" => return self.lm_head.as_ref().map(|m| &m.data[..]),
+            _ => {}
+        }
+        if let Some(rest) = name.strip_prefix("model.layers.") {
+            let (l, field) = rest.split_once('.')?;
+            let w = self.layers.get(l.parse::<usize>().ok()?)?;
+            return Some(match field {
+                "input_layernorm.weight" => &w.input_norm,
+                "self_attn.q_proj.weight" => &w.wq.data,
+                "self_attn.k_proj.weight" => &w.wk.data,
+                "self_attn.v_proj.weight" => &w.wv.data,
+                "self_attn.o_proj.weight" => &w.wo.data,
+                "post_attention_layernorm.weight" => &w.post_attention_norm,
+                "mlp.gate_proj.weight" => &w.w_gate.data,
+                "mlp.up_proj.weight" => &w.w_up.data,
+                "mlp.down_proj.weight" => &w.w_down.data,
+                _ => return None,
+            });
+        }
+        if let Some(rest) = name.strip_prefix("model.cross_layers.") {
+            let (s, rest) = rest.split_once('.')?;
+            let (j, field) = rest.split_once('.')?;
+            let s = s.parse::<usize>().ok()?.checked_sub(1)?;
+            let c = self.cross.get(s)?.get(j.parse::<usize>().ok()?)?;
+            return Some(match field {
+                "cross_attn_layernorm.weight" => &c.norm,
+                "cross_attn.q_proj.weight" => &c.wq.data,
+                "cross_attn.k_proj.weight" => &c.wk.data,
+                "cross_attn.v_proj.weight" => &c.wv.data,
+                "cross_attn.o_proj.weight" => &c.wo.data,
+                _ => return None,
+            });
+        }
+        let s = name
+            .strip_prefix("model.memory_norms.")?
+            .strip_suffix(".weight")?;
+        Some(self.memory_norms.get(s.parse::<usize>().ok()?)?)
     }
 
     /// Builds the structure from a complete `name → (shape, data)` map (names from
@@ -285,6 +360,21 @@ impl Weights {
     pub fn lm_head(&self) -> &Matrix {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
+}
+
+/// A converted tensor must hold exactly the values its spec calls for (`assemble` relies on it;
+/// a [`TensorSource`] outside this crate could get it wrong).
+fn check_len(spec: &TensorSpec, found: usize) -> Result<(), LoadError> {
+    let expected = spec.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if expected != Some(found) {
+        return Err(LoadError::DataLength {
+            name: spec.name.clone(),
+            shape: spec.shape.clone(),
+            expected: expected.unwrap_or(usize::MAX),
+            found,
+        });
+    }
+    Ok(())
 }
 
 /// The tensors being assembled; every name and data length was checked against the spec before.

@@ -10,7 +10,8 @@ use safetensors::SafeTensors;
 use serde_json::{json, Value};
 use stagformer_ref::init::write_random_checkpoint;
 use stagformer_ref::{
-    score, ConfigError, Error, LoadError, Model, RequestError, ScoreMode, StorageDtype,
+    score, Checkpoint, ConfigError, Error, LoadError, LoadWarning, Model, RequestError, ScoreMode,
+    StorageDtype, TensorSource,
 };
 
 fn good_checkpoint(dir: &Path, shards: usize) {
@@ -412,4 +413,200 @@ fn decode_batch_limits() {
         Error::Request(RequestError::UnknownSequence { .. })
     ));
     assert!(DecodeBatch::new(&m, StepMode::Staggered, 1, 65).is_err());
+}
+
+fn tied_checkpoint(dir: &Path) {
+    let v = common::Variant {
+        sections: 2,
+        shared: false,
+        window: None,
+        mix: false,
+        gqa: true,
+        tied: true,
+    };
+    write_random_checkpoint(&common::config(v), 9, StorageDtype::Bf16, 1, dir).unwrap();
+}
+
+/// Stores `lm_head.weight` next to the embedding of a tied checkpoint, made from the
+/// embedding's (dtype, shape, bytes) by `make`.
+fn store_lm_head(
+    dir: &Path,
+    make: impl FnOnce(&(Dtype, Vec<usize>, Vec<u8>)) -> (Dtype, Vec<usize>, Vec<u8>),
+) {
+    edit_tensors(dir, |m| {
+        let head = make(&m["model.embed_tokens.weight"]);
+        m.insert("lm_head.weight".into(), head);
+    });
+}
+
+#[test]
+fn tied_model_with_an_equal_stored_lm_head_loads_as_without() {
+    let plain = tempfile::tempdir().unwrap();
+    tied_checkpoint(plain.path());
+    let want = Model::load(plain.path()).unwrap();
+    let toks = common::tokens(6, 2);
+    // Same bytes, and the same values stored as f32 (bf16 widens exactly).
+    type Make = fn(&(Dtype, Vec<usize>, Vec<u8>)) -> (Dtype, Vec<usize>, Vec<u8>);
+    let makes: [Make; 2] = [
+        |e| e.clone(),
+        |(_, shape, bytes)| {
+            let wide = bytes
+                .chunks_exact(2)
+                .flat_map(|c| {
+                    let v = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                    v.to_le_bytes()
+                })
+                .collect();
+            (Dtype::F32, shape.clone(), wide)
+        },
+    ];
+    for make in makes {
+        let d = tempfile::tempdir().unwrap();
+        tied_checkpoint(d.path());
+        store_lm_head(d.path(), make);
+        let ckpt = Checkpoint::open(d.path()).unwrap();
+        assert!(ckpt.warnings().is_empty(), "{:?}", ckpt.warnings());
+        assert!(ckpt.tensor("lm_head.weight").is_some());
+        let m = Model::load(d.path()).unwrap();
+        assert!(m.warnings().is_empty());
+        assert!(m.weights.lm_head.is_none());
+        assert_eq!(m.forward(&toks).unwrap(), want.forward(&toks).unwrap());
+    }
+}
+
+#[test]
+fn tied_model_with_a_differing_stored_lm_head_uses_the_embedding_and_warns() {
+    let plain = tempfile::tempdir().unwrap();
+    tied_checkpoint(plain.path());
+    let want = Model::load(plain.path()).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    tied_checkpoint(d.path());
+    store_lm_head(d.path(), |(dtype, shape, bytes)| {
+        let mut bytes = bytes.clone();
+        bytes[7] ^= 0x01;
+        (*dtype, shape.clone(), bytes)
+    });
+    let m = Model::load(d.path()).unwrap();
+    assert_eq!(m.warnings().len(), 1, "{:?}", m.warnings());
+    assert!(matches!(
+        &m.warnings()[0],
+        LoadWarning::TiedLmHeadDiffers { path } if path.ends_with("model.safetensors")
+    ));
+    let msg = m.warnings()[0].to_string();
+    assert!(
+        msg.contains("lm_head.weight") && msg.contains("embedding"),
+        "{msg}"
+    );
+    let toks = common::tokens(6, 2);
+    assert_eq!(m.forward(&toks).unwrap(), want.forward(&toks).unwrap());
+    assert_eq!(Checkpoint::open(d.path()).unwrap().warnings(), m.warnings());
+}
+
+#[test]
+fn tied_model_with_a_misshapen_stored_lm_head_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    tied_checkpoint(d.path());
+    store_lm_head(d.path(), |(dtype, shape, bytes)| {
+        let rows = shape[0] - 1;
+        (
+            *dtype,
+            vec![rows, shape[1]],
+            bytes[..rows * shape[1] * 2].to_vec(),
+        )
+    });
+    for err in [load_err(d.path()), Checkpoint::open(d.path()).unwrap_err()] {
+        assert!(
+            matches!(&err, Error::Load(LoadError::ShapeMismatch { name, .. }) if name == "lm_head.weight"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("[37, 16]"), "{err}");
+    }
+}
+
+/// Opening maps the files and checks the tensor directory from the headers: every structural
+/// fault is found there, naming the file; only values (non-finite) wait for conversion.
+#[test]
+fn mapped_open_finds_structural_faults_and_conversion_finds_values() {
+    let d = tempfile::tempdir().unwrap();
+    good_checkpoint(d.path(), 1);
+    edit_tensors(d.path(), |m| {
+        let t = m.get_mut("model.layers.1.mlp.up_proj.weight").unwrap();
+        *t = (Dtype::I32, t.1.clone(), vec![0; t.2.len() * 2]);
+    });
+    let err = Checkpoint::open(d.path()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Load(LoadError::UnsupportedDtype { name, .. }) if name == "model.layers.1.mlp.up_proj.weight"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+
+    let d = tempfile::tempdir().unwrap();
+    good_checkpoint(d.path(), 1);
+    edit_tensors(d.path(), |m| {
+        let t = m.get_mut("model.norm.weight").unwrap();
+        t.2[0] = 0x80; // bf16 0x7F80 = +inf
+        t.2[1] = 0x7F;
+    });
+    let ckpt = Checkpoint::open(d.path()).unwrap();
+    assert!(ckpt
+        .read::<f32>("model.layers.0.mlp.up_proj.weight")
+        .is_ok());
+    let err = ckpt.read::<f32>("model.norm.weight").unwrap_err();
+    assert!(
+        matches!(&err, LoadError::NonFinite { name, path } if name == "model.norm.weight" && path.ends_with("model.safetensors")),
+        "{err}"
+    );
+    let err = ckpt.read::<half::bf16>("model.norm.weight").unwrap_err();
+    assert!(matches!(err, LoadError::NonFinite { .. }), "{err}");
+
+    // A shard that is a directory, not a regular file.
+    let d = tempfile::tempdir().unwrap();
+    good_checkpoint(d.path(), 2);
+    let second = d.path().join("model-00002-of-00002.safetensors");
+    std::fs::remove_file(&second).unwrap();
+    std::fs::create_dir(&second).unwrap();
+    let err = Checkpoint::open(d.path()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Load(LoadError::NotAFile { path }) if path == &second),
+        "{err}"
+    );
+
+    // A header whose offsets run past the end of the file.
+    let d = tempfile::tempdir().unwrap();
+    good_checkpoint(d.path(), 1);
+    let path = d.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(bytes.len() - 2);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Checkpoint::open(d.path()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Load(LoadError::Safetensors { path: p, .. }) if p == &path),
+        "{err}"
+    );
+}
+
+/// Converting from the map gives the values the eager f32 reader gives, in each target type
+/// (bf16 from a bf16 file bit for bit), and every sharded tensor is found in its own file.
+#[test]
+fn mapped_reads_match_the_eager_reader() {
+    let d = tempfile::tempdir().unwrap();
+    good_checkpoint(d.path(), 3);
+    let eager = stagformer_ref::checkpoint::read_tensors(d.path(), |_, _| {}).unwrap();
+    let ckpt = Checkpoint::open(d.path()).unwrap();
+    assert_eq!(ckpt.files().count(), 3);
+    assert_eq!(ckpt.tensors().count(), eager.len());
+    for (name, t) in &eager {
+        let info = ckpt.tensor(name).unwrap();
+        assert_eq!(info.shape, &t.shape[..]);
+        assert_eq!(info.file, t.file);
+        assert_eq!(info.dtype, StorageDtype::Bf16);
+        assert_eq!(&ckpt.read::<f32>(name).unwrap(), &t.data, "{name}");
+        let narrow: Vec<f32> = ckpt
+            .read::<half::bf16>(name)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        assert_eq!(&narrow, &t.data, "{name}");
+    }
 }

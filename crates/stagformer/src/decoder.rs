@@ -10,7 +10,7 @@ use stagformer_kernels::ops::gemm::{linear, GemmShape};
 use stagformer_kernels::ops::rmsnorm::{rmsnorm, Rows};
 use stagformer_kernels::ops::rope_append::{KvCacheLayout, RopeTable};
 use stagformer_kernels::ops::sample::{sample, SampleShape, SamplingConfig};
-use stagformer_ref::{Model, RequestError};
+use stagformer_ref::{Checkpoint, Model, RequestError, TensorSource};
 
 use crate::error::{DecoderError, Result};
 use crate::row_inputs::{Row, RowInputs};
@@ -161,7 +161,28 @@ pub struct Decoder<T: Activation> {
 impl<T: Activation> Decoder<T> {
     /// Uploads `model` to `device` and allocates every buffer for `opts`.
     pub fn new(device: &Device, model: &Model, opts: DecoderOptions) -> Result<Self> {
-        let cfg = model.config.clone();
+        Self::from_source(device, model, opts)
+    }
+
+    /// Uploads the tensors of a memory-mapped checkpoint straight from the map, each converted
+    /// once from its stored dtype to `T` (bf16 stays bit for bit), and allocates every buffer
+    /// for `opts`. The host never holds more than one converted tensor.
+    pub fn from_checkpoint(
+        device: &Device,
+        checkpoint: &Checkpoint,
+        opts: DecoderOptions,
+    ) -> Result<Self> {
+        Self::from_source(device, checkpoint, opts)
+    }
+
+    /// As [`Decoder::from_checkpoint`], from any [`TensorSource`] (a checkpoint, a model,
+    /// seeded random weights).
+    pub fn from_source(
+        device: &Device,
+        source: &impl TensorSource,
+        opts: DecoderOptions,
+    ) -> Result<Self> {
+        let cfg = source.config().clone();
         let p = cfg.sections();
         if opts.max_batch == 0 || opts.capacity == 0 {
             return Err(DecoderError::Unsupported(
@@ -192,7 +213,7 @@ impl<T: Activation> Decoder<T> {
             _ => vec![device.new_stream()?],
         };
         let stream = &streams[0];
-        let weights = DeviceWeights::upload(stream, model)?;
+        let weights = DeviceWeights::upload_from(stream, source)?;
         let rope =
             RopeTable::from_inv_freq(stream, cfg.head_dim, &cfg.rope_inv_freq(), opts.capacity)?;
         let window = cfg.stag_cross_window.filter(|&w| w < opts.capacity);

@@ -23,21 +23,12 @@ use stagformer_kernels::ops::attention_prefill::PrefillElem;
 use stagformer_kernels::ops::rmsnorm::NormElem;
 
 /// Activation and weight storage types of the decoder: f32 or bf16 (math is f32 either way).
-pub trait Activation: NormElem + AttentionElem + PrefillElem {
-    fn from_f32(v: f32) -> Self;
-}
+/// Weights convert into it from every stored dtype through [`stagformer_ref::Element`].
+pub trait Activation: NormElem + AttentionElem + PrefillElem + stagformer_ref::Element {}
 
-impl Activation for f32 {
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-}
+impl Activation for f32 {}
 
-impl Activation for bf16 {
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-}
+impl Activation for bf16 {}
 
 #[cfg(test)]
 mod tests {

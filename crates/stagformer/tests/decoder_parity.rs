@@ -609,3 +609,181 @@ fn sliding_window_and_rope_scaling_match_reference_forward() {
         }
     }
 }
+
+/// Writes `cfg`'s random checkpoint (seed 5) in `dtype` as two shards.
+fn write_checkpoint(cfg: &Config, dtype: StorageDtype, dir: &std::path::Path) {
+    stagformer_ref::init::write_random_checkpoint(cfg, 5, dtype, 2, dir).unwrap();
+}
+
+fn both_decoders<T: stagformer::Activation>(
+    ckpt: &stagformer_ref::Checkpoint,
+    model: &Model,
+    toks: &[u32],
+) -> (Vec<f32>, Vec<f32>) {
+    let dev = Device::emulated();
+    let opts = DecoderOptions::new(1, toks.len());
+    let mut mapped = Decoder::<T>::from_checkpoint(&dev, ckpt, opts).unwrap();
+    let mut hosted = Decoder::<T>::new(&dev, model, opts).unwrap();
+    (
+        score_one(&mut mapped, toks, 3),
+        score_one(&mut hosted, toks, 3),
+    )
+}
+
+/// The decoder built straight from the mapped checkpoint computes the very logits of the one
+/// built from the f32 `Model` of the same files: each weight is rounded once, to the same value,
+/// either way (f32, bf16 and f16 files; f32 and bf16 decoders).
+#[test]
+fn mapped_checkpoint_decoder_equals_model_decoder() {
+    let picks = [1, 5, 8, 13, 20];
+    let all = variants();
+    let toks = tokens(9, 2);
+    for &i in &picks {
+        let v = all[i % all.len()];
+        let cfg = config(v);
+        for dtype in [StorageDtype::F32, StorageDtype::Bf16, StorageDtype::F16] {
+            let dir = tempfile::tempdir().unwrap();
+            write_checkpoint(&cfg, dtype, dir.path());
+            let ckpt = stagformer_ref::Checkpoint::open(dir.path()).unwrap();
+            let model = Model::load(dir.path()).unwrap();
+            let (a, b) = both_decoders::<f32>(&ckpt, &model, &toks);
+            assert_eq!(a, b, "{v:?} {dtype:?} f32 decoder");
+            let (a, b) = both_decoders::<half::bf16>(&ckpt, &model, &toks);
+            assert_eq!(a, b, "{v:?} {dtype:?} bf16 decoder");
+        }
+    }
+}
+
+/// A bf16 checkpoint uploaded to a bf16 decoder holds the stored bits exactly, fused weights
+/// (q|k|v, gate|up, the cross k|v stack) included: no detour through f32 rounds anything.
+#[test]
+fn bf16_checkpoint_uploads_bit_for_bit() {
+    use stagformer::weights::DeviceWeights;
+    let v = variants()[9];
+    assert!(v.sections >= 2, "{v:?}");
+    let cfg = config(v);
+    let dir = tempfile::tempdir().unwrap();
+    stagformer_ref::init::write_random_checkpoint(&cfg, 5, StorageDtype::Bf16, 1, dir.path())
+        .unwrap();
+    let file = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let stored = |names: &[&str]| -> Vec<u16> {
+        names
+            .iter()
+            .flat_map(|n| {
+                let t = st.tensor(n).unwrap();
+                assert_eq!(t.dtype(), safetensors::Dtype::BF16);
+                t.data()
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let ckpt = stagformer_ref::Checkpoint::open(dir.path()).unwrap();
+    let dev = Device::emulated();
+    let stream = dev.new_stream().unwrap();
+    let w = DeviceWeights::<half::bf16>::upload_from(&stream, &ckpt).unwrap();
+    let bits = |b: &stagformer_kernels::DeviceBuffer<half::bf16>| -> Vec<u16> {
+        b.to_host(&stream)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&w.embed), stored(&["model.embed_tokens.weight"]));
+    let l = "model.layers.1";
+    assert_eq!(
+        bits(&w.layers[1].wqkv),
+        stored(&[
+            &format!("{l}.self_attn.q_proj.weight"),
+            &format!("{l}.self_attn.k_proj.weight"),
+            &format!("{l}.self_attn.v_proj.weight"),
+        ])
+    );
+    assert_eq!(
+        bits(&w.layers[1].w_gate_up),
+        stored(&[
+            &format!("{l}.mlp.gate_proj.weight"),
+            &format!("{l}.mlp.up_proj.weight"),
+        ])
+    );
+    let c = "model.cross_layers.1";
+    assert_eq!(
+        bits(&w.memory_kv[0]),
+        stored(&[
+            &format!("{c}.0.cross_attn.k_proj.weight"),
+            &format!("{c}.0.cross_attn.v_proj.weight"),
+            &format!("{c}.1.cross_attn.k_proj.weight"),
+            &format!("{c}.1.cross_attn.v_proj.weight"),
+        ])
+    );
+    // f32 gains hold the bf16 values widened, exactly.
+    let gain: Vec<f32> = w.final_norm.to_host(&stream).unwrap();
+    let want: Vec<f32> = stored(&["model.norm.weight"])
+        .into_iter()
+        .map(|b| half::bf16::from_bits(b).to_f32())
+        .collect();
+    assert_eq!(gain, want);
+}
+
+/// Seeded random weights drawn tensor by tensor (what the CLI's presets upload) are the weights
+/// of `Model::random`.
+#[test]
+fn random_source_decoder_equals_model_decoder() {
+    let v = variants()[7];
+    let cfg = config(v);
+    let source =
+        stagformer_ref::init::RandomWeights::new(cfg.clone(), 3, StorageDtype::F32).unwrap();
+    let model = Model::random(cfg, 3, StorageDtype::F32).unwrap();
+    let dev = Device::emulated();
+    let toks = tokens(7, 1);
+    let opts = DecoderOptions::new(1, toks.len());
+    let mut a = Decoder::<f32>::from_source(&dev, &source, opts).unwrap();
+    let mut b = Decoder::<f32>::new(&dev, &model, opts).unwrap();
+    assert_eq!(score_one(&mut a, &toks, 2), score_one(&mut b, &toks, 2));
+}
+
+/// A non-finite weight is found while uploading from the map, and named with its file.
+#[test]
+fn mapped_upload_refuses_a_non_finite_weight() {
+    let cfg = config(variants()[4]);
+    let dir = tempfile::tempdir().unwrap();
+    stagformer_ref::init::write_random_checkpoint(&cfg, 5, StorageDtype::F32, 1, dir.path())
+        .unwrap();
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let name = "model.layers.0.mlp.down_proj.weight";
+    let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+    let mut data = st.tensor(name).unwrap().data().to_vec();
+    data[4..8].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    let shape = st.tensor(name).unwrap().shape().to_vec();
+    views.retain(|(n, _)| n != name);
+    views.push((
+        name.to_owned(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &data).unwrap(),
+    ));
+    let out = safetensors::serialize(views, None).unwrap();
+    std::fs::write(&path, out).unwrap();
+    // Opening reads headers only, so it succeeds; the upload converts and refuses.
+    let ckpt = stagformer_ref::Checkpoint::open(dir.path()).unwrap();
+    let err = match Decoder::<f32>::from_checkpoint(
+        &Device::emulated(),
+        &ckpt,
+        DecoderOptions::new(1, 4),
+    ) {
+        Ok(_) => panic!("uploaded a non-finite weight"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(
+            &err,
+            stagformer::DecoderError::Model(stagformer_ref::Error::Load(
+                stagformer_ref::LoadError::NonFinite { name: n, .. }
+            )) if n == name
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+}

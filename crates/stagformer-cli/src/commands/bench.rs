@@ -14,8 +14,8 @@ use stagformer_ref::sample::argmax;
 use stagformer_ref::{DecodeBatch, Model, StepMode};
 
 use crate::commands::inspect::describe;
-use crate::engine::{Backend, DtypeChoice};
-use crate::model_source::ModelArgs;
+use crate::engine::{DtypeChoice, Engine};
+use crate::model_source::{ModelArgs, Source};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -57,9 +57,8 @@ pub fn run(args: Args) -> Result<()> {
     if args.batch == 0 || args.prompt_len == 0 || args.new_tokens == 0 {
         bail!("--batch, --prompt-len and --new-tokens must be at least 1");
     }
-    let backend = Backend::resolve(args.model.device, args.dtype)?;
-    let model = args.model.load()?;
-    let cfg = &model.config;
+    let engine = Engine::open(&args.model, args.dtype)?;
+    let cfg = engine.config();
     let capacity = args.prompt_len + args.warmup + args.new_tokens;
     if capacity > cfg.max_position_embeddings {
         bail!(
@@ -75,13 +74,13 @@ pub fn run(args: Args) -> Result<()> {
     );
     println!(
         "device: {} | batch {} | prompt {} | {} timed steps after {} warm-up | step graphs {}",
-        backend.describe(),
+        engine.describe(),
         args.batch,
         args.prompt_len,
         args.new_tokens,
         args.warmup,
-        match (&backend, args.no_graph) {
-            (Backend::Cpu, _) => "n/a",
+        match (&engine, args.no_graph) {
+            (Engine::Cpu(_), _) => "n/a",
             (_, true) => "off",
             (_, false) => "on",
         }
@@ -94,18 +93,21 @@ pub fn run(args: Args) -> Result<()> {
         })
         .collect();
 
-    let rows = match &backend {
-        Backend::Cpu => cpu_rows(&model, &prompts, capacity, &args)?,
-        Backend::Kernels {
+    let rows = match &engine {
+        Engine::Cpu(model) => cpu_rows(model, &prompts, capacity, &args)?,
+        Engine::Kernels {
             device,
             bf16: false,
-        } => kernel_rows::<f32>(device, &model, &prompts, capacity, &args)?,
-        Backend::Kernels { device, bf16: true } => {
-            kernel_rows::<half::bf16>(device, &model, &prompts, capacity, &args)?
-        }
+            source,
+        } => kernel_rows::<f32>(device, source, &prompts, capacity, &args)?,
+        Engine::Kernels {
+            device,
+            bf16: true,
+            source,
+        } => kernel_rows::<half::bf16>(device, source, &prompts, capacity, &args)?,
     };
-    let floor = match &backend {
-        Backend::Kernels { device, bf16 } if device.kind() == DeviceKind::Cuda => {
+    let floor = match &engine {
+        Engine::Kernels { device, bf16, .. } if device.kind() == DeviceKind::Cuda => {
             let bytes = params as f64 * if *bf16 { 2.0 } else { 4.0 };
             let bandwidth = copy_bandwidth(device)?;
             println!(
@@ -180,7 +182,7 @@ fn print_prefill(prompts: &[Vec<u32>], seconds: f64) {
 /// The kernel decoder: every execution mode, each in a decoder of its own.
 fn kernel_rows<T: Activation>(
     device: &Device,
-    model: &Model,
+    source: &Source,
     prompts: &[Vec<u32>],
     capacity: usize,
     args: &Args,
@@ -200,7 +202,7 @@ fn kernel_rows<T: Activation>(
             recurrent,
             graphs: !args.no_graph,
         };
-        let timed = Decoder::<T>::new(device, model, opts)
+        let timed = Decoder::<T>::from_source(device, source, opts)
             .map_err(|e| format!("n/a: {e}"))
             .and_then(|mut dec| {
                 time_kernel_decode(&mut dec, prompts, args, name == "sequential")

@@ -10,12 +10,12 @@ use anyhow::{bail, Context, Result};
 use stagformer::{Activation, Decoder, DecoderOptions, SamplingConfig};
 use stagformer_kernels::Device;
 use stagformer_ref::sample::{sample, SamplingParams};
-use stagformer_ref::{DecodeBatch, GenerationConfig, Model, SeqId, StepMode};
+use stagformer_ref::{DecodeBatch, GenerationConfig, SeqId, StepMode};
 
-use crate::engine::{Backend, EngineArgs};
-use crate::model_source::{parse_tokens, ModelArgs};
+use crate::engine::{Engine, EngineArgs};
+use crate::model_source::{parse_tokens, ModelArgs, Source};
 use crate::text::{StreamPrinter, TextCodec};
-use driver::{Engine, Limits, Stop};
+use driver::{Generator, Limits, Stop};
 
 /// The model `generate` runs when no `--model` or `--preset` is given.
 const DEFAULT_PRESET: &str = "tiny";
@@ -70,8 +70,8 @@ pub fn run(args: Args) -> Result<()> {
         );
         source.preset = Some(DEFAULT_PRESET.into());
     }
-    let backend = Backend::resolve(source.device, args.engine.dtype)?;
-    let model = source.load()?;
+    let engine = Engine::open(&source, args.engine.dtype)?;
+    let config = engine.config();
     let model_dir = args.model.model.as_deref();
     let codec = TextCodec::for_model(model_dir)?;
     if matches!(codec, TextCodec::Bytes) {
@@ -86,8 +86,8 @@ pub fn run(args: Args) -> Result<()> {
         (Some(text), None) => codec.encode(text, !args.no_special_tokens)?,
         (None, None) => bail!("give --prompt TEXT or --tokens IDS"),
     };
-    let positions = model.config.max_position_embeddings;
-    model.check_tokens(&prompt, positions)?;
+    let positions = config.max_position_embeddings;
+    stagformer_ref::model::check_tokens(config, &prompt, positions)?;
     let flags = settings::Flags {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -136,16 +136,20 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         StepMode::Staggered
     };
-    let outcome = match backend {
-        Backend::Cpu => {
+    let outcome = match &engine {
+        Engine::Cpu(model) => {
             let mut engine = CpuEngine {
-                batch: DecodeBatch::new(&model, step_mode, 1, capacity)?,
+                batch: DecodeBatch::new(model, step_mode, 1, capacity)?,
                 seq: None,
                 params,
             };
             driver::generate(&mut engine, &prompt, &limits, &mut emit)?
         }
-        Backend::Kernels { device, bf16 } => {
+        Engine::Kernels {
+            device,
+            bf16,
+            source,
+        } => {
             let opts = DecoderOptions {
                 max_batch: 1,
                 capacity,
@@ -153,11 +157,11 @@ pub fn run(args: Args) -> Result<()> {
                 recurrent: args.recurrent,
                 graphs: !args.engine.no_graph,
             };
-            if bf16 {
-                let mut engine = KernelEngine::<half::bf16>::new(&device, &model, opts, params)?;
+            if *bf16 {
+                let mut engine = KernelEngine::<half::bf16>::new(device, source, opts, params)?;
                 driver::generate(&mut engine, &prompt, &limits, &mut emit)?
             } else {
-                let mut engine = KernelEngine::<f32>::new(&device, &model, opts, params)?;
+                let mut engine = KernelEngine::<f32>::new(device, source, opts, params)?;
                 driver::generate(&mut engine, &prompt, &limits, &mut emit)?
             }
         }
@@ -205,7 +209,7 @@ struct CpuEngine<'a> {
     params: SamplingParams,
 }
 
-impl Engine for CpuEngine<'_> {
+impl Generator for CpuEngine<'_> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
         let (seq, logits) = self.batch.prefill(prompt)?;
         self.seq = Some(seq);
@@ -231,20 +235,20 @@ struct KernelEngine<T: Activation> {
 impl<T: Activation> KernelEngine<T> {
     fn new(
         device: &Device,
-        model: &Model,
+        source: &Source,
         opts: DecoderOptions,
         params: SamplingParams,
     ) -> Result<Self> {
         Ok(KernelEngine {
-            decoder: Decoder::new(device, model, opts)?,
+            decoder: Decoder::from_source(device, source, opts)?,
             seq: None,
-            vocab: model.config.vocab_size,
+            vocab: stagformer_ref::TensorSource::config(source).vocab_size,
             params,
         })
     }
 }
 
-impl<T: Activation> Engine for KernelEngine<T> {
+impl<T: Activation> Generator for KernelEngine<T> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
         let (seq, logits) = self.decoder.prefill(prompt)?;
         self.seq = Some(seq);

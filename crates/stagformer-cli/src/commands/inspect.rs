@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use stagformer_ref::init::ParamCounts;
-use stagformer_ref::Config;
+use stagformer_ref::{Checkpoint, Config, TensorSource};
+
+use crate::model_source::print_warnings;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -14,16 +16,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    // Validates the whole checkpoint (every tensor's name, shape and dtype), not only the config.
-    let model = stagformer_ref::Model::load(&args.model)
+    // Validates the whole tensor directory (every tensor's name, shape, dtype and byte range)
+    // from the safetensors headers; tensor values are not read, so neither are non-finite ones
+    // found here.
+    let ckpt = Checkpoint::open(&args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let cfg = &model.config;
-    let file_bytes: u64 = std::fs::read_dir(&args.model)?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    print_warnings(ckpt.warnings());
+    let cfg = ckpt.config();
+    let file_bytes = ckpt.file_bytes();
     println!("model: {}", args.model.display());
     println!("variant: {}", describe(cfg));
     println!(

@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use safetensors::tensor::{Dtype, TensorView};
 use stagformer_ref::ScoreMode;
 
-use crate::engine::{Backend, EngineArgs};
+use crate::engine::{Engine, EngineArgs};
 use crate::model_source::{parse_tokens, ModelArgs};
 
 #[derive(clap::Args, Debug)]
@@ -42,9 +42,9 @@ enum Mode {
 
 pub fn run(args: Args) -> Result<()> {
     let tokens = parse_tokens(&args.tokens)?;
-    let backend = Backend::resolve(args.model.device, args.engine.dtype)?;
-    let model = args.model.load()?;
-    model.check_tokens(&tokens, model.config.max_position_embeddings)?;
+    let engine = Engine::open(&args.model, args.engine.dtype)?;
+    let config = engine.config();
+    stagformer_ref::model::check_tokens(config, &tokens, config.max_position_embeddings)?;
     let mode = match args.mode {
         Mode::Forward => ScoreMode::Forward,
         Mode::Decode => ScoreMode::Decode {
@@ -55,11 +55,11 @@ pub fn run(args: Args) -> Result<()> {
         },
     };
     let exec = args.engine.mode_exec.mode();
-    let logits = backend.score(&model, &tokens, mode, exec, !args.engine.no_graph)?;
+    let logits = engine.score(&tokens, mode, exec, !args.engine.no_graph)?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = TensorView::new(
         Dtype::F32,
-        vec![tokens.len(), model.config.vocab_size],
+        vec![tokens.len(), engine.config().vocab_size],
         &bytes,
     )?;
     let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 /// One device's way to run the model on a single sequence.
-pub trait Engine {
+pub trait Generator {
     /// Runs the prompt and picks the first new token.
     fn prefill(&mut self, prompt: &[u32]) -> Result<u32>;
     /// Feeds `token` and picks the next one; `step` counts from 1.
@@ -55,7 +55,7 @@ impl Limits<'_> {
 }
 
 pub fn generate(
-    engine: &mut dyn Engine,
+    engine: &mut dyn Generator,
     prompt: &[u32],
     limits: &Limits,
     emit: &mut dyn FnMut(u32) -> Result<()>,
@@ -109,7 +109,7 @@ mod tests {
         fed: Vec<u32>,
     }
 
-    impl Engine for Counter {
+    impl Generator for Counter {
         fn prefill(&mut self, _: &[u32]) -> Result<u32> {
             Ok(10)
         }
