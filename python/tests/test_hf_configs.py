@@ -110,9 +110,12 @@ FIXTURES = {
                                architectures=["MistralForCausalLM"], model_type="mistral",
                                sliding_window=4, mlp_bias=None),
 }
-# Fixtures whose numbers equal the naive reading by definition (dynamic NTK changes nothing
-# within max_position_embeddings, the sequence served here).
-SAME_AS_NAIVE = {"dynamic-v5"}
+# Tied models that also store `lm_head.weight` (transformers writes one for some): equal to
+# the embedding, or not — transformers ties the head to the embedding either way.
+STORED_HEAD = {"tied-head-equal-v4": "equal", "tied-head-differs-v5": "differs"}
+FIXTURES["tied-head-equal-v4"] = _llama_v4(tie_word_embeddings=True)
+FIXTURES["tied-head-differs-v5"] = _llama_v5({"rope_theta": 500000.0, "rope_type": "default"},
+                                             tie_word_embeddings=True)
 T = 20
 DECODE_PROMPT = 3
 
@@ -137,7 +140,14 @@ def _fixture(name, tmp_path_factory):
         cfg = FIXTURES[name]
         path = str(tmp_path_factory.mktemp(name))
         seed = sorted(FIXTURES).index(name)
-        ref.write_random_checkpoint(path, cfg, seed=500 + seed)
+        model = ref.write_random_checkpoint(path, cfg, seed=500 + seed)
+        if name in STORED_HEAD:
+            tensors = {n: np.asarray(a, dtype=np.float32) for n, a in model.w.items()}
+            head = tensors["model.embed_tokens.weight"].copy()
+            if STORED_HEAD[name] == "differs":
+                head *= 2.0
+            tensors["lm_head.weight"] = head
+            ref.write_checkpoint(path, cfg, tensors)
         with open(os.path.join(path, "config.json"), "w") as f:
             f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         model = ref.load_checkpoint(path)
@@ -155,23 +165,31 @@ def _score(binary, path, tokens, device, mode, out_dir):
         cmd += ["--prompt-len", str(DECODE_PROMPT)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 0, f"{' '.join(cmd)}\nexit {proc.returncode}\n{proc.stderr}"
-    return ref.read_safetensors(out)["logits"].astype(np.float64)
+    return proc.stderr, ref.read_safetensors(out)["logits"].astype(np.float64)
 
 
 def _rel(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
-@pytest.mark.parametrize("name", sorted(FIXTURES))
+@pytest.mark.parametrize("name", sorted(n for n in FIXTURES if n not in STORED_HEAD))
 def test_fixture_reads_differently_from_the_naive_config(name, tmp_path_factory):
     path, model, tokens = _fixture(name, tmp_path_factory)
     want = ref.forward(model, tokens)
     naive = ref.Model(ref.Config.from_dict(_naive(FIXTURES[name])), model.w)
     err = _rel(ref.forward(naive, tokens), want)
-    if name in SAME_AS_NAIVE:
-        assert err < 1e-12, f"{name}: {err:.3e}"
-    else:
-        assert err > 1e-3, f"{name}: the config's RoPE/window fields change nothing ({err:.3e})"
+    assert err > 1e-3, f"{name}: the config's RoPE/window fields change nothing ({err:.3e})"
+
+
+def test_dynamic_ntk_within_the_limit_is_the_default_rope(tmp_path_factory):
+    """transformers rescales θ for dynamic NTK only past max_position_embeddings."""
+    _, model, tokens = _fixture("dynamic-v5", tmp_path_factory)
+    default = dict(FIXTURES["dynamic-v5"],
+                   rope_parameters={"rope_theta": 500000.0, "rope_type": "default"})
+    plain = ref.Model(ref.Config.from_dict(default), model.w)
+    assert _rel(ref.forward(plain, tokens), ref.forward(model, tokens)) < 1e-12
+    longer = ref.rope_inv_freq(8, 500000.0, {"rope_type": "dynamic", "factor": 2.0}, 64, 128)
+    assert not np.allclose(longer, ref.rope_inv_freq(8, 500000.0))
 
 
 @pytest.mark.parametrize("device", ["cpu", "emu"])
@@ -180,7 +198,9 @@ def test_fixture_reads_differently_from_the_naive_config(name, tmp_path_factory)
 def test_score_matches_numpy(stagformer_bin, name, mode, device, tmp_path_factory, tmp_path):
     path, model, tokens = _fixture(name, tmp_path_factory)
     want = ref.forward(model, tokens)
-    got = _score(stagformer_bin, path, tokens, device, mode, tmp_path)
+    stderr, got = _score(stagformer_bin, path, tokens, device, mode, tmp_path)
+    warned = "warning:" in stderr and "lm_head" in stderr
+    assert warned == (STORED_HEAD.get(name) == "differs"), stderr
     err = _rel(got, want)
     assert err <= TOLERANCE[device], f"{name} {mode} on {device}: relative error {err:.3e}"
 
@@ -197,8 +217,8 @@ def test_both_layouts_of_one_model_give_the_same_logits(stagformer_bin, tmp_path
                                                   for n, a in m4.w.items()
                                                   if n != "lm_head.weight" or
                                                   not m4.cfg.tie_word_embeddings})
-        a = _score(stagformer_bin, p4, tokens, "cpu", "forward", tmp_path)
-        b = _score(stagformer_bin, same, tokens, "cpu", "forward", tmp_path)
+        _, a = _score(stagformer_bin, p4, tokens, "cpu", "forward", tmp_path)
+        _, b = _score(stagformer_bin, same, tokens, "cpu", "forward", tmp_path)
         assert np.array_equal(a, b), f"{v4} vs {v5}"
 
 
@@ -218,7 +238,8 @@ def test_refused_configs_name_the_field(stagformer_bin, tmp_path, key, value):
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)
     proc = subprocess.run([stagformer_bin, "score", "--model", path, "--tokens", "1,2",
-                           "--device", "cpu"], capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT_S)
+                           "--device", "cpu", "--out", str(tmp_path / "logits.safetensors")],
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert proc.returncode != 0
     assert key in proc.stderr, proc.stderr
+    assert not (tmp_path / "logits.safetensors").exists()

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use stagformer_ref::init::ParamCounts;
-use stagformer_ref::{Checkpoint, Config, TensorSource};
+use stagformer_ref::{Checkpoint, Config, RopeScaling, TensorSource};
 
 use crate::model_source::print_warnings;
 
@@ -44,6 +44,14 @@ pub fn run(args: Args) -> Result<()> {
         cfg.rms_norm_eps,
         cfg.rope_theta
     );
+    println!(
+        "rope: {}; self-attention: {}",
+        rope_description(&cfg.rope_scaling),
+        match cfg.sliding_window {
+            Some(w) => format!("sliding window of {w} keys"),
+            None => "every earlier key".into(),
+        }
+    );
     let c = ParamCounts::of(cfg);
     println!("parameters:");
     let rows = [
@@ -63,6 +71,26 @@ pub fn run(args: Args) -> Result<()> {
         c.total() * 2
     );
     Ok(())
+}
+
+/// The RoPE scaling type and its parameters, as the config gives them.
+fn rope_description(scaling: &RopeScaling) -> String {
+    match *scaling {
+        RopeScaling::Default => "default".into(),
+        RopeScaling::Linear { factor } => format!("linear, factor {factor}"),
+        RopeScaling::Dynamic { factor } => format!(
+            "dynamic NTK, factor {factor} (equal to default within max_position_embeddings)"
+        ),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => format!(
+            "llama3, factor {factor}, low/high freq factor {low_freq_factor}/{high_freq_factor}, \
+             original max positions {original_max_position_embeddings}"
+        ),
+    }
 }
 
 /// One line naming the variant, e.g. "StagFormer p=2, separate weights, window 128, output mix".
