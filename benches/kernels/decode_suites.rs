@@ -353,7 +353,8 @@ fn decode_splits(rows: u64, heads: u64, kv_heads: u64, max_keys: u64) -> u64 {
 /// written (`2 · 2 · B · H · hd`), the positions and sequence slots (`8 · B`), and the f32
 /// partials pass 1 writes and pass 2 reads (`2 · 4 · B · H · splits · (hd + 2)`: a max, a sum
 /// and `hd` outputs per split; even one split goes through them). Visible keys: self,
-/// `context`; unbounded cross, `context − 1`; windowed cross, `min(context − 1, W)`.
+/// `context`; sliding-window self, `min(context, W)`; unbounded cross, `context − 1`; windowed
+/// cross, `min(context − 1, W)`.
 /// FLOPs: `4 · B · H · keys · hd` (q·k and p·v).
 ///
 /// Rotation: q, out and both caches rotate over [`copies_for`] copies (two for the large
@@ -372,6 +373,11 @@ fn attention_decode_bench(
             let w = w as u64;
             ("bf16.cross_w128", (context - 1).min(w), w + 1)
         }
+        // Mistral's sliding window in the decoder's ring of W + min(W, 256) − 1 slots.
+        DecodeMask::SelfSliding { window } => {
+            let w = window as u64;
+            ("bf16.self_sliding_w128", context.min(w), sliding_ring(w))
+        }
     };
     let splits = decode_splits(batch, HEADS, kv_heads, keys);
     let kv_bytes = 2 * BF16 * batch * kv_heads * keys * HEAD_DIM;
@@ -386,7 +392,7 @@ fn attention_decode_bench(
         ("head_dim", HEAD_DIM),
         ("context", context),
     ];
-    if let DecodeMask::Cross { window: Some(w) } = mask {
+    if let DecodeMask::Cross { window: Some(w) } | DecodeMask::SelfSliding { window: w } = mask {
         shape.push(("window", w as u64));
     }
     KernelBench::new(
@@ -454,11 +460,21 @@ fn attention_decode_bench(
     )
 }
 
-/// Self and staggered cross decode attention at H = 32, hd = 128, GQA 4 and 8, contexts 1K to
-/// 32K; shapes whose K + V cache would pass [`MAX_CACHE_BYTES`] are left out.
+/// Slots of the decoder's sliding-window self cache for window `w` (`SelfCache` in the
+/// decoder: W + min(W, 256) − 1).
+fn sliding_ring(w: u64) -> u64 {
+    w + w.min(256) - 1
+}
+
+/// Self (full and sliding-window) and staggered cross decode attention at H = 32, hd = 128,
+/// GQA 4 and 8, contexts 1K to 32K; shapes whose K + V cache would pass [`MAX_CACHE_BYTES`] are
+/// left out.
 pub(crate) fn attention_decode_benches() -> Vec<KernelBench> {
     let masks = [
         DecodeMask::SelfCausal,
+        DecodeMask::SelfSliding {
+            window: WINDOW as usize,
+        },
         DecodeMask::Cross { window: None },
         DecodeMask::Cross {
             window: Some(WINDOW as usize),
@@ -471,6 +487,7 @@ pub(crate) fn attention_decode_benches() -> Vec<KernelBench> {
                 for batch in DECODE_ROWS {
                     let slots = match mask {
                         DecodeMask::Cross { window: Some(w) } => w as u64 + 1,
+                        DecodeMask::SelfSliding { window } => sliding_ring(window as u64),
                         _ => context,
                     };
                     let cache_bytes = 2 * BF16 * batch * kv_heads * slots * HEAD_DIM;
@@ -493,7 +510,8 @@ pub(crate) fn attention_decode_benches() -> Vec<KernelBench> {
 /// Bytes: q read and out written (`2 · 2 · P · H · hd`), k and v read (`2 · 2 · P · Hkv · hd`),
 /// all bf16 (the batch's offset arrays are a few bytes).
 /// FLOPs: `4 · H · hd` per (query, visible key) pair (q·k and p·v): causal,
-/// `P (P + 1) / 2` pairs (≈ `2 · P² · H · hd`); windowed cross, `Σᵢ min(i, W)` pairs.
+/// `P (P + 1) / 2` pairs (≈ `2 · P² · H · hd`); sliding-window causal, `Σᵢ min(i + 1, W)`;
+/// windowed cross, `Σᵢ min(i, W)` pairs.
 ///
 /// Rotation: q, k, v and out rotate over [`copies_for`] copies; the batch is single.
 pub(crate) fn attention_prefill_benches() -> Vec<KernelBench> {
@@ -504,6 +522,9 @@ pub(crate) fn attention_prefill_benches() -> Vec<KernelBench> {
     };
     let masks = [
         PrefillMask::Causal,
+        PrefillMask::SlidingCausal {
+            window: WINDOW as usize,
+        },
         PrefillMask::StaggeredCross {
             window: Some(WINDOW as usize),
         },
@@ -514,6 +535,10 @@ pub(crate) fn attention_prefill_benches() -> Vec<KernelBench> {
             let bytes = 2 * BF16 * p * (HEADS + KV_HEADS) * HEAD_DIM;
             let (variant, pairs) = match mask {
                 PrefillMask::Causal => ("bf16.causal", p * (p + 1) / 2),
+                PrefillMask::SlidingCausal { window } => (
+                    "bf16.sliding_w128",
+                    (0..p).map(|i| (i + 1).min(window as u64)).sum(),
+                ),
                 PrefillMask::StaggeredCross { window } => {
                     let w = window.map_or(u64::MAX, |w| w as u64);
                     ("bf16.cross_w128", (0..p).map(|i| i.min(w)).sum())
@@ -526,7 +551,9 @@ pub(crate) fn attention_prefill_benches() -> Vec<KernelBench> {
                 ("kv_heads", KV_HEADS),
                 ("head_dim", HEAD_DIM),
             ];
-            if let PrefillMask::StaggeredCross { window: Some(w) } = mask {
+            if let PrefillMask::StaggeredCross { window: Some(w) }
+            | PrefillMask::SlidingCausal { window: w } = mask
+            {
                 shape.push(("window", w as u64));
             }
             benches.push(KernelBench::new(
