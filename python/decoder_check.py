@@ -31,8 +31,8 @@ BF16_NMSE = 5e-4
 RUN_TIMEOUT_S = 300
 
 
-def config(p=1, shared=False, window=None, mix=False, kv_heads=4, tied=False, ls=2):
-    return {
+def config(p=1, shared=False, window=None, mix=False, kv_heads=4, tied=False, ls=2, **extra):
+    cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
         "vocab_size": 48, "hidden_size": 32, "intermediate_size": 48,
         "num_hidden_layers": ls if shared else ls * p, "num_attention_heads": 4,
@@ -41,6 +41,15 @@ def config(p=1, shared=False, window=None, mix=False, kv_heads=4, tied=False, ls
         "stag_sections": p, "stag_shared_weights": shared, "stag_cross_window": window,
         "stag_output_mix": mix,
     }
+    cfg.update(extra)
+    return cfg
+
+
+# Mistral's sliding window (ring self caches, chunked prefill) with llama3 RoPE scaling.
+MISTRAL = dict(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=4,
+               rope_theta=500000.0,
+               rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 256})
 
 
 # name, config, storage dtype
@@ -55,8 +64,11 @@ VARIANTS = [
     ("p4-shared-w1", config(p=4, shared=True, window=1), "f32"),
     ("p2-sep-w3-mix-bf16", config(p=2, window=3, mix=True, kv_heads=2), "bf16"),
     ("p2-shared-w1-bf16", config(p=2, shared=True, window=1, kv_heads=2), "bf16"),
+    ("p1-mistral-w4-llama3", config(kv_heads=2, **MISTRAL), "f32"),
+    ("p2-sep-w3-sliding4-llama3-bf16", config(p=2, window=3, kv_heads=2, **MISTRAL), "bf16"),
 ]
-QUICK = {"p2-sep-w1-gqa-tied", "p2-shared-w3-mix-gqa", "p2-sep-w3-mix-bf16"}
+QUICK = {"p2-sep-w1-gqa-tied", "p2-shared-w3-mix-gqa", "p2-sep-w3-mix-bf16",
+         "p1-mistral-w4-llama3"}
 TOKENS = 20
 PROMPT = 3
 
