@@ -37,6 +37,16 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error(
+        "config field `{field}` = {value}: {what} exceeds the limit of {limit} \
+         (docs/MODEL.md, Limits)"
+    )]
+    TooLarge {
+        field: String,
+        value: u64,
+        what: String,
+        limit: u64,
+    },
     #[error("config is inconsistent: {0}")]
     Inconsistent(String),
     #[error("config field `{field}` = {value} is not supported by this implementation")]
