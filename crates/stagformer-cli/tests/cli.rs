@@ -557,3 +557,121 @@ fn tied_checkpoint_with_a_stored_lm_head_warns_and_uses_the_embedding() {
         assert_eq!(got, want, "{device}");
     }
 }
+
+/// Runs `stagformer` with stdout or stderr (or both) writing into /dev/full, where every write
+/// fails with ENOSPC.
+fn with_full(args: &[&str], stdout: bool, stderr: bool) -> Output {
+    use std::process::Stdio;
+    let full = || Stdio::from(std::fs::File::create("/dev/full").expect("/dev/full"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagformer"));
+    cmd.args(args);
+    cmd.stdout(if stdout { full() } else { Stdio::piped() });
+    cmd.stderr(if stderr { full() } else { Stdio::piped() });
+    cmd.output().expect("run stagformer")
+}
+
+#[test]
+fn preset_options_are_checked_before_they_are_used() {
+    for cmd in ["bench", "score"] {
+        let mut args = vec![
+            cmd,
+            "--preset",
+            "tiny",
+            "--shared-weights",
+            "--sections",
+            "0",
+            "--tokens",
+            "1,2",
+            "--out",
+            "/nonexistent/x",
+        ];
+        if cmd == "bench" {
+            args.truncate(6);
+        }
+        fails(&args, "--sections must be at least 1");
+    }
+    fails(
+        &[
+            "bench",
+            "--preset",
+            "tiny",
+            "--shared-weights",
+            "--sections",
+            "8",
+        ],
+        "fewer than the 8 sections",
+    );
+}
+
+#[test]
+fn huge_bench_sizes_are_refused_not_wrapped() {
+    let max = "18446744073709551615";
+    for flag in ["--prompt-len", "--warmup", "--new-tokens"] {
+        fails(
+            &["bench", "--preset", "tiny", "--device", "cpu", flag, max],
+            "exceeds the model's 512 positions",
+        );
+    }
+    fails(
+        &[
+            "bench", "--preset", "tiny", "--device", "cpu", "--batch", max,
+        ],
+        "more than 1024 sequences",
+    );
+}
+
+#[test]
+fn a_failing_stdout_or_stderr_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let m = model.to_str().unwrap();
+    // A failing stderr only loses the note: the checkpoint is written and init succeeds.
+    let out = with_full(
+        &["init", "--preset", "tiny", "--seed", "1", "--out", m],
+        false,
+        true,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(model.join("model.safetensors").is_file());
+    let bench = [
+        "bench",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--new-tokens",
+        "1",
+        "--prompt-len",
+        "2",
+    ];
+    for args in [&["inspect", "--model", m][..], &bench[..]] {
+        let out = with_full(args, true, false);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("cannot write to stdout"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        // Both failing: still exit 1, no panic (101).
+        let out = with_full(args, true, true);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+    }
+}
+
+#[test]
+fn max_new_tokens_beyond_the_positions_is_clamped() {
+    let out = stagformer(&[
+        "generate",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--tokens",
+        "1,2,3",
+        "--ignore-eos",
+        "--max-new-tokens",
+        "18446744073709551615",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("generating at most 509"), "{stderr}");
+    assert!(stderr.contains("generation: 509 tokens"), "{stderr}");
+}

@@ -432,9 +432,12 @@ fn widen_bytes(dtype: StorageDtype, bytes: &[u8]) -> impl Iterator<Item = f32> +
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let single = dir.join(SINGLE_FILE);
     let index = dir.join(INDEX_FILE);
-    if single.is_file() {
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    if exists(&single) {
+        // Present but perhaps a directory or a dangling link: say so rather than "missing".
+        regular(&single)?;
         Ok(vec![single])
-    } else if index.is_file() {
+    } else if exists(&index) {
         shard_files(dir, &index)
     } else {
         Err(LoadError::NoWeights {
@@ -443,13 +446,30 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     }
 }
 
+/// Checks, without opening it (a FIFO would block), that `path` is or links to a regular file.
+fn regular(path: &Path) -> Result<(), LoadError> {
+    use crate::files::{regular_metadata, NotRegular};
+    match regular_metadata(path) {
+        Ok(_) => Ok(()),
+        Err(NotRegular::Kind(kind)) => Err(LoadError::SpecialFile {
+            path: path.to_owned(),
+            kind,
+        }),
+        Err(NotRegular::Io(error)) => Err(LoadError::Io {
+            path: path.to_owned(),
+            error,
+        }),
+    }
+}
+
 /// Maps `path` read-only after checking it is a regular file (symlinks to one are followed, as
 /// in Hugging Face's cache) long enough to hold a safetensors header length.
 fn map_file(path: &Path) -> Result<Mmap, LoadError> {
-    let io = |source| LoadError::Io {
+    let io = |error| LoadError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
+    regular(path)?;
     let file = File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.file_type().is_file() {
@@ -571,9 +591,20 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
         path: index.to_owned(),
         reason,
     };
-    let text = std::fs::read_to_string(index).map_err(|source| LoadError::Io {
-        path: index.to_owned(),
-        source,
+    use crate::files::{read_text, ReadFailure, MAX_JSON_BYTES};
+    let text = read_text(index, MAX_JSON_BYTES).map_err(|failure| match failure {
+        ReadFailure::Io(error) => LoadError::Io {
+            path: index.to_owned(),
+            error,
+        },
+        ReadFailure::NotAFile(kind) => LoadError::SpecialFile {
+            path: index.to_owned(),
+            kind,
+        },
+        ReadFailure::TooLarge => LoadError::FileTooLarge {
+            path: index.to_owned(),
+            limit: MAX_JSON_BYTES,
+        },
     })?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
@@ -718,8 +749,9 @@ pub fn write_tensors(
             .collect::<Result<Vec<_>, _>>()?;
         let mut metadata = HashMap::new();
         metadata.insert("format".to_owned(), "pt".to_owned());
-        safetensors::serialize_to_file(views, Some(metadata), &path)
-            .map_err(|e| write_err(&path, e.to_string()))?;
+        crate::files::write_with(&path, |tmp| {
+            safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(|e| e.to_string())
+        })?;
         for t in chunk {
             weight_map.insert(t.name.clone(), file_name.clone().into());
         }
@@ -733,7 +765,7 @@ pub fn write_tensors(
         let path = dir.join(INDEX_FILE);
         let text =
             serde_json::to_string_pretty(&index).map_err(|e| write_err(&path, e.to_string()))?;
-        std::fs::write(&path, text).map_err(|e| write_err(&path, e.to_string()))?;
+        crate::files::write_replacing(&path, text.as_bytes())?;
     }
     Ok(())
 }

@@ -56,13 +56,24 @@ pub struct Config {
 impl Config {
     /// Reads and validates `path` (a `config.json`).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
+        use crate::files::{read_text, ReadFailure, MAX_JSON_BYTES};
+        let text = read_text(path, MAX_JSON_BYTES).map_err(|failure| match failure {
+            ReadFailure::Io(error) => ConfigError::Io {
+                path: path.to_owned(),
+                error,
+            },
+            ReadFailure::NotAFile(kind) => ConfigError::NotAFile {
+                path: path.to_owned(),
+                kind,
+            },
+            ReadFailure::TooLarge => ConfigError::FileTooLarge {
+                path: path.to_owned(),
+                limit: MAX_JSON_BYTES,
+            },
         })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
+        let value: Value = serde_json::from_str(&text).map_err(|error| ConfigError::Json {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::from_json(&value)
     }

@@ -148,10 +148,7 @@ pub fn write_random_checkpoint(
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    std::fs::write(&path, text + "\n").map_err(|e| LoadError::Write {
-        path,
-        reason: e.to_string(),
-    })?;
+    crate::files::write_replacing(&path, (text + "\n").as_bytes())?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::ValueEnum;
 use safetensors::tensor::{Dtype, TensorView};
 use stagformer_ref::ScoreMode;
@@ -42,6 +42,8 @@ enum Mode {
 
 pub fn run(args: Args) -> Result<()> {
     let tokens = parse_tokens(&args.tokens)?;
+    // Before the model is loaded and run, so a bad --out costs nothing.
+    stagformer_ref::files::check_replaceable(&args.out)?;
     let engine = Engine::open(&args.model, args.engine.dtype)?;
     let config = engine.config();
     stagformer_ref::model::check_tokens(config, &tokens, config.max_position_embeddings)?;
@@ -63,7 +65,9 @@ pub fn run(args: Args) -> Result<()> {
         &bytes,
     )?;
     let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
-    safetensors::serialize_to_file([("logits", view)], Some(metadata), &args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    stagformer_ref::files::write_with(&args.out, |tmp| {
+        safetensors::serialize_to_file([("logits", view)], Some(metadata), tmp)
+            .map_err(|e| e.to_string())
+    })?;
     Ok(())
 }
