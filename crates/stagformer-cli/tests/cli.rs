@@ -675,3 +675,187 @@ fn max_new_tokens_beyond_the_positions_is_clamped() {
     assert!(stderr.contains("generating at most 509"), "{stderr}");
     assert!(stderr.contains("generation: 509 tokens"), "{stderr}");
 }
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Outputs replace only regular files (or are new), are written whole and honour the umask.
+#[test]
+fn outputs_replace_only_regular_files_and_honour_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let m = model.to_str().unwrap();
+    ok(&["init", "--preset", "tiny", "--seed", "1", "--out", m]);
+    let score = |out: &str| {
+        vec!["score", "--model", m, "--tokens", "1,2", "--out", out]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let link = dir.path().join("link");
+    let target = dir.path().join("target");
+    std::fs::write(&target, "keep").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    for (path, what) in [
+        (Path::new("/dev/null"), "a character device"),
+        (fifo.as_path(), "a FIFO"),
+        (link.as_path(), "a symlink"),
+        (sub.as_path(), "a directory"),
+    ] {
+        let args = score(path.to_str().unwrap());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&args, what);
+        let json = [
+            "bench",
+            "--preset",
+            "tiny",
+            "--json",
+            path.to_str().unwrap(),
+        ];
+        let out = stagformer(&json);
+        assert_eq!(out.status.code(), Some(1));
+        // Refused before the run: nothing was benchmarked.
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains(what));
+    }
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+
+    // A regular file is replaced; new files get 0o666 less the umask.
+    let bin = env!("CARGO_BIN_EXE_stagformer");
+    let umask = |args: &[&str]| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("umask 027; exec \"$@\"")
+            .arg("sh")
+            .arg(bin)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let logits = dir.path().join("logits.safetensors");
+    std::fs::write(&logits, "old").unwrap();
+    let args = score(logits.to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    umask(&args);
+    assert!(std::fs::metadata(&logits).unwrap().len() > 3);
+    let model2 = dir.path().join("tiny2");
+    umask(&[
+        "init",
+        "--preset",
+        "tiny",
+        "--seed",
+        "1",
+        "--shards",
+        "2",
+        "--out",
+        model2.to_str().unwrap(),
+    ]);
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+    ] {
+        assert_eq!(mode(&model2.join(f)), 0o640, "{f}");
+    }
+    // No temporary files are left behind.
+    let names: Vec<_> = std::fs::read_dir(&model2)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}
+
+/// Inputs that are not regular files are refused (never opened, so a FIFO cannot block), and
+/// the message says what they are.
+#[test]
+fn special_input_files_are_refused_saying_what_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let m = model.to_str().unwrap();
+    ok(&["init", "--preset", "tiny", "--seed", "1", "--out", m]);
+    let config = model.join("config.json");
+    let weights = model.join("model.safetensors");
+    let saved = std::fs::read(&config).unwrap();
+
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+    fails(&["inspect", "--model", m], "is a character device");
+    std::fs::remove_file(&config).unwrap();
+    mkfifo(&config);
+    fails(&["inspect", "--model", m], "is a FIFO");
+    std::fs::remove_file(&config).unwrap();
+    // Larger than the limit (a sparse file: no disk is used).
+    let big = std::fs::File::create(&config).unwrap();
+    big.set_len((16 << 20) + 1).unwrap();
+    fails(&["inspect", "--model", m], "larger than");
+    std::fs::remove_file(&config).unwrap();
+    // A symlink to a regular file is fine (Hugging Face's cache is made of them).
+    let real = dir.path().join("real-config.json");
+    std::fs::write(&real, &saved).unwrap();
+    std::os::unix::fs::symlink(&real, &config).unwrap();
+    ok(&["inspect", "--model", m]);
+
+    let saved_weights = dir.path().join("weights");
+    std::fs::rename(&weights, &saved_weights).unwrap();
+    mkfifo(&weights);
+    fails(&["inspect", "--model", m], "is a FIFO");
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::create_dir(&weights).unwrap();
+    fails(
+        &["inspect", "--model", m],
+        "model.safetensors: is a directory",
+    );
+    std::fs::remove_dir(&weights).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone"), &weights).unwrap();
+    fails(&["inspect", "--model", m], "is a dangling symlink");
+}
+
+#[test]
+fn messages_name_the_cause_once_and_bad_values_are_refused() {
+    let out = stagformer(&["inspect", "--model", "/nonexistent"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), "{").unwrap();
+    let out = stagformer(&["inspect", "--model", dir.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("EOF while parsing").count(), 1, "{stderr}");
+
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["generate", "--preset", "tiny", "--device", "cpu"];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    for (extra, needle) in [
+        (&["--tokens", "1", "--temperature", "-1"][..], "temperature"),
+        (&["--tokens", "1", "--top-p", "-0.5"][..], "top_p"),
+        (&["--tokens", "1,,2"][..], "entry 1 is empty"),
+        (&["--tokens", "+5"][..], "not a token id"),
+        (&["--tokens", "1,2,"][..], "entry 2 is empty"),
+    ] {
+        let args = generate(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&args, needle);
+    }
+}

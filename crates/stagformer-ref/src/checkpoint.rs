@@ -8,7 +8,7 @@
 //! stores (f32 for the CPU reference, f32 or bf16 on a device). [`read_tensors`] is the older
 //! eager path: every tensor widened to f32 at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -713,6 +713,68 @@ pub struct EncodedTensor {
     pub bytes: Vec<u8>,
 }
 
+/// Writes one safetensors file holding `tensors` in their order, with `{"format": "pt"}`
+/// metadata, replacing `path` only if it is a regular file ([`crate::files::write_with`]).
+///
+/// Written here rather than by `safetensors::serialize_to_file`, which renames a temporary
+/// file of its own (mode 0600, whatever the umask) over any kind of target.
+pub fn write_safetensors(path: &Path, tensors: &[EncodedTensor]) -> Result<(), LoadError> {
+    let write_err = |reason: String| LoadError::Write {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut offset = 0usize;
+    for t in tensors {
+        let elements = t
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|n| n.checked_mul(t.dtype.bytes()));
+        if elements != Some(t.bytes.len()) {
+            return Err(write_err(format!(
+                "tensor `{}`: shape {:?} does not match its {} bytes",
+                t.name,
+                t.shape,
+                t.bytes.len()
+            )));
+        }
+        let end = offset + t.bytes.len();
+        let dtype = match t.dtype {
+            StorageDtype::F32 => "F32",
+            StorageDtype::Bf16 => "BF16",
+            StorageDtype::F16 => "F16",
+        };
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({ "dtype": dtype, "shape": t.shape, "data_offsets": [offset, end] }),
+        );
+        offset = end;
+    }
+    let mut header = serde_json::to_vec(&header).map_err(|e| write_err(e.to_string()))?;
+    // Padded with spaces so that the data starts 8-byte aligned, as safetensors writes it.
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    crate::files::write_with(path, |tmp| {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(tmp)
+            .map_err(|e| e.to_string())?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut write = || -> std::io::Result<()> {
+            out.write_all(&(header.len() as u64).to_le_bytes())?;
+            out.write_all(&header)?;
+            for t in tensors {
+                out.write_all(&t.bytes)?;
+            }
+            out.flush()?;
+            out.get_ref().sync_all()
+        };
+        write().map_err(|e| e.to_string())
+    })
+}
+
 /// Writes `model.safetensors`, or with `shards > 1` that many shard files and the index.
 pub fn write_tensors(
     dir: &Path,
@@ -734,24 +796,7 @@ pub fn write_tensors(
             format!("model-{:05}-of-{:05}.safetensors", n + 1, shards)
         };
         let path = dir.join(&file_name);
-        let views = chunk
-            .iter()
-            .map(|t| {
-                let dtype = match t.dtype {
-                    StorageDtype::F32 => Dtype::F32,
-                    StorageDtype::Bf16 => Dtype::BF16,
-                    StorageDtype::F16 => Dtype::F16,
-                };
-                TensorView::new(dtype, t.shape.clone(), &t.bytes)
-                    .map(|v| (t.name.clone(), v))
-                    .map_err(|e| write_err(&path, format!("tensor `{}`: {e}", t.name)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut metadata = HashMap::new();
-        metadata.insert("format".to_owned(), "pt".to_owned());
-        crate::files::write_with(&path, |tmp| {
-            safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(|e| e.to_string())
-        })?;
+        write_safetensors(&path, chunk)?;
         for t in chunk {
             weight_map.insert(t.name.clone(), file_name.clone().into());
         }

@@ -1,11 +1,9 @@
 //! `stagformer score`: logits after every token, as one f32 tensor `logits` [T, V].
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::ValueEnum;
-use safetensors::tensor::{Dtype, TensorView};
 use stagformer_ref::ScoreMode;
 
 use crate::engine::{Engine, EngineArgs};
@@ -59,15 +57,12 @@ pub fn run(args: Args) -> Result<()> {
     let exec = args.engine.mode_exec.mode();
     let logits = engine.score(&tokens, mode, exec, !args.engine.no_graph)?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = TensorView::new(
-        Dtype::F32,
-        vec![tokens.len(), engine.config().vocab_size],
-        &bytes,
-    )?;
-    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
-    stagformer_ref::files::write_with(&args.out, |tmp| {
-        safetensors::serialize_to_file([("logits", view)], Some(metadata), tmp)
-            .map_err(|e| e.to_string())
-    })?;
+    let tensor = stagformer_ref::checkpoint::EncodedTensor {
+        name: "logits".into(),
+        shape: vec![tokens.len(), engine.config().vocab_size],
+        dtype: stagformer_ref::StorageDtype::F32,
+        bytes,
+    };
+    stagformer_ref::checkpoint::write_safetensors(&args.out, &[tensor])?;
     Ok(())
 }
