@@ -708,8 +708,9 @@ fn outputs_replace_only_regular_files_and_honour_the_umask() {
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let sub = dir.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
+    // No device node here: a binary that got this wrong, run as root, would replace the
+    // system's /dev/null. Devices take the same path as FIFOs (anything not a regular file).
     for (path, what) in [
-        (Path::new("/dev/null"), "a character device"),
         (fifo.as_path(), "a FIFO"),
         (link.as_path(), "a symlink"),
         (sub.as_path(), "a directory"),
@@ -829,6 +830,20 @@ fn special_input_files_are_refused_saying_what_they_are() {
     std::fs::remove_dir(&weights).unwrap();
     std::os::unix::fs::symlink(dir.path().join("gone"), &weights).unwrap();
     fails(&["inspect", "--model", m], "is a dangling symlink");
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::rename(&saved_weights, &weights).unwrap();
+
+    // generation_config.json and tokenizer.json: a FIFO is refused, not opened.
+    let generate = [
+        "generate", "--model", m, "--device", "cpu", "--prompt", "hi",
+    ];
+    ok(&generate);
+    for name in ["generation_config.json", "tokenizer.json"] {
+        let path = model.join(name);
+        mkfifo(&path);
+        fails(&generate, "not a regular file");
+        std::fs::remove_file(&path).unwrap();
+    }
 }
 
 #[test]
