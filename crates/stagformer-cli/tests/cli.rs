@@ -676,6 +676,32 @@ fn max_new_tokens_beyond_the_positions_is_clamped() {
     assert!(stderr.contains("generation: 509 tokens"), "{stderr}");
 }
 
+/// `fails`, for a command that a regression would leave blocked (opening a FIFO): killed after
+/// a minute instead of hanging the test run.
+fn fails_without_blocking(args: &[&str], needle: &str) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stagformer"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run stagformer");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("stagformer {args:?} blocked");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stagformer {args:?}: {stderr}");
+    assert!(stderr.contains(needle), "{stderr:?} lacks {needle:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
@@ -804,7 +830,7 @@ fn special_input_files_are_refused_saying_what_they_are() {
     fails(&["inspect", "--model", m], "is a character device");
     std::fs::remove_file(&config).unwrap();
     mkfifo(&config);
-    fails(&["inspect", "--model", m], "is a FIFO");
+    fails_without_blocking(&["inspect", "--model", m], "is a FIFO");
     std::fs::remove_file(&config).unwrap();
     // Larger than the limit (a sparse file: no disk is used).
     let big = std::fs::File::create(&config).unwrap();
@@ -820,7 +846,7 @@ fn special_input_files_are_refused_saying_what_they_are() {
     let saved_weights = dir.path().join("weights");
     std::fs::rename(&weights, &saved_weights).unwrap();
     mkfifo(&weights);
-    fails(&["inspect", "--model", m], "is a FIFO");
+    fails_without_blocking(&["inspect", "--model", m], "is a FIFO");
     std::fs::remove_file(&weights).unwrap();
     std::fs::create_dir(&weights).unwrap();
     fails(
@@ -841,7 +867,7 @@ fn special_input_files_are_refused_saying_what_they_are() {
     for name in ["generation_config.json", "tokenizer.json"] {
         let path = model.join(name);
         mkfifo(&path);
-        fails(&generate, "not a regular file");
+        fails_without_blocking(&generate, "not a regular file");
         std::fs::remove_file(&path).unwrap();
     }
 }
