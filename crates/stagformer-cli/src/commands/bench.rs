@@ -31,7 +31,7 @@ pub struct Args {
     /// max_position_embeddings).
     #[arg(long, default_value_t = 32)]
     prompt_len: usize,
-    /// Decode steps timed per mode.
+    /// Decode steps timed per mode (bounded by the model's positions, see --prompt-len).
     #[arg(long, default_value_t = 32)]
     new_tokens: usize,
     /// Untimed decode steps before timing (with graphs, the first runs uncaptured and the
