@@ -761,6 +761,16 @@ fn outputs_replace_only_regular_files_and_honour_the_umask() {
         );
         assert!(String::from_utf8_lossy(&out.stderr).contains(what));
     }
+    // init's files too: a config.json that is a symlink is not written through.
+    let linked = dir.path().join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    std::os::unix::fs::symlink(&target, linked.join("config.json")).unwrap();
+    let l = linked.to_str().unwrap();
+    fails(
+        &["init", "--preset", "tiny", "--seed", "1", "--out", l],
+        "config.json: cannot write: it is a symlink",
+    );
+    assert!(!linked.join("model.safetensors").exists());
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
 
     // A regular file is replaced; new files get 0o666 less the umask.

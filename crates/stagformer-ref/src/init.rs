@@ -128,6 +128,9 @@ pub fn write_random_checkpoint(
     dir: &Path,
 ) -> Result<(), Error> {
     cfg.validate()?;
+    // Checked before the (possibly large) weights are drawn and written, so a config.json
+    // that cannot be replaced leaves no half-written checkpoint.
+    crate::files::check_replaceable(&dir.join(checkpoint::CONFIG_FILE))?;
     let specs = expected_tensors(cfg);
     let tensors: Vec<EncodedTensor> = specs
         .into_par_iter()
