@@ -72,7 +72,7 @@ impl Backend {
             DeviceChoice::Auto => match Device::cuda(0) {
                 Ok(device) => kernels(device, true),
                 Err(e) => {
-                    eprintln!("note: --device auto: no CUDA GPU ({e}); running on the cpu");
+                    note!("note: --device auto: no CUDA GPU ({e}); running on the cpu");
                     Backend::Cpu
                 }
             },

@@ -1,5 +1,24 @@
 //! `stagformer`: create, inspect, score and run StagFormer checkpoints.
 
+/// One line on stderr, best effort. stderr carries notes and the final error; when it cannot
+/// be written there is nowhere left to say so, and `eprintln!` would panic (exit 101) over a
+/// message nobody can read. Defined before the modules so that all of them can use it.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// One line on stdout; a failed write (a full disk, a closed descriptor) is returned as an
+/// error with `?` instead of the panic of `println!`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        anyhow::Context::context(writeln!(std::io::stdout(), $($arg)*), "cannot write to stdout")?
+    }};
+}
+
 mod commands;
 mod engine;
 mod model_source;
@@ -51,7 +70,7 @@ fn main() {
         Command::Bench(args) => commands::bench::run(args),
     };
     if let Err(err) = result {
-        eprintln!("error: {err:#}");
+        note!("error: {err:#}");
         std::process::exit(1);
     }
 }

@@ -89,15 +89,29 @@ impl ModelArgs {
             (None, Some(name)) => {
                 let mut config = preset_config(name)?;
                 if let Some(p) = self.sections {
+                    // Checked here, before the layer count is divided by it below.
+                    if p == 0 {
+                        bail!("--sections must be at least 1");
+                    }
                     config.stag_sections = p;
                 }
                 if self.shared_weights {
-                    config.num_hidden_layers /= config.stag_sections;
+                    let (layers, p) = (config.num_hidden_layers, config.stag_sections);
+                    if layers < p {
+                        bail!(
+                            "--shared-weights: preset {name:?} has {layers} layers, fewer than \
+                             the {p} sections that would share them"
+                        );
+                    }
+                    config.num_hidden_layers = layers / p;
                     config.stag_shared_weights = true;
                 }
                 if self.cross_window.is_some() {
                     config.stag_cross_window = self.cross_window;
                 }
+                config
+                    .validate()
+                    .with_context(|| format!("preset {name:?} with the options given"))?;
                 Ok(Some(config))
             }
             (None, None) => bail!("give --model DIR or --preset NAME"),
@@ -140,7 +154,7 @@ impl ModelArgs {
 /// Shows what loading accepted but the user should know, one `warning:` line each on stderr.
 pub fn print_warnings(warnings: &[LoadWarning]) {
     for w in warnings {
-        eprintln!("warning: {w}");
+        note!("warning: {w}");
     }
 }
 
@@ -173,13 +187,19 @@ fn load_dir(dir: &std::path::Path) -> Result<Model> {
     Ok(model)
 }
 
-/// Parses `5,17,3` into token ids.
+/// Parses `5,17,3` into token ids. Every entry must be decimal digits (spaces around it are
+/// allowed): an empty entry (`1,,2`) or a sign (`+5`) is refused rather than guessed at.
 pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
     text.split(',')
-        .map(|t| t.trim())
-        .filter(|t| !t.is_empty())
+        .map(str::trim)
         .enumerate()
         .map(|(i, t)| {
+            if t.is_empty() {
+                bail!("--tokens: entry {i} is empty (give comma-separated ids, e.g. 5,17,3)");
+            }
+            if !t.bytes().all(|b| b.is_ascii_digit()) {
+                bail!("--tokens: entry {i} ({t:?}) is not a token id (decimal digits only)");
+            }
             t.parse::<u32>()
                 .with_context(|| format!("--tokens: entry {i} ({t:?}) is not a token id"))
         })

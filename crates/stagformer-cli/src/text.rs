@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use tokenizers::Tokenizer;
 
 pub enum TextCodec {
@@ -14,7 +14,23 @@ pub enum TextCodec {
 impl TextCodec {
     /// The tokenizer of `model_dir`, or bytes when there is none (or no directory).
     pub fn for_model(model_dir: Option<&Path>) -> Result<Self> {
-        match model_dir.map(|d| d.join("tokenizer.json")) {
+        let path = model_dir.map(|d| d.join("tokenizer.json"));
+        // A tokenizer.json that is there but not a regular file (a directory, a FIFO, which
+        // would block, a dangling link) is an error, not a silent fall-back to bytes.
+        if let Some(path) = &path {
+            if std::fs::symlink_metadata(path).is_ok() {
+                match std::fs::metadata(path) {
+                    Ok(meta) if meta.is_file() => {}
+                    Ok(meta) => bail!(
+                        "{}: is {}, not a regular file",
+                        path.display(),
+                        stagformer_ref::files::kind(&meta)
+                    ),
+                    Err(e) => bail!("{}: cannot read: {e}", path.display()),
+                }
+            }
+        }
+        match path {
             Some(path) if path.is_file() => {
                 let tok =
                     Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;

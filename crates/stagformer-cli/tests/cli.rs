@@ -557,3 +557,356 @@ fn tied_checkpoint_with_a_stored_lm_head_warns_and_uses_the_embedding() {
         assert_eq!(got, want, "{device}");
     }
 }
+
+/// Runs `stagformer` with stdout or stderr (or both) writing into /dev/full, where every write
+/// fails with ENOSPC.
+fn with_full(args: &[&str], stdout: bool, stderr: bool) -> Output {
+    use std::process::Stdio;
+    let full = || Stdio::from(std::fs::File::create("/dev/full").expect("/dev/full"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagformer"));
+    cmd.args(args);
+    cmd.stdout(if stdout { full() } else { Stdio::piped() });
+    cmd.stderr(if stderr { full() } else { Stdio::piped() });
+    cmd.output().expect("run stagformer")
+}
+
+#[test]
+fn preset_options_are_checked_before_they_are_used() {
+    for cmd in ["bench", "score"] {
+        let mut args = vec![
+            cmd,
+            "--preset",
+            "tiny",
+            "--shared-weights",
+            "--sections",
+            "0",
+            "--tokens",
+            "1,2",
+            "--out",
+            "/nonexistent/x",
+        ];
+        if cmd == "bench" {
+            args.truncate(6);
+        }
+        fails(&args, "--sections must be at least 1");
+    }
+    fails(
+        &[
+            "bench",
+            "--preset",
+            "tiny",
+            "--shared-weights",
+            "--sections",
+            "8",
+        ],
+        "fewer than the 8 sections",
+    );
+}
+
+#[test]
+fn huge_bench_sizes_are_refused_not_wrapped() {
+    let max = "18446744073709551615";
+    for flag in ["--prompt-len", "--warmup", "--new-tokens"] {
+        fails(
+            &["bench", "--preset", "tiny", "--device", "cpu", flag, max],
+            "exceeds the model's 512 positions",
+        );
+    }
+    fails(
+        &[
+            "bench", "--preset", "tiny", "--device", "cpu", "--batch", max,
+        ],
+        "more than 1024 sequences",
+    );
+}
+
+#[test]
+fn a_failing_stdout_or_stderr_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let m = model.to_str().unwrap();
+    // A failing stderr only loses the note: the checkpoint is written and init succeeds.
+    let out = with_full(
+        &["init", "--preset", "tiny", "--seed", "1", "--out", m],
+        false,
+        true,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(model.join("model.safetensors").is_file());
+    let bench = [
+        "bench",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--new-tokens",
+        "1",
+        "--prompt-len",
+        "2",
+    ];
+    for args in [&["inspect", "--model", m][..], &bench[..]] {
+        let out = with_full(args, true, false);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("cannot write to stdout"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        // Both failing: still exit 1, no panic (101).
+        let out = with_full(args, true, true);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+    }
+}
+
+#[test]
+fn max_new_tokens_beyond_the_positions_is_clamped() {
+    let out = stagformer(&[
+        "generate",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--tokens",
+        "1,2,3",
+        "--ignore-eos",
+        "--max-new-tokens",
+        "18446744073709551615",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("generating at most 509"), "{stderr}");
+    assert!(stderr.contains("generation: 509 tokens"), "{stderr}");
+}
+
+/// `fails`, for a command that a regression would leave blocked (opening a FIFO): killed after
+/// a minute instead of hanging the test run.
+fn fails_without_blocking(args: &[&str], needle: &str) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stagformer"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run stagformer");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("stagformer {args:?} blocked");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stagformer {args:?}: {stderr}");
+    assert!(stderr.contains(needle), "{stderr:?} lacks {needle:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Outputs replace only regular files (or are new), are written whole and honour the umask.
+#[test]
+fn outputs_replace_only_regular_files_and_honour_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let m = model.to_str().unwrap();
+    ok(&["init", "--preset", "tiny", "--seed", "1", "--out", m]);
+    let score = |out: &str| {
+        vec!["score", "--model", m, "--tokens", "1,2", "--out", out]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let link = dir.path().join("link");
+    let target = dir.path().join("target");
+    std::fs::write(&target, "keep").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    // No device node here: a binary that got this wrong, run as root, would replace the
+    // system's /dev/null. Devices take the same path as FIFOs (anything not a regular file).
+    for (path, what) in [
+        (fifo.as_path(), "a FIFO"),
+        (link.as_path(), "a symlink"),
+        (sub.as_path(), "a directory"),
+    ] {
+        let args = score(path.to_str().unwrap());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&args, what);
+        let json = [
+            "bench",
+            "--preset",
+            "tiny",
+            "--json",
+            path.to_str().unwrap(),
+        ];
+        let out = stagformer(&json);
+        assert_eq!(out.status.code(), Some(1));
+        // Refused before the run: nothing was benchmarked.
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains(what));
+    }
+    // init's files too: a config.json that is a symlink is not written through.
+    let linked = dir.path().join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    std::os::unix::fs::symlink(&target, linked.join("config.json")).unwrap();
+    let l = linked.to_str().unwrap();
+    fails(
+        &["init", "--preset", "tiny", "--seed", "1", "--out", l],
+        "config.json: cannot write: it is a symlink",
+    );
+    assert!(!linked.join("model.safetensors").exists());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+
+    // A regular file is replaced; new files get 0o666 less the umask.
+    let bin = env!("CARGO_BIN_EXE_stagformer");
+    let umask = |args: &[&str]| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("umask 027; exec \"$@\"")
+            .arg("sh")
+            .arg(bin)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let logits = dir.path().join("logits.safetensors");
+    std::fs::write(&logits, "old").unwrap();
+    let args = score(logits.to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    umask(&args);
+    assert!(std::fs::metadata(&logits).unwrap().len() > 3);
+    let model2 = dir.path().join("tiny2");
+    umask(&[
+        "init",
+        "--preset",
+        "tiny",
+        "--seed",
+        "1",
+        "--shards",
+        "2",
+        "--out",
+        model2.to_str().unwrap(),
+    ]);
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+    ] {
+        assert_eq!(mode(&model2.join(f)), 0o640, "{f}");
+    }
+    // No temporary files are left behind.
+    let names: Vec<_> = std::fs::read_dir(&model2)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}
+
+/// Inputs that are not regular files are refused (never opened, so a FIFO cannot block), and
+/// the message says what they are.
+#[test]
+fn special_input_files_are_refused_saying_what_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let m = model.to_str().unwrap();
+    ok(&["init", "--preset", "tiny", "--seed", "1", "--out", m]);
+    let config = model.join("config.json");
+    let weights = model.join("model.safetensors");
+    let saved = std::fs::read(&config).unwrap();
+
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+    fails(&["inspect", "--model", m], "is a character device");
+    std::fs::remove_file(&config).unwrap();
+    mkfifo(&config);
+    fails_without_blocking(&["inspect", "--model", m], "is a FIFO");
+    std::fs::remove_file(&config).unwrap();
+    // Larger than the limit (a sparse file: no disk is used).
+    let big = std::fs::File::create(&config).unwrap();
+    big.set_len((16 << 20) + 1).unwrap();
+    fails(&["inspect", "--model", m], "larger than");
+    std::fs::remove_file(&config).unwrap();
+    // A symlink to a regular file is fine (Hugging Face's cache is made of them).
+    let real = dir.path().join("real-config.json");
+    std::fs::write(&real, &saved).unwrap();
+    std::os::unix::fs::symlink(&real, &config).unwrap();
+    ok(&["inspect", "--model", m]);
+
+    let saved_weights = dir.path().join("weights");
+    std::fs::rename(&weights, &saved_weights).unwrap();
+    mkfifo(&weights);
+    fails_without_blocking(&["inspect", "--model", m], "is a FIFO");
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::create_dir(&weights).unwrap();
+    fails(
+        &["inspect", "--model", m],
+        "model.safetensors: is a directory",
+    );
+    std::fs::remove_dir(&weights).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone"), &weights).unwrap();
+    fails(&["inspect", "--model", m], "is a dangling symlink");
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::rename(&saved_weights, &weights).unwrap();
+
+    // generation_config.json and tokenizer.json: a FIFO is refused, not opened.
+    let generate = [
+        "generate", "--model", m, "--device", "cpu", "--prompt", "hi",
+    ];
+    ok(&generate);
+    for name in ["generation_config.json", "tokenizer.json"] {
+        let path = model.join(name);
+        mkfifo(&path);
+        fails_without_blocking(&generate, "not a regular file");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn messages_name_the_cause_once_and_bad_values_are_refused() {
+    let out = stagformer(&["inspect", "--model", "/nonexistent"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), "{").unwrap();
+    let out = stagformer(&["inspect", "--model", dir.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("EOF while parsing").count(), 1, "{stderr}");
+
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["generate", "--preset", "tiny", "--device", "cpu"];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    for (extra, needle) in [
+        (&["--tokens", "1", "--temperature", "-1"][..], "temperature"),
+        (&["--tokens", "1", "--top-p", "-0.5"][..], "top_p"),
+        (&["--tokens", "1,,2"][..], "entry 1 is empty"),
+        (&["--tokens", "+5"][..], "not a token id"),
+        (&["--tokens", "1,2,"][..], "entry 2 is empty"),
+    ] {
+        let args = generate(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&args, needle);
+    }
+}

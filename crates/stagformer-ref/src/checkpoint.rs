@@ -8,7 +8,7 @@
 //! stores (f32 for the CPU reference, f32 or bf16 on a device). [`read_tensors`] is the older
 //! eager path: every tensor widened to f32 at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -432,9 +432,12 @@ fn widen_bytes(dtype: StorageDtype, bytes: &[u8]) -> impl Iterator<Item = f32> +
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let single = dir.join(SINGLE_FILE);
     let index = dir.join(INDEX_FILE);
-    if single.is_file() {
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    if exists(&single) {
+        // Present but perhaps a directory or a dangling link: say so rather than "missing".
+        regular(&single)?;
         Ok(vec![single])
-    } else if index.is_file() {
+    } else if exists(&index) {
         shard_files(dir, &index)
     } else {
         Err(LoadError::NoWeights {
@@ -443,13 +446,30 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     }
 }
 
+/// Checks, without opening it (a FIFO would block), that `path` is or links to a regular file.
+fn regular(path: &Path) -> Result<(), LoadError> {
+    use crate::files::{regular_metadata, NotRegular};
+    match regular_metadata(path) {
+        Ok(_) => Ok(()),
+        Err(NotRegular::Kind(kind)) => Err(LoadError::SpecialFile {
+            path: path.to_owned(),
+            kind,
+        }),
+        Err(NotRegular::Io(error)) => Err(LoadError::Io {
+            path: path.to_owned(),
+            error,
+        }),
+    }
+}
+
 /// Maps `path` read-only after checking it is a regular file (symlinks to one are followed, as
 /// in Hugging Face's cache) long enough to hold a safetensors header length.
 fn map_file(path: &Path) -> Result<Mmap, LoadError> {
-    let io = |source| LoadError::Io {
+    let io = |error| LoadError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
+    regular(path)?;
     let file = File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.file_type().is_file() {
@@ -571,9 +591,20 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
         path: index.to_owned(),
         reason,
     };
-    let text = std::fs::read_to_string(index).map_err(|source| LoadError::Io {
-        path: index.to_owned(),
-        source,
+    use crate::files::{read_text, ReadFailure, MAX_JSON_BYTES};
+    let text = read_text(index, MAX_JSON_BYTES).map_err(|failure| match failure {
+        ReadFailure::Io(error) => LoadError::Io {
+            path: index.to_owned(),
+            error,
+        },
+        ReadFailure::NotAFile(kind) => LoadError::SpecialFile {
+            path: index.to_owned(),
+            kind,
+        },
+        ReadFailure::TooLarge => LoadError::FileTooLarge {
+            path: index.to_owned(),
+            limit: MAX_JSON_BYTES,
+        },
     })?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
@@ -682,6 +713,68 @@ pub struct EncodedTensor {
     pub bytes: Vec<u8>,
 }
 
+/// Writes one safetensors file holding `tensors` in their order, with `{"format": "pt"}`
+/// metadata, replacing `path` only if it is a regular file ([`crate::files::write_with`]).
+///
+/// Written here rather than by `safetensors::serialize_to_file`, which renames a temporary
+/// file of its own (mode 0600, whatever the umask) over any kind of target.
+pub fn write_safetensors(path: &Path, tensors: &[EncodedTensor]) -> Result<(), LoadError> {
+    let write_err = |reason: String| LoadError::Write {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut offset = 0usize;
+    for t in tensors {
+        let elements = t
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|n| n.checked_mul(t.dtype.bytes()));
+        if elements != Some(t.bytes.len()) {
+            return Err(write_err(format!(
+                "tensor `{}`: shape {:?} does not match its {} bytes",
+                t.name,
+                t.shape,
+                t.bytes.len()
+            )));
+        }
+        let end = offset + t.bytes.len();
+        let dtype = match t.dtype {
+            StorageDtype::F32 => "F32",
+            StorageDtype::Bf16 => "BF16",
+            StorageDtype::F16 => "F16",
+        };
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({ "dtype": dtype, "shape": t.shape, "data_offsets": [offset, end] }),
+        );
+        offset = end;
+    }
+    let mut header = serde_json::to_vec(&header).map_err(|e| write_err(e.to_string()))?;
+    // Padded with spaces so that the data starts 8-byte aligned, as safetensors writes it.
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    crate::files::write_with(path, |tmp| {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(tmp)
+            .map_err(|e| e.to_string())?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut write = || -> std::io::Result<()> {
+            out.write_all(&(header.len() as u64).to_le_bytes())?;
+            out.write_all(&header)?;
+            for t in tensors {
+                out.write_all(&t.bytes)?;
+            }
+            out.flush()?;
+            out.get_ref().sync_all()
+        };
+        write().map_err(|e| e.to_string())
+    })
+}
+
 /// Writes `model.safetensors`, or with `shards > 1` that many shard files and the index.
 pub fn write_tensors(
     dir: &Path,
@@ -703,23 +796,7 @@ pub fn write_tensors(
             format!("model-{:05}-of-{:05}.safetensors", n + 1, shards)
         };
         let path = dir.join(&file_name);
-        let views = chunk
-            .iter()
-            .map(|t| {
-                let dtype = match t.dtype {
-                    StorageDtype::F32 => Dtype::F32,
-                    StorageDtype::Bf16 => Dtype::BF16,
-                    StorageDtype::F16 => Dtype::F16,
-                };
-                TensorView::new(dtype, t.shape.clone(), &t.bytes)
-                    .map(|v| (t.name.clone(), v))
-                    .map_err(|e| write_err(&path, format!("tensor `{}`: {e}", t.name)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut metadata = HashMap::new();
-        metadata.insert("format".to_owned(), "pt".to_owned());
-        safetensors::serialize_to_file(views, Some(metadata), &path)
-            .map_err(|e| write_err(&path, e.to_string()))?;
+        write_safetensors(&path, chunk)?;
         for t in chunk {
             weight_map.insert(t.name.clone(), file_name.clone().into());
         }
@@ -733,7 +810,7 @@ pub fn write_tensors(
         let path = dir.join(INDEX_FILE);
         let text =
             serde_json::to_string_pretty(&index).map_err(|e| write_err(&path, e.to_string()))?;
-        std::fs::write(&path, text).map_err(|e| write_err(&path, e.to_string()))?;
+        crate::files::write_replacing(&path, text.as_bytes())?;
     }
     Ok(())
 }

@@ -14,6 +14,16 @@ use crate::config_keys;
 use crate::error::ConfigError;
 use crate::rope::RopeScaling;
 
+/// Most parameters a config may describe (2^40, about 1.1 trillion; 4.4 TB as f32).
+pub const MAX_PARAMETERS: u64 = 1 << 40;
+/// Most tensors a config may describe (self-attention/MLP, cross-attention, norms).
+pub const MAX_TENSORS: u64 = 1 << 20;
+/// Largest `vocab_size`: token ids are u32.
+pub const MAX_VOCAB_SIZE: u64 = u32::MAX as u64;
+/// Largest `max_position_embeddings` (2^24): positions are 32-bit on the devices, and the
+/// RoPE tables and caches grow with it.
+pub const MAX_POSITIONS: u64 = 1 << 24;
+
 /// A validated model configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -46,13 +56,24 @@ pub struct Config {
 impl Config {
     /// Reads and validates `path` (a `config.json`).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_owned(),
-            source,
+        use crate::files::{read_text, ReadFailure, MAX_JSON_BYTES};
+        let text = read_text(path, MAX_JSON_BYTES).map_err(|failure| match failure {
+            ReadFailure::Io(error) => ConfigError::Io {
+                path: path.to_owned(),
+                error,
+            },
+            ReadFailure::NotAFile(kind) => ConfigError::NotAFile {
+                path: path.to_owned(),
+                kind,
+            },
+            ReadFailure::TooLarge => ConfigError::FileTooLarge {
+                path: path.to_owned(),
+                limit: MAX_JSON_BYTES,
+            },
         })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
+        let value: Value = serde_json::from_str(&text).map_err(|error| ConfigError::Json {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::from_json(&value)
     }
@@ -171,6 +192,188 @@ impl Config {
                 "stag_output_mix needs stag_sections >= 2".into(),
             ));
         }
+        self.check_sizes()
+    }
+
+    /// Checks that every size derived from the config fits the limits of docs/MODEL.md
+    /// ("Limits"), with checked arithmetic: the products below are the ones the loaders,
+    /// `expected_tensors` and the decoders compute unchecked, so a config that passes cannot
+    /// overflow them.
+    fn check_sizes(&self) -> Result<(), ConfigError> {
+        let too_large = |field: &str, value: usize, what: &str, limit: u64| ConfigError::TooLarge {
+            field: field.into(),
+            value: value as u64,
+            what: what.into(),
+            limit,
+        };
+        let n = |v: usize| v as u64;
+        if n(self.vocab_size) > MAX_VOCAB_SIZE {
+            return Err(too_large(
+                "vocab_size",
+                self.vocab_size,
+                "vocab_size (token ids are u32)",
+                MAX_VOCAB_SIZE,
+            ));
+        }
+        if n(self.max_position_embeddings) > MAX_POSITIONS {
+            return Err(too_large(
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                "max_position_embeddings",
+                MAX_POSITIONS,
+            ));
+        }
+        // Each product is checked against the parameter limit as it is formed, so the first
+        // field that makes a size absurd is the one named.
+        let mul = |a: u64, b: u64, field: &str, value: usize, what: &str| {
+            a.checked_mul(b)
+                .filter(|&p| p <= MAX_PARAMETERS)
+                .ok_or_else(|| too_large(field, value, what, MAX_PARAMETERS))
+        };
+        let add = |a: u64, b: u64, field: &str, value: usize, what: &str| {
+            a.checked_add(b)
+                .filter(|&p| p <= MAX_PARAMETERS)
+                .ok_or_else(|| too_large(field, value, what, MAX_PARAMETERS))
+        };
+        let (d, v) = (n(self.hidden_size), n(self.vocab_size));
+        let heads = self.num_attention_heads;
+        let qd = mul(
+            n(heads),
+            n(self.head_dim),
+            "num_attention_heads",
+            heads,
+            "num_attention_heads · head_dim",
+        )?;
+        let kv_heads = self.num_key_value_heads;
+        let kvd = mul(
+            n(kv_heads),
+            n(self.head_dim),
+            "num_key_value_heads",
+            kv_heads,
+            "num_key_value_heads · head_dim",
+        )?;
+        let hidden = self.hidden_size;
+        let q_or_o = mul(
+            qd,
+            d,
+            "hidden_size",
+            hidden,
+            "q_proj/o_proj (q_dim · hidden_size)",
+        )?;
+        let k_or_v = mul(
+            kvd,
+            d,
+            "hidden_size",
+            hidden,
+            "k_proj/v_proj (kv_dim · hidden_size)",
+        )?;
+        let mlp = mul(
+            n(self.intermediate_size),
+            d,
+            "intermediate_size",
+            self.intermediate_size,
+            "an MLP projection (intermediate_size · hidden_size)",
+        )?;
+        let embed = mul(
+            v,
+            d,
+            "vocab_size",
+            self.vocab_size,
+            "the embedding (vocab_size · hidden_size)",
+        )?;
+        let attn_what = "one layer's parameters";
+        let attn = add(
+            mul(2, q_or_o, "hidden_size", hidden, attn_what)?,
+            mul(2, k_or_v, "hidden_size", hidden, attn_what)?,
+            "hidden_size",
+            hidden,
+            attn_what,
+        )?;
+        let self_layer = add(
+            add(
+                attn,
+                mul(
+                    3,
+                    mlp,
+                    "intermediate_size",
+                    self.intermediate_size,
+                    attn_what,
+                )?,
+                "hidden_size",
+                hidden,
+                attn_what,
+            )?,
+            mul(2, d, "hidden_size", hidden, attn_what)?,
+            "hidden_size",
+            hidden,
+            attn_what,
+        )?;
+        let cross_layer = add(attn, d, "hidden_size", hidden, attn_what)?;
+        let layers = self.num_hidden_layers;
+        let layers_what = "the self-attention/MLP layers' parameters";
+        let stored = mul(
+            n(layers),
+            self_layer,
+            "num_hidden_layers",
+            layers,
+            layers_what,
+        )?;
+        let sections = self.stag_sections;
+        let cross_count = mul(
+            n(sections - 1),
+            n(self.layers_per_section()),
+            "stag_sections",
+            sections,
+            "the number of cross-attention layers",
+        )?;
+        let cross_what = "the cross-attention layers' parameters";
+        let cross = mul(
+            cross_count,
+            cross_layer,
+            "stag_sections",
+            sections,
+            cross_what,
+        )?;
+        let norms_what = "the norms' parameters";
+        let norms = mul(n(sections), d, "stag_sections", sections, norms_what)?;
+        let mix = if self.stag_output_mix { n(sections) } else { 0 };
+        let lm_head = if self.tie_word_embeddings { 0 } else { embed };
+        let total_what = "the total parameter count";
+        let mut total = 0u64;
+        for part in [embed, stored, cross, norms, mix, lm_head] {
+            total = add(total, part, "num_hidden_layers", layers, total_what)?;
+        }
+        // Every tensor is listed by name before loading: bound the list, not only the sizes.
+        let tensors = 2 + 9 * n(layers) + 5 * cross_count + n(sections) + mix.min(1);
+        if tensors > MAX_TENSORS {
+            return Err(too_large(
+                if cross_count > n(layers) {
+                    "stag_sections"
+                } else {
+                    "num_hidden_layers"
+                },
+                if cross_count > n(layers) {
+                    sections
+                } else {
+                    layers
+                },
+                "the number of tensors",
+                MAX_TENSORS,
+            ));
+        }
+        // The whole model in f32 bytes must be addressable (it is, on 64-bit targets, for
+        // every count under the parameter limit; this catches 32-bit ones).
+        total
+            .checked_mul(4)
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| {
+                too_large(
+                    "num_hidden_layers",
+                    layers,
+                    "the model's f32 bytes",
+                    usize::MAX as u64,
+                )
+            })?;
         Ok(())
     }
 
@@ -215,7 +418,8 @@ impl Config {
         self.sliding_window.map_or(0, |w| (i + 1).saturating_sub(w))
     }
 
-    /// H · head_dim, the width of q and of the attention output.
+    /// H · head_dim, the width of q and of the attention output (cannot overflow for a
+    /// validated config).
     pub fn q_dim(&self) -> usize {
         self.num_attention_heads * self.head_dim
     }

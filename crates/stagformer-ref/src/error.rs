@@ -17,18 +17,25 @@ pub enum Error {
 }
 
 /// A `config.json` that does not describe a valid StagFormer model.
+///
+/// The I/O and JSON causes are part of the message and deliberately not exposed as
+/// `source()`: a caller printing the whole chain (anyhow's `{:#}`) would show them twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON: {error}")]
     Json {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
+    #[error("{path}: is {kind}, not a regular file")]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error("{path}: larger than {limit} bytes; not a config.json")]
+    FileTooLarge { path: PathBuf, limit: u64 },
     #[error("config field `{field}` is missing")]
     MissingField { field: String },
     #[error("config field `{field}` = {value}: {reason}")]
@@ -36,6 +43,16 @@ pub enum ConfigError {
         field: String,
         value: String,
         reason: String,
+    },
+    #[error(
+        "config field `{field}` = {value}: {what} exceeds the limit of {limit} \
+         (docs/MODEL.md, Limits)"
+    )]
+    TooLarge {
+        field: String,
+        value: u64,
+        what: String,
+        limit: u64,
     },
     #[error("config is inconsistent: {0}")]
     Inconsistent(String),
@@ -56,13 +73,14 @@ pub enum ConfigError {
     },
 }
 
-/// A checkpoint's tensors that do not match its config.
+/// A checkpoint's tensors that do not match its config. As in [`ConfigError`], an I/O cause
+/// is in the message, not in `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: no model.safetensors and no model.safetensors.index.json")]
     NoWeights { path: PathBuf },
@@ -72,6 +90,10 @@ pub enum LoadError {
     Safetensors { path: PathBuf, reason: String },
     #[error("{path}: not a regular file")]
     NotAFile { path: PathBuf },
+    #[error("{path}: is {kind}, not a regular file")]
+    SpecialFile { path: PathBuf, kind: &'static str },
+    #[error("{path}: larger than {limit} bytes")]
+    FileTooLarge { path: PathBuf, limit: u64 },
     #[error("tensor `{name}` is missing from the checkpoint")]
     MissingTensor { name: String },
     #[error("{path}: unexpected tensor `{name}` (not part of this model's config)")]

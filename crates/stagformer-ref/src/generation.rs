@@ -33,19 +33,19 @@ pub struct GenerationConfig {
 /// is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerationConfigError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not a regular file")]
     NotAFile { path: PathBuf },
     #[error("{path}: larger than {limit} bytes; not a generation config")]
     TooLarge { path: PathBuf, limit: u64 },
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON: {error}")]
     Json {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     #[error("{path}: the top level is not a JSON object")]
     NotAnObject { path: PathBuf },
@@ -193,10 +193,19 @@ fn token_ids(
 
 /// The JSON object in `path`, `None` when the file does not exist.
 fn read_object(path: &Path) -> Result<Option<serde_json::Map<String, Value>>> {
-    let io = |source| GenerationConfigError::Io {
+    let io = |error| GenerationConfigError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
+    // The type is checked before opening too: opening a FIFO would block.
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => {
+            return Err(GenerationConfigError::NotAFile {
+                path: path.to_owned(),
+            })
+        }
+        _ => {}
+    }
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -227,9 +236,9 @@ fn read_object(path: &Path) -> Result<Option<serde_json::Map<String, Value>>> {
         Ok(_) => Err(GenerationConfigError::NotAnObject {
             path: path.to_owned(),
         }),
-        Err(source) => Err(GenerationConfigError::Json {
+        Err(error) => Err(GenerationConfigError::Json {
             path: path.to_owned(),
-            source,
+            error,
         }),
     }
 }

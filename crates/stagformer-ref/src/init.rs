@@ -128,6 +128,9 @@ pub fn write_random_checkpoint(
     dir: &Path,
 ) -> Result<(), Error> {
     cfg.validate()?;
+    // Checked before the (possibly large) weights are drawn and written, so a config.json
+    // that cannot be replaced leaves no half-written checkpoint.
+    crate::files::check_replaceable(&dir.join(checkpoint::CONFIG_FILE))?;
     let specs = expected_tensors(cfg);
     let tensors: Vec<EncodedTensor> = specs
         .into_par_iter()
@@ -148,10 +151,7 @@ pub fn write_random_checkpoint(
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    std::fs::write(&path, text + "\n").map_err(|e| LoadError::Write {
-        path,
-        reason: e.to_string(),
-    })?;
+    crate::files::write_replacing(&path, (text + "\n").as_bytes())?;
     Ok(())
 }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod config_keys;
 pub mod decode;
 pub mod error;
+pub mod files;
 pub mod generation;
 pub mod init;
 pub mod model;

@@ -420,3 +420,54 @@ fn own_checkpoints_roundtrip_the_new_fields() {
         Err(ConfigError::InvalidField { .. })
     ));
 }
+
+/// Sizes derived from a config (q_dim, tensor sizes, the total parameter count) that would
+/// overflow, or that no machine could hold, are refused naming the field, never computed.
+#[test]
+fn absurd_sizes_are_refused_naming_the_field() {
+    let cases: [(&str, Value, &str); 6] = [
+        // num_attention_heads · head_dim overflows usize.
+        (
+            "num_attention_heads",
+            json!({"num_attention_heads": 1u64 << 40, "num_key_value_heads": 1u64 << 40,
+                   "head_dim": 1u64 << 40}),
+            "num_attention_heads · head_dim",
+        ),
+        ("vocab_size", json!({"vocab_size": u64::MAX}), "vocab_size"),
+        (
+            "vocab_size",
+            json!({"vocab_size": 1u64 << 31, "hidden_size": 1u64 << 20, "head_dim": 64}),
+            "embedding",
+        ),
+        (
+            "num_hidden_layers",
+            json!({"num_hidden_layers": 1u64 << 62}),
+            "parameters",
+        ),
+        (
+            "intermediate_size",
+            json!({"intermediate_size": u64::MAX}),
+            "MLP",
+        ),
+        (
+            "max_position_embeddings",
+            json!({"max_position_embeddings": u64::MAX}),
+            "max_position_embeddings",
+        ),
+    ];
+    for (field, patch, what) in cases {
+        let mut cfg = llama32_v4();
+        for (k, v) in patch.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        let err = Config::from_json(&cfg).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::TooLarge { field: f, .. } if f == field),
+            "{field}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(what) && msg.contains("Limits"), "{msg}");
+    }
+    // The real model itself is well inside the limits.
+    Config::from_json(&llama32_v4()).unwrap();
+}

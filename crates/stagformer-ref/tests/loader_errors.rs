@@ -567,7 +567,7 @@ fn mapped_open_finds_structural_faults_and_conversion_finds_values() {
     std::fs::create_dir(&second).unwrap();
     let err = Checkpoint::open(d.path()).unwrap_err();
     assert!(
-        matches!(&err, Error::Load(LoadError::NotAFile { path }) if path == &second),
+        matches!(&err, Error::Load(LoadError::SpecialFile { path, kind: "a directory" }) if path == &second),
         "{err}"
     );
 

@@ -24,13 +24,14 @@ pub struct Args {
     /// Activation and weight storage on the kernel devices; auto = bf16 on cuda, f32 on emu.
     #[arg(long, value_enum, default_value_t = DtypeChoice::Auto)]
     dtype: DtypeChoice,
-    /// Sequences decoded together.
+    /// Sequences decoded together (at most 1024).
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Prompt tokens per sequence.
+    /// Prompt tokens per sequence (--prompt-len + --warmup + --new-tokens must fit the model's
+    /// max_position_embeddings).
     #[arg(long, default_value_t = 32)]
     prompt_len: usize,
-    /// Decode steps timed per mode.
+    /// Decode steps timed per mode (bounded by the model's positions, see --prompt-len).
     #[arg(long, default_value_t = 32)]
     new_tokens: usize,
     /// Untimed decode steps before timing (with graphs, the first runs uncaptured and the
@@ -46,6 +47,10 @@ pub struct Args {
     json: Option<std::path::PathBuf>,
 }
 
+/// Most sequences one benchmark decodes together: more than any decoder batch in use, few
+/// enough that the prompts and caches are sized without overflow.
+const MAX_BATCH: usize = 1024;
+
 /// One row of the result table.
 struct ModeResult {
     name: &'static str,
@@ -57,22 +62,40 @@ pub fn run(args: Args) -> Result<()> {
     if args.batch == 0 || args.prompt_len == 0 || args.new_tokens == 0 {
         bail!("--batch, --prompt-len and --new-tokens must be at least 1");
     }
+    if args.batch > MAX_BATCH {
+        bail!("--batch {} is more than {MAX_BATCH} sequences", args.batch);
+    }
+    // Refused before the model is built: a path that cannot be replaced by a regular file
+    // should not cost a whole run.
+    if let Some(path) = &args.json {
+        stagformer_ref::files::check_replaceable(path)?;
+    }
     let engine = Engine::open(&args.model, args.dtype)?;
     let cfg = engine.config();
-    let capacity = args.prompt_len + args.warmup + args.new_tokens;
-    if capacity > cfg.max_position_embeddings {
-        bail!(
-            "--prompt-len + --warmup + --new-tokens = {capacity} exceeds the model's {} positions",
-            cfg.max_position_embeddings
-        );
-    }
+    // Checked: each is at most usize::MAX; their sum is bounded by the model's positions,
+    // which also bounds the steps run (so no value runs for hours on a small model).
+    let capacity = args
+        .prompt_len
+        .checked_add(args.warmup)
+        .and_then(|n| n.checked_add(args.new_tokens))
+        .filter(|&n| n <= cfg.max_position_embeddings)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--prompt-len {} + --warmup {} + --new-tokens {} exceeds the model's {} \
+                 positions (max_position_embeddings)",
+                args.prompt_len,
+                args.warmup,
+                args.new_tokens,
+                cfg.max_position_embeddings
+            )
+        })?;
     let params = stagformer_ref::init::ParamCounts::of(cfg).total();
-    println!(
+    outln!(
         "model: {} ({:.1}M parameters, f32)",
         describe(cfg),
         params as f64 / 1e6
     );
-    println!(
+    outln!(
         "device: {} | batch {} | prompt {} | {} timed steps after {} warm-up | step graphs {}",
         engine.describe(),
         args.batch,
@@ -110,7 +133,7 @@ pub fn run(args: Args) -> Result<()> {
         Engine::Kernels { device, bf16, .. } if device.kind() == DeviceKind::Cuda => {
             let bytes = params as f64 * if *bf16 { 2.0 } else { 4.0 };
             let bandwidth = copy_bandwidth(device)?;
-            println!(
+            outln!(
                 "weights: {:.1} MB per step; measured copy bandwidth {:.0} GB/s -> floor {:.3} ms/step",
                 bytes / 1e6,
                 bandwidth / 1e9,
@@ -120,9 +143,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         _ => None,
     };
-    print_table(&rows, args.batch, floor);
+    print_table(&rows, args.batch, floor)?;
     if floor.is_none() {
-        println!("note: the weight-bytes floor is measured on CUDA devices only");
+        outln!("note: the weight-bytes floor is measured on CUDA devices only");
     }
     if let Some(path) = &args.json {
         write_json(path, &describe(cfg), &rows, &args, floor)?;
@@ -139,7 +162,7 @@ fn cpu_rows(
 ) -> Result<Vec<ModeResult>> {
     let cfg = &model.config;
     let prefill_s = time_prefill(model, prompts, capacity)?;
-    print_prefill(prompts, prefill_s);
+    print_prefill(prompts, prefill_s)?;
     let not_here = |what: &str| Err(format!("n/a: {what}"));
     Ok(vec![
         ModeResult {
@@ -170,13 +193,14 @@ fn cpu_rows(
     ])
 }
 
-fn print_prefill(prompts: &[Vec<u32>], seconds: f64) {
+fn print_prefill(prompts: &[Vec<u32>], seconds: f64) -> Result<()> {
     let tokens: usize = prompts.iter().map(Vec::len).sum();
-    println!(
+    outln!(
         "prefill: {:.1} tokens/s ({tokens} tokens in {:.1} ms)",
         tokens as f64 / seconds,
         seconds * 1e3
     );
+    Ok(())
 }
 
 /// The kernel decoder: every execution mode, each in a decoder of its own.
@@ -205,9 +229,18 @@ fn kernel_rows<T: Activation>(
         let timed = Decoder::<T>::from_source(device, source, opts)
             .map_err(|e| format!("n/a: {e}"))
             .and_then(|mut dec| {
-                time_kernel_decode(&mut dec, prompts, args, name == "sequential")
-                    .map_err(|e| e.to_string())
+                time_kernel_decode(&mut dec, prompts, args).map_err(|e| e.to_string())
             });
+        // The prefill speed is reported once, from the first mode (all prefill alike).
+        let timed = match timed {
+            Ok((prefill_s, ms)) => {
+                if name == "sequential" {
+                    print_prefill(prompts, prefill_s)?;
+                }
+                Ok(ms)
+            }
+            Err(e) => Err(e),
+        };
         rows.push(ModeResult {
             name,
             ms_per_step: timed,
@@ -216,13 +249,13 @@ fn kernel_rows<T: Activation>(
     Ok(rows)
 }
 
-/// Mean milliseconds per step of a kernel decoder (greedy sampling on the device).
+/// Seconds to prefill the prompts and mean milliseconds per step of a kernel decoder (greedy
+/// sampling on the device).
 fn time_kernel_decode<T: Activation>(
     dec: &mut Decoder<T>,
     prompts: &[Vec<u32>],
     args: &Args,
-    report_prefill: bool,
-) -> stagformer::Result<f64> {
+) -> stagformer::Result<(f64, f64)> {
     let start = Instant::now();
     let mut ids = Vec::new();
     let mut next = Vec::new();
@@ -232,9 +265,7 @@ fn time_kernel_decode<T: Activation>(
         ids.push(id);
         next.push(argmax(&logits[logits.len() - vocab..]));
     }
-    if report_prefill {
-        print_prefill(prompts, start.elapsed().as_secs_f64());
-    }
+    let prefill_s = start.elapsed().as_secs_f64();
     let greedy = SamplingConfig {
         temperature: 0.0,
         top_k: 0,
@@ -248,7 +279,10 @@ fn time_kernel_decode<T: Activation>(
     for step in 0..args.new_tokens {
         next = dec.step_sample(&ids, &next, &greedy, (args.warmup + step) as u32)?;
     }
-    Ok(start.elapsed().as_secs_f64() * 1e3 / args.new_tokens as f64)
+    Ok((
+        prefill_s,
+        start.elapsed().as_secs_f64() * 1e3 / args.new_tokens as f64,
+    ))
 }
 
 /// Seconds to prefill every prompt.
@@ -335,25 +369,30 @@ fn write_json(
         })
         .collect();
     let doc = serde_json::json!({ "decode": decode, "weight_floor_ms": floor_ms });
-    std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
+    let text = serde_json::to_string_pretty(&doc)? + "\n";
+    stagformer_ref::files::write_replacing(path, text.as_bytes())?;
     Ok(())
 }
 
-fn print_table(rows: &[ModeResult], batch: usize, floor_ms: Option<f64>) {
+fn print_table(rows: &[ModeResult], batch: usize, floor_ms: Option<f64>) -> Result<()> {
     let base = rows
         .iter()
         .find(|r| r.name == "sequential")
         .and_then(|r| r.ms_per_step.as_ref().ok().copied());
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<12} {:>10} {:>12} {:>22} {:>16}",
-        "mode", "ms/step", "tokens/s", "speedup vs sequential", "% weight floor"
+        "mode",
+        "ms/step",
+        "tokens/s",
+        "speedup vs sequential",
+        "% weight floor"
     );
     for r in rows {
         match &r.ms_per_step {
             Ok(ms) => {
                 let speedup = base.map_or("-".into(), |b| format!("{:.2}x", b / ms));
-                println!(
+                outln!(
                     "{:<12} {:>10.3} {:>12.1} {:>22} {:>16}",
                     r.name,
                     ms,
@@ -362,7 +401,8 @@ fn print_table(rows: &[ModeResult], batch: usize, floor_ms: Option<f64>) {
                     floor_ms.map_or("-".into(), |f| format!("{:.0}%", 100.0 * f / ms))
                 );
             }
-            Err(why) => println!("{:<12} {why}", r.name),
+            Err(why) => outln!("{:<12} {why}", r.name),
         }
     }
+    Ok(())
 }

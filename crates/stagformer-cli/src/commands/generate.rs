@@ -45,13 +45,13 @@ pub struct Args {
     #[arg(long)]
     print_ids: bool,
     /// 0 = greedy [default: generation_config.json's, else 0.8].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f32>,
     /// 0 = no top-k filter [default: generation_config.json's, else 40].
     #[arg(long)]
     top_k: Option<usize>,
     /// Nucleus filter; 1 = off [default: generation_config.json's, else 0.95].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -63,7 +63,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let mut source = args.model.clone();
     if source.model.is_none() && source.preset.is_none() {
-        eprintln!(
+        note!(
             "note: no --model given: running the built-in {DEFAULT_PRESET:?} preset with random \
              weights (seed {}); its output is noise",
             source.preset_seed
@@ -75,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
     let model_dir = args.model.model.as_deref();
     let codec = TextCodec::for_model(model_dir)?;
     if matches!(codec, TextCodec::Bytes) {
-        eprintln!("note: no tokenizer.json: text is encoded and decoded as bytes (ids 0-255)");
+        note!("note: no tokenizer.json: text is encoded and decoded as bytes (ids 0-255)");
     }
     let generation = match model_dir {
         Some(dir) => GenerationConfig::from_dir(dir)?,
@@ -95,14 +95,14 @@ pub fn run(args: Args) -> Result<()> {
     };
     let (params, note) = settings::resolve(flags, args.seed, &generation);
     if let Some(note) = note {
-        eprintln!("{note}");
+        note!("{note}");
     }
     params.validate()?;
     // The whole sequence, prompt and generated tokens, has to fit the model's positions.
     let room = positions - prompt.len();
     let clamped = args.max_new_tokens > room;
     if clamped {
-        eprintln!(
+        note!(
             "note: --max-new-tokens {} does not fit: the prompt's {} tokens leave {room} of the \
              model's {positions} positions (max_position_embeddings); generating at most {room}",
             args.max_new_tokens,
@@ -120,7 +120,7 @@ pub fn run(args: Args) -> Result<()> {
         eos,
     };
     if args.print_ids {
-        eprintln!("prompt ids: {prompt:?}");
+        note!("prompt ids: {prompt:?}");
     }
 
     let mut printer = StreamPrinter::new();
@@ -171,24 +171,24 @@ pub fn run(args: Args) -> Result<()> {
     writeln!(out, "{}", finish.rest)?;
     out.flush()?;
     if finish.diverged {
-        eprintln!(
+        note!(
             "note: the tokenizer rewrote text already printed; the full text is: {:?}",
             codec.decode(printer.ids())?
         );
     }
     if args.print_ids {
-        eprintln!("generated ids: {:?}", printer.ids());
+        note!("generated ids: {:?}", printer.ids());
     }
     match outcome.stop {
-        Stop::Eos(id) => eprintln!("stopped: end of sequence (token {id})"),
+        Stop::Eos(id) => note!("stopped: end of sequence (token {id})"),
         Stop::MaxNewTokens => {
-            eprintln!("stopped: --max-new-tokens {} reached", args.max_new_tokens)
+            note!("stopped: --max-new-tokens {} reached", args.max_new_tokens)
         }
-        Stop::Capacity => eprintln!(
-            "stopped: the model's {positions} positions (max_position_embeddings) are full"
-        ),
+        Stop::Capacity => {
+            note!("stopped: the model's {positions} positions (max_position_embeddings) are full")
+        }
     }
-    eprintln!(
+    note!(
         "prompt: {} tokens in {:.3} s ({} tok/s); generation: {} tokens, {} decode steps in \
          {:.3} s ({} tok/s)",
         prompt.len(),

@@ -56,7 +56,7 @@ pub fn run(args: Args) -> Result<()> {
     init::write_random_checkpoint(&config, args.seed, dtype, args.shards, &args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
     let params = init::ParamCounts::of(&config).total();
-    eprintln!(
+    note!(
         "wrote {} ({:.1}M parameters, {:?})",
         args.out.display(),
         params as f64 / 1e6,

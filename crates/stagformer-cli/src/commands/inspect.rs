@@ -24,9 +24,9 @@ pub fn run(args: Args) -> Result<()> {
     print_warnings(ckpt.warnings());
     let cfg = ckpt.config();
     let file_bytes = ckpt.file_bytes();
-    println!("model: {}", args.model.display());
-    println!("variant: {}", describe(cfg));
-    println!(
+    outln!("model: {}", args.model.display());
+    outln!("variant: {}", describe(cfg));
+    outln!(
         "shape: D={} F={} heads={} kv_heads={} head_dim={} vocab={} max_positions={}",
         cfg.hidden_size,
         cfg.intermediate_size,
@@ -36,7 +36,7 @@ pub fn run(args: Args) -> Result<()> {
         cfg.vocab_size,
         cfg.max_position_embeddings
     );
-    println!(
+    outln!(
         "sections: p={} layers per section={} stored layers={} rms_norm_eps={} rope_theta={}",
         cfg.sections(),
         cfg.layers_per_section(),
@@ -44,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
         cfg.rms_norm_eps,
         cfg.rope_theta
     );
-    println!(
+    outln!(
         "rope: {}; self-attention: {}",
         rope_description(&cfg.rope_scaling),
         match cfg.sliding_window {
@@ -53,7 +53,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     );
     let c = ParamCounts::of(cfg);
-    println!("parameters:");
+    outln!("parameters:");
     let rows = [
         ("embedding", c.embedding),
         ("self-attention + MLP layers", c.self_layers),
@@ -63,9 +63,9 @@ pub fn run(args: Args) -> Result<()> {
         ("total", c.total()),
     ];
     for (name, n) in rows {
-        println!("  {name:<30} {n:>14} ({:.2}M)", n as f64 / 1e6);
+        outln!("  {name:<30} {n:>14} ({:.2}M)", n as f64 / 1e6);
     }
-    println!(
+    outln!(
         "bytes: {file_bytes} in safetensors files; {} as f32, {} as bf16",
         c.total() * 4,
         c.total() * 2

@@ -1,11 +1,9 @@
 //! `stagformer score`: logits after every token, as one f32 tensor `logits` [T, V].
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::ValueEnum;
-use safetensors::tensor::{Dtype, TensorView};
 use stagformer_ref::ScoreMode;
 
 use crate::engine::{Engine, EngineArgs};
@@ -42,6 +40,8 @@ enum Mode {
 
 pub fn run(args: Args) -> Result<()> {
     let tokens = parse_tokens(&args.tokens)?;
+    // Before the model is loaded and run, so a bad --out costs nothing.
+    stagformer_ref::files::check_replaceable(&args.out)?;
     let engine = Engine::open(&args.model, args.engine.dtype)?;
     let config = engine.config();
     stagformer_ref::model::check_tokens(config, &tokens, config.max_position_embeddings)?;
@@ -57,13 +57,12 @@ pub fn run(args: Args) -> Result<()> {
     let exec = args.engine.mode_exec.mode();
     let logits = engine.score(&tokens, mode, exec, !args.engine.no_graph)?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = TensorView::new(
-        Dtype::F32,
-        vec![tokens.len(), engine.config().vocab_size],
-        &bytes,
-    )?;
-    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
-    safetensors::serialize_to_file([("logits", view)], Some(metadata), &args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    let tensor = stagformer_ref::checkpoint::EncodedTensor {
+        name: "logits".into(),
+        shape: vec![tokens.len(), engine.config().vocab_size],
+        dtype: stagformer_ref::StorageDtype::F32,
+        bytes,
+    };
+    stagformer_ref::checkpoint::write_safetensors(&args.out, &[tensor])?;
     Ok(())
 }
