@@ -459,8 +459,9 @@ pub fn validate_scaling(scaling: &RopeScaling) -> Result<(), ConfigError> {
     };
     match *scaling {
         RopeScaling::Default => Ok(()),
-        RopeScaling::Linear { factor } => at_least_one("rope_scaling.factor", factor),
-        RopeScaling::Dynamic { factor } => at_least_one("rope_scaling.factor", factor),
+        RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor } => {
+            at_least_one("rope_scaling.factor", factor)
+        }
         RopeScaling::Llama3 {
             factor,
             low_freq_factor,

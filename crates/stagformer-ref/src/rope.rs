@@ -65,13 +65,8 @@ impl RopeScaling {
         max_position_embeddings: usize,
         seq_len: usize,
     ) -> Vec<f64> {
-        let half = head_dim / 2;
         let dim = head_dim as f64;
-        let default = |base: f64| -> Vec<f64> {
-            (0..half)
-                .map(|m| base.powf(-2.0 * m as f64 / dim))
-                .collect()
-        };
+        let default = |base: f64| crate::ops::rope_inv_freq(head_dim, base);
         match *self {
             RopeScaling::Default => default(theta),
             RopeScaling::Linear { factor } => {
