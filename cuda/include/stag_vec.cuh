@@ -57,23 +57,25 @@ __device__ __forceinline__ bool aligned16(const void *p) {
     return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
 }
 
-/// Sum of `v` over the warp, returned to every lane.
-__device__ __forceinline__ float warp_sum(float v) {
+/// Sum of `v` over the warp, returned to every lane (float or double).
+template <typename F>
+__device__ __forceinline__ F warp_sum(F v) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;
 }
 
 /// Sum of `v` over the block (blockDim.x a multiple of 32, at most 1024), returned to every
-/// thread. `scratch` holds 32 floats of shared memory; the call contains two barriers.
-__device__ __forceinline__ float block_sum(float v, float *scratch) {
+/// thread. `scratch` holds 32 values of shared memory; the call contains two barriers.
+template <typename F>
+__device__ __forceinline__ F block_sum(F v, F *scratch) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int warps = blockDim.x >> 5;
     v = warp_sum(v);
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    float total = lane < warps ? scratch[lane] : 0.0f;
+    F total = lane < warps ? scratch[lane] : F(0);
     total = warp_sum(total);
     // Every warp reduced the same 32 slots, so every thread holds the total; the barrier keeps
     // the slots from being overwritten by a following call before all warps have read them.

@@ -1,7 +1,8 @@
 //! RMSNorm and the fused residual add + RMSNorm (`cuda/rmsnorm.cu`).
 //!
 //! `out = x / sqrt(mean(x²) + eps) · weight` for every row of `rows × dim` activations (f32 or
-//! bf16, f32 math, f32 weight). The fused form writes `sum = x + residual` (rounded to the
+//! bf16, f32 weight; the sum of squares and the inverse RMS in f64, so any finite row gives the
+//! reference's answer). The fused form writes `sum = x + residual` (rounded to the
 //! activation type) and the norm of that rounded sum, in one pass over the row.
 
 use half::bf16;
@@ -16,8 +17,9 @@ stag_kernel!(static RMSNORM_F32: RmsNormParams = rmsnorm_f32 in RMSNORM);
 stag_kernel!(static RMSNORM_BF16: RmsNormParams = rmsnorm_bf16 in RMSNORM);
 
 /// Vectors (16 bytes) each thread keeps in registers; must equal `ITEMS` in `cuda/rmsnorm.cu`.
-const ITEMS_PER_THREAD: usize = 4;
-const MAX_THREADS: usize = 1024;
+/// Must match `ITEMS` and `MAX_THREADS` in cuda/rmsnorm.cu.
+const ITEMS_PER_THREAD: usize = 2;
+const MAX_THREADS: usize = 512;
 
 /// Activation types the norm kernels take: f32 and bf16.
 pub trait NormElem: DeviceElem {}
