@@ -174,11 +174,10 @@ fn score_kernels<T: Activation>(
         );
     }
     let opts = DecoderOptions {
-        max_batch: 1,
-        capacity: tokens.len(),
         mode: exec,
         recurrent,
         graphs,
+        ..DecoderOptions::new(1, tokens.len())
     };
     let mut decoder = Decoder::<T>::from_source(device, source, opts)?;
     let (id, mut logits) = decoder.prefill(&tokens[..prompt_len])?;

@@ -2,7 +2,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use stagformer_kernels::device::{Device, DeviceBuffer, DeviceView, Event, Graph, Stream};
+use stagformer_kernels::device::{
+    Device, DeviceBuffer, DeviceView, Event, Graph, GraphNodes, Stream,
+};
 use stagformer_kernels::ops::attention_decode::RECOMMENDED_MAX_SPLITS;
 use stagformer_kernels::ops::attention_prefill::PrefillBatch;
 use stagformer_kernels::ops::axpby::axpby;
@@ -33,6 +35,9 @@ pub enum ExecMode {
     Batched,
 }
 
+/// Prefill chunk size of [`DecoderOptions::new`].
+pub const DEFAULT_PREFILL_ROWS: usize = 512;
+
 /// Fixed capacity and schedule of a decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderOptions {
@@ -45,6 +50,10 @@ pub struct DecoderOptions {
     /// Replay each decode step as a graph captured once per (batch size, sampling settings)
     /// instead of launching its kernels one by one. Same results either way.
     pub graphs: bool,
+    /// Rows a prefill processes at a time: a prompt runs in chunks of this many rows, each
+    /// attending to the caches of the chunks before it, so scratch and logits buffers hold
+    /// this many rows, never `capacity` (and never `capacity × vocab` logits).
+    pub prefill_rows: usize,
 }
 
 impl DecoderOptions {
@@ -56,6 +65,7 @@ impl DecoderOptions {
             mode: ExecMode::Staggered,
             recurrent: false,
             graphs: true,
+            prefill_rows: DEFAULT_PREFILL_ROWS,
         }
     }
 }
@@ -135,8 +145,11 @@ pub struct Decoder<T: Activation> {
     caches: Caches<T>,
     /// One per section (decode steps).
     scratch: Vec<Scratch<T>>,
-    /// Rows of a whole prompt (prefill).
+    /// Rows of one prefill chunk.
     prefill: Scratch<T>,
+    /// Per reading section s ≥ 1: the projected memory of the prompt being prefilled, every
+    /// row (`capacity` rows of k|v for all of s's cross layers).
+    prompt_memory: Vec<DeviceBuffer<T>>,
     streams: Vec<Stream>,
     /// Ids, positions, slots and sampler counters of the current pass, one copy per step.
     inputs: RowInputs,
@@ -184,9 +197,9 @@ impl<T: Activation> Decoder<T> {
     ) -> Result<Self> {
         let cfg = source.config().clone();
         let p = cfg.sections();
-        if opts.max_batch == 0 || opts.capacity == 0 {
+        if opts.max_batch == 0 || opts.capacity == 0 || opts.prefill_rows == 0 {
             return Err(DecoderError::Unsupported(
-                "max_batch and capacity must be at least 1".into(),
+                "max_batch, capacity and prefill_rows must be at least 1".into(),
             ));
         }
         if opts.capacity > cfg.max_position_embeddings {
@@ -251,9 +264,18 @@ impl<T: Activation> Decoder<T> {
         let scratch = (0..p)
             .map(|_| Scratch::new(device, &cfg, step_rows, RECOMMENDED_MAX_SPLITS))
             .collect::<Result<Vec<_>>>()?;
-        let prefill = Scratch::new(device, &cfg, opts.capacity, PREFILL_SPLITS)?;
+        // Every prefill buffer holds one chunk of rows, none the whole capacity.
+        let chunk_rows = opts.prefill_rows.min(opts.capacity);
+        let prefill = Scratch::new(device, &cfg, chunk_rows, PREFILL_SPLITS)?;
         let rows = opts.max_batch;
-        let mix_rows = rows.max(opts.capacity) * cfg.hidden_size;
+        let buffer_rows = step_rows.max(chunk_rows);
+        let mix_rows = buffer_rows * cfg.hidden_size;
+        let memory_width = cfg.layers_per_section() * 2 * cfg.kv_dim();
+        // The projected memory of a prompt for each reading section: later chunks' rows attend
+        // to every earlier row's memory. Sized like one layer set of cross caches.
+        let prompt_memory = (1..p)
+            .map(|_| alloc(opts.capacity * memory_width))
+            .collect::<Result<Vec<_>, _>>()?;
         let mix = match &weights.output_mix {
             Some(alpha) => Some(OutputMix {
                 alpha: alpha.clone(),
@@ -264,8 +286,9 @@ impl<T: Activation> Decoder<T> {
         };
         let decoder = Decoder {
             mix,
-            inputs: RowInputs::new(device, p * rows.max(opts.capacity), rows.max(opts.capacity))?,
-            logits: DeviceBuffer::alloc(device, rows.max(opts.capacity) * cfg.vocab_size)?,
+            inputs: RowInputs::new(device, p * buffer_rows, buffer_rows)?,
+            logits: DeviceBuffer::alloc(device, buffer_rows * cfg.vocab_size)?,
+            prompt_memory,
             tokens: DeviceBuffer::alloc(device, rows)?,
             shared: Shared {
                 cfg,
@@ -319,6 +342,19 @@ impl<T: Activation> Decoder<T> {
     ) -> Result<Option<usize>> {
         match self.graphs.get(&GraphKey::new(rows, sampling)) {
             Some(graph) => Ok(Some(graph.nodes()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The step graph for `rows` rows ending with `sampling` (or with logits) by node kind —
+    /// kernel launches and copies per replayed step — if that graph has been captured.
+    pub fn graph_node_counts(
+        &self,
+        rows: usize,
+        sampling: Option<&SamplingConfig>,
+    ) -> Result<Option<GraphNodes>> {
+        match self.graphs.get(&GraphKey::new(rows, sampling)) {
+            Some(graph) => Ok(Some(graph.node_counts()?)),
             None => Ok(None),
         }
     }
@@ -393,25 +429,44 @@ impl<T: Activation> Decoder<T> {
     }
 
     fn run_prefill(&mut self, id: SeqId, prompt: &[u32]) -> Result<Vec<f32>> {
+        let vocab = self.shared.cfg.vocab_size;
+        let n = prompt.len();
+        let mut logits = Vec::with_capacity(n * vocab);
+        let chunk = self.opts.prefill_rows;
+        let mut start = 0;
+        while start < n {
+            let end = (start + chunk).min(n);
+            self.run_prefill_chunk(id, prompt, start..end, &mut logits)?;
+            start = end;
+        }
+        Ok(logits)
+    }
+
+    /// Rows `chunk` of a prompt through every section, one section after another; appends the
+    /// chunk's logits to `logits`. Earlier chunks left their keys in the self caches and their
+    /// projected memory in `prompt_memory`, which this chunk's rows attend to.
+    fn run_prefill_chunk(
+        &mut self,
+        id: SeqId,
+        prompt: &[u32],
+        chunk: std::ops::Range<usize>,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         let stream = &self.streams[0];
         let sh = &self.shared;
         let cfg = &sh.cfg;
-        let (p, n, d, vocab) = (
-            cfg.sections(),
-            prompt.len(),
-            cfg.hidden_size,
-            cfg.vocab_size,
-        );
+        let (p, n, d, vocab) = (cfg.sections(), chunk.len(), cfg.hidden_size, cfg.vocab_size);
+        let total = prompt.len();
+        let width = sh.memory_width();
         // Stream 0 joined every stream at the end of the last step: what follows on it is
-        // ordered after all of that step's work.
-        let batch = PrefillBatch::new(stream, &[n])?;
+        // ordered after all of that step's work (and after the previous chunk's).
+        let batch = PrefillBatch::with_positions(stream, &[n], &[chunk.end], &[chunk.start])?;
         let sc = &mut self.prefill;
-        let rows: Vec<Row> = prompt
-            .iter()
-            .enumerate()
-            .map(|(position, &token)| Row {
+        let rows: Vec<Row> = chunk
+            .clone()
+            .map(|position| Row {
                 seq: id,
-                token,
+                token: prompt[position],
                 position,
             })
             .collect();
@@ -427,7 +482,13 @@ impl<T: Activation> Decoder<T> {
                 section: s,
                 rows: n,
                 index,
-                cross_keys: CrossKeys::Prompt(&batch),
+                cross_keys: match s {
+                    0 => CrossKeys::Cache,
+                    _ => CrossKeys::Prompt {
+                        batch: &batch,
+                        memory: &self.prompt_memory[s - 1],
+                    },
+                },
                 end,
             };
             let out = sh.run_section(&mut self.caches, sc, stream, pass)?;
@@ -435,16 +496,28 @@ impl<T: Activation> Decoder<T> {
                 mix.accumulate(stream, s, sc.x[out].slice(..n * d)?)?;
             }
             if s + 1 < p {
-                sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, 0..n)?;
-                // Only the last `ring` positions fit the cross caches (and are ever read again).
-                sh.append_memory(
-                    &mut self.caches,
-                    sc,
+                let memory = &mut self.prompt_memory[s];
+                let rows_kv = chunk.start * width..chunk.end * width;
+                sh.project_memory(
                     stream,
-                    &index,
+                    sc.h.slice(..n * d)?,
+                    memory.slice_mut(rows_kv)?,
                     s + 1,
-                    n.saturating_sub(sh.ring)..n,
+                    n,
                 )?;
+                // Only the last `ring` positions of the prompt fit the cross caches (and are
+                // ever read again).
+                let first = total.saturating_sub(sh.ring).max(chunk.start);
+                if first < chunk.end {
+                    sh.append_memory(
+                        &mut self.caches,
+                        memory.slice(first * width..chunk.end * width)?,
+                        stream,
+                        &index,
+                        s + 1,
+                        first - chunk.start..n,
+                    )?;
+                }
             }
         }
         let rows = Rows { rows: n, dim: d };
@@ -461,7 +534,8 @@ impl<T: Activation> Decoder<T> {
             None => &sc.h,
         };
         lm_head(stream, sh, normed.slice(..n * d)?, &mut self.logits, n)?;
-        Ok(self.logits.slice(..n * vocab)?.to_host(stream)?)
+        logits.extend(self.logits.slice(..n * vocab)?.to_host(stream)?);
+        Ok(())
     }
 
     /// One decode step: feeds `tokens[r]` to sequence `seqs[r]` and returns the logits [B, V].
@@ -672,11 +746,27 @@ impl<T: Activation> Decoder<T> {
                     Rows { rows: n, dim: d },
                     cfg.rms_norm_eps as f32,
                 )?;
-                sh.project_memory(stream, &sc.o, &mut sc.memory_kv, 1, 0..n)?;
-                sh.append_memory(&mut self.caches, sc, stream, &index, 1, 0..n)?;
+                let (rows_d, rows_kv) = (..n * d, ..n * sh.memory_width());
+                sh.project_memory(
+                    stream,
+                    sc.o.slice(rows_d)?,
+                    sc.memory_kv.slice_mut(rows_kv)?,
+                    1,
+                    n,
+                )?;
+                let memory = sc.memory_kv.slice(rows_kv)?;
+                sh.append_memory(&mut self.caches, memory, stream, &index, 1, 0..n)?;
             } else if s + 1 < p {
-                sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, 0..n)?;
-                sh.append_memory(&mut self.caches, sc, stream, &index, s + 1, 0..n)?;
+                let (rows_d, rows_kv) = (..n * d, ..n * sh.memory_width());
+                sh.project_memory(
+                    stream,
+                    sc.h.slice(rows_d)?,
+                    sc.memory_kv.slice_mut(rows_kv)?,
+                    s + 1,
+                    n,
+                )?;
+                let memory = sc.memory_kv.slice(rows_kv)?;
+                sh.append_memory(&mut self.caches, memory, stream, &index, s + 1, 0..n)?;
             }
             if fork.is_some() && s > 0 {
                 joins.push(stream.record_event()?);
@@ -729,8 +819,17 @@ impl<T: Activation> Decoder<T> {
         let out = sh.run_batched(&mut self.caches, sc, stream, &index, n, &ends)?;
         for s in 0..p - 1 {
             let pass = s * n..(s + 1) * n;
-            sh.project_memory(stream, &sc.h, &mut sc.memory_kv, s + 1, pass.clone())?;
-            sh.append_memory(&mut self.caches, sc, stream, &index, s + 1, pass)?;
+            let width = sh.memory_width();
+            let rows_kv = pass.start * width..pass.end * width;
+            sh.project_memory(
+                stream,
+                sc.h.slice(pass.start * d..pass.end * d)?,
+                sc.memory_kv.slice_mut(rows_kv.clone())?,
+                s + 1,
+                n,
+            )?;
+            let memory = sc.memory_kv.slice(rows_kv)?;
+            sh.append_memory(&mut self.caches, memory, stream, &index, s + 1, pass)?;
         }
         let normed = match self.mix.as_mut() {
             Some(mix) => {

@@ -15,6 +15,7 @@ pub mod weights;
 
 pub use decoder::{Decoder, DecoderOptions, ExecMode, SeqId};
 pub use error::{DecoderError, Result};
+pub use stagformer_kernels::device::GraphNodes;
 pub use stagformer_kernels::ops::sample::SamplingConfig;
 
 use half::bf16;

@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use stagformer_kernels::device::{DeviceBuffer, DeviceView, Stream};
+use stagformer_kernels::device::{DeviceBuffer, DeviceView, DeviceViewMut, Stream};
 use stagformer_kernels::ops::attention_decode::{attention_decode, DecodeLayout, DecodeMask};
 use stagformer_kernels::ops::attention_prefill::{
     attention_prefill, HeadShape as PrefillHeads, PrefillBatch, PrefillConfig, PrefillMask,
@@ -109,21 +109,26 @@ pub(crate) struct Caches<T: Activation> {
 }
 
 /// Where a pass's cross-attention reads the prior section's memory.
-pub(crate) enum CrossKeys<'a> {
+pub(crate) enum CrossKeys<'a, T: Activation> {
     /// The cross caches (decode steps).
     Cache,
-    /// The projected memory of the whole prompt in `scratch.memory_kv` (prefill).
-    Prompt(&'a PrefillBatch),
+    /// The projected memory of the prompt so far (prefill): `memory` holds rows 0..k of the
+    /// previous section's projected memory, `batch` says which query positions this pass's
+    /// rows are (a chunk of the prompt) and that k keys precede or accompany them.
+    Prompt {
+        batch: &'a PrefillBatch,
+        memory: &'a DeviceBuffer<T>,
+    },
 }
 
 /// One section pass: which section, over which rows' inputs, reading which memory, ending with
 /// which norm (the next section's memory norm, or the final norm).
-pub(crate) struct Pass<'a> {
+pub(crate) struct Pass<'a, T: Activation> {
     pub section: usize,
     pub rows: usize,
     /// The pass's per-row inputs (`rows` of them).
     pub index: RowIndex<'a>,
-    pub cross_keys: CrossKeys<'a>,
+    pub cross_keys: CrossKeys<'a, T>,
     pub end: &'a DeviceBuffer<f32>,
 }
 
@@ -161,7 +166,7 @@ impl<T: Activation> Shared<T> {
         caches: &mut Caches<T>,
         sc: &mut Scratch<T>,
         stream: &Stream,
-        pass: Pass<'_>,
+        pass: Pass<'_, T>,
     ) -> Result<usize> {
         let Pass {
             section: s,
@@ -457,7 +462,7 @@ impl<T: Activation> Shared<T> {
         stream: &Stream,
         ix: &RowIndex<'_>,
         at: (usize, usize, Range<usize>),
-        cross_keys: &CrossKeys<'_>,
+        cross_keys: &CrossKeys<'_, T>,
     ) -> Result<()> {
         let (s, j, rows) = at;
         let cfg = &self.cfg;
@@ -502,7 +507,7 @@ impl<T: Activation> Shared<T> {
                     },
                 )?;
             }
-            CrossKeys::Prompt(batch) => {
+            CrossKeys::Prompt { batch, memory } => {
                 // Layer j's k and v inside each projected memory row [k_0|v_0|k_1|v_1|...].
                 let stride = ls * 2 * kvd;
                 let base = j * 2 * kvd;
@@ -523,13 +528,14 @@ impl<T: Activation> Shared<T> {
                     },
                     scale: 1.0 / (cfg.head_dim as f32).sqrt(),
                 };
-                let memory = |offset: usize| base + offset..base + offset + (n - 1) * stride + kvd;
+                let keys = batch.k_rows();
+                let part = |offset: usize| base + offset..base + offset + (keys - 1) * stride + kvd;
                 attention_prefill(
                     stream,
                     batch,
                     &sc.qkv.slice(span(qd))?,
-                    &sc.memory_kv.slice(memory(0))?,
-                    &sc.memory_kv.slice(memory(kvd))?,
+                    &memory.slice(part(0))?,
+                    &memory.slice(part(kvd))?,
                     &mut sc.attn.slice_mut(span(qd))?,
                     &config,
                 )?;
@@ -591,47 +597,52 @@ impl<T: Activation> Shared<T> {
         Ok(())
     }
 
-    /// Projects rows `rows` of `memory` (normed section output) with the k|v weights of
-    /// section `reader`'s cross layers into the same rows of `memory_kv`.
+    /// Width of a projected memory row: k|v of every cross layer of the reading section.
+    pub fn memory_width(&self) -> usize {
+        self.cfg.layers_per_section() * 2 * self.cfg.kv_dim()
+    }
+
+    /// Projects `rows` rows of `memory` (normed section output) with the k|v weights of
+    /// section `reader`'s cross layers into `memory_kv` (`rows` rows of
+    /// [`Shared::memory_width`]).
     pub fn project_memory(
         &self,
         stream: &Stream,
-        memory: &DeviceBuffer<T>,
-        memory_kv: &mut DeviceBuffer<T>,
+        memory: DeviceView<'_, T>,
+        mut memory_kv: DeviceViewMut<'_, T>,
         reader: usize,
-        rows: Range<usize>,
+        rows: usize,
     ) -> Result<()> {
-        let cfg = &self.cfg;
-        let width = cfg.layers_per_section() * 2 * cfg.kv_dim();
-        let d = cfg.hidden_size;
+        let width = self.memory_width();
+        let d = self.cfg.hidden_size;
         linear(
             stream,
-            &memory.slice(rows.start * d..rows.end * d)?,
+            &memory,
             &self.weights.memory_kv[reader - 1],
-            &mut memory_kv.slice_mut(rows.start * width..rows.end * width)?,
-            GemmShape::new(rows.len(), width, d),
+            &mut memory_kv,
+            GemmShape::new(rows, width, d),
         )?;
         Ok(())
     }
 
-    /// Writes rows `rows` of the projected memory in `sc.memory_kv` into section `reader`'s cross
-    /// caches, at the slots of those rows' positions (`ix`).
+    /// Writes the projected memory rows `memory_kv` (row r of them belongs to row `rows.start
+    /// + r` of `ix`) into section `reader`'s cross caches, at the slots of those rows'
+    /// positions.
     #[allow(clippy::too_many_arguments)]
     pub fn append_memory(
         &self,
         caches: &mut Caches<T>,
-        sc: &Scratch<T>,
+        memory_kv: DeviceView<'_, T>,
         stream: &Stream,
         ix: &RowIndex<'_>,
         reader: usize,
         rows: std::ops::Range<usize>,
     ) -> Result<()> {
         let cfg = &self.cfg;
-        let width = cfg.layers_per_section() * 2 * cfg.kv_dim();
         let layout = self.cross_layout();
         memory_kv_append(
             stream,
-            &sc.memory_kv.slice(rows.start * width..rows.end * width)?,
+            &memory_kv,
             &ix.cross_slots.slice(rows.clone())?,
             &ix.positions.slice(rows)?,
             KvCacheMut {

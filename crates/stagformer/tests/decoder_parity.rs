@@ -128,11 +128,10 @@ fn decoder_logits_match_reference_forward() {
             .flat_map(|m| [(m, true), (m, false)])
         {
             let opts = DecoderOptions {
-                max_batch: 3,
-                capacity: 40,
                 mode,
                 recurrent: false,
                 graphs,
+                ..DecoderOptions::new(3, 40)
             };
             let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
             let mut got: Vec<Vec<f32>> = Vec::new();
@@ -161,11 +160,10 @@ fn decoder_logits_match_reference_forward() {
         }
         for mode in modes_for(v) {
             let opts = DecoderOptions {
-                max_batch: 1,
-                capacity: 40,
                 mode,
                 recurrent: false,
                 graphs: true,
+                ..DecoderOptions::new(1, 40)
             };
             let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
             let toks = tokens(4 + STEPS, n + 7);
@@ -202,11 +200,10 @@ fn graph_replay_equals_direct_launches() {
         let mut graphs_captured = Vec::new();
         for graphs in [true, false] {
             let opts = DecoderOptions {
-                max_batch: 3,
-                capacity: 40,
                 mode,
                 recurrent: false,
                 graphs,
+                ..DecoderOptions::new(3, 40)
             };
             let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
             let (a, _) = dec.prefill(&[3, 1, 4]).unwrap();
@@ -264,11 +261,10 @@ fn recurrent_mode_matches_reference() {
         )
         .unwrap();
         let opts = DecoderOptions {
-            max_batch: 1,
-            capacity: 40,
             mode: ExecMode::Sequential,
             recurrent: true,
             graphs: true,
+            ..DecoderOptions::new(1, 40)
         };
         let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
         let got = score_one(&mut dec, &toks, 3);
@@ -293,11 +289,10 @@ fn staggered_equals_sequential_token_for_token() {
     let mut runs = Vec::new();
     for mode in modes() {
         let opts = DecoderOptions {
-            max_batch: 2,
-            capacity: 40,
             mode,
             recurrent: false,
             graphs: true,
+            ..DecoderOptions::new(2, 40)
         };
         let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
         let (a, la) = dec.prefill(&[1, 2, 3]).unwrap();
@@ -331,11 +326,10 @@ fn removing_the_join_event_breaks_the_emulated_run() {
     let want = model.forward(&toks).unwrap().data;
     let run = |broken: bool| {
         let opts = DecoderOptions {
-            max_batch: 1,
-            capacity: 16,
             mode: ExecMode::Staggered,
             recurrent: false,
             graphs: true,
+            ..DecoderOptions::new(1, 16)
         };
         let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
         if broken {
@@ -378,11 +372,10 @@ fn bf16_decoder_is_within_nmse_of_reference() {
     let want = model.forward(&toks).unwrap().data;
     for mode in modes() {
         let opts = DecoderOptions {
-            max_batch: 1,
-            capacity: 40,
             mode,
             recurrent: false,
             graphs: true,
+            ..DecoderOptions::new(1, 40)
         };
         let mut dec = Decoder::<half::bf16>::new(&device, &model, opts).unwrap();
         let got = score_one(&mut dec, &toks, 4);
@@ -415,11 +408,10 @@ fn batched_equals_sequential_token_for_token() {
         let mut runs = Vec::new();
         for mode in [ExecMode::Sequential, ExecMode::Staggered, ExecMode::Batched] {
             let opts = DecoderOptions {
-                max_batch: 2,
-                capacity: 40,
                 mode,
                 recurrent: false,
                 graphs: true,
+                ..DecoderOptions::new(2, 40)
             };
             let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
             let (a, _) = dec.prefill(&[3, 1, 4, 1, 5]).unwrap();
@@ -469,6 +461,33 @@ fn a_prompt_filling_the_capacity() {
     assert!(rel_err(&got, &want[..5 * 41]) <= TOL);
     let logits = dec.step(&[id], &[toks[5]]).unwrap();
     assert!(rel_err(&logits, &want[5 * 41..]) <= TOL);
+}
+
+/// A prompt prefilled in chunks of 1, 3 and 7 rows (each chunk attending to the caches and
+/// the projected memory of the chunks before it) gives the reference's logits, over the variant
+/// matrix, a sliding window whose ring is shorter than the prompt, and steps after it.
+#[test]
+fn chunked_prefill_matches_reference_forward() {
+    let device = Device::emulated();
+    for (n, v) in variants().into_iter().enumerate() {
+        let mut cfg = config(v);
+        cfg.sliding_window = (n % 3 == 0).then_some(5);
+        let model = Model::random(cfg, 140 + n as u64, StorageDtype::F32).unwrap();
+        let toks = tokens(24, n + 5);
+        let want = model.forward(&toks).unwrap().data;
+        for prefill_rows in [1, 3, 7] {
+            let opts = DecoderOptions {
+                prefill_rows,
+                ..DecoderOptions::new(1, 24)
+            };
+            let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+            let e = rel_err(&score_one(&mut dec, &toks, 20), &want);
+            assert!(
+                e <= TOL,
+                "variant {n} {v:?} prefill_rows {prefill_rows}: relative error {e:.2e}"
+            );
+        }
+    }
 }
 
 /// A bad sampler setting is the caller's error: reported before any launch, decoder usable.
@@ -537,6 +556,8 @@ fn a_step_graph_has_the_launches_the_perf_notes_count() {
     let launches = 2 * 2 + 12 * 10 + 12 * 15 + 2 + 1 + 1;
     assert_eq!(launches, 308);
     assert_eq!(dec.graph_nodes(1, Some(&greedy)).unwrap(), Some(launches));
+    let nodes = dec.graph_node_counts(1, Some(&greedy)).unwrap().unwrap();
+    assert_eq!((nodes.kernels, nodes.copies, nodes.fills), (launches, 0, 0));
     assert_eq!(dec.graph_nodes(2, Some(&greedy)).unwrap(), None);
 }
 
@@ -591,11 +612,10 @@ fn sliding_window_and_rope_scaling_match_reference_forward() {
         for mode in modes_for(v) {
             for graphs in [true, false] {
                 let opts = DecoderOptions {
-                    max_batch: 2,
-                    capacity: 40,
                     mode,
                     recurrent: false,
                     graphs,
+                    ..DecoderOptions::new(2, 40)
                 };
                 let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
                 for prompt in [17, 1] {

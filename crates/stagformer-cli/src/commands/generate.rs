@@ -151,11 +151,10 @@ pub fn run(args: Args) -> Result<()> {
             source,
         } => {
             let opts = DecoderOptions {
-                max_batch: 1,
-                capacity,
                 mode: args.engine.mode_exec.mode(),
                 recurrent: args.recurrent,
                 graphs: !args.engine.no_graph,
+                ..DecoderOptions::new(1, capacity)
             };
             if *bf16 {
                 let mut engine = KernelEngine::<half::bf16>::new(device, source, opts, params)?;
