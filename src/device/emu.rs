@@ -14,7 +14,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread;
 
-use super::emu_graph::{CapturePoint, CaptureSlot, CapturedGraph, LaneRef, Node};
+use super::emu_graph::{CapturePoint, CaptureSlot, CapturedGraph, LaneRef, Node, NodeKind};
 use crate::error::{DeviceError, Result};
 
 /// Alignment of emulated allocations (CUDA allocations are at least this aligned).
@@ -201,10 +201,10 @@ impl EmuStream {
         self.enqueue_seq(job).map(drop)
     }
 
-    /// Queues `node`, or records it into the capture this stream is part of.
-    pub(crate) fn enqueue_node(&self, node: Node) -> Result<()> {
+    /// Queues `node`, or records it (as a `kind` node) into the capture this stream is part of.
+    pub(crate) fn enqueue_node(&self, kind: NodeKind, node: Node) -> Result<()> {
         if let Some(lane) = self.capturing() {
-            return lane.push_run(node);
+            return lane.push_run(kind, node);
         }
         self.enqueue_seq(Box::new(move || node())).map(drop)
     }

@@ -21,9 +21,20 @@ pub(crate) type Node = Arc<dyn Fn() -> Result<()> + Send + Sync + 'static>;
 /// Where a stream records while it is part of a capture (`None` when it is not).
 pub(crate) type CaptureSlot = Arc<Mutex<Option<LaneRef>>>;
 
+/// What a recorded work node does, for counting (CUDA's graph node types).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NodeKind {
+    /// A kernel (a GEMM counts as one).
+    Kernel,
+    /// A device-to-device copy.
+    Copy,
+    /// A memset.
+    Fill,
+}
+
 #[derive(Clone)]
 pub(crate) enum Step {
-    Run(Node),
+    Run(NodeKind, Node),
     /// Wait until lane `lane` has done its first `point` steps.
     Wait {
         lane: usize,
@@ -103,8 +114,8 @@ impl LaneRef {
         st.order.push((self.lane, step));
     }
 
-    pub(crate) fn push_run(&self, node: Node) -> Result<()> {
-        self.push(Step::Run(node));
+    pub(crate) fn push_run(&self, kind: NodeKind, node: Node) -> Result<()> {
+        self.push(Step::Run(kind, node));
         Ok(())
     }
 
@@ -210,11 +221,11 @@ impl CapturedGraph {
         self.order.len()
     }
 
-    /// Recorded work (kernels, GEMMs, copies, fills), without the waits.
-    pub(crate) fn work_nodes(&self) -> usize {
+    /// Recorded work nodes of `kind`.
+    pub(crate) fn work_nodes(&self, kind: NodeKind) -> usize {
         self.order
             .iter()
-            .filter(|(_, step)| matches!(step, Step::Run(_)))
+            .filter(|(_, step)| matches!(step, Step::Run(k, _) if *k == kind))
             .count()
     }
 
@@ -238,7 +249,7 @@ impl CapturedGraph {
         for (lane, step) in &self.order {
             let stream = streams[*lane];
             match step {
-                Step::Run(node) => {
+                Step::Run(_, node) => {
                     let node = Arc::clone(node);
                     stream.enqueue(Box::new(move || node()))?;
                 }

@@ -39,8 +39,21 @@ use cudarc::driver::CudaGraph;
 
 use super::buffer::Allocation;
 use super::emu_graph::CapturedGraph;
+use super::NodeKind;
 use super::{Backend, Stream, StreamBackend};
 use crate::error::{DeviceError, Result};
+
+/// The work nodes of a captured graph by kind (`Graph::node_counts`): on CUDA a GEMM is as many
+/// kernel nodes as cuBLAS launches; emulated, one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphNodes {
+    /// Kernel launches.
+    pub kernels: usize,
+    /// Device-to-device copies.
+    pub copies: usize,
+    /// Memsets.
+    pub fills: usize,
+}
 
 /// A captured, instantiated graph; replays on the stream it was captured from.
 pub struct Graph {
@@ -207,23 +220,51 @@ impl Graph {
     /// Work nodes of the graph: kernels, GEMMs, copies and fills (each GEMM may be several
     /// kernels on CUDA, as cuBLAS chooses). Cross-stream waits are edges, not nodes.
     pub fn nodes(&self) -> Result<usize> {
+        let n = self.node_counts()?;
+        Ok(n.kernels + n.copies + n.fills)
+    }
+
+    /// The graph's work nodes by kind: what a replay launches.
+    pub fn node_counts(&self) -> Result<GraphNodes> {
         match &self.inner {
-            GraphInner::Emulated { captured, .. } => Ok(captured.work_nodes()),
+            GraphInner::Emulated { captured, .. } => Ok(GraphNodes {
+                kernels: captured.work_nodes(NodeKind::Kernel),
+                copies: captured.work_nodes(NodeKind::Copy),
+                fills: captured.work_nodes(NodeKind::Fill),
+            }),
             GraphInner::Cuda(graph) => {
+                use cudarc::driver::sys::{self as cu, CUgraphNodeType as Kind};
                 let graph = graph.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut count = 0usize;
                 // SAFETY: the graph handle is live (owned by `graph`, locked); a null node
                 // array asks only for the count.
                 unsafe {
-                    cudarc::driver::sys::cuGraphGetNodes(
-                        graph.0.cu_graph(),
-                        std::ptr::null_mut(),
-                        &mut count,
-                    )
+                    cu::cuGraphGetNodes(graph.0.cu_graph(), std::ptr::null_mut(), &mut count)
                 }
                 .result()
                 .map_err(DeviceError::driver("cuGraphGetNodes"))?;
-                Ok(count)
+                let mut nodes: Vec<cu::CUgraphNode> = vec![std::ptr::null_mut(); count];
+                // SAFETY: `nodes` has room for `count` handles, the number just reported for
+                // this (locked, unchanged) graph.
+                unsafe { cu::cuGraphGetNodes(graph.0.cu_graph(), nodes.as_mut_ptr(), &mut count) }
+                    .result()
+                    .map_err(DeviceError::driver("cuGraphGetNodes"))?;
+                let mut out = GraphNodes::default();
+                for &node in nodes.iter().take(count) {
+                    let mut kind = Kind::CU_GRAPH_NODE_TYPE_EMPTY;
+                    // SAFETY: `node` belongs to the live graph; `kind` is a valid out pointer.
+                    unsafe { cu::cuGraphNodeGetType(node, &mut kind) }
+                        .result()
+                        .map_err(DeviceError::driver("cuGraphNodeGetType"))?;
+                    match kind {
+                        Kind::CU_GRAPH_NODE_TYPE_KERNEL => out.kernels += 1,
+                        Kind::CU_GRAPH_NODE_TYPE_MEMCPY => out.copies += 1,
+                        Kind::CU_GRAPH_NODE_TYPE_MEMSET => out.fills += 1,
+                        // Event records/waits and empty nodes are ordering, not work.
+                        _ => {}
+                    }
+                }
+                Ok(out)
             }
         }
     }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use cudarc::driver::DeviceRepr;
 
 use super::buffer::Allocation;
+use super::NodeKind;
 use super::{Backend, Stream, StreamBackend};
 use crate::error::{DeviceError, Result};
 pub(crate) use crate::ffi::StagEmuLaunch;
@@ -235,24 +236,27 @@ impl Stream {
                 let keep: Vec<Arc<Allocation>> =
                     retained.iter().map(|r| Arc::clone(&r.alloc)).collect();
                 let params = SendParams(params);
-                s.enqueue_node(Arc::new(move || {
-                    let _keep = &keep;
-                    // SAFETY: the entry point has the exported signature for `P`; both
-                    // pointers are valid for the call; the caller of `launch` guaranteed the
-                    // addresses inside `params`, and `_keep` holds their allocations.
-                    let code = unsafe { (entry.launch)(&launch, params.get()) };
-                    if code == 0 {
-                        return Ok(());
-                    }
-                    // SAFETY: called on the thread that ran the launch, as the emulator's
-                    // thread-local error requires.
-                    let message = unsafe { c_message((entry.last_error)()) };
-                    Err(DeviceError::EmulatedKernel {
-                        kernel: name,
-                        code,
-                        message,
-                    })
-                }))
+                s.enqueue_node(
+                    NodeKind::Kernel,
+                    Arc::new(move || {
+                        let _keep = &keep;
+                        // SAFETY: the entry point has the exported signature for `P`; both
+                        // pointers are valid for the call; the caller of `launch` guaranteed the
+                        // addresses inside `params`, and `_keep` holds their allocations.
+                        let code = unsafe { (entry.launch)(&launch, params.get()) };
+                        if code == 0 {
+                            return Ok(());
+                        }
+                        // SAFETY: called on the thread that ran the launch, as the emulator's
+                        // thread-local error requires.
+                        let message = unsafe { c_message((entry.last_error)()) };
+                        Err(DeviceError::EmulatedKernel {
+                            kernel: name,
+                            code,
+                            message,
+                        })
+                    }),
+                )
             }
             (StreamBackend::Cuda(s), Backend::Cuda(dev)) => {
                 let image = kernel.module.ok_or(DeviceError::KernelUnavailable {

@@ -50,7 +50,8 @@ use std::sync::Arc;
 
 pub use buffer::{AsDeviceView, AsDeviceViewMut, DeviceBuffer, DeviceView, DeviceViewMut};
 pub use emu::EmuOptions;
-pub use graph::Graph;
+pub(crate) use emu_graph::NodeKind;
+pub use graph::{Graph, GraphNodes};
 pub use stream::{Event, Stream};
 
 pub(crate) use cuda::CudaDevice;

@@ -9,6 +9,7 @@ use super::buffer::Allocation;
 use super::cuda::CudaStreamState;
 use super::emu::{EmuEvent, EmuStream};
 use super::timing::EventClock;
+use super::NodeKind;
 use super::{Backend, Device};
 use crate::error::{DeviceError, Result};
 
@@ -251,12 +252,15 @@ impl Stream {
                 let to = SendPtr(dst.host_ptr()?.wrapping_add(dst_offset));
                 let from = SendPtr(src.host_ptr()?.wrapping_add(src_offset));
                 let keep = (Arc::clone(dst), Arc::clone(src));
-                s.enqueue_node(Arc::new(move || {
-                    let _keep = &keep;
-                    // SAFETY: the caller guaranteed the ranges; `keep` holds both allocations.
-                    unsafe { std::ptr::copy(from.get(), to.get(), bytes) };
-                    Ok(())
-                }))
+                s.enqueue_node(
+                    NodeKind::Copy,
+                    Arc::new(move || {
+                        let _keep = &keep;
+                        // SAFETY: the caller guaranteed the ranges; `keep` holds both allocations.
+                        unsafe { std::ptr::copy(from.get(), to.get(), bytes) };
+                        Ok(())
+                    }),
+                )
             }
             StreamBackend::Cuda(s) => {
                 self.retain_if_capturing([dst, src]);
@@ -286,12 +290,15 @@ impl Stream {
             StreamBackend::Emulated(s) => {
                 let to = SendPtr(dst.host_ptr()?.wrapping_add(offset));
                 let keep = Arc::clone(dst);
-                s.enqueue_node(Arc::new(move || {
-                    let _keep = &keep;
-                    // SAFETY: the caller guaranteed the range; `keep` holds the allocation.
-                    unsafe { std::ptr::write_bytes(to.get(), 0, bytes) };
-                    Ok(())
-                }))
+                s.enqueue_node(
+                    NodeKind::Fill,
+                    Arc::new(move || {
+                        let _keep = &keep;
+                        // SAFETY: the caller guaranteed the range; `keep` holds the allocation.
+                        unsafe { std::ptr::write_bytes(to.get(), 0, bytes) };
+                        Ok(())
+                    }),
+                )
             }
             StreamBackend::Cuda(s) => {
                 self.retain_if_capturing([dst]);

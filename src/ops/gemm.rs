@@ -20,7 +20,7 @@ use std::sync::Arc;
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
 use half::{bf16, f16};
 
-use crate::device::{AsDeviceView, AsDeviceViewMut, Backend, Stream, StreamBackend};
+use crate::device::{AsDeviceView, AsDeviceViewMut, Backend, NodeKind, Stream, StreamBackend};
 use crate::dtype::{DType, DeviceElem};
 use crate::error::{DeviceError, Result};
 
@@ -439,14 +439,17 @@ where
                 Arc::clone(w.allocation()),
                 Arc::clone(y.allocation()),
             );
-            s.enqueue_node(Arc::new(move || {
-                let _keep = &keep;
-                // SAFETY: `plan` checked that every operand covers the extent the product
-                // touches; `_keep` holds the allocations; `y` is disjoint from `x` and `w`
-                // (it was borrowed mutably while they were borrowed).
-                unsafe { cpu_linear(&p, xp.get(), wp.get(), yp.get(), threads) };
-                Ok(())
-            }))
+            s.enqueue_node(
+                NodeKind::Kernel,
+                Arc::new(move || {
+                    let _keep = &keep;
+                    // SAFETY: `plan` checked that every operand covers the extent the product
+                    // touches; `_keep` holds the allocations; `y` is disjoint from `x` and `w`
+                    // (it was borrowed mutably while they were borrowed).
+                    unsafe { cpu_linear(&p, xp.get(), wp.get(), yp.get(), threads) };
+                    Ok(())
+                }),
+            )
         }
         (StreamBackend::Cuda(s), Backend::Cuda(dev)) => s.with_blas(dev, |handle| {
             dev.retain_if_capturing([x.allocation(), w.allocation(), y.allocation()]);

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use stagformer::{Activation, Decoder, DecoderOptions, ExecMode, SamplingConfig};
+use stagformer::{Activation, Decoder, DecoderOptions, ExecMode, GraphNodes, SamplingConfig};
 use stagformer_kernels::device::DeviceKind;
 use stagformer_kernels::Device;
 use stagformer_ref::sample::argmax;
@@ -56,6 +56,8 @@ struct ModeResult {
     name: &'static str,
     /// `Err`: why the mode does not apply here.
     ms_per_step: Result<f64, String>,
+    /// Work nodes of the captured step graph (kernel devices with graphs only).
+    launches: Option<GraphNodes>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -169,18 +171,21 @@ fn cpu_rows(
             name: "sequential",
             ms_per_step: time_decode(model, prompts, capacity, StepMode::Staggered, args)
                 .map_err(|e| e.to_string()),
+            launches: None,
         },
         ModeResult {
             name: "staggered",
             ms_per_step: not_here(
                 "the cpu reference runs sections one after another (use --device emu|cuda)",
             ),
+            launches: None,
         },
         ModeResult {
             name: "batched",
             ms_per_step: not_here(
                 "the cpu reference does not batch the passes (use --device emu|cuda)",
             ),
+            launches: None,
         },
         ModeResult {
             name: "recurrent",
@@ -189,6 +194,7 @@ fn cpu_rows(
                     .map_err(|e| e.to_string()),
                 Some(reason) => Err(format!("n/a: {reason}")),
             },
+            launches: None,
         },
     ])
 }
@@ -220,11 +226,10 @@ fn kernel_rows<T: Activation>(
     let mut rows = Vec::new();
     for (name, mode, recurrent) in modes {
         let opts = DecoderOptions {
-            max_batch: prompts.len(),
-            capacity,
             mode,
             recurrent,
             graphs: !args.no_graph,
+            ..DecoderOptions::new(prompts.len(), capacity)
         };
         let timed = Decoder::<T>::from_source(device, source, opts)
             .map_err(|e| format!("n/a: {e}"))
@@ -232,30 +237,31 @@ fn kernel_rows<T: Activation>(
                 time_kernel_decode(&mut dec, prompts, args).map_err(|e| e.to_string())
             });
         // The prefill speed is reported once, from the first mode (all prefill alike).
-        let timed = match timed {
-            Ok((prefill_s, ms)) => {
+        let (timed, launches) = match timed {
+            Ok((prefill_s, ms, launches)) => {
                 if name == "sequential" {
                     print_prefill(prompts, prefill_s)?;
                 }
-                Ok(ms)
+                (Ok(ms), launches)
             }
-            Err(e) => Err(e),
+            Err(e) => (Err(e), None),
         };
         rows.push(ModeResult {
             name,
             ms_per_step: timed,
+            launches,
         });
     }
     Ok(rows)
 }
 
-/// Seconds to prefill the prompts and mean milliseconds per step of a kernel decoder (greedy
-/// sampling on the device).
+/// Seconds to prefill the prompts, mean milliseconds per step of a kernel decoder (greedy
+/// sampling on the device) and the work nodes of its step graph (when it captured one).
 fn time_kernel_decode<T: Activation>(
     dec: &mut Decoder<T>,
     prompts: &[Vec<u32>],
     args: &Args,
-) -> stagformer::Result<(f64, f64)> {
+) -> stagformer::Result<(f64, f64, Option<GraphNodes>)> {
     let start = Instant::now();
     let mut ids = Vec::new();
     let mut next = Vec::new();
@@ -279,9 +285,11 @@ fn time_kernel_decode<T: Activation>(
     for step in 0..args.new_tokens {
         next = dec.step_sample(&ids, &next, &greedy, (args.warmup + step) as u32)?;
     }
+    let ms = start.elapsed().as_secs_f64() * 1e3 / args.new_tokens as f64;
     Ok((
         prefill_s,
-        start.elapsed().as_secs_f64() * 1e3 / args.new_tokens as f64,
+        ms,
+        dec.graph_node_counts(ids.len(), Some(&greedy))?,
     ))
 }
 
@@ -356,15 +364,19 @@ fn write_json(
 ) -> Result<()> {
     let decode: Vec<serde_json::Value> = rows
         .iter()
-        .filter_map(|r| r.ms_per_step.as_ref().ok().map(|ms| (r.name, *ms)))
-        .map(|(mode, ms)| {
+        .filter_map(|r| r.ms_per_step.as_ref().ok().map(|ms| (r, *ms)))
+        .map(|(r, ms)| {
             serde_json::json!({
                 "model": model,
-                "mode": mode,
+                "mode": r.name,
                 "batch": args.batch,
                 "context": args.prompt_len,
                 "graphs": !args.no_graph,
                 "ms_per_step": ms,
+                // Counted from the captured step graph: kernel nodes, and copy/fill nodes
+                // separately (null without a graph).
+                "launches_per_step": r.launches.map(|n| n.kernels),
+                "copies_per_step": r.launches.map(|n| n.copies + n.fills),
             })
         })
         .collect();
@@ -381,24 +393,26 @@ fn print_table(rows: &[ModeResult], batch: usize, floor_ms: Option<f64>) -> Resu
         .and_then(|r| r.ms_per_step.as_ref().ok().copied());
     outln!();
     outln!(
-        "{:<12} {:>10} {:>12} {:>22} {:>16}",
+        "{:<12} {:>10} {:>12} {:>22} {:>16} {:>10}",
         "mode",
         "ms/step",
         "tokens/s",
         "speedup vs sequential",
-        "% weight floor"
+        "% weight floor",
+        "launches"
     );
     for r in rows {
         match &r.ms_per_step {
             Ok(ms) => {
                 let speedup = base.map_or("-".into(), |b| format!("{:.2}x", b / ms));
                 outln!(
-                    "{:<12} {:>10.3} {:>12.1} {:>22} {:>16}",
+                    "{:<12} {:>10.3} {:>12.1} {:>22} {:>16} {:>10}",
                     r.name,
                     ms,
                     batch as f64 * 1e3 / ms,
                     speedup,
-                    floor_ms.map_or("-".into(), |f| format!("{:.0}%", 100.0 * f / ms))
+                    floor_ms.map_or("-".into(), |f| format!("{:.0}%", 100.0 * f / ms)),
+                    r.launches.map_or("-".into(), |n| n.kernels.to_string())
                 );
             }
             Err(why) => outln!("{:<12} {why}", r.name),
