@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use stagformer::{Activation, Decoder, DecoderOptions, ExecMode};
+use stagformer::{Activation, Decoder, DecoderOptions, ExecMode, GemvPath};
 use stagformer_kernels::Device;
 use stagformer_ref::{score, Config, Model, ScoreMode, TensorSource};
 
@@ -20,6 +20,44 @@ pub struct EngineArgs {
     /// Launch every kernel of a decode step instead of replaying a captured step graph.
     #[arg(long)]
     pub no_graph: bool,
+    /// Decode-step projections: fused GEMVs (norms, RoPE, cache appends, SwiGLU and residual
+    /// adds inside them; up to 16 rows) or cuBLAS GEMMs with separate glue kernels.
+    #[arg(long, value_enum, default_value_t = GemvChoice::Fused)]
+    pub gemv: GemvChoice,
+}
+
+impl EngineArgs {
+    /// The decoder options these flags ask for, for `max_batch` sequences of `capacity`
+    /// positions.
+    pub fn decoder_options(
+        &self,
+        max_batch: usize,
+        capacity: usize,
+        recurrent: bool,
+    ) -> DecoderOptions {
+        DecoderOptions {
+            mode: self.mode_exec.mode(),
+            recurrent,
+            graphs: !self.no_graph,
+            gemv: self.gemv.path(),
+            ..DecoderOptions::new(max_batch, capacity)
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvChoice {
+    Fused,
+    Cublas,
+}
+
+impl GemvChoice {
+    pub fn path(self) -> GemvPath {
+        match self {
+            GemvChoice::Fused => GemvPath::Fused,
+            GemvChoice::Cublas => GemvPath::Cublas,
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,25 +168,19 @@ impl Engine {
     }
 
     /// Logits [T, V] of `tokens` scored in `mode`.
-    pub fn score(
-        &self,
-        tokens: &[u32],
-        mode: ScoreMode,
-        exec: ExecMode,
-        graphs: bool,
-    ) -> Result<Vec<f32>> {
+    pub fn score(&self, tokens: &[u32], mode: ScoreMode, flags: &EngineArgs) -> Result<Vec<f32>> {
         match self {
             Engine::Cpu(model) => Ok(score(model, tokens, mode)?.data),
             Engine::Kernels {
                 device,
                 bf16: false,
                 source,
-            } => score_kernels::<f32>(device, source, tokens, mode, exec, graphs),
+            } => score_kernels::<f32>(device, source, tokens, mode, flags),
             Engine::Kernels {
                 device,
                 bf16: true,
                 source,
-            } => score_kernels::<half::bf16>(device, source, tokens, mode, exec, graphs),
+            } => score_kernels::<half::bf16>(device, source, tokens, mode, flags),
         }
     }
 }
@@ -158,8 +190,7 @@ fn score_kernels<T: Activation>(
     source: &Source,
     tokens: &[u32],
     mode: ScoreMode,
-    exec: ExecMode,
-    graphs: bool,
+    flags: &EngineArgs,
 ) -> Result<Vec<f32>> {
     let (prompt_len, recurrent) = match mode {
         // The prefill computes every position's logits by the definition's masks.
@@ -173,12 +204,7 @@ fn score_kernels<T: Activation>(
             tokens.len()
         );
     }
-    let opts = DecoderOptions {
-        mode: exec,
-        recurrent,
-        graphs,
-        ..DecoderOptions::new(1, tokens.len())
-    };
+    let opts = flags.decoder_options(1, tokens.len(), recurrent);
     let mut decoder = Decoder::<T>::from_source(device, source, opts)?;
     let (id, mut logits) = decoder.prefill(&tokens[..prompt_len])?;
     for &t in &tokens[prompt_len..] {

@@ -15,6 +15,7 @@ use stagformer_kernels::ops::sample::{sample, SampleShape, SamplingConfig};
 use stagformer_ref::{Checkpoint, Model, RequestError, TensorSource};
 
 use crate::error::{DecoderError, Result};
+use crate::fused::{GemvPath, MAX_ROWS};
 use crate::row_inputs::{Row, RowInputs};
 use crate::scratch::Scratch;
 use crate::section::{Caches, CrossKeys, Pass, SelfCache, Shared};
@@ -54,6 +55,8 @@ pub struct DecoderOptions {
     /// attending to the caches of the chunks before it, so scratch and logits buffers hold
     /// this many rows, never `capacity` (and never `capacity × vocab` logits).
     pub prefill_rows: usize,
+    /// Which kernels run a decode step's projections (fused GEMVs by default).
+    pub gemv: GemvPath,
 }
 
 impl DecoderOptions {
@@ -66,6 +69,7 @@ impl DecoderOptions {
             recurrent: false,
             graphs: true,
             prefill_rows: DEFAULT_PREFILL_ROWS,
+            gemv: GemvPath::Fused,
         }
     }
 }
@@ -695,6 +699,11 @@ impl<T: Activation> Decoder<T> {
         Ok(())
     }
 
+    /// Whether a step whose GEMMs have `rows` rows runs the fused GEMV path.
+    fn fused_rows(&self, rows: usize) -> bool {
+        self.opts.gemv == GemvPath::Fused && rows <= MAX_ROWS
+    }
+
     /// A Staggered, Sequential or recurrent step: section s on stream s when staggered (forked
     /// from stream 0 after the input copy, joined back before the logits), else all on one.
     fn launch_section_step(&mut self, n: usize) -> Result<()> {
@@ -710,6 +719,8 @@ impl<T: Activation> Decoder<T> {
             1 => None,
             _ => Some(stream0.record_event()?),
         };
+        let fused = self.fused_rows(n);
+        let mixed = self.mix.is_some();
         let mut joins = Vec::new();
         let mut outputs = Vec::new();
         for &s in &sections {
@@ -727,17 +738,44 @@ impl<T: Activation> Decoder<T> {
             } else {
                 &sh.weights.final_norm
             };
-            let pass = Pass {
-                section: s,
-                rows: n,
-                index,
-                cross_keys: CrossKeys::Cache,
-                end,
+            let last = recurrent || s + 1 == p;
+            let out = if fused {
+                sh.fused_embed(sc, stream, &index, 0..n)?;
+                sh.run_section_fused(&mut self.caches, sc, stream, &index, s, n)?;
+                // The lm_head reads the final norm of the last pass (the mix norms its sum).
+                if last && (recurrent || !mixed) {
+                    rmsnorm(
+                        stream,
+                        &sc.x[0].slice(..n * d)?,
+                        end,
+                        &mut sc.h.slice_mut(..n * d)?,
+                        Rows { rows: n, dim: d },
+                        cfg.rms_norm_eps as f32,
+                    )?;
+                }
+                0
+            } else {
+                let pass = Pass {
+                    section: s,
+                    rows: n,
+                    index,
+                    cross_keys: CrossKeys::Cache,
+                    end,
+                };
+                sh.run_section(&mut self.caches, sc, stream, pass)?
             };
-            let out = sh.run_section(&mut self.caches, sc, stream, pass)?;
             outputs.push((s, out));
             // The memory of step i lands in slot i, which no section reads during step i.
-            if recurrent {
+            if fused && (recurrent || s + 1 < p) {
+                // Recurrent: section 1's output, normed with the memory norm of section 0,
+                // into its own cross caches.
+                let (norm, reader) = match recurrent {
+                    true => (&sh.weights.memory_norms[0], 1),
+                    false => (&sh.weights.memory_norms[s], s + 1),
+                };
+                let x = sc.x[0].slice(..n * d)?;
+                sh.fused_memory(&mut self.caches, x, stream, &index, norm, reader, 0..n)?;
+            } else if recurrent {
                 rmsnorm(
                     stream,
                     &sc.x[out].slice(..n * d)?,
@@ -801,6 +839,7 @@ impl<T: Activation> Decoder<T> {
     /// A Batched step: pass s of sequence b is row s·B + b of one scratch; every layer's
     /// self-attention and MLP run as one GEMM over all p·B rows.
     fn launch_batched_step(&mut self, n: usize) -> Result<()> {
+        let fused = self.fused_rows(self.shared.cfg.sections() * n);
         let sh = &self.shared;
         let cfg = &sh.cfg;
         let (p, d) = (cfg.sections(), cfg.hidden_size);
@@ -816,6 +855,28 @@ impl<T: Activation> Decoder<T> {
                 }
             })
             .collect();
+        if fused {
+            sh.fused_embed(sc, stream, &index, 0..p * n)?;
+            sh.run_batched_fused(&mut self.caches, sc, stream, &index, n)?;
+            for s in 0..p - 1 {
+                let pass = s * n..(s + 1) * n;
+                let x = sc.x[0].slice(pass.start * d..pass.end * d)?;
+                let norm = &sh.weights.memory_norms[s];
+                sh.fused_memory(&mut self.caches, x, stream, &index, norm, s + 1, pass)?;
+            }
+            let last = (p - 1) * n * d..p * n * d;
+            if self.mix.is_none() {
+                rmsnorm(
+                    stream,
+                    &sc.x[0].slice(last.clone())?,
+                    &sh.weights.final_norm,
+                    &mut sc.h.slice_mut(last)?,
+                    Rows { rows: n, dim: d },
+                    cfg.rms_norm_eps as f32,
+                )?;
+            }
+            return self.finish_batched_step(n, 0);
+        }
         let out = sh.run_batched(&mut self.caches, sc, stream, &index, n, &ends)?;
         for s in 0..p - 1 {
             let pass = s * n..(s + 1) * n;
@@ -831,6 +892,17 @@ impl<T: Activation> Decoder<T> {
             let memory = sc.memory_kv.slice(rows_kv)?;
             sh.append_memory(&mut self.caches, memory, stream, &index, s + 1, pass)?;
         }
+        self.finish_batched_step(n, out)
+    }
+
+    /// The logits of a Batched step whose passes' outputs are in residual buffer `out`: from
+    /// the last pass (its final norm already in `h`), or from the output mix of all passes.
+    fn finish_batched_step(&mut self, n: usize, out: usize) -> Result<()> {
+        let sh = &self.shared;
+        let cfg = &sh.cfg;
+        let (p, d) = (cfg.sections(), cfg.hidden_size);
+        let stream = &self.streams[0];
+        let sc = &self.scratch[0];
         let normed = match self.mix.as_mut() {
             Some(mix) => {
                 for s in 0..p {

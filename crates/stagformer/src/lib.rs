@@ -8,6 +8,7 @@
 
 mod decoder;
 pub mod error;
+mod fused;
 mod row_inputs;
 mod scratch;
 mod section;
@@ -15,6 +16,7 @@ pub mod weights;
 
 pub use decoder::{Decoder, DecoderOptions, ExecMode, SeqId};
 pub use error::{DecoderError, Result};
+pub use fused::GemvPath;
 pub use stagformer_kernels::device::GraphNodes;
 pub use stagformer_kernels::ops::sample::SamplingConfig;
 

@@ -91,7 +91,7 @@ impl SelfCache {
         }
     }
 
-    fn mask(&self) -> DecodeMask {
+    pub(crate) fn mask(&self) -> DecodeMask {
         match self.window {
             Some(window) => DecodeMask::SelfSliding { window },
             None => DecodeMask::SelfCausal,
@@ -133,7 +133,7 @@ pub(crate) struct Pass<'a, T: Activation> {
 }
 
 impl<T: Activation> Shared<T> {
-    fn heads(&self) -> HeadShape {
+    pub(crate) fn heads(&self) -> HeadShape {
         HeadShape {
             heads: self.cfg.num_attention_heads,
             kv_heads: self.cfg.num_key_value_heads,
@@ -141,7 +141,7 @@ impl<T: Activation> Shared<T> {
         }
     }
 
-    fn self_layout(&self) -> KvCacheLayout {
+    pub(crate) fn self_layout(&self) -> KvCacheLayout {
         let c = &self.cfg;
         self.self_cache.layout(
             c.sections() * self.max_batch,
@@ -150,7 +150,7 @@ impl<T: Activation> Shared<T> {
         )
     }
 
-    fn cross_layout(&self) -> KvCacheLayout {
+    pub(crate) fn cross_layout(&self) -> KvCacheLayout {
         let c = &self.cfg;
         KvCacheLayout::dense(self.max_batch, c.num_key_value_heads, self.ring, c.head_dim)
     }
@@ -271,7 +271,7 @@ impl<T: Activation> Shared<T> {
         Ok(cur)
     }
 
-    fn layer(&self, s: usize, j: usize) -> &crate::weights::LayerWeights<T> {
+    pub(crate) fn layer(&self, s: usize, j: usize) -> &crate::weights::LayerWeights<T> {
         &self.weights.layers[self.cfg.layer_index(s, j)]
     }
 

@@ -1,7 +1,7 @@
 //! The kernel decoder on the emulated device against the CPU reference's forward logits, for
 //! the variant matrix and every execution mode that applies.
 
-use stagformer::{Decoder, DecoderOptions, ExecMode, SamplingConfig};
+use stagformer::{Decoder, DecoderOptions, ExecMode, GemvPath, SamplingConfig};
 use stagformer_kernels::Device;
 use stagformer_ref::{Config, Model, StorageDtype};
 
@@ -123,14 +123,20 @@ fn decoder_logits_match_reference_forward() {
             .iter()
             .map(|s| model.forward(s).unwrap().data)
             .collect();
-        for (mode, graphs) in modes_for(v)
+        let paths = [
+            (true, GemvPath::Fused),
+            (false, GemvPath::Fused),
+            (true, GemvPath::Cublas),
+        ];
+        for (mode, (graphs, gemv)) in modes_for(v)
             .into_iter()
-            .flat_map(|m| [(m, true), (m, false)])
+            .flat_map(|m| paths.map(|path| (m, path)))
         {
             let opts = DecoderOptions {
                 mode,
                 recurrent: false,
                 graphs,
+                gemv,
                 ..DecoderOptions::new(3, 40)
             };
             let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
@@ -152,7 +158,7 @@ fn decoder_logits_match_reference_forward() {
                 let e = rel_err(&got[b], &wants[b]);
                 assert!(
                     e <= TOL,
-                    "{v:?} {mode:?} graphs {graphs} sequence {b}: relative error {e:.2e}"
+                    "{v:?} {mode:?} graphs {graphs} {gemv:?} sequence {b}: relative error {e:.2e}"
                 );
             }
             // One batch size throughout: one graph, captured on the second step.
@@ -370,11 +376,15 @@ fn bf16_decoder_is_within_nmse_of_reference() {
     let model = Model::random(config(v), 3, StorageDtype::Bf16).unwrap();
     let toks = tokens(4 + STEPS, 5);
     let want = model.forward(&toks).unwrap().data;
-    for mode in modes() {
+    for (mode, gemv) in modes()
+        .into_iter()
+        .flat_map(|m| [(m, GemvPath::Fused), (m, GemvPath::Cublas)])
+    {
         let opts = DecoderOptions {
             mode,
             recurrent: false,
             graphs: true,
+            gemv,
             ..DecoderOptions::new(1, 40)
         };
         let mut dec = Decoder::<half::bf16>::new(&device, &model, opts).unwrap();
@@ -386,7 +396,7 @@ fn bf16_decoder_is_within_nmse_of_reference() {
             .sum();
         let norm: f64 = want.iter().map(|&b| f64::from(b).powi(2)).sum();
         let nmse = err / norm;
-        assert!(nmse <= 5e-4, "{mode:?}: nmse {nmse:.2e}");
+        assert!(nmse <= 5e-4, "{mode:?} {gemv:?}: nmse {nmse:.2e}");
         assert!(nmse > 0.0, "bf16 run identical to f32: is it really bf16?");
     }
 }
@@ -531,8 +541,14 @@ fn bad_sampling_settings_leave_the_decoder_usable() {
 
 /// The launch count of a step that `docs/perf-notes.md` derives from the code, measured on a
 /// captured graph: the 1.3b preset's structure (p = 2, separate weights, 12 layers a section)
-/// at small widths. A section-0 layer is 10 launches, a later section's 15; plus embedding and
-/// norm per section, the memory hand-over, the lm_head and the sampler.
+/// at small widths, for both GEMV paths. `attn` = launches of one decode attention.
+///
+/// Fused: a section-0 layer is 4 GEMVs + attention, a later section's adds 2 GEMVs + attention;
+/// besides the layers, embedding per section, one memory GEMV, the final norm, the lm_head and
+/// the sampler. cuBLAS: a section-0 layer is 8 + attention (q|k|v GEMM, rope_append, o GEMM,
+/// add_rmsnorm, gate|up GEMM, swiglu, down GEMM, add_rmsnorm), a later section's adds 3 +
+/// attention (add_rmsnorm, cross q GEMM, cross o GEMM); embedding and norm per section, the
+/// memory hand-over (GEMM, append), the lm_head and the sampler.
 #[test]
 fn a_step_graph_has_the_launches_the_perf_notes_count() {
     let device = Device::emulated();
@@ -546,19 +562,31 @@ fn a_step_graph_has_the_launches_the_perf_notes_count() {
     });
     cfg.num_hidden_layers = 24;
     let model = Model::random(cfg, 2, StorageDtype::F32).unwrap();
-    let mut dec = Decoder::<f32>::new(&device, &model, DecoderOptions::new(1, 8)).unwrap();
-    let (id, _) = dec.prefill(&[1, 2]).unwrap();
-    let greedy = SamplingConfig::GREEDY;
-    let mut next = vec![3];
-    for step in 0..3 {
-        next = dec.step_sample(&[id], &next, &greedy, step).unwrap();
+    let attn = 2;
+    let fused = 12 * (4 + attn) + 12 * (6 + 2 * attn) + 2 + 1 + 1 + 1 + 1;
+    let cublas = 2 * 2 + 12 * (8 + attn) + 12 * (11 + 2 * attn) + 2 + 1 + 1;
+    for (gemv, launches) in [(GemvPath::Fused, fused), (GemvPath::Cublas, cublas)] {
+        let opts = DecoderOptions {
+            gemv,
+            ..DecoderOptions::new(1, 8)
+        };
+        let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+        let (id, _) = dec.prefill(&[1, 2]).unwrap();
+        let greedy = SamplingConfig::GREEDY;
+        let mut next = vec![3];
+        for step in 0..3 {
+            next = dec.step_sample(&[id], &next, &greedy, step).unwrap();
+        }
+        assert_eq!(dec.graph_nodes(1, Some(&greedy)).unwrap(), Some(launches));
+        let nodes = dec.graph_node_counts(1, Some(&greedy)).unwrap().unwrap();
+        assert_eq!(
+            (nodes.kernels, nodes.copies, nodes.fills),
+            (launches, 0, 0),
+            "{gemv:?}"
+        );
+        assert_eq!(dec.graph_nodes(2, Some(&greedy)).unwrap(), None);
     }
-    let launches = 2 * 2 + 12 * 10 + 12 * 15 + 2 + 1 + 1;
-    assert_eq!(launches, 308);
-    assert_eq!(dec.graph_nodes(1, Some(&greedy)).unwrap(), Some(launches));
-    let nodes = dec.graph_node_counts(1, Some(&greedy)).unwrap().unwrap();
-    assert_eq!((nodes.kernels, nodes.copies, nodes.fills), (launches, 0, 0));
-    assert_eq!(dec.graph_nodes(2, Some(&greedy)).unwrap(), None);
+    assert_eq!((fused, cublas), (198, 308));
 }
 
 /// Mistral's sliding window (self caches become rings, prefills run in chunks) and the RoPE

@@ -14,7 +14,7 @@ use stagformer_ref::sample::argmax;
 use stagformer_ref::{DecodeBatch, Model, StepMode};
 
 use crate::commands::inspect::describe;
-use crate::engine::{DtypeChoice, Engine};
+use crate::engine::{DtypeChoice, Engine, GemvChoice};
 use crate::model_source::{ModelArgs, Source};
 
 #[derive(clap::Args, Debug)]
@@ -41,6 +41,10 @@ pub struct Args {
     /// Launch every kernel of a step instead of replaying a captured step graph.
     #[arg(long)]
     no_graph: bool,
+    /// Decode-step projections: fused GEMVs or cuBLAS GEMMs with separate glue kernels (run
+    /// the bench once with each to compare them).
+    #[arg(long, value_enum, default_value_t = GemvChoice::Fused)]
+    gemv: GemvChoice,
     /// Also write the results as JSON (`{"decode": [{model, mode, batch, context, graphs,
     /// ms_per_step}], ...}`), the format the benchmark report reads.
     #[arg(long)]
@@ -98,7 +102,7 @@ pub fn run(args: Args) -> Result<()> {
         params as f64 / 1e6
     );
     outln!(
-        "device: {} | batch {} | prompt {} | {} timed steps after {} warm-up | step graphs {}",
+        "device: {} | batch {} | prompt {} | {} timed steps after {} warm-up | step graphs {} | gemv {}",
         engine.describe(),
         args.batch,
         args.prompt_len,
@@ -108,6 +112,10 @@ pub fn run(args: Args) -> Result<()> {
             (Engine::Cpu(_), _) => "n/a",
             (_, true) => "off",
             (_, false) => "on",
+        },
+        match &engine {
+            Engine::Cpu(_) => "n/a".to_string(),
+            _ => format!("{:?}", args.gemv).to_lowercase(),
         }
     );
     let prompts: Vec<Vec<u32>> = (0..args.batch)
@@ -229,6 +237,7 @@ fn kernel_rows<T: Activation>(
             mode,
             recurrent,
             graphs: !args.no_graph,
+            gemv: args.gemv.path(),
             ..DecoderOptions::new(prompts.len(), capacity)
         };
         let timed = Decoder::<T>::from_source(device, source, opts)
@@ -372,6 +381,7 @@ fn write_json(
                 "batch": args.batch,
                 "context": args.prompt_len,
                 "graphs": !args.no_graph,
+                "gemv": format!("{:?}", args.gemv).to_lowercase(),
                 "ms_per_step": ms,
                 // Counted from the captured step graph: kernel nodes, and copy/fill nodes
                 // separately (null without a graph).

@@ -150,12 +150,7 @@ pub fn run(args: Args) -> Result<()> {
             bf16,
             source,
         } => {
-            let opts = DecoderOptions {
-                mode: args.engine.mode_exec.mode(),
-                recurrent: args.recurrent,
-                graphs: !args.engine.no_graph,
-                ..DecoderOptions::new(1, capacity)
-            };
+            let opts = args.engine.decoder_options(1, capacity, args.recurrent);
             if *bf16 {
                 let mut engine = KernelEngine::<half::bf16>::new(device, source, opts, params)?;
                 driver::generate(&mut engine, &prompt, &limits, &mut emit)?

@@ -54,8 +54,7 @@ pub fn run(args: Args) -> Result<()> {
             prompt_len: args.prompt_len,
         },
     };
-    let exec = args.engine.mode_exec.mode();
-    let logits = engine.score(&tokens, mode, exec, !args.engine.no_graph)?;
+    let logits = engine.score(&tokens, mode, &args.engine)?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let tensor = stagformer_ref::checkpoint::EncodedTensor {
         name: "logits".into(),
