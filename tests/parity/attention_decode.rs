@@ -15,6 +15,13 @@
 //! positions max(0, pos − W + 1)..=pos in a ring of cache_slots ≥ W) cover windows 1/4/300
 //! before, at and far past the window.
 //!
+//! Rows of one launch with very different lengths (1, 7, 300 keys and the capacity) in a grid
+//! sized for the capacity check that the device splits every row by its own length. Every row
+//! runs with both combine paths (fused and the separate combine kernel), twice in a row with
+//! the same workspace (the fused counters must come back to zero, as graph replay needs, and
+//! the two outputs must be bit-identical), with the partials poisoned with NaN before each
+//! launch (a combine that read a partial no split wrote would be NaN).
+//!
 //! Tolerances: f32 1e-10. The kernel's f32 dot products, exp2 and sums against the f64
 //! reference leave relative errors of order 1e-7 on every output (NMSE ~1e-13), well inside.
 //! bf16 2e-5: inputs are the same bf16 values on both sides and all math is f32, so the error
@@ -22,8 +29,8 @@
 
 use stagformer_kernels::device::{DeviceBuffer, Stream};
 use stagformer_kernels::ops::attention_decode::{
-    attention_decode, plan_splits, AttentionElem, AttentionWorkspace, DecodeLayout, DecodeMask,
-    RECOMMENDED_MAX_SPLITS,
+    attention_decode, plan_splits, AttentionElem, AttentionWorkspace, DecodeCombine, DecodeLayout,
+    DecodeMask, RECOMMENDED_MAX_SPLITS,
 };
 use stagformer_ref::ops::{attention_row, HeadLayout};
 
@@ -203,22 +210,61 @@ fn specs() -> Vec<Spec> {
         .mask(cross(None)); // position 5 > cache_slots; -3 negative
     invalid.rows[0].0 = 1;
     specs.push(invalid);
+    // One launch, rows of 1, 7, 300 keys and the capacity, the grid sized for the capacity.
+    specs.extend([
+        Spec {
+            min_splits: 8,
+            ..Spec::new("mixed lengths self g1", 4, 4, 64).rows(&[0, 6, 299, 1023], 1024)
+        },
+        Spec {
+            min_splits: 8,
+            ..Spec::new("mixed lengths self g4", 8, 2, 128).rows(&[1023, 0, 299, 6], 1024)
+        },
+        Spec {
+            min_splits: 16,
+            ..Spec::new("mixed lengths self g8", 8, 1, 128).rows(&[0, 6, 299, 2047], 2048)
+        },
+        Spec {
+            min_splits: 4,
+            ..Spec::new("mixed lengths sliding w512 ring520 g4", 8, 2, 64)
+                .rows(&[0, 6, 299, 5000], 520)
+                .mask(sliding(512))
+        },
+        Spec {
+            min_splits: 2,
+            ..Spec::new("mixed lengths cross w300 ring301 hd80 g8", 8, 1, 80)
+                .rows(&[1, 7, 300, 9000], 301)
+                .mask(cross(Some(300)))
+        },
+        Spec {
+            min_splits: 8,
+            ..Spec::new("mixed lengths cross g2", 4, 2, 128)
+                .rows(&[1, 7, 300, 1024], 1024)
+                .mask(cross(None))
+        },
+    ]);
     specs
 }
 
 pub fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for spec in specs() {
-        cases.push(decode_case::<f32>(spec.clone(), F32_TOL));
-        cases.push(decode_case::<half::bf16>(spec, BF16_TOL));
+        for combine in [DecodeCombine::Fused, DecodeCombine::Separate] {
+            cases.push(decode_case::<f32>(spec.clone(), combine, F32_TOL));
+            cases.push(decode_case::<half::bf16>(spec.clone(), combine, BF16_TOL));
+        }
     }
     cases
 }
 
-fn label(spec: &Spec, dtype: &str) -> String {
+fn label(spec: &Spec, combine: DecodeCombine, dtype: &str) -> String {
     let positions: Vec<String> = spec.rows.iter().map(|(_, p)| p.to_string()).collect();
+    let combine = match combine {
+        DecodeCombine::Fused => "fused",
+        DecodeCombine::Separate => "separate",
+    };
     format!(
-        "attention_decode {dtype} {} H={} Hkv={} hd={} pos=[{}]",
+        "attention_decode {dtype} {combine} {} H={} Hkv={} hd={} pos=[{}]",
         spec.label,
         spec.heads,
         spec.kv_heads,
@@ -257,9 +303,9 @@ fn upload<T: Float>(
     Ok(DeviceBuffer::from_host(stream, &host)?)
 }
 
-fn decode_case<T: Float + AttentionElem>(spec: Spec, tol: f64) -> Case {
+fn decode_case<T: Float + AttentionElem>(spec: Spec, combine: DecodeCombine, tol: f64) -> Case {
     Case::new(
-        label(&spec, T::NAME),
+        label(&spec, combine, T::NAME),
         tol,
         move |stream, inputs: &mut Inputs| {
             let s = &spec;
@@ -281,7 +327,6 @@ fn decode_case<T: Float + AttentionElem>(spec: Spec, tol: f64) -> Case {
             let pos_dev =
                 DeviceBuffer::from_host(stream, &s.rows.iter().map(|r| r.1).collect::<Vec<_>>())?;
             let out_len = rows * stride;
-            let mut out = poisoned::<T>(stream, out_len + offset)?;
             let mut workspace = AttentionWorkspace::new(
                 stream.device(),
                 rows,
@@ -297,7 +342,8 @@ fn decode_case<T: Float + AttentionElem>(spec: Spec, tol: f64) -> Case {
                 s.cache_seqs,
                 s.cache_slots,
             )
-            .with_row_strides(stride, stride);
+            .with_row_strides(stride, stride)
+            .with_combine(combine);
             if let Some(max_keys) = s.max_keys {
                 layout = layout.with_max_keys(max_keys);
             }
@@ -309,19 +355,39 @@ fn decode_case<T: Float + AttentionElem>(spec: Spec, tol: f64) -> Case {
                     s.min_splits
                 );
             }
-            attention_decode(
-                stream,
-                &q_dev.slice(offset..)?,
-                &k_dev.slice(offset..)?,
-                &v_dev.slice(offset..)?,
-                &seq_dev,
-                &pos_dev,
-                &mut out.slice_mut(offset..)?,
-                &mut workspace,
-                layout,
-                s.mask,
-            )?;
-            let got_all = out.slice(offset..)?.to_host(stream)?;
+            // Two launches on one workspace (what a replayed graph does), partials poisoned
+            // before each and the output poisoned again before the second.
+            let mut runs = Vec::with_capacity(2);
+            for _ in 0..2 {
+                workspace.fill_partials(stream, f32::NAN)?;
+                let mut out = poisoned::<T>(stream, out_len + offset)?;
+                attention_decode(
+                    stream,
+                    &q_dev.slice(offset..)?,
+                    &k_dev.slice(offset..)?,
+                    &v_dev.slice(offset..)?,
+                    &seq_dev,
+                    &pos_dev,
+                    &mut out.slice_mut(offset..)?,
+                    &mut workspace,
+                    layout,
+                    s.mask,
+                )?;
+                runs.push(out.slice(offset..)?.to_host(stream)?);
+                let counters = workspace.counters_to_host(stream)?;
+                if let Some(i) = counters.iter().position(|&c| c != 0) {
+                    anyhow::bail!("counter {i} is {} after the launch, not 0", counters[i]);
+                }
+            }
+            let got_all = runs.pop().unwrap_or_default();
+            let first = runs.pop().unwrap_or_default();
+            if first
+                .iter()
+                .zip(&got_all)
+                .any(|(a, b)| a.to_f32().to_bits() != b.to_f32().to_bits())
+            {
+                anyhow::bail!("the second launch on the same workspace gave another result");
+            }
 
             let head_layout = HeadLayout {
                 heads: s.heads,
