@@ -555,20 +555,23 @@ __device__ void combine_pass(const AttentionDecodeParams &p) {
         split_pass<T, HD, G, U>(p);                                                          \
     }
 
-// U: key rows per thread and tile (two tiles in flight with the prefetch), as many as fit
-// without spills.
-#define STAG_DECODE_SPLIT_ALL_G(dtype, T, hdname, HD) \
-    STAG_DECODE_SPLIT(dtype, T, hdname, HD, 1, 4)     \
-    STAG_DECODE_SPLIT(dtype, T, hdname, HD, 2, 4)     \
-    STAG_DECODE_SPLIT(dtype, T, hdname, HD, 4, 2)     \
+// U: key rows per thread and tile (two tiles in flight with the prefetch), chosen so that no
+// kernel spills and every one keeps >= 3 blocks per SM (<= 168 registers; the 16-byte kernels
+// and the generic G = 1, 2 stay <= 128, 4 blocks): U1 at G = 1 and 2 (4 for the 16-byte
+// kernels, 2 for the generic ones, whose shares are 8 scalars), 2 at G = 4 and 8 (G = 8 holds
+// the registers of G = 4, its block being two halves of four heads).
+#define STAG_DECODE_SPLIT_ALL_G(dtype, T, hdname, HD, U1) \
+    STAG_DECODE_SPLIT(dtype, T, hdname, HD, 1, U1)        \
+    STAG_DECODE_SPLIT(dtype, T, hdname, HD, 2, U1)        \
+    STAG_DECODE_SPLIT(dtype, T, hdname, HD, 4, 2)         \
     STAG_DECODE_SPLIT(dtype, T, hdname, HD, 8, 2)
 
-STAG_DECODE_SPLIT_ALL_G(f32, float, hd64, 64)
-STAG_DECODE_SPLIT_ALL_G(f32, float, hd128, 128)
-STAG_DECODE_SPLIT_ALL_G(f32, float, hdany, 0)
-STAG_DECODE_SPLIT_ALL_G(bf16, __nv_bfloat16, hd64, 64)
-STAG_DECODE_SPLIT_ALL_G(bf16, __nv_bfloat16, hd128, 128)
-STAG_DECODE_SPLIT_ALL_G(bf16, __nv_bfloat16, hdany, 0)
+STAG_DECODE_SPLIT_ALL_G(f32, float, hd64, 64, 4)
+STAG_DECODE_SPLIT_ALL_G(f32, float, hd128, 128, 4)
+STAG_DECODE_SPLIT_ALL_G(f32, float, hdany, 0, 2)
+STAG_DECODE_SPLIT_ALL_G(bf16, __nv_bfloat16, hd64, 64, 4)
+STAG_DECODE_SPLIT_ALL_G(bf16, __nv_bfloat16, hd128, 128, 4)
+STAG_DECODE_SPLIT_ALL_G(bf16, __nv_bfloat16, hdany, 0, 2)
 
 STAG_KERNEL_BOUNDED(attention_decode_combine_f32, AttentionDecodeParams, COMBINE_MAX_THREADS) {
     combine_pass<float>(p);
