@@ -779,6 +779,24 @@ mod tests {
     }
 
     #[test]
+    fn the_grid_is_sized_for_the_capacity_not_the_split_length() {
+        // A decoder's cache of 32K slots at batch 1: the grid takes the workspace's splits;
+        // how many of them a row uses is the device's choice (at least 64 keys each).
+        let layout = DecodeLayout::new(1, 32, 8, 128, 1, 32_768);
+        let ws = workspace(1, 32, 128, RECOMMENDED_MAX_SPLITS);
+        let plan = plan_splits(&layout, DecodeMask::SelfCausal, &ws).expect("plan");
+        assert_eq!(plan.splits, RECOMMENDED_MAX_SPLITS);
+        assert_eq!(plan.min_keys_per_split, MIN_KEYS_PER_SPLIT);
+        // Both combine paths plan the same grid.
+        let separate = layout.with_combine(DecodeCombine::Separate);
+        assert_eq!(
+            plan_splits(&separate, DecodeMask::SelfCausal, &ws).expect("plan"),
+            plan
+        );
+        assert_eq!(layout.combine, DecodeCombine::Fused);
+    }
+
+    #[test]
     fn a_small_workspace_serves_larger_batches_with_fewer_splits() {
         let ws = workspace(1, 8, 64, 16);
         let layout = DecodeLayout::new(4, 8, 8, 64, 4, 1024);

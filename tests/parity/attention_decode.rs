@@ -58,6 +58,10 @@ struct Spec {
     row_pad: usize,
     /// Fewest splits the plan must use for the longest row (checks the long rows really split).
     min_splits: usize,
+    /// Capture the call once in a graph and replay it at `rows`, then again with the rows at
+    /// these positions (written to the positions buffer between the replays): the captured
+    /// grid must follow the new lengths.
+    replay: Option<Vec<i32>>,
 }
 
 impl Spec {
@@ -75,6 +79,7 @@ impl Spec {
             misaligned: false,
             row_pad: 0,
             min_splits: 1,
+            replay: None,
         }
     }
 
@@ -242,6 +247,18 @@ fn specs() -> Vec<Spec> {
                 .rows(&[1, 7, 300, 1024], 1024)
                 .mask(cross(None))
         },
+        // One captured graph replayed at two sets of lengths (a decoder's step graph).
+        Spec {
+            min_splits: 8,
+            replay: Some(vec![1023, 299, 6, 0]),
+            ..Spec::new("graph replay self g4", 8, 2, 128).rows(&[0, 6, 299, 1023], 1024)
+        },
+        Spec {
+            replay: Some(vec![9000, 300, 7, 1]),
+            ..Spec::new("graph replay cross w300 ring301 g8", 8, 1, 64)
+                .rows(&[1, 7, 300, 9000], 301)
+                .mask(cross(Some(300)))
+        },
     ]);
     specs
 }
@@ -258,7 +275,17 @@ pub fn cases() -> Vec<Case> {
 }
 
 fn label(spec: &Spec, combine: DecodeCombine, dtype: &str) -> String {
-    let positions: Vec<String> = spec.rows.iter().map(|(_, p)| p.to_string()).collect();
+    let mut positions: Vec<String> = spec.rows.iter().map(|(_, p)| p.to_string()).collect();
+    if let Some(replay) = &spec.replay {
+        positions.push(format!(
+            "then {}",
+            replay
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
     let combine = match combine {
         DecodeCombine::Fused => "fused",
         DecodeCombine::Separate => "separate",
@@ -355,36 +382,71 @@ fn decode_case<T: Float + AttentionElem>(spec: Spec, combine: DecodeCombine, tol
                     s.min_splits
                 );
             }
+            // The (sequence, position) rows of each launch: the same twice for a plain case,
+            // the spec's and then the replay's positions for a graph case.
+            let steps: Vec<Vec<(i32, i32)>> = match &s.replay {
+                None => vec![s.rows.clone(), s.rows.clone()],
+                Some(replay) => vec![
+                    s.rows.clone(),
+                    s.rows.iter().zip(replay).map(|(r, &p)| (r.0, p)).collect(),
+                ],
+            };
             // Two launches on one workspace (what a replayed graph does), partials poisoned
             // before each and the output poisoned again before the second.
+            let mut out = poisoned::<T>(stream, out_len + offset)?;
+            let mut pos_dev = pos_dev;
+            let graph = match s.replay {
+                None => None,
+                Some(_) => {
+                    let (graph, ()) = stream.capture(|| {
+                        attention_decode(
+                            stream,
+                            &q_dev.slice(offset..)?,
+                            &k_dev.slice(offset..)?,
+                            &v_dev.slice(offset..)?,
+                            &seq_dev,
+                            &pos_dev,
+                            &mut out.slice_mut(offset..)?,
+                            &mut workspace,
+                            layout,
+                            s.mask,
+                        )
+                    })?;
+                    Some(graph)
+                }
+            };
             let mut runs = Vec::with_capacity(2);
-            for _ in 0..2 {
+            for step in &steps {
+                let positions: Vec<i32> = step.iter().map(|r| r.1).collect();
+                pos_dev.copy_from_host(stream, &positions)?;
                 workspace.fill_partials(stream, f32::NAN)?;
-                let mut out = poisoned::<T>(stream, out_len + offset)?;
-                attention_decode(
-                    stream,
-                    &q_dev.slice(offset..)?,
-                    &k_dev.slice(offset..)?,
-                    &v_dev.slice(offset..)?,
-                    &seq_dev,
-                    &pos_dev,
-                    &mut out.slice_mut(offset..)?,
-                    &mut workspace,
-                    layout,
-                    s.mask,
-                )?;
+                out.copy_from(stream, &poisoned::<T>(stream, out_len + offset)?)?;
+                match &graph {
+                    Some(graph) => graph.launch()?,
+                    None => attention_decode(
+                        stream,
+                        &q_dev.slice(offset..)?,
+                        &k_dev.slice(offset..)?,
+                        &v_dev.slice(offset..)?,
+                        &seq_dev,
+                        &pos_dev,
+                        &mut out.slice_mut(offset..)?,
+                        &mut workspace,
+                        layout,
+                        s.mask,
+                    )?,
+                }
                 runs.push(out.slice(offset..)?.to_host(stream)?);
                 let counters = workspace.counters_to_host(stream)?;
                 if let Some(i) = counters.iter().position(|&c| c != 0) {
                     anyhow::bail!("counter {i} is {} after the launch, not 0", counters[i]);
                 }
             }
-            let got_all = runs.pop().unwrap_or_default();
-            let first = runs.pop().unwrap_or_default();
-            if first
-                .iter()
-                .zip(&got_all)
-                .any(|(a, b)| a.to_f32().to_bits() != b.to_f32().to_bits())
+            if s.replay.is_none()
+                && runs[0]
+                    .iter()
+                    .zip(&runs[1])
+                    .any(|(a, b)| a.to_f32().to_bits() != b.to_f32().to_bits())
             {
                 anyhow::bail!("the second launch on the same workspace gave another result");
             }
@@ -394,37 +456,43 @@ fn decode_case<T: Float + AttentionElem>(spec: Spec, combine: DecodeCombine, tol
                 kv_heads: s.kv_heads,
                 head_dim: s.head_dim,
             };
-            let mut got = Vec::with_capacity(rows * q_dim);
-            let mut want = vec![0f32; rows * q_dim];
-            for (r, &(seq, pos)) in s.rows.iter().enumerate() {
-                let row_got = &got_all[r * stride..r * stride + q_dim];
-                let slots = visible_slots(s, seq, pos);
-                if slots.is_empty() && row_got.iter().any(|&x| x.to_f32() != 0.0) {
-                    anyhow::bail!(
-                        "row {r} (position {pos}) sees no key but its output is not exactly zero"
-                    );
-                }
-                got.extend_from_slice(row_got);
-                let mut keys = vec![0f32; slots.len() * kv_dim];
-                let mut values = vec![0f32; slots.len() * kv_dim];
-                for (i, &slot) in slots.iter().enumerate() {
-                    for kvh in 0..s.kv_heads {
-                        let src =
-                            ((seq as usize * s.kv_heads + kvh) * s.cache_slots + slot) * s.head_dim;
-                        let dst = i * kv_dim + kvh * s.head_dim;
-                        keys[dst..dst + s.head_dim].copy_from_slice(&k_seen[src..src + s.head_dim]);
-                        values[dst..dst + s.head_dim]
-                            .copy_from_slice(&v_seen[src..src + s.head_dim]);
+            // Both launches against the reference, one after the other.
+            let mut got = Vec::with_capacity(2 * rows * q_dim);
+            let mut want = vec![0f32; 2 * rows * q_dim];
+            for (n, (step, got_all)) in steps.iter().zip(&runs).enumerate() {
+                for (r, &(seq, pos)) in step.iter().enumerate() {
+                    let row_got = &got_all[r * stride..r * stride + q_dim];
+                    let slots = visible_slots(s, seq, pos);
+                    if slots.is_empty() && row_got.iter().any(|&x| x.to_f32() != 0.0) {
+                        anyhow::bail!(
+                            "launch {n}: row {r} (position {pos}) sees no key but its output is \
+                             not exactly zero"
+                        );
                     }
+                    got.extend_from_slice(row_got);
+                    let mut keys = vec![0f32; slots.len() * kv_dim];
+                    let mut values = vec![0f32; slots.len() * kv_dim];
+                    for (i, &slot) in slots.iter().enumerate() {
+                        for kvh in 0..s.kv_heads {
+                            let src = ((seq as usize * s.kv_heads + kvh) * s.cache_slots + slot)
+                                * s.head_dim;
+                            let dst = i * kv_dim + kvh * s.head_dim;
+                            keys[dst..dst + s.head_dim]
+                                .copy_from_slice(&k_seen[src..src + s.head_dim]);
+                            values[dst..dst + s.head_dim]
+                                .copy_from_slice(&v_seen[src..src + s.head_dim]);
+                        }
+                    }
+                    let at = (n * rows + r) * q_dim;
+                    attention_row(
+                        &q_seen[r * stride..r * stride + q_dim],
+                        &keys,
+                        &values,
+                        0..slots.len(),
+                        head_layout,
+                        &mut want[at..at + q_dim],
+                    )?;
                 }
-                attention_row(
-                    &q_seen[r * stride..r * stride + q_dim],
-                    &keys,
-                    &values,
-                    0..slots.len(),
-                    head_layout,
-                    &mut want[r * q_dim..(r + 1) * q_dim],
-                )?;
             }
             Ok(vec![Compared {
                 output: "out",
