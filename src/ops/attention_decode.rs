@@ -245,8 +245,9 @@ impl DecodeLayout {
 }
 
 /// The f32 partials the split kernel writes and the combine reads: per (row, head, split) a
-/// running max and sum and `head_dim` unnormalised outputs; and one u32 counter per (row, head)
-/// for the fused combine, zero between calls (each call leaves them as it found them).
+/// running max and sum and `head_dim` unnormalised outputs; and u32 counters for the fused
+/// combine (one per (row, head) of a call is used), zero between calls (each call leaves them
+/// as it found them).
 /// Allocated once, reused by every call on the stream it is used with (calls are ordered on
 /// that stream).
 pub struct AttentionWorkspace {
@@ -287,12 +288,13 @@ impl AttentionWorkspace {
         let stats_len = partials
             .checked_mul(2)
             .ok_or_else(|| DeviceError::overflow("max_rows", "partials × 2"))?;
-        // rows × heads divides partials, so it cannot overflow.
-        let counters_len = max_rows * heads;
+        // One counter per partial: a call may use more rows than `max_rows` (with fewer
+        // splits), and rows · heads <= rows · heads · splits <= partials always holds. They
+        // cost 4 bytes beside each partial's (head_dim + 2) · 4.
         // The counters must be zero before the first call; a stream of its own orders that
         // before any use (it is synchronized here).
         let stream = device.new_stream()?;
-        let counters = DeviceBuffer::alloc_zeroed(&stream, counters_len)?;
+        let counters = DeviceBuffer::alloc_zeroed(&stream, partials)?;
         stream.synchronize()?;
         Ok(AttentionWorkspace {
             partial_out: DeviceBuffer::alloc(device, out_len)?,
@@ -472,9 +474,9 @@ pub fn attention_decode<T: AttentionElem>(
     // kernels address rows < `rows`, heads < `heads`, sequences < `cache_seqs` and slots <
     // `cache_slots` only, whatever `seq_slots` and `positions` hold (the mask function rejects
     // anything else). The workspace holds `rows · heads · splits` partials (checked by
-    // `plan_splits`), the extent the split kernel writes and the combine reads, and `max_rows ·
-    // heads >= rows · heads` counters (partials = max_rows · heads · max_splits >= rows · heads
-    // · splits); the dynamic shared memory covers the merge and `splits` combine weights; `out`
+    // `plan_splits`), the extent the split kernel writes and the combine reads, and as many
+    // counters, at least the `rows · heads` the fused combine indexes; the dynamic shared
+    // memory covers the merge and `splits` combine weights; `out`
     // and the workspace are borrowed mutably, so nothing else can alias them. All allocations
     // are retained.
     unsafe {

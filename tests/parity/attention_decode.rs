@@ -62,6 +62,9 @@ struct Spec {
     /// these positions (written to the positions buffer between the replays): the captured
     /// grid must follow the new lengths.
     replay: Option<Vec<i32>>,
+    /// Rows the workspace is made for (`None`: the rows of the call); fewer rows than the call
+    /// leave it fewer splits per row.
+    workspace_rows: Option<usize>,
 }
 
 impl Spec {
@@ -80,6 +83,7 @@ impl Spec {
             row_pad: 0,
             min_splits: 1,
             replay: None,
+            workspace_rows: None,
         }
     }
 
@@ -247,6 +251,11 @@ fn specs() -> Vec<Spec> {
                 .rows(&[1, 7, 300, 1024], 1024)
                 .mask(cross(None))
         },
+        // A workspace made for 2 rows serving 6 (fewer splits each; counters for every row).
+        Spec {
+            workspace_rows: Some(2),
+            ..Spec::new("small workspace g2", 4, 2, 64).rows(&[0, 6, 299, 511, 64, 65], 512)
+        },
         // One captured graph replayed at two sets of lengths (a decoder's step graph).
         Spec {
             min_splits: 8,
@@ -356,7 +365,7 @@ fn decode_case<T: Float + AttentionElem>(spec: Spec, combine: DecodeCombine, tol
             let out_len = rows * stride;
             let mut workspace = AttentionWorkspace::new(
                 stream.device(),
-                rows,
+                s.workspace_rows.unwrap_or(rows),
                 s.heads,
                 s.head_dim,
                 RECOMMENDED_MAX_SPLITS,
