@@ -31,6 +31,13 @@ extern "C" {
         out: *mut i32,
     ) -> c_int;
     fn stag_emu_selftest_atomics(cfg: *const StagEmuLaunch, out: *mut u64) -> c_int;
+    fn stag_emu_selftest_last_block(
+        cfg: *const StagEmuLaunch,
+        mode: u32,
+        words: u32,
+        launches: u32,
+        out: *mut u64,
+    ) -> c_int;
     fn stag_emu_selftest_dynamic_smem(cfg: *const StagEmuLaunch, out: *mut u32) -> c_int;
     fn stag_emu_selftest_convert(
         input: *const f32,
@@ -247,6 +254,34 @@ fn atomics_across_blocks_on_several_host_threads() {
     assert_eq!(rc, OK, "{}", last_error());
     assert_eq!(&out[..7], &[n, n, n - 1, 0, n * (n - 1) / 2, n, n]);
     assert!(out[7] < n);
+}
+
+/// The last-block-finalises hand-off (cuda/include/stag_atomic.cuh): many blocks on several
+/// host threads in shuffled thread orders, counters reused across launches. On an x86 host
+/// (TSO) hardware reordering cannot be exposed; what this checks is the arithmetic of the
+/// ordered atomics (old values, exactly one finaliser, reset) and that the finaliser sees every
+/// partial, which a wrong order in the emulator's compiled code would break.
+#[test]
+fn last_block_finalises_across_blocks_and_launches() {
+    for mode in [0, 1] {
+        for workers in [1, 2, 4] {
+            for seed in [0, 7] {
+                let (splits, groups, launches) = (53u32, 6u32, 3u32);
+                let cfg = launch([splits, groups, 1], [64, 1, 1], 0, seed, workers);
+                let mut out = [u64::MAX; 5];
+                // SAFETY: `out` holds the 5 documented values.
+                let rc = unsafe {
+                    stag_emu_selftest_last_block(&cfg, mode, 257, launches, out.as_mut_ptr())
+                };
+                assert_eq!(rc, OK, "{}", last_error());
+                assert_eq!(
+                    out,
+                    [u64::from(groups * launches), 0, 0, 0, 0],
+                    "mode {mode} workers {workers} seed {seed}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

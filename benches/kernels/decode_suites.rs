@@ -7,8 +7,8 @@ use half::bf16;
 use stagformer_kernels::device::{DeviceBuffer, Stream};
 use stagformer_kernels::error::DeviceError;
 use stagformer_kernels::ops::attention_decode::{
-    attention_decode, plan_splits, AttentionWorkspace, DecodeLayout, DecodeMask,
-    RECOMMENDED_MAX_SPLITS,
+    attention_decode, plan_splits, AttentionWorkspace, DecodeCombine, DecodeLayout, DecodeMask,
+    MIN_KEYS_PER_SPLIT, RECOMMENDED_MAX_SPLITS,
 };
 use stagformer_kernels::ops::attention_prefill::{
     attention_prefill, HeadShape as PrefillHeads, PrefillBatch, PrefillConfig, PrefillMask,
@@ -317,15 +317,17 @@ pub(crate) fn swiglu_benches() -> Vec<KernelBench> {
 // attention_decode
 // ---------------------------------------------------------------------------------------------
 
-/// The split count `plan_splits` picks for these sizes (a workspace of
-/// [`RECOMMENDED_MAX_SPLITS`]); only the partials' share of a bench's bytes depends on it.
-/// Without a device there is no workspace to ask `plan_splits` with, so the count is worked
-/// out here the same way, and each bench's setup checks it against `plan_splits`.
-fn decode_splits(rows: u64, heads: u64, kv_heads: u64, max_keys: u64) -> u64 {
-    // Pass-1 blocks aimed at (4 per SM of an H100), the shortest split, the split granule.
+/// The grid's split count `plan_splits` picks for these sizes (a workspace of
+/// [`RECOMMENDED_MAX_SPLITS`]), for rows of at most `max_keys` keys, and the splits the device
+/// then gives a row of `keys` keys; only the partials' share of a bench's bytes depends on them.
+/// Without a device there is no workspace to ask `plan_splits` with, so the grid is worked out
+/// here the same way, and each bench's setup checks it against `plan_splits`; the row's count
+/// follows `split_shape` in cuda/attention_decode.cu.
+fn decode_splits(rows: u64, heads: u64, kv_heads: u64, max_keys: u64, keys: u64) -> (u64, u64) {
+    // Split blocks aimed at (4 per SM of an H100), the split granule.
     const TARGET_BLOCKS: u64 = 4 * 132;
-    const MIN_KEYS_PER_SPLIT: u64 = 64;
     const SPLIT_GRANULE: u64 = 32;
+    let min_keys = MIN_KEYS_PER_SPLIT as u64;
     let group = heads / kv_heads;
     let heads_per_block = match group {
         1 => 1,
@@ -334,25 +336,29 @@ fn decode_splits(rows: u64, heads: u64, kv_heads: u64, max_keys: u64) -> u64 {
         _ => 8,
     };
     let blocks_per_split = rows * kv_heads * group.div_ceil(heads_per_block);
-    let wanted = TARGET_BLOCKS
+    let grid = TARGET_BLOCKS
         .div_ceil(blocks_per_split)
-        .min(max_keys.div_ceil(MIN_KEYS_PER_SPLIT))
+        .min(max_keys.div_ceil(min_keys))
         .min(RECOMMENDED_MAX_SPLITS as u64)
         .max(1);
-    let keys_per_split = max_keys
-        .div_ceil(wanted)
-        .next_multiple_of(SPLIT_GRANULE)
-        .min(max_keys);
-    max_keys.div_ceil(keys_per_split)
+    if keys == 0 {
+        return (grid, 0);
+    }
+    let kps = min_keys
+        .max(keys.div_ceil(grid))
+        .next_multiple_of(SPLIT_GRANULE);
+    (grid, keys.div_ceil(kps))
 }
 
 /// One decode attention bench: `batch` rows, every one at position `context − 1` of its own
-/// sequence.
+/// sequence, in caches of `capacity` slots (`None`: the context, as in a cache sized to fit;
+/// `Some(c)`: a decoder's cache of capacity c at a shorter real length, the grid sized for c).
 ///
 /// Bytes: the K and V of the visible keys (bf16, `2 · 2 · B · Hkv · keys · hd`), q read and out
 /// written (`2 · 2 · B · H · hd`), the positions and sequence slots (`8 · B`), and the f32
-/// partials pass 1 writes and pass 2 reads (`2 · 4 · B · H · splits · (hd + 2)`: a max, a sum
-/// and `hd` outputs per split; even one split goes through them). Visible keys: self,
+/// partials the split kernel writes and the combine reads (`2 · 4 · B · H · splits · (hd + 2)`:
+/// a max, a sum and `hd` outputs per split used by the row; the separate combine path takes
+/// even one split through them, the fused path then writes `out` directly). Visible keys: self,
 /// `context`; sliding-window self, `min(context, W)`; unbounded cross, `context − 1`; windowed
 /// cross, `min(context − 1, W)`.
 /// FLOPs: `4 · B · H · keys · hd` (q·k and p·v).
@@ -363,11 +369,14 @@ fn attention_decode_bench(
     batch: u64,
     kv_heads: u64,
     context: u64,
+    capacity: Option<u64>,
     mask: DecodeMask,
+    combine: DecodeCombine,
 ) -> KernelBench {
-    let (variant, keys, cache_slots) = match mask {
-        DecodeMask::SelfCausal => ("bf16.self", context, context),
-        DecodeMask::Cross { window: None } => ("bf16.cross", context - 1, context),
+    let dense_slots = capacity.unwrap_or(context);
+    let (base, keys, cache_slots) = match mask {
+        DecodeMask::SelfCausal => ("bf16.self", context, dense_slots),
+        DecodeMask::Cross { window: None } => ("bf16.cross", context - 1, dense_slots),
         // A ring of W + 1 slots, as the decoder allocates it.
         DecodeMask::Cross { window: Some(w) } => {
             let w = w as u64;
@@ -379,10 +388,27 @@ fn attention_decode_bench(
             ("bf16.self_sliding_w128", context.min(w), sliding_ring(w))
         }
     };
-    let splits = decode_splits(batch, HEADS, kv_heads, keys);
+    // The grid is sized for the most keys the caches can give a row.
+    let max_keys = match (mask, capacity) {
+        (DecodeMask::SelfCausal | DecodeMask::Cross { window: None }, Some(c)) => c,
+        _ => keys,
+    };
+    let (splits, row_splits) = decode_splits(batch, HEADS, kv_heads, max_keys.max(1), keys);
+    let variant = format!(
+        "{base}{}{}",
+        if capacity.is_some() { ".capacity" } else { "" },
+        match combine {
+            DecodeCombine::Fused => "",
+            DecodeCombine::Separate => ".separate",
+        }
+    );
     let kv_bytes = 2 * BF16 * batch * kv_heads * keys * HEAD_DIM;
     let qo_bytes = 2 * BF16 * batch * HEADS * HEAD_DIM;
-    let partial_bytes = 2 * 4 * batch * HEADS * splits * (HEAD_DIM + 2);
+    let partial_splits = match combine {
+        DecodeCombine::Fused if row_splits <= 1 => 0,
+        _ => row_splits,
+    };
+    let partial_bytes = 2 * 4 * batch * HEADS * partial_splits * (HEAD_DIM + 2);
     let bytes = kv_bytes + qo_bytes + 8 * batch + partial_bytes;
     let flops = 4 * batch * HEADS * keys * HEAD_DIM;
     let mut shape = vec![
@@ -395,9 +421,12 @@ fn attention_decode_bench(
     if let DecodeMask::Cross { window: Some(w) } | DecodeMask::SelfSliding { window: w } = mask {
         shape.push(("window", w as u64));
     }
+    if let Some(c) = capacity {
+        shape.push(("capacity", c));
+    }
     KernelBench::new(
         "attention_decode",
-        variant,
+        &variant,
         &shape,
         bytes,
         flops,
@@ -412,7 +441,8 @@ fn attention_decode_bench(
                 rows,
                 cache_slots as usize,
             )
-            .with_max_keys(keys.max(1) as usize);
+            .with_max_keys(max_keys.max(1) as usize)
+            .with_combine(combine);
             let cache_len = layout
                 .cache_len()
                 .ok_or_else(|| DeviceError::SizeOverflow {
@@ -492,8 +522,35 @@ pub(crate) fn attention_decode_benches() -> Vec<KernelBench> {
                     };
                     let cache_bytes = 2 * BF16 * batch * kv_heads * slots * HEAD_DIM;
                     if cache_bytes <= MAX_CACHE_BYTES {
-                        benches.push(attention_decode_bench(batch, kv_heads, context, mask));
+                        for combine in [DecodeCombine::Fused, DecodeCombine::Separate] {
+                            benches.push(attention_decode_bench(
+                                batch, kv_heads, context, None, mask, combine,
+                            ));
+                        }
                     }
+                }
+            }
+        }
+    }
+    // A decoder's cache of capacity 32K at real lengths 1K and 4K: the grid is sized for the
+    // capacity, the work for the real length.
+    const CAPACITY: u64 = 32_768;
+    for mask in [DecodeMask::SelfCausal, DecodeMask::Cross { window: None }] {
+        for context in [1024, 4096] {
+            for batch in [1, 16] {
+                let cache_bytes = 2 * BF16 * batch * KV_HEADS * CAPACITY * HEAD_DIM;
+                if cache_bytes > MAX_CACHE_BYTES {
+                    continue;
+                }
+                for combine in [DecodeCombine::Fused, DecodeCombine::Separate] {
+                    benches.push(attention_decode_bench(
+                        batch,
+                        KV_HEADS,
+                        context,
+                        Some(CAPACITY),
+                        mask,
+                        combine,
+                    ));
                 }
             }
         }

@@ -58,6 +58,28 @@ inline T max(T *a, T v) {
     return update(a, [v](T o) { return v > o ? v : o; });
 }
 
+// The ordered operations behind cuda/include/stag_atomic.cuh, with the C++ orders NVIDIA's
+// atomics ABI maps to the PTX instructions: atom.acq_rel.gpu.add, atom.release.gpu.add,
+// ld.acquire.gpu, st.relaxed.gpu. Device scope is the whole process here (every block of a
+// launch is a host thread of it).
+template <class T>
+inline T add_acq_rel(T *a, T v) {
+    return std::atomic_ref<T>(*a).fetch_add(v, std::memory_order_acq_rel);
+}
+template <class T>
+inline T add_release(T *a, T v) {
+    return std::atomic_ref<T>(*a).fetch_add(v, std::memory_order_release);
+}
+template <class T>
+inline T load_acquire(const T *a) {
+    // atomic_ref needs a non-const object; the load does not write it.
+    return std::atomic_ref<T>(*const_cast<T *>(a)).load(std::memory_order_acquire);
+}
+template <class T>
+inline void store_relaxed(T *a, T v) {
+    std::atomic_ref<T>(*a).store(v, relaxed);
+}
+
 }  // namespace stag_emu::atomic
 
 // All return the value held before the operation.

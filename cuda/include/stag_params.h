@@ -121,8 +121,14 @@ typedef struct RopeAppendParams {
  *   cache_slots >= W slots (slot = k mod cache_slots).
  * mode STAG_ATTN_CROSS: the staggered cross-attention: memory positions
  *   max(0, positions[r] - W)..positions[r] - 1 (none at position 0: exact zero output).
- * Pass 1 writes per-split f32 partials (running max, sum, unnormalised output) into the
- * workspace; pass 2 combines them into `out`.
+ * Splits are sized on the device from each row's visible-key count: split s of a row with n
+ * keys takes keys [s * kps, (s + 1) * kps) with kps = max(min_keys_per_split,
+ * ceil(n / max_splits)) rounded up to 32, so a short row uses few splits however large the grid
+ * (max_splits, grid x) is; splits past a row's last exit at once. Every split writes f32
+ * partials (running max, sum, unnormalised output) into the workspace. fused_combine = 0: a
+ * second launch (pass 2) combines them into `out`. fused_combine = 1: the block that finishes
+ * last for its (row, head block) combines them (counters[row * heads + first head]: zero
+ * before a launch, and zero again after it); a row with a single split writes `out` directly.
  * `cache_seqs`: sequences the caches hold, so that the kernels can bound seq_slots[r] (a row
  * whose slot or position lies outside the caches reads nothing and writes zeros). */
 #define STAG_ATTN_SELF 0u
@@ -145,13 +151,14 @@ typedef struct AttentionDecodeParams {
     uint32_t cache_seq_stride;
     uint32_t cache_head_stride;
     uint32_t cache_slots;
-    uint32_t keys_per_split;
+    uint32_t min_keys_per_split;
     uint32_t max_splits;
     uint32_t mode;
     uint32_t window;
     float scale;
     uint32_t cache_seqs;
-    uint32_t reserved;
+    uint32_t fused_combine;
+    uint32_t *counters;    /* [rows, heads]; used when fused_combine = 1 */
 } AttentionDecodeParams;
 
 /* Projected memory K/V of step i written into every cross-attention layer's cache:
@@ -359,7 +366,7 @@ STAG_LAYOUT_ASSERT(offsetof(RmsNormParams, reserved) == 68, "RmsNormParams.reser
 
 STAG_LAYOUT_ASSERT(sizeof(EmbeddingParams) == 40, "EmbeddingParams size");
 STAG_LAYOUT_ASSERT(sizeof(RopeAppendParams) == 128, "RopeAppendParams size");
-STAG_LAYOUT_ASSERT(sizeof(AttentionDecodeParams) == 128, "AttentionDecodeParams size");
+STAG_LAYOUT_ASSERT(sizeof(AttentionDecodeParams) == 136, "AttentionDecodeParams size");
 STAG_LAYOUT_ASSERT(sizeof(MemoryKvAppendParams) == 88, "MemoryKvAppendParams size");
 STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 112, "AttentionPrefillParams size");
 STAG_LAYOUT_ASSERT(sizeof(SwigluParams) == 32, "SwigluParams size");

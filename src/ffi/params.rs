@@ -312,19 +312,21 @@ pub struct AttentionDecodeParams {
     pub cache_seq_stride: u32,
     pub cache_head_stride: u32,
     pub cache_slots: u32,
-    pub keys_per_split: u32,
+    pub min_keys_per_split: u32,
     pub max_splits: u32,
     pub mode: u32,
     pub window: u32,
     pub scale: f32,
     pub cache_seqs: u32,
-    pub reserved: u32,
+    pub fused_combine: u32,
+    /// [rows, heads]; used when fused_combine = 1
+    pub counters: *mut u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
         "Size of AttentionDecodeParams",
-    ][::core::mem::size_of::<AttentionDecodeParams>() - 128usize];
+    ][::core::mem::size_of::<AttentionDecodeParams>() - 136usize];
     [
         "Alignment of AttentionDecodeParams",
     ][::core::mem::align_of::<AttentionDecodeParams>() - 8usize];
@@ -380,8 +382,8 @@ const _: () = {
         "Offset of field: AttentionDecodeParams::cache_slots",
     ][::core::mem::offset_of!(AttentionDecodeParams, cache_slots) - 96usize];
     [
-        "Offset of field: AttentionDecodeParams::keys_per_split",
-    ][::core::mem::offset_of!(AttentionDecodeParams, keys_per_split) - 100usize];
+        "Offset of field: AttentionDecodeParams::min_keys_per_split",
+    ][::core::mem::offset_of!(AttentionDecodeParams, min_keys_per_split) - 100usize];
     [
         "Offset of field: AttentionDecodeParams::max_splits",
     ][::core::mem::offset_of!(AttentionDecodeParams, max_splits) - 104usize];
@@ -398,8 +400,11 @@ const _: () = {
         "Offset of field: AttentionDecodeParams::cache_seqs",
     ][::core::mem::offset_of!(AttentionDecodeParams, cache_seqs) - 120usize];
     [
-        "Offset of field: AttentionDecodeParams::reserved",
-    ][::core::mem::offset_of!(AttentionDecodeParams, reserved) - 124usize];
+        "Offset of field: AttentionDecodeParams::fused_combine",
+    ][::core::mem::offset_of!(AttentionDecodeParams, fused_combine) - 124usize];
+    [
+        "Offset of field: AttentionDecodeParams::counters",
+    ][::core::mem::offset_of!(AttentionDecodeParams, counters) - 128usize];
 };
 impl Default for AttentionDecodeParams {
     fn default() -> Self {

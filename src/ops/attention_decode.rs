@@ -21,12 +21,21 @@
 //! keys the cache cannot hold (self: `pos ≥ cache_slots`; unbounded cross: `pos > cache_slots`)
 //! reads nothing and gets zeros: the kernels stay in bounds whatever the device holds.
 //!
-//! Two launches: pass 1 splits every row's keys into runs of `keys_per_split` and writes f32
-//! partials into an [`AttentionWorkspace`]; pass 2 combines them. The host sizes the splits from
-//! the longest key set a row can have ([`DecodeLayout::max_keys`], by default the cache
-//! capacity), aiming at several blocks per SM of an H100 at batch 1. The split count only
-//! affects speed: the last split of a row takes every key past the others, so a row longer
-//! than the hint is still exact.
+//! Split-KV: the keys of a row are cut into splits that run as separate blocks and write f32
+//! partials into an [`AttentionWorkspace`], then combined. The host sizes only the grid: the
+//! most splits a row may use ([`SplitPlan::splits`]), from the longest key set a row can have
+//! ([`DecodeLayout::max_keys`], by default the cache capacity) and from how many blocks the
+//! batch needs to fill the GPU. The device cuts each row by its own visible-key count, at least
+//! [`SplitPlan::min_keys_per_split`] keys per split, so a row with few keys takes one or few
+//! splits and the rest of the grid exits at once; a captured graph therefore adapts to the real
+//! lengths at every replay. The split counts only affect speed, never the result.
+//!
+//! The combine ([`DecodeCombine`]): [`DecodeCombine::Fused`] (the default) lets the last block
+//! to finish for a (row, head block) combine its partials, through a per-(row, head) counter in
+//! the workspace that the finishing block resets, so the call is one launch and any number of
+//! consecutive launches or graph replays may reuse the workspace; a row of one split writes its
+//! output without partials. [`DecodeCombine::Separate`] is the former two-launch path (a combine
+//! kernel after the split kernel), kept to compare the two.
 
 use half::bf16;
 
@@ -100,12 +109,11 @@ const COMBINE_MAX_THREADS: usize = 128;
 /// Pass-1 blocks aimed at per SM of the device (528 on a 132-SM H100), so that every SM has
 /// several blocks' loads in flight even at batch 1.
 const TARGET_BLOCKS_PER_SM: usize = 4;
-/// Below this many keys a split's fixed costs (q loads, merge, partial write) stop paying off.
-const MIN_KEYS_PER_SPLIT: usize = 64;
-/// Split lengths are rounded to this, a multiple of every kernel's keys per block iteration
-/// at G = 8 and of most at smaller groups.
-const SPLIT_GRANULE: usize = 32;
-/// Upper bound on splits per row (pass 2 keeps one weight per split in shared memory).
+/// The device never cuts a row into splits of fewer keys than this (docs/perf-notes.md: 64 keys
+/// of bf16 K and V at head dim 128 are 32 KiB, one SM's share of the bytes HBM needs in flight;
+/// shorter splits add blocks and partials without adding bytes in flight).
+pub const MIN_KEYS_PER_SPLIT: usize = 64;
+/// Upper bound on splits per row (the combine keeps one weight per split in shared memory).
 pub const MAX_SPLITS: usize = 1024;
 /// A workspace `max_splits` that lets batch 1 with 8 kv heads fill an H100.
 pub const RECOMMENDED_MAX_SPLITS: usize = 64;
@@ -133,6 +141,17 @@ pub enum DecodeMask {
     Cross { window: Option<usize> },
 }
 
+/// How the split partials are combined into the output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecodeCombine {
+    /// In the split kernel: the last block to finish for a (row, head block) combines (one
+    /// launch).
+    #[default]
+    Fused,
+    /// A second launch, the combine kernel, after the split kernel.
+    Separate,
+}
+
 /// Shapes and options of one decode attention call.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DecodeLayout {
@@ -154,9 +173,13 @@ pub struct DecodeLayout {
     pub out_row_stride: usize,
     /// Softmax scale; finite and positive.
     pub scale: f32,
-    /// The most keys any row is expected to see at this call (e.g. the longest position + 1).
-    /// Sizes the splits only; `None` assumes the cache capacity (`cache_slots`, or `W`).
+    /// The most keys any row may see at this call (e.g. the longest position + 1). Sizes the
+    /// grid only (rows are split on the device by their own lengths; a longer row is still
+    /// exact, with longer splits); `None` assumes the cache capacity (`cache_slots`, or `W`).
+    /// A graph replayed at growing lengths keeps the capacity.
     pub max_keys: Option<usize>,
+    /// How the partials are combined (default [`DecodeCombine::Fused`]).
+    pub combine: DecodeCombine,
 }
 
 impl DecodeLayout {
@@ -181,7 +204,13 @@ impl DecodeLayout {
             out_row_stride: heads * head_dim,
             scale: 1.0 / (head_dim.max(1) as f32).sqrt(),
             max_keys: None,
+            combine: DecodeCombine::Fused,
         }
+    }
+
+    /// The same layout with another combine path.
+    pub fn with_combine(self, combine: DecodeCombine) -> Self {
+        DecodeLayout { combine, ..self }
     }
 
     /// The same layout with a hint of the longest key set (see [`DecodeLayout::max_keys`]).
@@ -215,12 +244,16 @@ impl DecodeLayout {
     }
 }
 
-/// The f32 partials pass 1 writes and pass 2 reads: per (row, head, split) a running max and
-/// sum and `head_dim` unnormalised outputs. Allocated once, reused by every call on the stream
-/// it is used with (the two passes of a call are ordered on that stream).
+/// The f32 partials the split kernel writes and the combine reads: per (row, head, split) a
+/// running max and sum and `head_dim` unnormalised outputs; and u32 counters for the fused
+/// combine (one per (row, head) of a call is used), zero between calls (each call leaves them
+/// as it found them).
+/// Allocated once, reused by every call on the stream it is used with (calls are ordered on
+/// that stream).
 pub struct AttentionWorkspace {
     partial_out: DeviceBuffer<f32>,
     partial_stats: DeviceBuffer<f32>,
+    counters: DeviceBuffer<u32>,
     partials: usize,
 }
 
@@ -252,11 +285,37 @@ impl AttentionWorkspace {
         let out_len = partials
             .checked_mul(head_dim)
             .ok_or_else(|| DeviceError::overflow("head_dim", "partials × head_dim"))?;
+        let stats_len = partials
+            .checked_mul(2)
+            .ok_or_else(|| DeviceError::overflow("max_rows", "partials × 2"))?;
+        // One counter per partial: a call may use more rows than `max_rows` (with fewer
+        // splits), and rows · heads <= rows · heads · splits <= partials always holds. They
+        // cost 4 bytes beside each partial's (head_dim + 2) · 4.
+        // The counters must be zero before the first call; a stream of its own orders that
+        // before any use (it is synchronized here).
+        let stream = device.new_stream()?;
+        let counters = DeviceBuffer::alloc_zeroed(&stream, partials)?;
+        stream.synchronize()?;
         Ok(AttentionWorkspace {
             partial_out: DeviceBuffer::alloc(device, out_len)?,
-            partial_stats: DeviceBuffer::alloc(device, partials * 2)?,
+            partial_stats: DeviceBuffer::alloc(device, stats_len)?,
+            counters,
             partials,
         })
+    }
+
+    /// Fills every partial (outputs and stats) with `value` on `stream` (tests poison them
+    /// with NaN to show no call reads a partial it did not write).
+    pub fn fill_partials(&mut self, stream: &Stream, value: f32) -> Result<()> {
+        let out = vec![value; self.partial_out.len()];
+        self.partial_out.copy_from_host(stream, &out)?;
+        let stats = vec![value; self.partial_stats.len()];
+        self.partial_stats.copy_from_host(stream, &stats)
+    }
+
+    /// The fused combine's counters, copied to the host (all zero between calls).
+    pub fn counters_to_host(&self, stream: &Stream) -> Result<Vec<u32>> {
+        self.counters.to_host(stream)
     }
 
     /// (row, head, split) partials it holds.
@@ -284,14 +343,17 @@ impl std::fmt::Debug for AttentionWorkspace {
     }
 }
 
-/// How a call is split (computed on the host from the layout; exposed for tests and benches).
+/// The grid of a call (computed on the host from the layout; exposed for tests and benches).
+/// How many of its splits a row uses is decided on the device from the row's own key count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SplitPlan {
-    /// Splits per row (pass-1 grid x, and the workspace stride of this call).
+    /// The most splits a row may use: split-kernel grid x, and the workspace stride of this
+    /// call.
     pub splits: usize,
-    /// Keys per split (the last split of a row also takes any keys beyond `splits` of these).
-    pub keys_per_split: usize,
-    /// Query heads per pass-1 block: 1, 2, 4 or 8.
+    /// The fewest keys the device puts in a split ([`MIN_KEYS_PER_SPLIT`]); a row of `n` keys
+    /// takes `max(this, ceil(n / splits))` keys per split, rounded up to 32.
+    pub min_keys_per_split: usize,
+    /// Query heads per split block: 1, 2, 4 or 8.
     pub heads_per_block: usize,
 }
 
@@ -341,6 +403,14 @@ pub fn attention_decode<T: AttentionElem>(
         DecodeMask::SelfSliding { window } => (STAG_ATTN_SELF, window),
         DecodeMask::Cross { window } => (STAG_ATTN_CROSS, window.unwrap_or(0)),
     };
+    let fused = layout.combine == DecodeCombine::Fused;
+    let merge_smem = split_smem_bytes::<T>(layout.head_dim, plan.heads_per_block);
+    // The fused combine reuses the split kernel's shared memory for one weight per split.
+    let split_smem = if fused {
+        merge_smem.max((plan.splits * 4) as u32)
+    } else {
+        merge_smem
+    };
     let params = AttentionDecodeParams {
         q: q.as_ptr(),
         k_cache: k_cache.as_ptr(),
@@ -348,6 +418,7 @@ pub fn attention_decode<T: AttentionElem>(
         out: out.as_mut_ptr(),
         partial_out: workspace.partial_out.view_mut().as_mut_ptr().cast(),
         partial_stats: workspace.partial_stats.view_mut().as_mut_ptr().cast(),
+        counters: workspace.counters.view_mut().as_mut_ptr().cast(),
         seq_slots: seq_slots.as_ptr().cast(),
         positions: positions.as_ptr().cast(),
         rows: layout.rows as u32,
@@ -359,13 +430,13 @@ pub fn attention_decode<T: AttentionElem>(
         cache_seq_stride: checked.cache_seq_stride as u32,
         cache_head_stride: checked.cache_head_stride as u32,
         cache_slots: layout.cache_slots as u32,
-        keys_per_split: plan.keys_per_split as u32,
+        min_keys_per_split: plan.min_keys_per_split as u32,
         max_splits: plan.splits as u32,
         mode,
         window: window as u32,
         scale: layout.scale,
         cache_seqs: layout.cache_seqs as u32,
-        reserved: 0,
+        fused_combine: u32::from(fused),
     };
     let chunks = (layout.heads / layout.kv_heads).div_ceil(plan.heads_per_block);
     let split_cfg = LaunchConfig {
@@ -375,7 +446,7 @@ pub fn attention_decode<T: AttentionElem>(
             layout.rows as u32,
         ],
         block: [SPLIT_THREADS as u32, 1, 1],
-        dynamic_smem_bytes: split_smem_bytes::<T>(layout.head_dim, plan.heads_per_block),
+        dynamic_smem_bytes: split_smem,
     };
     let combine_threads = layout
         .head_dim
@@ -395,6 +466,7 @@ pub fn attention_decode<T: AttentionElem>(
         out.retain("out"),
         workspace.partial_out.view().retain("workspace"),
         workspace.partial_stats.view().retain("workspace"),
+        workspace.counters.view().retain("workspace"),
     ];
     let (split_kernel, combine_kernel) = kernels_for::<T>(layout.head_dim, plan.heads_per_block);
     // SAFETY: `q` and `out` cover `(rows − 1) · stride + heads · head_dim` elements and the
@@ -402,11 +474,17 @@ pub fn attention_decode<T: AttentionElem>(
     // kernels address rows < `rows`, heads < `heads`, sequences < `cache_seqs` and slots <
     // `cache_slots` only, whatever `seq_slots` and `positions` hold (the mask function rejects
     // anything else). The workspace holds `rows · heads · splits` partials (checked by
-    // `plan_splits`), the extent pass 1 writes and pass 2 reads; `out` and the workspace are
-    // borrowed mutably, so nothing else can alias them. All allocations are retained.
+    // `plan_splits`), the extent the split kernel writes and the combine reads, and as many
+    // counters, at least the `rows · heads` the fused combine indexes; the dynamic shared
+    // memory covers the merge and `splits` combine weights; `out`
+    // and the workspace are borrowed mutably, so nothing else can alias them. All allocations
+    // are retained.
     unsafe {
         stream.launch(split_kernel, split_cfg, params, &retained)?;
-        stream.launch(combine_kernel, combine_cfg, params, &retained)
+        if !fused {
+            stream.launch(combine_kernel, combine_cfg, params, &retained)?;
+        }
+        Ok(())
     }
 }
 
@@ -448,18 +526,16 @@ pub fn plan_splits(
     }
     let blocks_per_split = layout.rows.max(1) * layout.kv_heads * group.div_ceil(heads_per_block);
     let target_blocks = TARGET_BLOCKS_PER_SM * workspace.device().sm_count() as usize;
-    let wanted = target_blocks
+    // Enough splits of the longest row to put TARGET_BLOCKS_PER_SM blocks on every SM, never
+    // splits shorter than MIN_KEYS_PER_SPLIT (the device would leave them empty anyway).
+    let splits = target_blocks
         .div_ceil(blocks_per_split)
         .min(max_keys.div_ceil(MIN_KEYS_PER_SPLIT))
         .min(room)
         .clamp(1, MAX_SPLITS);
-    let keys_per_split = max_keys
-        .div_ceil(wanted)
-        .next_multiple_of(SPLIT_GRANULE)
-        .min(max_keys);
     Ok(SplitPlan {
-        splits: max_keys.div_ceil(keys_per_split),
-        keys_per_split,
+        splits,
+        min_keys_per_split: MIN_KEYS_PER_SPLIT,
         heads_per_block,
     })
 }
@@ -646,13 +722,14 @@ fn kernels_for<T: AttentionElem>(
     (table[dim][group], combine)
 }
 
-/// Pass-1 shared memory: per thread and head, the running (max, sum) and the lane's outputs.
+/// Split-kernel shared memory for the merge: per thread and head, the running (max, sum) and
+/// the lane's outputs, then the block's (max, sum) per head.
 fn split_smem_bytes<T: DeviceElem>(head_dim: usize, heads_per_block: usize) -> u32 {
     let elems = match head_dim {
         64 | 128 => 16 / std::mem::size_of::<T>(),
         _ => GENERIC_ELEMS,
     };
-    (SPLIT_THREADS * heads_per_block * (2 + elems) * 4) as u32
+    ((SPLIT_THREADS * heads_per_block * (2 + elems) + 2 * heads_per_block) * 4) as u32
 }
 
 #[cfg(test)]
@@ -682,7 +759,7 @@ mod tests {
             plan_splits(&layout, DecodeMask::SelfCausal, &workspace(1, 32, 128, 64)).expect("plan");
         assert_eq!(plan.heads_per_block, 4);
         assert!(plan.splits * 8 >= 4 * 132 - 8 * 8, "{plan:?}");
-        assert!(plan.splits * plan.keys_per_split >= 4096, "{plan:?}");
+        assert_eq!(plan.min_keys_per_split, MIN_KEYS_PER_SPLIT);
         // A batch that fills the GPU by itself takes one split per row.
         let layout = DecodeLayout::new(128, 32, 8, 128, 128, 4096);
         let plan = plan_splits(
@@ -700,7 +777,25 @@ mod tests {
             &workspace(1, 32, 128, 64),
         )
         .expect("plan");
-        assert!(plan.splits * plan.keys_per_split >= 128 && plan.keys_per_split <= 128);
+        assert_eq!(plan.splits, 128 / MIN_KEYS_PER_SPLIT, "{plan:?}");
+    }
+
+    #[test]
+    fn the_grid_is_sized_for_the_capacity_not_the_split_length() {
+        // A decoder's cache of 32K slots at batch 1: the grid takes the workspace's splits;
+        // how many of them a row uses is the device's choice (at least 64 keys each).
+        let layout = DecodeLayout::new(1, 32, 8, 128, 1, 32_768);
+        let ws = workspace(1, 32, 128, RECOMMENDED_MAX_SPLITS);
+        let plan = plan_splits(&layout, DecodeMask::SelfCausal, &ws).expect("plan");
+        assert_eq!(plan.splits, RECOMMENDED_MAX_SPLITS);
+        assert_eq!(plan.min_keys_per_split, MIN_KEYS_PER_SPLIT);
+        // Both combine paths plan the same grid.
+        let separate = layout.with_combine(DecodeCombine::Separate);
+        assert_eq!(
+            plan_splits(&separate, DecodeMask::SelfCausal, &ws).expect("plan"),
+            plan
+        );
+        assert_eq!(layout.combine, DecodeCombine::Fused);
     }
 
     #[test]

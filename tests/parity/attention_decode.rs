@@ -15,6 +15,13 @@
 //! positions max(0, pos − W + 1)..=pos in a ring of cache_slots ≥ W) cover windows 1/4/300
 //! before, at and far past the window.
 //!
+//! Rows of one launch with very different lengths (1, 7, 300 keys and the capacity) in a grid
+//! sized for the capacity check that the device splits every row by its own length. Every row
+//! runs with both combine paths (fused and the separate combine kernel), twice in a row with
+//! the same workspace (the fused counters must come back to zero, as graph replay needs, and
+//! the two outputs must be bit-identical), with the partials poisoned with NaN before each
+//! launch (a combine that read a partial no split wrote would be NaN).
+//!
 //! Tolerances: f32 1e-10. The kernel's f32 dot products, exp2 and sums against the f64
 //! reference leave relative errors of order 1e-7 on every output (NMSE ~1e-13), well inside.
 //! bf16 2e-5: inputs are the same bf16 values on both sides and all math is f32, so the error
@@ -22,8 +29,8 @@
 
 use stagformer_kernels::device::{DeviceBuffer, Stream};
 use stagformer_kernels::ops::attention_decode::{
-    attention_decode, plan_splits, AttentionElem, AttentionWorkspace, DecodeLayout, DecodeMask,
-    RECOMMENDED_MAX_SPLITS,
+    attention_decode, plan_splits, AttentionElem, AttentionWorkspace, DecodeCombine, DecodeLayout,
+    DecodeMask, RECOMMENDED_MAX_SPLITS,
 };
 use stagformer_ref::ops::{attention_row, HeadLayout};
 
@@ -51,6 +58,13 @@ struct Spec {
     row_pad: usize,
     /// Fewest splits the plan must use for the longest row (checks the long rows really split).
     min_splits: usize,
+    /// Capture the call once in a graph and replay it at `rows`, then again with the rows at
+    /// these positions (written to the positions buffer between the replays): the captured
+    /// grid must follow the new lengths.
+    replay: Option<Vec<i32>>,
+    /// Rows the workspace is made for (`None`: the rows of the call); fewer rows than the call
+    /// leave it fewer splits per row.
+    workspace_rows: Option<usize>,
 }
 
 impl Spec {
@@ -68,6 +82,8 @@ impl Spec {
             misaligned: false,
             row_pad: 0,
             min_splits: 1,
+            replay: None,
+            workspace_rows: None,
         }
     }
 
@@ -203,22 +219,88 @@ fn specs() -> Vec<Spec> {
         .mask(cross(None)); // position 5 > cache_slots; -3 negative
     invalid.rows[0].0 = 1;
     specs.push(invalid);
+    // One launch, rows of 1, 7, 300 keys and the capacity, the grid sized for the capacity.
+    specs.extend([
+        Spec {
+            min_splits: 8,
+            ..Spec::new("mixed lengths self g1", 4, 4, 64).rows(&[0, 6, 299, 1023], 1024)
+        },
+        Spec {
+            min_splits: 8,
+            ..Spec::new("mixed lengths self g4", 8, 2, 128).rows(&[1023, 0, 299, 6], 1024)
+        },
+        Spec {
+            min_splits: 16,
+            ..Spec::new("mixed lengths self g8", 8, 1, 128).rows(&[0, 6, 299, 2047], 2048)
+        },
+        Spec {
+            min_splits: 4,
+            ..Spec::new("mixed lengths sliding w512 ring520 g4", 8, 2, 64)
+                .rows(&[0, 6, 299, 5000], 520)
+                .mask(sliding(512))
+        },
+        Spec {
+            min_splits: 2,
+            ..Spec::new("mixed lengths cross w300 ring301 hd80 g8", 8, 1, 80)
+                .rows(&[1, 7, 300, 9000], 301)
+                .mask(cross(Some(300)))
+        },
+        Spec {
+            min_splits: 8,
+            ..Spec::new("mixed lengths cross g2", 4, 2, 128)
+                .rows(&[1, 7, 300, 1024], 1024)
+                .mask(cross(None))
+        },
+        // A workspace made for 2 rows serving 6 (fewer splits each; counters for every row).
+        Spec {
+            workspace_rows: Some(2),
+            ..Spec::new("small workspace g2", 4, 2, 64).rows(&[0, 6, 299, 511, 64, 65], 512)
+        },
+        // One captured graph replayed at two sets of lengths (a decoder's step graph).
+        Spec {
+            min_splits: 8,
+            replay: Some(vec![1023, 299, 6, 0]),
+            ..Spec::new("graph replay self g4", 8, 2, 128).rows(&[0, 6, 299, 1023], 1024)
+        },
+        Spec {
+            replay: Some(vec![9000, 300, 7, 1]),
+            ..Spec::new("graph replay cross w300 ring301 g8", 8, 1, 64)
+                .rows(&[1, 7, 300, 9000], 301)
+                .mask(cross(Some(300)))
+        },
+    ]);
     specs
 }
 
 pub fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for spec in specs() {
-        cases.push(decode_case::<f32>(spec.clone(), F32_TOL));
-        cases.push(decode_case::<half::bf16>(spec, BF16_TOL));
+        for combine in [DecodeCombine::Fused, DecodeCombine::Separate] {
+            cases.push(decode_case::<f32>(spec.clone(), combine, F32_TOL));
+            cases.push(decode_case::<half::bf16>(spec.clone(), combine, BF16_TOL));
+        }
     }
     cases
 }
 
-fn label(spec: &Spec, dtype: &str) -> String {
-    let positions: Vec<String> = spec.rows.iter().map(|(_, p)| p.to_string()).collect();
+fn label(spec: &Spec, combine: DecodeCombine, dtype: &str) -> String {
+    let mut positions: Vec<String> = spec.rows.iter().map(|(_, p)| p.to_string()).collect();
+    if let Some(replay) = &spec.replay {
+        positions.push(format!(
+            "then {}",
+            replay
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    let combine = match combine {
+        DecodeCombine::Fused => "fused",
+        DecodeCombine::Separate => "separate",
+    };
     format!(
-        "attention_decode {dtype} {} H={} Hkv={} hd={} pos=[{}]",
+        "attention_decode {dtype} {combine} {} H={} Hkv={} hd={} pos=[{}]",
         spec.label,
         spec.heads,
         spec.kv_heads,
@@ -257,9 +339,9 @@ fn upload<T: Float>(
     Ok(DeviceBuffer::from_host(stream, &host)?)
 }
 
-fn decode_case<T: Float + AttentionElem>(spec: Spec, tol: f64) -> Case {
+fn decode_case<T: Float + AttentionElem>(spec: Spec, combine: DecodeCombine, tol: f64) -> Case {
     Case::new(
-        label(&spec, T::NAME),
+        label(&spec, combine, T::NAME),
         tol,
         move |stream, inputs: &mut Inputs| {
             let s = &spec;
@@ -281,10 +363,9 @@ fn decode_case<T: Float + AttentionElem>(spec: Spec, tol: f64) -> Case {
             let pos_dev =
                 DeviceBuffer::from_host(stream, &s.rows.iter().map(|r| r.1).collect::<Vec<_>>())?;
             let out_len = rows * stride;
-            let mut out = poisoned::<T>(stream, out_len + offset)?;
             let mut workspace = AttentionWorkspace::new(
                 stream.device(),
-                rows,
+                s.workspace_rows.unwrap_or(rows),
                 s.heads,
                 s.head_dim,
                 RECOMMENDED_MAX_SPLITS,
@@ -297,7 +378,8 @@ fn decode_case<T: Float + AttentionElem>(spec: Spec, tol: f64) -> Case {
                 s.cache_seqs,
                 s.cache_slots,
             )
-            .with_row_strides(stride, stride);
+            .with_row_strides(stride, stride)
+            .with_combine(combine);
             if let Some(max_keys) = s.max_keys {
                 layout = layout.with_max_keys(max_keys);
             }
@@ -309,56 +391,117 @@ fn decode_case<T: Float + AttentionElem>(spec: Spec, tol: f64) -> Case {
                     s.min_splits
                 );
             }
-            attention_decode(
-                stream,
-                &q_dev.slice(offset..)?,
-                &k_dev.slice(offset..)?,
-                &v_dev.slice(offset..)?,
-                &seq_dev,
-                &pos_dev,
-                &mut out.slice_mut(offset..)?,
-                &mut workspace,
-                layout,
-                s.mask,
-            )?;
-            let got_all = out.slice(offset..)?.to_host(stream)?;
+            // The (sequence, position) rows of each launch: the same twice for a plain case,
+            // the spec's and then the replay's positions for a graph case.
+            let steps: Vec<Vec<(i32, i32)>> = match &s.replay {
+                None => vec![s.rows.clone(), s.rows.clone()],
+                Some(replay) => vec![
+                    s.rows.clone(),
+                    s.rows.iter().zip(replay).map(|(r, &p)| (r.0, p)).collect(),
+                ],
+            };
+            // Two launches on one workspace (what a replayed graph does), partials poisoned
+            // before each and the output poisoned again before the second.
+            let mut out = poisoned::<T>(stream, out_len + offset)?;
+            let mut pos_dev = pos_dev;
+            let graph = match s.replay {
+                None => None,
+                Some(_) => {
+                    let (graph, ()) = stream.capture(|| {
+                        attention_decode(
+                            stream,
+                            &q_dev.slice(offset..)?,
+                            &k_dev.slice(offset..)?,
+                            &v_dev.slice(offset..)?,
+                            &seq_dev,
+                            &pos_dev,
+                            &mut out.slice_mut(offset..)?,
+                            &mut workspace,
+                            layout,
+                            s.mask,
+                        )
+                    })?;
+                    Some(graph)
+                }
+            };
+            let mut runs = Vec::with_capacity(2);
+            for step in &steps {
+                let positions: Vec<i32> = step.iter().map(|r| r.1).collect();
+                pos_dev.copy_from_host(stream, &positions)?;
+                workspace.fill_partials(stream, f32::NAN)?;
+                out.copy_from(stream, &poisoned::<T>(stream, out_len + offset)?)?;
+                match &graph {
+                    Some(graph) => graph.launch()?,
+                    None => attention_decode(
+                        stream,
+                        &q_dev.slice(offset..)?,
+                        &k_dev.slice(offset..)?,
+                        &v_dev.slice(offset..)?,
+                        &seq_dev,
+                        &pos_dev,
+                        &mut out.slice_mut(offset..)?,
+                        &mut workspace,
+                        layout,
+                        s.mask,
+                    )?,
+                }
+                runs.push(out.slice(offset..)?.to_host(stream)?);
+                let counters = workspace.counters_to_host(stream)?;
+                if let Some(i) = counters.iter().position(|&c| c != 0) {
+                    anyhow::bail!("counter {i} is {} after the launch, not 0", counters[i]);
+                }
+            }
+            if s.replay.is_none()
+                && runs[0]
+                    .iter()
+                    .zip(&runs[1])
+                    .any(|(a, b)| a.to_f32().to_bits() != b.to_f32().to_bits())
+            {
+                anyhow::bail!("the second launch on the same workspace gave another result");
+            }
 
             let head_layout = HeadLayout {
                 heads: s.heads,
                 kv_heads: s.kv_heads,
                 head_dim: s.head_dim,
             };
-            let mut got = Vec::with_capacity(rows * q_dim);
-            let mut want = vec![0f32; rows * q_dim];
-            for (r, &(seq, pos)) in s.rows.iter().enumerate() {
-                let row_got = &got_all[r * stride..r * stride + q_dim];
-                let slots = visible_slots(s, seq, pos);
-                if slots.is_empty() && row_got.iter().any(|&x| x.to_f32() != 0.0) {
-                    anyhow::bail!(
-                        "row {r} (position {pos}) sees no key but its output is not exactly zero"
-                    );
-                }
-                got.extend_from_slice(row_got);
-                let mut keys = vec![0f32; slots.len() * kv_dim];
-                let mut values = vec![0f32; slots.len() * kv_dim];
-                for (i, &slot) in slots.iter().enumerate() {
-                    for kvh in 0..s.kv_heads {
-                        let src =
-                            ((seq as usize * s.kv_heads + kvh) * s.cache_slots + slot) * s.head_dim;
-                        let dst = i * kv_dim + kvh * s.head_dim;
-                        keys[dst..dst + s.head_dim].copy_from_slice(&k_seen[src..src + s.head_dim]);
-                        values[dst..dst + s.head_dim]
-                            .copy_from_slice(&v_seen[src..src + s.head_dim]);
+            // Both launches against the reference, one after the other.
+            let mut got = Vec::with_capacity(2 * rows * q_dim);
+            let mut want = vec![0f32; 2 * rows * q_dim];
+            for (n, (step, got_all)) in steps.iter().zip(&runs).enumerate() {
+                for (r, &(seq, pos)) in step.iter().enumerate() {
+                    let row_got = &got_all[r * stride..r * stride + q_dim];
+                    let slots = visible_slots(s, seq, pos);
+                    if slots.is_empty() && row_got.iter().any(|&x| x.to_f32() != 0.0) {
+                        anyhow::bail!(
+                            "launch {n}: row {r} (position {pos}) sees no key but its output is \
+                             not exactly zero"
+                        );
                     }
+                    got.extend_from_slice(row_got);
+                    let mut keys = vec![0f32; slots.len() * kv_dim];
+                    let mut values = vec![0f32; slots.len() * kv_dim];
+                    for (i, &slot) in slots.iter().enumerate() {
+                        for kvh in 0..s.kv_heads {
+                            let src = ((seq as usize * s.kv_heads + kvh) * s.cache_slots + slot)
+                                * s.head_dim;
+                            let dst = i * kv_dim + kvh * s.head_dim;
+                            keys[dst..dst + s.head_dim]
+                                .copy_from_slice(&k_seen[src..src + s.head_dim]);
+                            values[dst..dst + s.head_dim]
+                                .copy_from_slice(&v_seen[src..src + s.head_dim]);
+                        }
+                    }
+                    let at = (n * rows + r) * q_dim;
+                    attention_row(
+                        &q_seen[r * stride..r * stride + q_dim],
+                        &keys,
+                        &values,
+                        0..slots.len(),
+                        head_layout,
+                        &mut want[at..at + q_dim],
+                    )?;
                 }
-                attention_row(
-                    &q_seen[r * stride..r * stride + q_dim],
-                    &keys,
-                    &values,
-                    0..slots.len(),
-                    head_layout,
-                    &mut want[r * q_dim..(r + 1) * q_dim],
-                )?;
             }
             Ok(vec![Compared {
                 output: "out",

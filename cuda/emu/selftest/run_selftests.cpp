@@ -288,6 +288,26 @@ void test_warp_ops() {
     }
 }
 
+// ---- 5b. last block finalises ----
+
+void test_last_block() {
+    for (uint32_t mode : {0u, 1u}) {
+        for (uint32_t workers : {1u, 2u, 0u}) {
+            for (uint32_t seed : {0u, 5u}) {
+                const StagEmuLaunch cfg = make_cfg(37, 5, 1, 64, 1, 1, seed, workers);
+                uint64_t out[5] = {};
+                const int rc = stag_emu_selftest_last_block(&cfg, mode, 300, 3, out);
+                const bool ok = rc == 0 && out[0] == 15 && out[1] == 0 && out[2] == 0 &&
+                                out[3] == 0 && out[4] == 0;
+                check(ok, fmt("last_block mode %u %s: %llu %llu %llu %llu %llu", mode,
+                              cfg_name(cfg).c_str(), (unsigned long long)out[0],
+                              (unsigned long long)out[1], (unsigned long long)out[2],
+                              (unsigned long long)out[3], (unsigned long long)out[4]));
+            }
+        }
+    }
+}
+
 // ---- 5. atomics ----
 
 void test_atomics() {
@@ -598,6 +618,7 @@ int main(int argc, char **argv) {
     test_broken();
     test_warp_ops();
     test_atomics();
+    test_last_block();
     test_dynamic_smem();
     test_convert(exhaustive);
     test_barrier_loop();

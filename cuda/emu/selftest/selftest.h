@@ -136,6 +136,24 @@ int stag_emu_selftest_warp_ops(const StagEmuLaunch *cfg, const int32_t *in, int3
 int stag_emu_selftest_atomics(const StagEmuLaunch *cfg, uint64_t out[8]);
 
 /*
+ * The last-block-finalises hand-off of cuda/include/stag_atomic.cuh, over `launches` launches
+ * of cfg (grid (splits, groups, 1)) that reuse one counter per group: every block writes
+ * `words` partial words with plain stores, thread 0 increments its group's counter (mode 0:
+ * atomic_add_acq_rel_gpu; mode 1: atomic_add_release_gpu, then load_acquire_gpu by the last),
+ * and the block that sees the last count checks every partial of its group (poisoned before
+ * each launch, different values per launch) and resets the counter with store_relaxed_gpu.
+ * out (5 values), summed over launches:
+ *   0 finalisations                                       == groups * launches
+ *   1 partial words the finalisers read wrong             == 0
+ *   2 acquire loads by a finaliser that did not see splits == 0
+ *   3 (group, value) pairs not returned exactly once      == 0
+ *   4 counters not zero after the last launch             == 0
+ * Returns the launch's status, or -1 for a null pointer or grid z != 1.
+ */
+int stag_emu_selftest_last_block(const StagEmuLaunch *cfg, uint32_t mode, uint32_t words,
+                                 uint32_t launches, uint64_t out[5]);
+
+/*
  * Dynamic shared memory of cfg->dynamic_smem_bytes (a multiple of 4). out: blocks * 4 values:
  *   [b * 4 + 0] bytes that did not hold the 0xFF poison at block start   (expect 0)
  *   [b * 4 + 1] 1 if the buffer is 16-byte aligned                        (expect 1)
