@@ -7,6 +7,7 @@
 // read and written per row. Each thread moves one 16-byte vector when head_dim, the strides and
 // the pointers keep every vector inside one head row and aligned, else one element (decided
 // per launch, uniformly). Rows lie along grid.x; grid.y and a grid-stride loop cover the row.
+#include "stag_cache.cuh"
 #include "stag_vec.cuh"
 
 namespace {
@@ -22,14 +23,12 @@ __device__ __forceinline__ bool vector_aligned(const MemoryKvAppendParams &p) {
 }
 
 template <typename T, bool VEC>
-__device__ void scatter_row(const MemoryKvAppendParams &p, uint32_t row, uint32_t seq,
-                            uint32_t slot) {
+__device__ void scatter_row(const MemoryKvAppendParams &p, uint32_t row, size_t slot_offset) {
     constexpr int W = VEC ? stag::Vec<T>::N : 1;
     const uint32_t hd = p.head_dim;
     const uint32_t kv_dim = p.kv_heads * hd;
     const uint32_t groups = p.layers * 2 * kv_dim / W;
     const T *src_row = static_cast<const T *>(p.kv) + size_t(row) * p.kv_row_stride;
-    const size_t slot_offset = size_t(seq) * p.cache_seq_stride + size_t(slot) * hd;
 
     for (uint32_t g = blockIdx.y * blockDim.x + threadIdx.x; g < groups;
          g += gridDim.y * blockDim.x) {
@@ -41,8 +40,8 @@ __device__ void scatter_row(const MemoryKvAppendParams &p, uint32_t row, uint32_
         const uint32_t head = c / hd;
         const uint32_t d = c - head * hd;
         T *cache = static_cast<T *>(is_v ? p.v_cache : p.k_cache);
-        T *dst = cache + size_t(layer) * p.cache_layer_stride + slot_offset +
-                 size_t(head) * p.cache_head_stride + d;
+        T *dst = cache + stag::cache_element(slot_offset, layer, p.cache_layer_stride, head,
+                                             p.cache_head_stride, d);
         if constexpr (VEC) {
             *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src_row + e);
         } else {
@@ -58,13 +57,15 @@ __device__ void memory_kv_append_row(const MemoryKvAppendParams &p) {
     const int32_t seq = p.seq_slots[row];
     const int32_t pos = p.positions[row];
     // Device-side indices may hold anything: a row that names no cache slot writes nothing.
-    if (seq < 0 || uint32_t(seq) >= p.cache_seqs || pos < 0) return;
-    const uint32_t slot = p.window != 0 ? uint32_t(pos) % p.window : uint32_t(pos);
-    if (slot >= p.cache_slots) return;
+    size_t slot_offset = 0;
+    if (!stag::cross_cache_slot(seq, pos, p.cache_seqs, p.cache_slots, p.window,
+                                p.cache_seq_stride, p.head_dim, &slot_offset)) {
+        return;
+    }
     if (vector_aligned<T>(p)) {
-        scatter_row<T, true>(p, row, uint32_t(seq), slot);
+        scatter_row<T, true>(p, row, slot_offset);
     } else {
-        scatter_row<T, false>(p, row, uint32_t(seq), slot);
+        scatter_row<T, false>(p, row, slot_offset);
     }
 }
 

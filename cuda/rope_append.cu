@@ -16,6 +16,7 @@
 //
 // Memory bound: per row q, k and v are read once, q and k written back and k and v written into
 // the cache; the row's hd/2 cos and sin floats are read by every head and stay in L1/L2.
+#include "stag_cache.cuh"
 #include "stag_vec.cuh"
 
 namespace {
@@ -54,8 +55,7 @@ __device__ __forceinline__ void rotate(T *x, T *copy, uint32_t half, const float
     }
 #pragma unroll
     for (int i = 0; i < W; ++i) {
-        ra[i] = __fsub_rn(__fmul_rn(a[i], c[i]), __fmul_rn(b[i], s[i]));
-        rb[i] = __fadd_rn(__fmul_rn(b[i], c[i]), __fmul_rn(a[i], s[i]));
+        stag::rope_pair(a[i], b[i], c[i], s[i], &ra[i], &rb[i]);
     }
     if constexpr (VEC) {
         stag::Vec<T>::store(x, ra);
@@ -75,7 +75,7 @@ __device__ __forceinline__ void rotate(T *x, T *copy, uint32_t half, const float
 }
 
 template <typename T, bool VEC>
-__device__ void rope_append_items(const RopeAppendParams &p, uint32_t row, uint32_t seq,
+__device__ void rope_append_items(const RopeAppendParams &p, uint32_t row, size_t slot_offset,
                                   uint32_t pos) {
     constexpr int W = VEC ? stag::Vec<T>::N : 1;
     const uint32_t hd = p.head_dim;
@@ -88,9 +88,6 @@ __device__ void rope_append_items(const RopeAppendParams &p, uint32_t row, uint3
     T *q = static_cast<T *>(p.q) + size_t(row) * p.q_row_stride;
     T *k = static_cast<T *>(p.k) + size_t(row) * p.k_row_stride;
     const T *v = static_cast<const T *>(p.v) + size_t(row) * p.v_row_stride;
-    // A ring (sliding-window self cache) keeps position k in slot k mod cache_slots.
-    const uint32_t slot = p.ring != 0 ? pos % p.cache_slots : pos;
-    const size_t slot_offset = size_t(seq) * p.cache_seq_stride + size_t(slot) * hd;
     T *k_slot = static_cast<T *>(p.k_cache) + slot_offset;
     T *v_slot = static_cast<T *>(p.v_cache) + slot_offset;
     const float *cos_row = p.rope_cos + size_t(pos) * half;
@@ -107,7 +104,7 @@ __device__ void rope_append_items(const RopeAppendParams &p, uint32_t row, uint3
             } else {
                 const uint32_t kh = unit - p.heads;
                 rotate<T, W, VEC>(k + size_t(kh) * hd + m,
-                                  k_slot + size_t(kh) * p.cache_head_stride + m, half,
+                                  k_slot + stag::cache_element(0, 0, 0, kh, p.cache_head_stride, m), half,
                                   cos_row + m, sin_row + m);
             }
         } else {
@@ -115,7 +112,7 @@ __device__ void rope_append_items(const RopeAppendParams &p, uint32_t row, uint3
             const uint32_t kh = j / copy_groups;
             const uint32_t d = (j - kh * copy_groups) * W;
             const T *src = v + size_t(kh) * hd + d;
-            T *dst = v_slot + size_t(kh) * p.cache_head_stride + d;
+            T *dst = v_slot + stag::cache_element(0, 0, 0, kh, p.cache_head_stride, d);
             if constexpr (VEC) {
                 *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
             } else {
@@ -133,14 +130,16 @@ __device__ void rope_append_row(const RopeAppendParams &p) {
     const int32_t pos = p.positions[row];
     // Device-side indices may hold anything: a row that does not name a cache slot and a table
     // row is left alone rather than written out of bounds.
-    if (seq < 0 || uint32_t(seq) >= p.cache_seqs || pos < 0 || p.cache_slots == 0 ||
-        (p.ring == 0 && uint32_t(pos) >= p.cache_slots) || uint32_t(pos) >= p.table_positions) {
+    size_t slot_offset = 0;
+    if (!stag::self_cache_slot(seq, pos, p.cache_seqs, p.cache_slots, p.ring, p.cache_seq_stride,
+                               p.head_dim, &slot_offset) ||
+        uint32_t(pos) >= p.table_positions) {
         return;
     }
     if (vector_aligned<T>(p)) {
-        rope_append_items<T, true>(p, row, uint32_t(seq), uint32_t(pos));
+        rope_append_items<T, true>(p, row, slot_offset, uint32_t(pos));
     } else {
-        rope_append_items<T, false>(p, row, uint32_t(seq), uint32_t(pos));
+        rope_append_items<T, false>(p, row, slot_offset, uint32_t(pos));
     }
 }
 

@@ -253,6 +253,62 @@ typedef struct AxpbyParams {
     float beta;
 } AxpbyParams;
 
+/*
+ * Decode GEMV / small-M GEMM with a fused prologue and epilogue (cuda/gemv.cu):
+ *   acc[m][n] = sum_k W[n][k] * h[m][k]   for m < rows (<= 16), n < n (W rows), f32 accumulation,
+ * W row-major [n][k] (w_row_stride elements apart, 16-byte aligned rows), x dense-ish rows
+ * x_row_stride apart. Prologue: norm_weight == NULL: h = x; else h = round(x * inv_rms *
+ * norm_weight) with inv_rms = 1 / sqrt(mean(x^2) + eps) of each row (rmsnorm's math, overflow-
+ * safe). Epilogue (`epilogue`, STAG_GEMV_*), each on g = round(acc):
+ *   STORE:        y[m][n] = g
+ *   RESIDUAL_ADD: y[m][n] = round(y[m][n] + g)                      (in place)
+ *   SWIGLU:       W = [gate; up] (n = 2F rows); y[m][j] = round(silu(g_j) * g_{F+j})
+ *   ROPE_KV:      W = [q; k; v] ((heads + 2 kv_heads) * head_dim rows): y[m] = the q|k|v row with
+ *                 q and k roped (rope_append's math), k and v appended to the self caches at
+ *                 (seq_slots[m], positions[m]) (ring != 0: slot = position mod cache_slots);
+ *                 a row with no slot or table row keeps g unroped in y and writes no cache.
+ *   CROSS_KV:     W = [Wk_0; Wv_0; Wk_1; ...] (layers * 2 * kv_heads * head_dim rows): g
+ *                 written into every layer's cross caches as memory_kv_append does (window != 0:
+ *                 slot = position mod window); y unused.
+ */
+#define STAG_GEMV_STORE 0u
+#define STAG_GEMV_RESIDUAL_ADD 1u
+#define STAG_GEMV_SWIGLU 2u
+#define STAG_GEMV_ROPE_KV 3u
+#define STAG_GEMV_CROSS_KV 4u
+typedef struct GemvParams {
+    const void *x;
+    const void *w;
+    void *y;
+    const float *norm_weight;
+    void *k_cache;
+    void *v_cache;
+    const float *rope_cos;
+    const float *rope_sin;
+    const int32_t *seq_slots;
+    const int32_t *positions;
+    uint32_t rows;
+    uint32_t n;
+    uint32_t k;
+    uint32_t x_row_stride;
+    uint32_t w_row_stride;
+    uint32_t y_row_stride;
+    float eps;
+    uint32_t epilogue;
+    uint32_t heads;
+    uint32_t kv_heads;
+    uint32_t head_dim;
+    uint32_t layers;
+    uint32_t cache_layer_stride;
+    uint32_t cache_seq_stride;
+    uint32_t cache_head_stride;
+    uint32_t cache_slots;
+    uint32_t cache_seqs;
+    uint32_t table_positions;
+    uint32_t ring;
+    uint32_t window;
+} GemvParams;
+
 #ifdef __cplusplus
 }
 #endif
@@ -309,6 +365,7 @@ STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 112, "AttentionPrefillParam
 STAG_LAYOUT_ASSERT(sizeof(SwigluParams) == 32, "SwigluParams size");
 STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 80, "SampleParams size");
 STAG_LAYOUT_ASSERT(sizeof(AxpbyParams) == 32, "AxpbyParams size");
+STAG_LAYOUT_ASSERT(sizeof(GemvParams) == 160, "GemvParams size");
 
 #undef STAG_LAYOUT_ASSERT
 #undef STAG_ALIGNOF

@@ -52,6 +52,20 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
     return __float2bfloat16_rn(v);
 }
 
+/// silu(g) * u in f32, the SwiGLU of one element (cuda/swiglu.cu and the gemv epilogue).
+/// expf (not __expf) keeps the result within a few ulp of the f64 reference; for g below about
+/// -88 expf(-g) is +inf and the quotient the correct -0.
+__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+/// RoPE of one pair (a, b) = (x[m], x[m + hd/2]) by the angle whose cos and sin are c and s,
+/// Hugging Face `rotate_half`. Every product and sum is rounded (_rn), so no backend contracts
+/// them into FMAs and f32 results equal the reference's bit for bit.
+__device__ __forceinline__ void rope_pair(float a, float b, float c, float s, float *ra,
+                                          float *rb) {
+    *ra = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+    *rb = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+}
+
 /// True when `p` may be read with 16-byte loads.
 __device__ __forceinline__ bool aligned16(const void *p) {
     return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;

@@ -52,4 +52,5 @@ kernel_params!(
     SwigluParams,
     SampleParams,
     AxpbyParams,
+    GemvParams,
 );

@@ -3,6 +3,11 @@
 
 pub const STAG_ATTN_SELF: u32 = 0;
 pub const STAG_ATTN_CROSS: u32 = 1;
+pub const STAG_GEMV_STORE: u32 = 0;
+pub const STAG_GEMV_RESIDUAL_ADD: u32 = 1;
+pub const STAG_GEMV_SWIGLU: u32 = 2;
+pub const STAG_GEMV_ROPE_KV: u32 = 3;
+pub const STAG_GEMV_CROSS_KV: u32 = 4;
 /// Launch geometry for the host emulator (ignored on CUDA, where cuLaunchKernel takes it).
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -765,6 +770,134 @@ const _: () = {
     ][::core::mem::offset_of!(AxpbyParams, beta) - 28usize];
 };
 impl Default for AxpbyParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct GemvParams {
+    pub x: *const ::core::ffi::c_void,
+    pub w: *const ::core::ffi::c_void,
+    pub y: *mut ::core::ffi::c_void,
+    pub norm_weight: *const f32,
+    pub k_cache: *mut ::core::ffi::c_void,
+    pub v_cache: *mut ::core::ffi::c_void,
+    pub rope_cos: *const f32,
+    pub rope_sin: *const f32,
+    pub seq_slots: *const i32,
+    pub positions: *const i32,
+    pub rows: u32,
+    pub n: u32,
+    pub k: u32,
+    pub x_row_stride: u32,
+    pub w_row_stride: u32,
+    pub y_row_stride: u32,
+    pub eps: f32,
+    pub epilogue: u32,
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub layers: u32,
+    pub cache_layer_stride: u32,
+    pub cache_seq_stride: u32,
+    pub cache_head_stride: u32,
+    pub cache_slots: u32,
+    pub cache_seqs: u32,
+    pub table_positions: u32,
+    pub ring: u32,
+    pub window: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GemvParams"][::core::mem::size_of::<GemvParams>() - 160usize];
+    ["Alignment of GemvParams"][::core::mem::align_of::<GemvParams>() - 8usize];
+    ["Offset of field: GemvParams::x"][::core::mem::offset_of!(GemvParams, x) - 0usize];
+    ["Offset of field: GemvParams::w"][::core::mem::offset_of!(GemvParams, w) - 8usize];
+    ["Offset of field: GemvParams::y"][::core::mem::offset_of!(GemvParams, y) - 16usize];
+    [
+        "Offset of field: GemvParams::norm_weight",
+    ][::core::mem::offset_of!(GemvParams, norm_weight) - 24usize];
+    [
+        "Offset of field: GemvParams::k_cache",
+    ][::core::mem::offset_of!(GemvParams, k_cache) - 32usize];
+    [
+        "Offset of field: GemvParams::v_cache",
+    ][::core::mem::offset_of!(GemvParams, v_cache) - 40usize];
+    [
+        "Offset of field: GemvParams::rope_cos",
+    ][::core::mem::offset_of!(GemvParams, rope_cos) - 48usize];
+    [
+        "Offset of field: GemvParams::rope_sin",
+    ][::core::mem::offset_of!(GemvParams, rope_sin) - 56usize];
+    [
+        "Offset of field: GemvParams::seq_slots",
+    ][::core::mem::offset_of!(GemvParams, seq_slots) - 64usize];
+    [
+        "Offset of field: GemvParams::positions",
+    ][::core::mem::offset_of!(GemvParams, positions) - 72usize];
+    [
+        "Offset of field: GemvParams::rows",
+    ][::core::mem::offset_of!(GemvParams, rows) - 80usize];
+    ["Offset of field: GemvParams::n"][::core::mem::offset_of!(GemvParams, n) - 84usize];
+    ["Offset of field: GemvParams::k"][::core::mem::offset_of!(GemvParams, k) - 88usize];
+    [
+        "Offset of field: GemvParams::x_row_stride",
+    ][::core::mem::offset_of!(GemvParams, x_row_stride) - 92usize];
+    [
+        "Offset of field: GemvParams::w_row_stride",
+    ][::core::mem::offset_of!(GemvParams, w_row_stride) - 96usize];
+    [
+        "Offset of field: GemvParams::y_row_stride",
+    ][::core::mem::offset_of!(GemvParams, y_row_stride) - 100usize];
+    [
+        "Offset of field: GemvParams::eps",
+    ][::core::mem::offset_of!(GemvParams, eps) - 104usize];
+    [
+        "Offset of field: GemvParams::epilogue",
+    ][::core::mem::offset_of!(GemvParams, epilogue) - 108usize];
+    [
+        "Offset of field: GemvParams::heads",
+    ][::core::mem::offset_of!(GemvParams, heads) - 112usize];
+    [
+        "Offset of field: GemvParams::kv_heads",
+    ][::core::mem::offset_of!(GemvParams, kv_heads) - 116usize];
+    [
+        "Offset of field: GemvParams::head_dim",
+    ][::core::mem::offset_of!(GemvParams, head_dim) - 120usize];
+    [
+        "Offset of field: GemvParams::layers",
+    ][::core::mem::offset_of!(GemvParams, layers) - 124usize];
+    [
+        "Offset of field: GemvParams::cache_layer_stride",
+    ][::core::mem::offset_of!(GemvParams, cache_layer_stride) - 128usize];
+    [
+        "Offset of field: GemvParams::cache_seq_stride",
+    ][::core::mem::offset_of!(GemvParams, cache_seq_stride) - 132usize];
+    [
+        "Offset of field: GemvParams::cache_head_stride",
+    ][::core::mem::offset_of!(GemvParams, cache_head_stride) - 136usize];
+    [
+        "Offset of field: GemvParams::cache_slots",
+    ][::core::mem::offset_of!(GemvParams, cache_slots) - 140usize];
+    [
+        "Offset of field: GemvParams::cache_seqs",
+    ][::core::mem::offset_of!(GemvParams, cache_seqs) - 144usize];
+    [
+        "Offset of field: GemvParams::table_positions",
+    ][::core::mem::offset_of!(GemvParams, table_positions) - 148usize];
+    [
+        "Offset of field: GemvParams::ring",
+    ][::core::mem::offset_of!(GemvParams, ring) - 152usize];
+    [
+        "Offset of field: GemvParams::window",
+    ][::core::mem::offset_of!(GemvParams, window) - 156usize];
+};
+impl Default for GemvParams {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
         unsafe {

@@ -183,7 +183,7 @@ fn check_kv(len: usize, rows: usize, row_width: usize) -> Result<()> {
 }
 
 /// Validates the stacked caches and the window; returns the width of one `kv` row.
-fn check_caches(
+pub(crate) fn check_caches(
     layout: &KvCacheLayout,
     cross: CrossCaches,
     k_len: usize,

@@ -5,6 +5,7 @@ pub mod attention_prefill;
 pub mod axpby;
 pub mod embedding;
 pub mod gemm;
+pub mod gemv;
 pub mod memory_kv_append;
 pub mod rmsnorm;
 pub mod rope_append;

@@ -495,7 +495,12 @@ pub(crate) fn check_rows(
     Ok(())
 }
 
-fn check_cache(layout: &KvCacheLayout, shape: HeadShape, k_len: usize, v_len: usize) -> Result<()> {
+pub(crate) fn check_cache(
+    layout: &KvCacheLayout,
+    shape: HeadShape,
+    k_len: usize,
+    v_len: usize,
+) -> Result<()> {
     if layout.kv_heads != shape.kv_heads || layout.head_dim != shape.head_dim {
         return Err(DeviceError::ShapeMismatch {
             arg: "cache",

@@ -16,6 +16,7 @@ mod attention_prefill;
 mod axpby;
 mod embedding;
 mod gemm;
+mod gemv;
 mod memory_kv_append;
 mod rmsnorm;
 mod rope_append;
@@ -38,6 +39,7 @@ fn all_cases() -> Vec<Case> {
     cases.extend(attention_prefill::cases());
     cases.extend(sample::cases());
     cases.extend(axpby::cases());
+    cases.extend(gemv::cases());
     cases
 }
 
