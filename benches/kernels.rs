@@ -81,6 +81,8 @@ type Result<T, E = DeviceError> = std::result::Result<T, E>;
 
 #[path = "kernels/decode_suites.rs"]
 mod decode_suites;
+#[path = "kernels/gemv_suite.rs"]
+mod gemv_suite;
 
 /// Bytes one pass over a bench's operand copies must at least touch: 4× the H100's L2.
 const ROTATE_BYTES: u64 = 200_000_000;
@@ -106,6 +108,7 @@ const SUITES: &[fn() -> Vec<KernelBench>] = &[
     decode_suites::attention_prefill_benches,
     decode_suites::sample_benches,
     decode_suites::axpby_benches,
+    gemv_suite::gemv_benches,
 ];
 
 /// Launches the kernel once, on operand copy `call mod copies`.

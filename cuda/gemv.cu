@@ -31,7 +31,7 @@ constexpr int MAX_ROWS = 16;
 constexpr int UNROLL = 4;
 
 /// Elements of K one chunk covers: every lane loads UNROLL vectors of each of its two rows.
-template <typename T> constexpr uint32_t chunk() { return 32u * UNROLL * stag::Vec<T>::N; }
+template <typename T> constexpr uint32_t CHUNK = 32u * UNROLL * stag::Vec<T>::N;
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
@@ -98,7 +98,7 @@ template <typename T>
 __device__ void stage_chunk(const GemvParams &p, T *hs, uint32_t k0, bool x_vec,
                             const float *inv, const int *shift) {
     constexpr int N = stag::Vec<T>::N;
-    constexpr uint32_t KC = chunk<T>();
+    constexpr uint32_t KC = CHUNK<T>;
     const bool norm = p.norm_weight != nullptr;
     if (x_vec) {
         const uint32_t per_row = KC / N;
@@ -286,7 +286,7 @@ __device__ void epilogue(const GemvParams &p, uint32_t m, const Pair &pr, float 
 template <typename T>
 __device__ void gemv(const GemvParams &p) {
     constexpr int N = stag::Vec<T>::N;
-    constexpr uint32_t KC = chunk<T>();
+    constexpr uint32_t KC = CHUNK<T>;
     STAG_DYNAMIC_SMEM(T, hs);
     __shared__ float norm_inv[MAX_ROWS];
     __shared__ int norm_shift[MAX_ROWS];

@@ -28,6 +28,26 @@
 //! layouts and index arrays of `M` entries. Device indices that name no slot are skipped as in
 //! `rope_append` / `memory_kv_append`.
 
+//!
+//! A decode layer with it (bf16, batch rows `m`; the unfused ops stay available):
+//!
+//! ```ignore
+//! // qkv = rope(rmsnorm(h) · W_qkvᵀ), k and v appended to the self cache.
+//! gemv(stream, &h, &w_qkv, GemvShape { m, n: (heads + 2 * kv_heads) * hd, k: d },
+//!     GemvPrologue::RmsNorm { weight: attn_norm.view(), eps },
+//!     GemvEpilogue::RopeKvAppend { qkv: qkv.view_mut(), row_stride: qkv_width, heads: shape,
+//!         seq_slots: slots.view(), positions: pos.view(), table: &rope, cache })?;
+//! // h += attn · W_oᵀ
+//! gemv(stream, &attn, &w_o, GemvShape { m, n: d, k: heads * hd }, GemvPrologue::None,
+//!     GemvEpilogue::ResidualAdd { y: h.view_mut(), row_stride: d })?;
+//! // act = swiglu(rmsnorm(h) · W_gate_upᵀ); h += act · W_downᵀ
+//! gemv(stream, &h, &w_gate_up, GemvShape { m, n: 2 * f, k: d },
+//!     GemvPrologue::RmsNorm { weight: mlp_norm.view(), eps },
+//!     GemvEpilogue::SwiGlu { y: act.view_mut(), row_stride: f })?;
+//! gemv(stream, &act, &w_down, GemvShape { m, n: d, k: f }, GemvPrologue::None,
+//!     GemvEpilogue::ResidualAdd { y: h.view_mut(), row_stride: d })?;
+//! ```
+
 use crate::device::kernel::{stag_kernel, Kernel, LaunchConfig, Retained};
 use crate::device::{AsDeviceView, DeviceView, DeviceViewMut, Stream};
 use crate::dtype::{DType, DeviceElem};
