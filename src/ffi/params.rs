@@ -679,10 +679,12 @@ pub struct SampleParams {
     pub top_k: u32,
     pub temperature: f32,
     pub top_p: f32,
+    pub workspace_rows: u32,
+    pub chunk: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SampleParams"][::core::mem::size_of::<SampleParams>() - 80usize];
+    ["Size of SampleParams"][::core::mem::size_of::<SampleParams>() - 88usize];
     ["Alignment of SampleParams"][::core::mem::align_of::<SampleParams>() - 8usize];
     [
         "Offset of field: SampleParams::logits",
@@ -723,6 +725,12 @@ const _: () = {
     [
         "Offset of field: SampleParams::top_p",
     ][::core::mem::offset_of!(SampleParams, top_p) - 76usize];
+    [
+        "Offset of field: SampleParams::workspace_rows",
+    ][::core::mem::offset_of!(SampleParams, workspace_rows) - 80usize];
+    [
+        "Offset of field: SampleParams::chunk",
+    ][::core::mem::offset_of!(SampleParams, chunk) - 84usize];
 };
 impl Default for SampleParams {
     fn default() -> Self {

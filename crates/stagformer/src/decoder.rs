@@ -9,7 +9,7 @@ use stagformer_kernels::ops::axpby::axpby;
 use stagformer_kernels::ops::gemm::{linear, GemmShape};
 use stagformer_kernels::ops::rmsnorm::{rmsnorm, Rows};
 use stagformer_kernels::ops::rope_append::{KvCacheLayout, RopeTable};
-use stagformer_kernels::ops::sample::{sample, SampleShape, SamplingConfig};
+use stagformer_kernels::ops::sample::{sample, SampleShape, SampleWorkspace, SamplingConfig};
 use stagformer_ref::{Checkpoint, Model, RequestError, TensorSource};
 
 use crate::error::{DecoderError, Result};
@@ -142,6 +142,8 @@ pub struct Decoder<T: Activation> {
     inputs: RowInputs,
     logits: DeviceBuffer<f32>,
     tokens: DeviceBuffer<i32>,
+    /// Where the sampler's blocks meet: `max_batch` rows of the vocabulary, reused every step.
+    sample_workspace: SampleWorkspace,
     opts: DecoderOptions,
     /// Tokens processed per live sequence.
     lens: Vec<Option<usize>>,
@@ -267,6 +269,7 @@ impl<T: Activation> Decoder<T> {
             inputs: RowInputs::new(device, p * rows.max(opts.capacity), rows.max(opts.capacity))?,
             logits: DeviceBuffer::alloc(device, rows.max(opts.capacity) * cfg.vocab_size)?,
             tokens: DeviceBuffer::alloc(device, rows)?,
+            sample_workspace: SampleWorkspace::new(stream, rows, cfg.vocab_size)?,
             shared: Shared {
                 cfg,
                 weights,
@@ -616,6 +619,7 @@ impl<T: Activation> Decoder<T> {
                 &steps,
                 SampleShape::contiguous(n, vocab),
                 config,
+                &mut self.sample_workspace,
             )?;
         }
         Ok(())
