@@ -662,7 +662,9 @@ impl Default for SwigluParams {
 }
 /** Sampling of one token per row of f32 logits (docs/MODEL.md, "Sampling"): greedy when
  temperature == 0 or top_k == 1, else temperature / top-k / top-p with the counter-based
- uniform(seed, sequences[r], steps[r]). Ties go to the lowest id.*/
+ uniform(seed, sequences[r], steps[r]). Ties go to the lowest id. The one-block kernel uses no
+ workspace; the multi-block kernels take `chunk` logits per block and a workspace laid out for
+ `workspace_rows` rows (cuda/sample.cu, "Multi-block").*/
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct SampleParams {
