@@ -322,7 +322,7 @@ __device__ __forceinline__ U128 top_p_target(U128 total, uint32_t top_p_bits) {
 
 /// Warp 0: picks the bucket of this level in which the running total reaches the target and
 /// records it in `s`. On the first level it first turns the rule into a target.
-__device__ void scan_level(const Histogram &h, SelectState &s, uint32_t shift, bool first_level,
+__device__ __forceinline__ void scan_level(const Histogram &h, SelectState &s, uint32_t shift, bool first_level,
                            Rule rule, uint32_t arg) {
     const uint32_t lane = threadIdx.x;
     const uint32_t base = lane * BUCKETS_PER_LANE;
@@ -410,7 +410,7 @@ __device__ void scan_level(const Histogram &h, SelectState &s, uint32_t shift, b
 
 /// The composite of the candidate selected by `rule` among those >= `cut`; its rank in the
 /// sorted order (1-based) goes to `rank`. Called by the whole block.
-__device__ u64 select(const Candidates &c, const Histogram &h, SelectState &s, u64 cut, Rule rule,
+__device__ __forceinline__ u64 select(const Candidates &c, const Histogram &h, SelectState &s, u64 cut, Rule rule,
                       uint32_t arg, uint32_t *rank) {
     if (threadIdx.x == 0) {
         s.above_mass = u128(0);
@@ -558,15 +558,15 @@ __device__ void sample_row(const SampleParams &p) {
 // digit in shared memory with 32-bit atomics, adds it to the row's global histogram, and the
 // last block to arrive (stag::last_block_arrive) scans it with the one-block kernel's
 // scan_level and records the choice in the row's state for the next launch. The host launches a
-// fixed sequence (graph-capturable): greedy is one launch; sampling is `prepare` (the maximum)
-// then levels_per_select · selects `level` launches, each of which does whatever the row's state
-// says is next and returns at once when nothing is left:
+// fixed sequence (graph-capturable): greedy is one launch; sampling is `prepare` (the maximum),
+// then levels_per_select · selects `step` launches, each of which does whatever the row's state
+// says is next and returns at once when nothing is left, then one `tail` launch:
 //   * SELECTING: one digit of the current select (the first one over the row also stores every
 //     logit's fixed-point weight, so later passes read it instead of computing exp again);
 //   * COMPACT: a select left at most LIST_CAP candidates: every block appends its candidates
-//     >= cut to the row's list and the last block runs the remaining selects on it alone, in
-//     shared memory, and writes the token;
-//   * FINISHED: nothing.
+//     >= cut to the row's list (state TAIL); the tail launch (one block per row) runs the
+//     remaining selects on it alone, in shared memory, and writes the token;
+//   * TAIL, FINISHED: nothing.
 //
 // Exactness: weights are split into three 21-bit pieces, so a block's per-bucket piece sums
 // (at most MB_MAX_CHUNK = 2^11 addends below 2^21) fit 32 bits and the global sums (u64 atomics)
@@ -594,7 +594,12 @@ constexpr uint32_t MB_SMEM_BYTES = OFF_LIST_WEIGHTS + LIST_CAP * 8;
 static_assert(MB_LOCAL_BYTES <= MB_SMEM_BYTES, "the local histogram fits");
 static_assert(MB_SMEM_BYTES == 90112, "keep MULTI_BLOCK_SMEM_BYTES in src/ops/sample.rs in step");
 
-enum RowStatus : uint32_t { STATUS_SELECTING = 0, STATUS_COMPACT = 1, STATUS_FINISHED = 2 };
+enum RowStatus : uint32_t {
+    STATUS_SELECTING = 0,
+    STATUS_COMPACT = 1,
+    STATUS_TAIL = 2,  // compacted: the tail launch finishes the row
+    STATUS_FINISHED = 3,
+};
 
 /// A row's state between launches (workspace).
 struct RowState {
@@ -630,30 +635,38 @@ static_assert(sizeof(GlobalHist) == 73728, "GlobalHist has no padding");
 static_assert(MB_FIXED_ROW_BYTES == 107008,
               "keep MULTI_BLOCK_FIXED_ROW_BYTES in src/ops/sample.rs in step");
 
-/// The selects of a sampling row, in order: top-k, top-p, then the token.
-struct SelectPlan {
-    uint32_t n;
-    Rule rule[3];
-    uint32_t arg[3];
-};
-
 __device__ __forceinline__ bool is_greedy(const SampleParams &p) {
     return p.temperature == 0.0f || p.top_k == 1 || p.vocab == 1;
 }
 
-__device__ SelectPlan plan_selects(const SampleParams &p, uint32_t row) {
-    SelectPlan plan{};
-    if (p.top_k > 1 && p.top_k < p.vocab) {
-        plan.rule[plan.n] = RULE_COUNT;
-        plan.arg[plan.n++] = p.top_k;
+// The selects of a sampling row, in order: top-k (when 1 < k < V), top-p (when p < 1), the
+// token. Computed by index rather than held in an array, which a runtime index would put in
+// local memory.
+__device__ __forceinline__ bool has_top_k(const SampleParams &p) {
+    return p.top_k > 1 && p.top_k < p.vocab;
+}
+
+__device__ __forceinline__ uint32_t select_count(const SampleParams &p) {
+    return 1u + (has_top_k(p) ? 1u : 0u) + (p.top_p < 1.0f ? 1u : 0u);
+}
+
+/// The rule of select `index` of `row`, its argument in `arg`.
+__device__ __forceinline__ Rule select_rule(const SampleParams &p, uint32_t row, uint32_t index, uint32_t *arg) {
+    if (has_top_k(p)) {
+        if (index == 0) {
+            *arg = p.top_k;
+            return RULE_COUNT;
+        }
+        --index;
     }
     if (p.top_p < 1.0f) {
-        plan.rule[plan.n] = RULE_TOP_P;
-        plan.arg[plan.n++] = __float_as_uint(p.top_p);
+        if (index == 0) {
+            *arg = __float_as_uint(p.top_p);
+            return RULE_TOP_P;
+        }
     }
-    plan.rule[plan.n] = RULE_SAMPLE;
-    plan.arg[plan.n++] = uniform_bits(p.seed, p.sequences[row], p.steps[row]);
-    return plan;
+    *arg = uniform_bits(p.seed, p.sequences[row], p.steps[row]);
+    return RULE_SAMPLE;
 }
 
 /// One block's view of its row.
@@ -671,7 +684,7 @@ struct MbRow {
 };
 
 /// False (the block does nothing) for parameters the wrapper never passes.
-__device__ bool mb_row(const SampleParams &p, MbRow &r) {
+__device__ __forceinline__ bool mb_row(const SampleParams &p, MbRow &r) {
     const uint32_t row = blockIdx.x;
     const uint32_t vocab = p.vocab;
     if (row >= p.rows || vocab == 0 || vocab > 0x80000000u || p.chunk == 0 ||
@@ -709,7 +722,7 @@ __device__ __forceinline__ int32_t token_of(u64 found, uint32_t vocab, uint32_t 
 }
 
 /// Thread 0: the state of a fresh select (as `select` sets it up in the one-block kernel).
-__device__ void begin_select(RowState *st, Rule rule, uint32_t arg, uint32_t id_bits) {
+__device__ __forceinline__ void begin_select(RowState *st, Rule rule, uint32_t arg, uint32_t id_bits) {
     st->s.above_mass = u128(0);
     st->s.above_count = 0;
     st->s.target = u128(rule == RULE_COUNT ? arg : 0);
@@ -722,19 +735,20 @@ __device__ void begin_select(RowState *st, Rule rule, uint32_t arg, uint32_t id_
 
 /// Thread 0 of a finisher: a select chose `found` at `rank`; start the next one or write the
 /// token.
-__device__ void finish_select(const SampleParams &p, const MbRow &r, const SelectPlan &plan,
-                              u64 found, uint32_t rank) {
+__device__ __forceinline__ void finish_select(const SampleParams &p, const MbRow &r, u64 found, uint32_t rank) {
     RowState *st = r.st;
     st->cut = found;
     const uint32_t next = st->select + 1;
     st->select = next;
-    if (next >= plan.n) {
+    if (next >= select_count(p)) {
         p.tokens[r.row] = token_of(found, p.vocab, r.id_bits);
         st->status = STATUS_FINISHED;
         return;
     }
     if (rank <= LIST_CAP) st->status = STATUS_COMPACT;
-    begin_select(st, plan.rule[next], plan.arg[next], r.id_bits);
+    uint32_t arg = 0;
+    const Rule rule = select_rule(p, r.row, next, &arg);
+    begin_select(st, rule, arg, r.id_bits);
 }
 
 /// Greedy: the block's argmax composite (today's tie rule: highest `>` key, then lowest id) is
@@ -785,13 +799,14 @@ __device__ void mb_prepare(const SampleParams &p) {
         st->status = STATUS_SELECTING;
         st->select = 0;
         st->list_len = 0;
-        const SelectPlan plan = plan_selects(p, r.row);
-        begin_select(st, plan.rule[0], plan.arg[0], r.id_bits);
+        uint32_t arg = 0;
+        const Rule rule = select_rule(p, r.row, 0, &arg);
+        begin_select(st, rule, arg, r.id_bits);
     }
 }
 
 /// One digit of the current select over the row.
-__device__ void mb_level(const SampleParams &p, const MbRow &r, unsigned char *smem,
+__device__ __forceinline__ void mb_level(const SampleParams &p, const MbRow &r, unsigned char *smem,
                          SelectState &s) {
     RowState *st = r.st;
     uint32_t *count = reinterpret_cast<uint32_t *>(smem + MB_OFF_COUNT);
@@ -874,26 +889,25 @@ __device__ void mb_level(const SampleParams &p, const MbRow &r, unsigned char *s
         g->any[b] = 0;
         for (uint32_t q = 0; q < PIECES; ++q) g->piece[q][b] = 0;
     }
-    const SelectPlan plan = plan_selects(p, r.row);
+    uint32_t arg = 0;
+    const Rule rule = select_rule(p, r.row, st->select, &arg);
     if (threadIdx.x == 0) s = st->s;
     __syncthreads();
-    const uint32_t sel = st->select;
-    if (threadIdx.x < 32) scan_level(h, s, shift, first_level, plan.rule[sel], plan.arg[sel]);
+    if (threadIdx.x < 32) scan_level(h, s, shift, first_level, rule, arg);
     __syncthreads();
     if (threadIdx.x != 0) return;
     st->s = s;
     // As in `select`: the last digit always isolates one candidate.
     if (s.done || shift == 0) {
-        finish_select(p, r, plan, s.done ? s.found : s.prefix, s.above_count + 1);
+        finish_select(p, r, s.done ? s.found : s.prefix, s.above_count + 1);
     } else {
         st->remaining = shift;
     }
 }
 
-/// Every block appends its candidates >= cut to the row's list; the last block runs the
-/// remaining selects on the list (at most LIST_CAP, in shared memory) and writes the token.
-__device__ void mb_compact(const SampleParams &p, const MbRow &r, unsigned char *smem,
-                           SelectState &s) {
+/// Every block appends its candidates >= cut (and their weights) to the row's list; the last
+/// block hands the row to the tail launch.
+__device__ __forceinline__ void mb_compact(const SampleParams &p, const MbRow &r) {
     RowState *st = r.st;
     const u64 cut = st->cut;
     for (uint32_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
@@ -905,20 +919,27 @@ __device__ void mb_compact(const SampleParams &p, const MbRow &r, unsigned char 
             r.list_weights[slot] = r.weights[i];
         }
     }
-    if (!stag::last_block_arrive(&st->arrive, r.blocks)) return;
-
-    __shared__ uint32_t list_len;
-    if (threadIdx.x == 0) {
-        const uint32_t n = atomicExch(&st->list_len, 0u);
-        list_len = n < LIST_CAP ? n : LIST_CAP;
+    if (stag::last_block_arrive(&st->arrive, r.blocks) && threadIdx.x == 0) {
+        st->status = STATUS_TAIL;
     }
-    __syncthreads();
-    const uint32_t n = list_len;
+}
+
+/// The last launch of a sampling call, one block per row: a compacted row's remaining selects
+/// on its list (at most LIST_CAP candidates, in shared memory, as the one-block kernel does
+/// after compacting), then the token. Rows in any other state are done already.
+__device__ void mb_tail(const SampleParams &p) {
+    STAG_DYNAMIC_SMEM(unsigned char, smem);
+    __shared__ SelectState s;
+    MbRow r;
+    if (!mb_row(p, r) || is_greedy(p)) return;
+    RowState *st = r.st;
+    if (st->status != STATUS_TAIL) return;
+    const uint32_t n = st->list_len < LIST_CAP ? st->list_len : LIST_CAP;
     u64 *list = reinterpret_cast<u64 *>(smem + OFF_LIST);
     u64 *list_weights = reinterpret_cast<u64 *>(smem + OFF_LIST_WEIGHTS);
     for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
-        list[i] = __ldcg(&r.list[i]);
-        list_weights[i] = __ldcg(&r.list_weights[i]);
+        list[i] = r.list[i];
+        list_weights[i] = r.list_weights[i];
     }
     __syncthreads();
     const Histogram h{reinterpret_cast<u64 *>(smem + OFF_MASS_HI),
@@ -928,15 +949,18 @@ __device__ void mb_compact(const SampleParams &p, const MbRow &r, unsigned char 
                       reinterpret_cast<uint32_t *>(smem + OFF_COUNT)};
     const Candidates c{r.logits, list, list_weights, n, p.vocab, r.id_bits, st->lmax,
                        p.temperature};
-    const SelectPlan plan = plan_selects(p, r.row);
-    u64 found = cut;
+    // Compaction follows top-k or top-p: what remains is top-p and the draw, or the draw.
+    u64 found = st->cut;
     uint32_t rank = 0;
-    for (uint32_t sel = st->select; sel < plan.n; ++sel) {
-        found = select(c, h, s, found, plan.rule[sel], plan.arg[sel], &rank);
+    if (st->select + 1 < select_count(p)) {
+        found = select(c, h, s, found, RULE_TOP_P, __float_as_uint(p.top_p), &rank);
     }
+    found = select(c, h, s, found, RULE_SAMPLE,
+                   uniform_bits(p.seed, p.sequences[r.row], p.steps[r.row]), &rank);
     if (threadIdx.x == 0) {
         p.tokens[r.row] = token_of(found, p.vocab, r.id_bits);
         st->status = STATUS_FINISHED;
+        st->list_len = 0;
     }
 }
 
@@ -951,7 +975,7 @@ __device__ void mb_step(const SampleParams &p) {
     if (status == STATUS_SELECTING) {
         mb_level(p, r, smem, s);
     } else if (status == STATUS_COMPACT) {
-        mb_compact(p, r, smem, s);
+        mb_compact(p, r);
     }
 }
 
@@ -961,3 +985,4 @@ STAG_KERNEL_BOUNDED(sample_f32, SampleParams, MAX_THREADS) { sample_row(p); }
 STAG_KERNEL_BOUNDED(sample_multi_greedy_f32, SampleParams, MB_THREADS) { mb_greedy(p); }
 STAG_KERNEL_BOUNDED(sample_multi_prepare_f32, SampleParams, MB_THREADS) { mb_prepare(p); }
 STAG_KERNEL_BOUNDED(sample_multi_step_f32, SampleParams, MB_THREADS) { mb_step(p); }
+STAG_KERNEL_BOUNDED(sample_multi_tail_f32, SampleParams, MB_THREADS) { mb_tail(p); }

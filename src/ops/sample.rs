@@ -23,6 +23,7 @@ stag_kernel!(static SAMPLE_F32: SampleParams = sample_f32 in SAMPLE);
 stag_kernel!(static SAMPLE_MULTI_GREEDY_F32: SampleParams = sample_multi_greedy_f32 in SAMPLE);
 stag_kernel!(static SAMPLE_MULTI_PREPARE_F32: SampleParams = sample_multi_prepare_f32 in SAMPLE);
 stag_kernel!(static SAMPLE_MULTI_STEP_F32: SampleParams = sample_multi_step_f32 in SAMPLE);
+stag_kernel!(static SAMPLE_MULTI_TAIL_F32: SampleParams = sample_multi_tail_f32 in SAMPLE);
 
 /// Dynamic shared memory of the kernel: its histograms and candidate list (`SMEM_BYTES` in
 /// `cuda/sample.cu`).
@@ -154,9 +155,10 @@ impl std::fmt::Debug for SampleWorkspace {
     }
 }
 
-/// Launches of one multi-block call: greedy 1; sampling 1 (the maximum) plus, for each select
-/// (top-k, top-p, the token), one per 11-bit digit of its `32 + id_bits`-bit key. Launches
-/// with nothing left to do return at once.
+/// Launches of one multi-block call: greedy 1; sampling 1 (the maximum), then for each select
+/// (top-k, top-p, the token) one per 11-bit digit of its `32 + id_bits`-bit key, then 1 (the
+/// tail, which finishes rows whose candidates were compacted). Launches with nothing left to
+/// do return at once.
 pub fn multi_block_launches(vocab: usize, config: &SamplingConfig) -> usize {
     if config.is_greedy() || vocab <= 1 {
         return 1;
@@ -166,7 +168,7 @@ pub fn multi_block_launches(vocab: usize, config: &SamplingConfig) -> usize {
     // id_bits = bits of vocab - 1 (vocab >= 2 here).
     let id_bits = usize::BITS - (vocab - 1).leading_zeros();
     let levels = (32 + id_bits).div_ceil(DIGIT_BITS) as usize;
-    1 + selects * levels
+    1 + selects * levels + 1
 }
 
 /// How the next token is chosen (the kernel-side twin of `stagformer_ref::sample::SamplingParams`).
@@ -340,11 +342,16 @@ pub fn sample(
     }
     // SAFETY: see above.
     unsafe { stream.launch(&SAMPLE_MULTI_PREPARE_F32, launch, params, &retained)? };
-    for _ in 1..multi_block_launches(shape.vocab, config) {
+    for _ in 2..multi_block_launches(shape.vocab, config) {
         // SAFETY: see above.
         unsafe { stream.launch(&SAMPLE_MULTI_STEP_F32, with_smem, params, &retained)? };
     }
-    Ok(())
+    let tail = LaunchConfig {
+        grid: [rows, 1, 1],
+        ..with_smem
+    };
+    // SAFETY: see above (one block per row, which touches only that row's fixed part).
+    unsafe { stream.launch(&SAMPLE_MULTI_TAIL_F32, tail, params, &retained) }
 }
 
 fn check_shape(shape: SampleShape) -> Result<(u32, u32, u32)> {
