@@ -44,6 +44,7 @@
 //
 // Non-finite logits never make a kernel read or write out of bounds and always give an id in
 // [0, vocab); with them the token may differ from the reference's (which then sums NaN weights).
+#include "stag_atomic.cuh"
 #include "stag_vec.cuh"
 
 namespace {
@@ -251,7 +252,8 @@ __device__ __forceinline__ void for_each_logit(const float *row, uint32_t vocab,
 /// Where the candidates come from: the logits row, or the compacted list of their composites.
 struct Candidates {
     const float *row;
-    const u64 *list;  // non-null once compacted
+    const u64 *list;          // non-null once compacted
+    const u64 *list_weights;  // the list's fixed-point weights when stored, else null
     uint32_t list_len;
     uint32_t vocab;
     uint32_t id_bits;
@@ -259,16 +261,22 @@ struct Candidates {
     float temperature;
 };
 
+/// Marks a weight that was not stored and is computed from the composite when needed.
+constexpr u64 NO_WEIGHT = ~u64(0);
+
+/// Calls f(composite, weight) for every candidate; the weight is NO_WEIGHT unless stored.
 template <typename F>
 __device__ __forceinline__ void for_each_candidate(const Candidates &c, F &&f) {
     if (c.list != nullptr) {
-        for (uint32_t i = threadIdx.x; i < c.list_len; i += blockDim.x) f(c.list[i]);
+        for (uint32_t i = threadIdx.x; i < c.list_len; i += blockDim.x) {
+            f(c.list[i], c.list_weights != nullptr ? c.list_weights[i] : NO_WEIGHT);
+        }
         return;
     }
     const uint32_t last = c.vocab - 1;
     const uint32_t id_bits = c.id_bits;
     for_each_logit(c.row, c.vocab, [&](uint32_t id, float x) {
-        f((u64(order_key(x)) << id_bits) | u64(last - id));
+        f((u64(order_key(x)) << id_bits) | u64(last - id), NO_WEIGHT);
     });
 }
 
@@ -314,7 +322,7 @@ __device__ __forceinline__ U128 top_p_target(U128 total, uint32_t top_p_bits) {
 
 /// Warp 0: picks the bucket of this level in which the running total reaches the target and
 /// records it in `s`. On the first level it first turns the rule into a target.
-__device__ void scan_level(const Histogram &h, SelectState &s, uint32_t shift, bool first_level,
+__device__ __forceinline__ void scan_level(const Histogram &h, SelectState &s, uint32_t shift, bool first_level,
                            Rule rule, uint32_t arg) {
     const uint32_t lane = threadIdx.x;
     const uint32_t base = lane * BUCKETS_PER_LANE;
@@ -402,7 +410,7 @@ __device__ void scan_level(const Histogram &h, SelectState &s, uint32_t shift, b
 
 /// The composite of the candidate selected by `rule` among those >= `cut`; its rank in the
 /// sorted order (1-based) goes to `rank`. Called by the whole block.
-__device__ u64 select(const Candidates &c, const Histogram &h, SelectState &s, u64 cut, Rule rule,
+__device__ __forceinline__ u64 select(const Candidates &c, const Histogram &h, SelectState &s, u64 cut, Rule rule,
                       uint32_t arg, uint32_t *rank) {
     if (threadIdx.x == 0) {
         s.above_mass = u128(0);
@@ -430,7 +438,7 @@ __device__ u64 select(const Candidates &c, const Histogram &h, SelectState &s, u
         const uint32_t id_bits = c.id_bits;
         const float lmax = c.lmax;
         const float temperature = c.temperature;
-        for_each_candidate(c, [&](u64 x) {
+        for_each_candidate(c, [&](u64 x, u64 stored) {
             if (x < cut) return;
             // Only candidates whose higher digits are the ones chosen (composites have at most
             // 63 bits, so the shift is in range).
@@ -438,7 +446,9 @@ __device__ u64 select(const Candidates &c, const Histogram &h, SelectState &s, u
             const uint32_t b = uint32_t(x >> shift) & digit_mask;
             if (atomicAdd(&h.count[b], 1u) == 0) h.first[b] = x;
             if (by_mass) {
-                const u64 w = fixed_weight(uint32_t(x >> id_bits), lmax, temperature);
+                const u64 w = stored != NO_WEIGHT
+                                  ? stored
+                                  : fixed_weight(uint32_t(x >> id_bits), lmax, temperature);
                 if (w != 0) {
                     atomicAdd(&h.mass_hi[b], w >> LOW_BITS);
                     atomicAdd(&h.mass_lo[b], w & LOW_MASK);
@@ -467,7 +477,7 @@ __device__ u64 select(const Candidates &c, const Histogram &h, SelectState &s, u
 __device__ void compact(Candidates &c, const Histogram &h, SelectState &s, u64 cut) {
     if (threadIdx.x == 0) s.list_len = 0;
     __syncthreads();
-    for_each_candidate(c, [&](u64 x) {
+    for_each_candidate(c, [&](u64 x, u64) {
         if (x < cut) return;
         const uint32_t slot = atomicAdd(&s.list_len, 1u);
         if (slot < LIST_CAP) h.list[slot] = x;
@@ -516,6 +526,7 @@ __device__ void sample_row(const SampleParams &p) {
 
     Candidates c{logits,
                  nullptr,
+                 nullptr,
                  0,
                  vocab,
                  32u - uint32_t(__clz(int(vocab - 1))),
@@ -539,6 +550,439 @@ __device__ void sample_row(const SampleParams &p) {
     }
 }
 
+
+// ---- Multi-block: one row spread over many blocks ----
+//
+// Grid (rows, chunks): block (r, j) owns logits [j · chunk, (j + 1) · chunk) of row r. A row's
+// blocks meet in the workspace (global memory): each block builds its histogram of the current
+// digit in shared memory with 32-bit atomics, adds it to the row's global histogram, and the
+// last block to arrive (stag::last_block_arrive) scans it with the one-block kernel's
+// scan_level and records the choice in the row's state for the next launch. The host launches a
+// fixed sequence (graph-capturable): greedy is one launch; sampling is `prepare` (the maximum),
+// then levels_per_select · selects `step` launches, each of which does whatever the row's state
+// says is next and returns at once when nothing is left, then one `tail` launch:
+//   * SELECTING: one digit of the current select (the first one over the row also stores every
+//     logit's fixed-point weight, so later passes read it instead of computing exp again);
+//   * COMPACT: a select left at most LIST_CAP candidates: every block appends its candidates
+//     >= cut to the row's list (state TAIL); the tail launch (one block per row) runs the
+//     remaining selects on it alone, in shared memory, and writes the token;
+//   * TAIL, FINISHED: nothing.
+//
+// Exactness: weights are split into three 21-bit pieces, so a block's per-bucket piece sums
+// (at most MB_MAX_CHUNK = 2^11 addends below 2^21) fit 32 bits and the global sums (u64 atomics)
+// are exact; the finisher rebuilds each bucket's exact total. Every total therefore equals the
+// one-block kernel's, bucket by bucket, whatever the order of blocks and atomics, and so does
+// every choice: both kernels give the same token on every row.
+
+constexpr uint32_t MB_THREADS = 256;
+constexpr uint32_t MB_MAX_CHUNK = 2048;
+constexpr uint32_t PIECE_BITS = 21;
+constexpr uint32_t PIECES = 3;
+constexpr u64 PIECE_MASK = (u64(1) << PIECE_BITS) - 1;
+static_assert(u64(MB_MAX_CHUNK) * PIECE_MASK <= 0xffffffffull, "block piece sums fit 32 bits");
+static_assert(PIECES * PIECE_BITS >= 63, "the pieces cover weights up to 2^62");
+
+// Block-local histogram (dynamic shared memory), overlaid by the finisher's one-block layout
+// once it has been added to the global one.
+constexpr uint32_t MB_OFF_COUNT = 0;                          // u32[BUCKETS]
+constexpr uint32_t MB_OFF_PIECES = MB_OFF_COUNT + BUCKETS * 4;  // u32[PIECES][BUCKETS]
+constexpr uint32_t MB_OFF_FIRST = MB_OFF_PIECES + PIECES * BUCKETS * 4;  // u64[BUCKETS]
+constexpr uint32_t MB_LOCAL_BYTES = MB_OFF_FIRST + BUCKETS * 8;
+// After the one-block layout: the stored weights of the compacted list.
+constexpr uint32_t OFF_LIST_WEIGHTS = SMEM_BYTES;
+constexpr uint32_t MB_SMEM_BYTES = OFF_LIST_WEIGHTS + LIST_CAP * 8;
+static_assert(MB_LOCAL_BYTES <= MB_SMEM_BYTES, "the local histogram fits");
+static_assert(MB_SMEM_BYTES == 90112, "keep MULTI_BLOCK_SMEM_BYTES in src/ops/sample.rs in step");
+
+enum RowStatus : uint32_t {
+    STATUS_SELECTING = 0,
+    STATUS_COMPACT = 1,
+    STATUS_TAIL = 2,  // compacted: the tail launch finishes the row
+    STATUS_FINISHED = 3,
+};
+
+/// A row's state between launches (workspace).
+struct RowState {
+    SelectState s;  // the current select
+    u64 best;       // greedy: the highest composite (atomicMax), reset by the last block
+    u64 cut;        // candidates >= cut are kept (the last finished select's choice)
+    float lmax;
+    uint32_t max_key;  // prepare: the highest order key (atomicMax), reset by the last block
+    uint32_t arrive;   // stag::last_block_arrive's counter, reset by the last block
+    uint32_t status;
+    uint32_t select;     // index of the current select in the row's plan
+    uint32_t remaining;  // composite bits the current select has not chosen yet
+    uint32_t list_len;   // compaction: slots taken
+};
+
+/// The row's global histogram of one digit: counts, the largest composite per bucket (the
+/// bucket's candidate when it holds one) and the weight pieces.
+struct GlobalHist {
+    uint32_t count[BUCKETS];
+    u64 any[BUCKETS];
+    u64 piece[PIECES][BUCKETS];
+};
+
+// Workspace layout (SampleWorkspace in src/ops/sample.rs): `workspace_rows` fixed parts of
+// MB_FIXED_ROW_BYTES (state, histogram, list), then the weights, row r at r · vocab u64s.
+constexpr uint32_t MB_STATE_BYTES = 512;
+constexpr uint32_t MB_OFF_HIST = MB_STATE_BYTES;
+constexpr uint32_t MB_OFF_ROW_LIST = MB_OFF_HIST + uint32_t(sizeof(GlobalHist));
+constexpr uint32_t MB_OFF_ROW_LIST_WEIGHTS = MB_OFF_ROW_LIST + LIST_CAP * 8;
+constexpr uint32_t MB_FIXED_ROW_BYTES = MB_OFF_ROW_LIST_WEIGHTS + LIST_CAP * 8;
+static_assert(sizeof(RowState) <= MB_STATE_BYTES, "the state fits its slot");
+static_assert(sizeof(GlobalHist) == 73728, "GlobalHist has no padding");
+static_assert(MB_FIXED_ROW_BYTES == 107008,
+              "keep MULTI_BLOCK_FIXED_ROW_BYTES in src/ops/sample.rs in step");
+
+__device__ __forceinline__ bool is_greedy(const SampleParams &p) {
+    return p.temperature == 0.0f || p.top_k == 1 || p.vocab == 1;
+}
+
+// The selects of a sampling row, in order: top-k (when 1 < k < V), top-p (when p < 1), the
+// token. Computed by index rather than held in an array, which a runtime index would put in
+// local memory.
+__device__ __forceinline__ bool has_top_k(const SampleParams &p) {
+    return p.top_k > 1 && p.top_k < p.vocab;
+}
+
+__device__ __forceinline__ uint32_t select_count(const SampleParams &p) {
+    return 1u + (has_top_k(p) ? 1u : 0u) + (p.top_p < 1.0f ? 1u : 0u);
+}
+
+/// The rule of select `index` of `row`, its argument in `arg`.
+__device__ __forceinline__ Rule select_rule(const SampleParams &p, uint32_t row, uint32_t index, uint32_t *arg) {
+    if (has_top_k(p)) {
+        if (index == 0) {
+            *arg = p.top_k;
+            return RULE_COUNT;
+        }
+        --index;
+    }
+    if (p.top_p < 1.0f) {
+        if (index == 0) {
+            *arg = __float_as_uint(p.top_p);
+            return RULE_TOP_P;
+        }
+    }
+    *arg = uniform_bits(p.seed, p.sequences[row], p.steps[row]);
+    return RULE_SAMPLE;
+}
+
+/// One block's view of its row.
+struct MbRow {
+    const float *logits;
+    RowState *st;
+    GlobalHist *hist;
+    u64 *list;
+    u64 *list_weights;
+    u64 *weights;
+    uint32_t row;
+    uint32_t begin, end;  // this block's logits
+    uint32_t blocks;      // the row's blocks
+    uint32_t id_bits;
+};
+
+/// False (the block does nothing) for parameters the wrapper never passes.
+__device__ __forceinline__ bool mb_row(const SampleParams &p, MbRow &r) {
+    const uint32_t row = blockIdx.x;
+    const uint32_t vocab = p.vocab;
+    if (row >= p.rows || vocab == 0 || vocab > 0x80000000u || p.chunk == 0 ||
+        p.chunk > MB_MAX_CHUNK || p.workspace == nullptr || p.rows > p.workspace_rows) {
+        return false;
+    }
+    const u64 fixed = u64(p.workspace_rows) * MB_FIXED_ROW_BYTES;
+    if (p.workspace_bytes < fixed || (p.workspace_bytes - fixed) / 8 / p.rows < vocab) {
+        return false;
+    }
+    r.blocks = (vocab - 1) / p.chunk + 1;
+    r.begin = blockIdx.y * p.chunk;
+    if (blockIdx.y >= r.blocks) return false;
+    r.end = vocab - r.begin < p.chunk ? vocab : r.begin + p.chunk;
+    unsigned char *base = static_cast<unsigned char *>(p.workspace);
+    unsigned char *fixed_row = base + size_t(row) * MB_FIXED_ROW_BYTES;
+    r.logits = p.logits + size_t(row) * p.logits_row_stride;
+    r.st = reinterpret_cast<RowState *>(fixed_row);
+    r.hist = reinterpret_cast<GlobalHist *>(fixed_row + MB_OFF_HIST);
+    r.list = reinterpret_cast<u64 *>(fixed_row + MB_OFF_ROW_LIST);
+    r.list_weights = reinterpret_cast<u64 *>(fixed_row + MB_OFF_ROW_LIST_WEIGHTS);
+    r.weights = reinterpret_cast<u64 *>(base + fixed) + size_t(row) * vocab;
+    r.row = row;
+    r.id_bits = 32u - uint32_t(__clz(int(vocab - 1)));
+    return true;
+}
+
+__device__ __forceinline__ u64 composite(float x, uint32_t id, uint32_t vocab, uint32_t id_bits) {
+    return (u64(order_key(x)) << id_bits) | u64(vocab - 1 - id);
+}
+
+__device__ __forceinline__ int32_t token_of(u64 found, uint32_t vocab, uint32_t id_bits) {
+    const u64 reversed = found & ((u64(1) << id_bits) - 1);
+    return reversed < vocab ? int32_t(vocab - 1 - uint32_t(reversed)) : 0;
+}
+
+/// Thread 0: the state of a fresh select (as `select` sets it up in the one-block kernel).
+__device__ __forceinline__ void begin_select(RowState *st, Rule rule, uint32_t arg, uint32_t id_bits) {
+    st->s.above_mass = u128(0);
+    st->s.above_count = 0;
+    st->s.target = u128(rule == RULE_COUNT ? arg : 0);
+    st->s.by_mass = rule == RULE_COUNT ? 0u : 1u;
+    st->s.prefix = 0;
+    st->s.found = 0;
+    st->s.done = 0;
+    st->remaining = 32 + id_bits;
+}
+
+/// Thread 0 of a finisher: a select chose `found` at `rank`; start the next one or write the
+/// token.
+__device__ __forceinline__ void finish_select(const SampleParams &p, const MbRow &r, u64 found, uint32_t rank) {
+    RowState *st = r.st;
+    st->cut = found;
+    const uint32_t next = st->select + 1;
+    st->select = next;
+    if (next >= select_count(p)) {
+        p.tokens[r.row] = token_of(found, p.vocab, r.id_bits);
+        st->status = STATUS_FINISHED;
+        return;
+    }
+    if (rank <= LIST_CAP) st->status = STATUS_COMPACT;
+    uint32_t arg = 0;
+    const Rule rule = select_rule(p, r.row, next, &arg);
+    begin_select(st, rule, arg, r.id_bits);
+}
+
+/// Greedy: the block's argmax composite (today's tie rule: highest `>` key, then lowest id) is
+/// merged with a 64-bit atomicMax; the last block writes the token.
+__device__ void mb_greedy(const SampleParams &p) {
+    __shared__ u64 scratch[32];
+    MbRow r;
+    if (!mb_row(p, r)) return;
+    u64 best = 0;
+    for (uint32_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+        const u64 k = (u64(greedy_key(r.logits[i])) << 32) | u64(~i);
+        best = k > best ? k : best;
+    }
+    best = block_max(best, scratch);
+    if (threadIdx.x == 0) atomicMax(&r.st->best, best);
+    if (!stag::last_block_arrive(&r.st->arrive, r.blocks)) return;
+    if (threadIdx.x == 0) {
+        const u64 b = atomicExch(&r.st->best, u64(0));
+        // The reference's argmax keeps index 0 when it holds a NaN (nothing compares above).
+        const float first = r.logits[0];
+        p.tokens[r.row] = first != first ? 0 : int32_t(~uint32_t(b));
+    }
+}
+
+/// Sampling, launch 1: the row maximum; clears the row's histogram and starts the first select.
+__device__ void mb_prepare(const SampleParams &p) {
+    __shared__ u64 scratch[32];
+    MbRow r;
+    if (!mb_row(p, r) || is_greedy(p)) return;
+    u64 max_key = 0;
+    for (uint32_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+        const u64 k = order_key(r.logits[i]);
+        max_key = k > max_key ? k : max_key;
+    }
+    max_key = block_max(max_key, scratch);
+    if (threadIdx.x == 0) atomicMax(&r.st->max_key, uint32_t(max_key));
+    // Nothing reads the histogram in this launch; the blocks share clearing it.
+    uint32_t *words = reinterpret_cast<uint32_t *>(r.hist);
+    const uint32_t n = uint32_t(sizeof(GlobalHist) / 4);
+    for (uint32_t i = blockIdx.y * blockDim.x + threadIdx.x; i < n; i += r.blocks * blockDim.x) {
+        words[i] = 0;
+    }
+    if (!stag::last_block_arrive(&r.st->arrive, r.blocks)) return;
+    if (threadIdx.x == 0) {
+        RowState *st = r.st;
+        st->lmax = key_value(atomicExch(&st->max_key, 0u));
+        st->cut = 0;
+        st->status = STATUS_SELECTING;
+        st->select = 0;
+        st->list_len = 0;
+        uint32_t arg = 0;
+        const Rule rule = select_rule(p, r.row, 0, &arg);
+        begin_select(st, rule, arg, r.id_bits);
+    }
+}
+
+/// One digit of the current select over the row.
+__device__ __forceinline__ void mb_level(const SampleParams &p, const MbRow &r, unsigned char *smem,
+                         SelectState &s) {
+    RowState *st = r.st;
+    uint32_t *count = reinterpret_cast<uint32_t *>(smem + MB_OFF_COUNT);
+    uint32_t *piece = reinterpret_cast<uint32_t *>(smem + MB_OFF_PIECES);
+    u64 *first = reinterpret_cast<u64 *>(smem + MB_OFF_FIRST);
+    for (uint32_t b = threadIdx.x; b < BUCKETS; b += blockDim.x) {
+        count[b] = 0;
+        for (uint32_t q = 0; q < PIECES; ++q) piece[q * BUCKETS + b] = 0;
+    }
+    const uint32_t vocab = p.vocab;
+    const uint32_t id_bits = r.id_bits;
+    const uint32_t remaining = st->remaining;
+    const uint32_t width = remaining < DIGIT_BITS ? remaining : DIGIT_BITS;
+    const uint32_t shift = remaining - width;
+    const uint32_t digit_mask = (1u << width) - 1;
+    const u64 prefix = st->s.prefix;
+    const u64 cut = st->cut;
+    const bool by_mass = st->s.by_mass != 0;
+    const bool first_level = remaining == 32 + id_bits;
+    // The first pass over the row computes every weight once; later passes read them.
+    const bool store = first_level && st->select == 0;
+    const float lmax = st->lmax;
+    const float temperature = p.temperature;
+    __syncthreads();
+    for (uint32_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+        const float x = r.logits[i];
+        u64 w = 0;
+        if (store) {
+            w = fixed_weight(order_key(x), lmax, temperature);
+            r.weights[i] = w;
+        }
+        const u64 c = composite(x, i, vocab, id_bits);
+        if (c < cut || (c >> remaining) != (prefix >> remaining)) continue;
+        const uint32_t b = uint32_t(c >> shift) & digit_mask;
+        if (atomicAdd(&count[b], 1u) == 0) first[b] = c;
+        if (by_mass) {
+            if (!store) w = r.weights[i];
+            if (w != 0) {
+                for (uint32_t q = 0; q < PIECES; ++q) {
+                    const uint32_t v = uint32_t((w >> (q * PIECE_BITS)) & PIECE_MASK);
+                    if (v != 0) atomicAdd(&piece[q * BUCKETS + b], v);
+                }
+            }
+        }
+    }
+    __syncthreads();
+    GlobalHist *g = r.hist;
+    for (uint32_t b = threadIdx.x; b < BUCKETS; b += blockDim.x) {
+        const uint32_t n = count[b];
+        if (n == 0) continue;
+        atomicAdd(&g->count[b], n);
+        atomicMax(&g->any[b], first[b]);
+        for (uint32_t q = 0; q < PIECES; ++q) {
+            const uint32_t v = piece[q * BUCKETS + b];
+            if (v != 0) atomicAdd(&g->piece[q][b], u64(v));
+        }
+    }
+    if (!stag::last_block_arrive(&st->arrive, r.blocks)) return;
+
+    // The finisher: the global histogram in the one-block layout (exact bucket totals as
+    // join(hi, lo)), cleared for the next launch.
+    const Histogram h{reinterpret_cast<u64 *>(smem + OFF_MASS_HI),
+                      reinterpret_cast<u64 *>(smem + OFF_MASS_LO),
+                      reinterpret_cast<u64 *>(smem + OFF_FIRST),
+                      reinterpret_cast<u64 *>(smem + OFF_LIST),
+                      reinterpret_cast<uint32_t *>(smem + OFF_COUNT)};
+    for (uint32_t b = threadIdx.x; b < BUCKETS; b += blockDim.x) {
+        const uint32_t n = __ldcg(&g->count[b]);
+        U128 t = u128(0);
+        for (uint32_t q = 0; q < PIECES; ++q) {
+            const u64 v = __ldcg(&g->piece[q][b]);
+            const uint32_t sh = q * PIECE_BITS;
+            t = add(t, sh == 0 ? u128(v) : U128{v >> (64 - sh), v << sh});
+        }
+        h.count[b] = n;
+        h.first[b] = __ldcg(&g->any[b]);
+        h.mass_hi[b] = shr(t, LOW_BITS).lo;  // t < 2^95
+        h.mass_lo[b] = t.lo & LOW_MASK;
+        g->count[b] = 0;
+        g->any[b] = 0;
+        for (uint32_t q = 0; q < PIECES; ++q) g->piece[q][b] = 0;
+    }
+    uint32_t arg = 0;
+    const Rule rule = select_rule(p, r.row, st->select, &arg);
+    if (threadIdx.x == 0) s = st->s;
+    __syncthreads();
+    if (threadIdx.x < 32) scan_level(h, s, shift, first_level, rule, arg);
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    st->s = s;
+    // As in `select`: the last digit always isolates one candidate.
+    if (s.done || shift == 0) {
+        finish_select(p, r, s.done ? s.found : s.prefix, s.above_count + 1);
+    } else {
+        st->remaining = shift;
+    }
+}
+
+/// Every block appends its candidates >= cut (and their weights) to the row's list; the last
+/// block hands the row to the tail launch.
+__device__ __forceinline__ void mb_compact(const SampleParams &p, const MbRow &r) {
+    RowState *st = r.st;
+    const u64 cut = st->cut;
+    for (uint32_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+        const u64 c = composite(r.logits[i], i, p.vocab, r.id_bits);
+        if (c < cut) continue;
+        const uint32_t slot = atomicAdd(&st->list_len, 1u);
+        if (slot < LIST_CAP) {
+            r.list[slot] = c;
+            r.list_weights[slot] = r.weights[i];
+        }
+    }
+    if (stag::last_block_arrive(&st->arrive, r.blocks) && threadIdx.x == 0) {
+        st->status = STATUS_TAIL;
+    }
+}
+
+/// The last launch of a sampling call, one block per row: a compacted row's remaining selects
+/// on its list (at most LIST_CAP candidates, in shared memory, as the one-block kernel does
+/// after compacting), then the token. Rows in any other state are done already.
+__device__ void mb_tail(const SampleParams &p) {
+    STAG_DYNAMIC_SMEM(unsigned char, smem);
+    __shared__ SelectState s;
+    MbRow r;
+    if (!mb_row(p, r) || is_greedy(p)) return;
+    RowState *st = r.st;
+    if (st->status != STATUS_TAIL) return;
+    const uint32_t n = st->list_len < LIST_CAP ? st->list_len : LIST_CAP;
+    u64 *list = reinterpret_cast<u64 *>(smem + OFF_LIST);
+    u64 *list_weights = reinterpret_cast<u64 *>(smem + OFF_LIST_WEIGHTS);
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        list[i] = r.list[i];
+        list_weights[i] = r.list_weights[i];
+    }
+    __syncthreads();
+    const Histogram h{reinterpret_cast<u64 *>(smem + OFF_MASS_HI),
+                      reinterpret_cast<u64 *>(smem + OFF_MASS_LO),
+                      reinterpret_cast<u64 *>(smem + OFF_FIRST),
+                      list,
+                      reinterpret_cast<uint32_t *>(smem + OFF_COUNT)};
+    const Candidates c{r.logits, list, list_weights, n, p.vocab, r.id_bits, st->lmax,
+                       p.temperature};
+    // Compaction follows top-k or top-p: what remains is top-p and the draw, or the draw.
+    u64 found = st->cut;
+    uint32_t rank = 0;
+    if (st->select + 1 < select_count(p)) {
+        found = select(c, h, s, found, RULE_TOP_P, __float_as_uint(p.top_p), &rank);
+    }
+    found = select(c, h, s, found, RULE_SAMPLE,
+                   uniform_bits(p.seed, p.sequences[r.row], p.steps[r.row]), &rank);
+    if (threadIdx.x == 0) {
+        p.tokens[r.row] = token_of(found, p.vocab, r.id_bits);
+        st->status = STATUS_FINISHED;
+        st->list_len = 0;
+    }
+}
+
+/// Sampling, launches 2 and later: the next step of the row's state.
+__device__ void mb_step(const SampleParams &p) {
+    STAG_DYNAMIC_SMEM(unsigned char, smem);
+    __shared__ SelectState s;
+    MbRow r;
+    if (!mb_row(p, r) || is_greedy(p)) return;
+    // Written by an earlier launch; the same value in every block of the row.
+    const uint32_t status = r.st->status;
+    if (status == STATUS_SELECTING) {
+        mb_level(p, r, smem, s);
+    } else if (status == STATUS_COMPACT) {
+        mb_compact(p, r);
+    }
+}
+
 }  // namespace
 
 STAG_KERNEL_BOUNDED(sample_f32, SampleParams, MAX_THREADS) { sample_row(p); }
+STAG_KERNEL_BOUNDED(sample_multi_greedy_f32, SampleParams, MB_THREADS) { mb_greedy(p); }
+STAG_KERNEL_BOUNDED(sample_multi_prepare_f32, SampleParams, MB_THREADS) { mb_prepare(p); }
+STAG_KERNEL_BOUNDED(sample_multi_step_f32, SampleParams, MB_THREADS) { mb_step(p); }
+STAG_KERNEL_BOUNDED(sample_multi_tail_f32, SampleParams, MB_THREADS) { mb_tail(p); }

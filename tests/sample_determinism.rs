@@ -1,14 +1,17 @@
 //! `ops::sample` on the emulated device: the same inputs give the same tokens on every run and
 //! under any thread order, seeds matter, tokens equal `stagformer_ref::sample::sample` over
 //! many random rows and settings, ids stay in range even for non-finite logits, and bad
-//! arguments are typed errors naming the argument.
+//! arguments are typed errors naming the argument. Every run goes through both kernels
+//! (multi-block and one-block), which must agree token for token.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use stagformer_kernels::device::{Device, DeviceBuffer, EmuOptions, Stream};
 use stagformer_kernels::error::DeviceError;
-use stagformer_kernels::ops::sample::{sample, SampleShape, SamplingConfig};
+use stagformer_kernels::ops::sample::{
+    sample, SampleKernel, SampleShape, SampleWorkspace, SamplingConfig,
+};
 use stagformer_ref::sample::{self as reference, SamplingParams};
 
 type TestResult = Result<(), DeviceError>;
@@ -50,7 +53,21 @@ impl Batch {
         self.sequences.len()
     }
 
+    /// The multi-block kernel's tokens, after checking that the one-block kernel's are equal.
     fn run(&self, stream: &Stream, config: &SamplingConfig) -> Result<Vec<i32>, DeviceError> {
+        let mut multi = SampleWorkspace::new(stream, self.rows(), self.vocab)?;
+        let tokens = self.run_with(stream, config, &mut multi)?;
+        let one = self.run_with(stream, config, &mut SampleWorkspace::one_block())?;
+        assert_eq!(tokens, one, "multi-block vs one-block, {config:?}");
+        Ok(tokens)
+    }
+
+    fn run_with(
+        &self,
+        stream: &Stream,
+        config: &SamplingConfig,
+        workspace: &mut SampleWorkspace,
+    ) -> Result<Vec<i32>, DeviceError> {
         let logits = DeviceBuffer::from_host(stream, &self.logits)?;
         let sequences = DeviceBuffer::from_host(stream, &self.sequences)?;
         let steps = DeviceBuffer::from_host(stream, &self.steps)?;
@@ -63,6 +80,7 @@ impl Batch {
             &steps,
             SampleShape::contiguous(self.rows(), self.vocab),
             config,
+            workspace,
         )?;
         tokens.to_host(stream)
     }
@@ -290,8 +308,18 @@ fn bad_arguments_are_typed_errors() -> TestResult {
     let shape = SampleShape::contiguous(rows, vocab);
     let ok = config(1.0, 0, 0.9, 1);
 
+    let mut ws = SampleWorkspace::new(&stream, rows, vocab)?;
     let mut call = |cfg: SamplingConfig, shape: SampleShape| {
-        sample(&stream, &logits, &mut tokens, &ids, &ids, shape, &cfg)
+        sample(
+            &stream,
+            &logits,
+            &mut tokens,
+            &ids,
+            &ids,
+            shape,
+            &cfg,
+            &mut ws,
+        )
     };
     assert_eq!(invalid_arg(call(config(1.0, 0, 0.0, 1), shape)), "top_p");
     assert_eq!(invalid_arg(call(config(1.0, 0, 1.5, 1), shape)), "top_p");
@@ -343,7 +371,8 @@ fn bad_arguments_are_typed_errors() -> TestResult {
             &ids,
             &ids,
             shape,
-            &ok
+            &ok,
+            &mut ws
         )),
         "tokens"
     );
@@ -355,7 +384,8 @@ fn bad_arguments_are_typed_errors() -> TestResult {
             &short_ids,
             &ids,
             shape,
-            &ok
+            &ok,
+            &mut ws
         )),
         "sequences"
     );
@@ -367,12 +397,55 @@ fn bad_arguments_are_typed_errors() -> TestResult {
             &ids,
             &short_ids,
             shape,
-            &ok
+            &ok,
+            &mut ws
         )),
         "steps"
     );
+    // A multi-block workspace bounds the shape.
+    let mut small = SampleWorkspace::new(&stream, rows - 1, vocab)?;
+    assert_eq!(
+        invalid_arg(sample(
+            &stream,
+            &logits,
+            &mut tokens,
+            &ids,
+            &ids,
+            shape,
+            &ok,
+            &mut small
+        )),
+        "rows"
+    );
+    let mut narrow = SampleWorkspace::new(&stream, rows, vocab - 1)?;
+    assert_eq!(
+        invalid_arg(sample(
+            &stream,
+            &logits,
+            &mut tokens,
+            &ids,
+            &ids,
+            shape,
+            &ok,
+            &mut narrow
+        )),
+        "vocab"
+    );
+    assert_eq!(
+        invalid_arg(SampleWorkspace::new(&stream, 0, vocab).map(|_| ())),
+        "max_rows"
+    );
     // Valid calls still work afterwards, including zero rows.
-    sample(&stream, &logits, &mut tokens, &ids, &ids, shape, &ok)?;
+    sample(
+        &stream,
+        &logits,
+        &mut tokens,
+        &ids,
+        &ids,
+        shape,
+        &ok,
+        &mut ws,
+    )?;
     let empty_f = DeviceBuffer::<f32>::alloc(&dev, 0)?;
     let empty_u = DeviceBuffer::<u32>::alloc(&dev, 0)?;
     let mut empty_t = DeviceBuffer::<i32>::alloc(&dev, 0)?;
@@ -384,8 +457,40 @@ fn bad_arguments_are_typed_errors() -> TestResult {
         &empty_u,
         SampleShape::contiguous(0, vocab),
         &ok,
+        &mut ws,
     )?;
     let tokens = tokens.to_host(&stream)?;
     assert!(tokens.iter().all(|&t| (0..vocab as i32).contains(&t)));
+    Ok(())
+}
+
+#[test]
+fn one_workspace_serves_calls_of_every_shape_and_setting() -> TestResult {
+    // The kernels leave the workspace ready for the next call (counters at zero, whatever the
+    // previous shape), as graph replays need; each call still equals the reference.
+    let dev = Device::emulated_with(EmuOptions {
+        shuffle_seed: 9,
+        ..EmuOptions::default()
+    });
+    let stream = dev.new_stream()?;
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut ws = SampleWorkspace::new(&stream, 5, 5000)?;
+    assert_eq!(ws.kernel(), SampleKernel::MultiBlock);
+    let calls = [
+        (5, 5000, config(1.0, 0, 0.9, 1)),
+        (1, 3000, config(0.8, 40, 0.95, 2)),
+        (5, 4099, SamplingConfig::GREEDY),
+        (2, 5000, config(1.2, 2500, 1.0, 3)),
+        (3, 17, config(1.0, 0, 1.0, 4)),
+        (5, 5000, config(0.9, 40, 1.0, 5)),
+        (5, 5000, config(1.0, 0, 0.9, 1)),
+    ];
+    for (rows, vocab, cfg) in calls {
+        let batch = Batch::random(&mut rng, rows, vocab, 2.0);
+        for _ in 0..2 {
+            let tokens = batch.run_with(&stream, &cfg, &mut ws)?;
+            assert_eq!(tokens, batch.reference(&cfg), "{rows}x{vocab} {cfg:?}");
+        }
+    }
     Ok(())
 }

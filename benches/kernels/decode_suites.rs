@@ -19,7 +19,9 @@ use stagformer_kernels::ops::memory_kv_append::{memory_kv_append, CrossCaches};
 use stagformer_kernels::ops::rope_append::{
     rope_append, HeadShape, KvCacheLayout, KvCacheMut, QkvRows, RopeTable,
 };
-use stagformer_kernels::ops::sample::{sample, SampleShape, SamplingConfig};
+use stagformer_kernels::ops::sample::{
+    sample, SampleKernel, SampleShape, SampleWorkspace, SamplingConfig,
+};
 use stagformer_kernels::ops::swiglu::{swiglu, SwigluShape};
 
 use super::{copies_for, output_copies, random_copies, KernelBench, Launcher, Result};
@@ -666,50 +668,70 @@ pub(crate) fn sample_benches() -> Vec<KernelBench> {
             3,
         ),
     ];
+    // The one-block kernel keeps its variant names; the multi-block kernel (the default) adds
+    // `.multi` at the same shapes plus Llama 3's vocabulary at batch 1 and 16.
+    let mut shapes: Vec<(u64, u64, SampleKernel)> = Vec::new();
+    for vocab in [VOCAB, 262_144] {
+        for rows in DECODE_ROWS {
+            shapes.push((vocab, rows, SampleKernel::OneBlock));
+            shapes.push((vocab, rows, SampleKernel::MultiBlock));
+        }
+    }
+    for rows in [1, 16] {
+        shapes.push((128_256, rows, SampleKernel::OneBlock));
+        shapes.push((128_256, rows, SampleKernel::MultiBlock));
+    }
     let mut benches = Vec::new();
     for (variant, config, flops_per_logit) in configs {
-        for vocab in [VOCAB, 262_144] {
-            for rows in DECODE_ROWS {
-                let bytes = 4 * rows * vocab + 12 * rows;
-                let flops = flops_per_logit * rows * vocab;
-                let shape = SampleShape::contiguous(rows as usize, vocab as usize);
-                benches.push(KernelBench::new(
-                    "sample",
-                    variant,
-                    &[("rows", rows), ("vocab", vocab)],
-                    bytes,
-                    flops,
-                    move |stream| {
-                        let copies = copies_for(bytes);
-                        let n = rows as usize;
-                        let logits = random_copies::<f32>(stream, n * vocab as usize, copies, 81)?;
-                        let mut tokens = output_copies::<i32>(stream.device(), n, copies)?;
-                        let sequences: Vec<u32> = (0..rows as u32).collect();
-                        let sequences = DeviceBuffer::from_host(stream, &sequences)?;
-                        let steps = (0..copies)
-                            .map(|c| {
-                                let s: Vec<u32> = random_indices(n, 1 << 20, 82 + c)
-                                    .into_iter()
-                                    .map(|x| x as u32)
-                                    .collect();
-                                DeviceBuffer::from_host(stream, &s)
-                            })
-                            .collect::<Result<Vec<_>>>()?;
-                        Ok(Box::new(move |s: &Stream, call: u64| {
-                            let c = (call % copies) as usize;
-                            sample(
-                                s,
-                                &logits[c],
-                                &mut tokens[c],
-                                &sequences,
-                                &steps[c],
-                                shape,
-                                &config,
-                            )
-                        }) as Launcher)
-                    },
-                ));
-            }
+        for &(vocab, rows, kernel) in &shapes {
+            let name = match kernel {
+                SampleKernel::OneBlock => variant.to_string(),
+                SampleKernel::MultiBlock => format!("{variant}.multi"),
+            };
+            // Logits read once (the multi-block kernel also writes and rereads 8-byte
+            // weights, which stay in L2 at these sizes; see docs/perf-notes.md).
+            let bytes = 4 * rows * vocab + 12 * rows;
+            let flops = flops_per_logit * rows * vocab;
+            let shape = SampleShape::contiguous(rows as usize, vocab as usize);
+            benches.push(KernelBench::new(
+                "sample",
+                &name,
+                &[("rows", rows), ("vocab", vocab)],
+                bytes,
+                flops,
+                move |stream| {
+                    let copies = copies_for(bytes);
+                    let n = rows as usize;
+                    let logits = random_copies::<f32>(stream, n * vocab as usize, copies, 81)?;
+                    let mut tokens = output_copies::<i32>(stream.device(), n, copies)?;
+                    let sequences: Vec<u32> = (0..rows as u32).collect();
+                    let sequences = DeviceBuffer::from_host(stream, &sequences)?;
+                    let steps = (0..copies)
+                        .map(|c| {
+                            let s: Vec<u32> = random_indices(n, 1 << 20, 82 + c)
+                                .into_iter()
+                                .map(|x| x as u32)
+                                .collect();
+                            DeviceBuffer::from_host(stream, &s)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let mut workspace =
+                        SampleWorkspace::with_kernel(stream, n, vocab as usize, kernel)?;
+                    Ok(Box::new(move |s: &Stream, call: u64| {
+                        let c = (call % copies) as usize;
+                        sample(
+                            s,
+                            &logits[c],
+                            &mut tokens[c],
+                            &sequences,
+                            &steps[c],
+                            shape,
+                            &config,
+                            &mut workspace,
+                        )
+                    }) as Launcher)
+                },
+            ));
         }
     }
     benches

@@ -9,6 +9,9 @@
 // thread then performs the release (bar.sync orders the other threads' writes before it, and
 // release is cumulative in the PTX model); after an acquire by one thread, a __syncthreads()
 // orders every thread's later reads after it.
+//
+// `last_block_arrive` is the same hand-over written with __threadfence() and a relaxed counter,
+// for kernels whose blocks already meet at a barrier.
 #pragma once
 
 #include "stag_kernel.cuh"
@@ -63,6 +66,32 @@ __device__ __forceinline__ void store_relaxed_gpu(uint32_t *a, uint32_t v) {
 #else
     stag_emu::atomic::store_relaxed(a, v);
 #endif
+}
+
+/// Called by every thread of a block once it has published its results (plain stores or
+/// relaxed atomics to global memory). Returns true in every thread of the one block that
+/// arrives last among the `blocks` blocks counting on `counter`; that block then sees everything
+/// the others published before arriving. The last block puts the counter back to 0, so the next
+/// launch (or graph replay) finds it reset without a memset.
+///
+/// Why it is correct: each block's thread 0 issues __threadfence() after the block's barrier
+/// (so all of the block's earlier writes are ordered before its arrival) and then a relaxed
+/// atomicAdd; the block that reads `blocks - 1` fences again before reading the others' data
+/// (the fence-fence synchronisation of the PTX memory model, as in CUDA's threadFenceReduction
+/// sample). Data written by other blocks must be read with loads that bypass L1 (`__ldcg`) or
+/// with atomics.
+__device__ __forceinline__ bool last_block_arrive(unsigned int *counter, unsigned int blocks) {
+    __syncthreads();
+    int last = 0;
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+        __threadfence();
+        last = atomicAdd(counter, 1u) == blocks - 1 ? 1 : 0;
+        if (last) {
+            atomicExch(counter, 0u);
+            __threadfence();
+        }
+    }
+    return __syncthreads_or(last) != 0;
 }
 
 }  // namespace stag

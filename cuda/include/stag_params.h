@@ -233,7 +233,9 @@ typedef struct SwigluParams {
 
 /* Sampling of one token per row of f32 logits (docs/MODEL.md, "Sampling"): greedy when
  * temperature == 0 or top_k == 1, else temperature / top-k / top-p with the counter-based
- * uniform(seed, sequences[r], steps[r]). Ties go to the lowest id. */
+ * uniform(seed, sequences[r], steps[r]). Ties go to the lowest id. The one-block kernel uses no
+ * workspace; the multi-block kernels take `chunk` logits per block and a workspace laid out for
+ * `workspace_rows` rows (cuda/sample.cu, "Multi-block"). */
 typedef struct SampleParams {
     const float *logits;
     int32_t *tokens;
@@ -248,6 +250,8 @@ typedef struct SampleParams {
     uint32_t top_k;
     float temperature;
     float top_p;
+    uint32_t workspace_rows;
+    uint32_t chunk;
 } SampleParams;
 
 /* y = alpha * x + beta * y over n elements (beta == 0: y is only written). The decoder's
@@ -370,7 +374,7 @@ STAG_LAYOUT_ASSERT(sizeof(AttentionDecodeParams) == 136, "AttentionDecodeParams 
 STAG_LAYOUT_ASSERT(sizeof(MemoryKvAppendParams) == 88, "MemoryKvAppendParams size");
 STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 112, "AttentionPrefillParams size");
 STAG_LAYOUT_ASSERT(sizeof(SwigluParams) == 32, "SwigluParams size");
-STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 80, "SampleParams size");
+STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 88, "SampleParams size");
 STAG_LAYOUT_ASSERT(sizeof(AxpbyParams) == 32, "AxpbyParams size");
 STAG_LAYOUT_ASSERT(sizeof(GemvParams) == 160, "GemvParams size");
 

@@ -672,7 +672,9 @@ impl Default for SwigluParams {
 }
 /** Sampling of one token per row of f32 logits (docs/MODEL.md, "Sampling"): greedy when
  temperature == 0 or top_k == 1, else temperature / top-k / top-p with the counter-based
- uniform(seed, sequences[r], steps[r]). Ties go to the lowest id.*/
+ uniform(seed, sequences[r], steps[r]). Ties go to the lowest id. The one-block kernel uses no
+ workspace; the multi-block kernels take `chunk` logits per block and a workspace laid out for
+ `workspace_rows` rows (cuda/sample.cu, "Multi-block").*/
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct SampleParams {
@@ -689,10 +691,12 @@ pub struct SampleParams {
     pub top_k: u32,
     pub temperature: f32,
     pub top_p: f32,
+    pub workspace_rows: u32,
+    pub chunk: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SampleParams"][::core::mem::size_of::<SampleParams>() - 80usize];
+    ["Size of SampleParams"][::core::mem::size_of::<SampleParams>() - 88usize];
     ["Alignment of SampleParams"][::core::mem::align_of::<SampleParams>() - 8usize];
     [
         "Offset of field: SampleParams::logits",
@@ -733,6 +737,12 @@ const _: () = {
     [
         "Offset of field: SampleParams::top_p",
     ][::core::mem::offset_of!(SampleParams, top_p) - 76usize];
+    [
+        "Offset of field: SampleParams::workspace_rows",
+    ][::core::mem::offset_of!(SampleParams, workspace_rows) - 80usize];
+    [
+        "Offset of field: SampleParams::chunk",
+    ][::core::mem::offset_of!(SampleParams, chunk) - 84usize];
 };
 impl Default for SampleParams {
     fn default() -> Self {

@@ -6,16 +6,24 @@
 //! the logits, the [`SamplingConfig`] and the row's (sequence, step): the same on every run and
 //! every device.
 //!
-//! The kernel selects without sorting (radix select over the logits' bits) and adds the f64
-//! weights of the reference as exact fixed-point integers; see `cuda/sample.cu` for why its
+//! The kernels select without sorting (radix select over the logits' bits) and add the f64
+//! weights of the reference as exact fixed-point integers; see `cuda/sample.cu` for why their
 //! token equals the reference's except at near-exact ties of cumulative weight.
+//!
+//! Two kernels give the same token on every row ([`SampleKernel`]): the default spreads each
+//! row over many blocks that meet in a [`SampleWorkspace`]; the one-block kernel streams a row
+//! through one block and needs no workspace memory.
 
 use crate::device::kernel::{stag_kernel, LaunchConfig};
-use crate::device::{AsDeviceView, AsDeviceViewMut, Stream};
+use crate::device::{AsDeviceView, AsDeviceViewMut, DeviceBuffer, Stream};
 use crate::error::{DeviceError, Result};
 use crate::ffi::SampleParams;
 
 stag_kernel!(static SAMPLE_F32: SampleParams = sample_f32 in SAMPLE);
+stag_kernel!(static SAMPLE_MULTI_GREEDY_F32: SampleParams = sample_multi_greedy_f32 in SAMPLE);
+stag_kernel!(static SAMPLE_MULTI_PREPARE_F32: SampleParams = sample_multi_prepare_f32 in SAMPLE);
+stag_kernel!(static SAMPLE_MULTI_STEP_F32: SampleParams = sample_multi_step_f32 in SAMPLE);
+stag_kernel!(static SAMPLE_MULTI_TAIL_F32: SampleParams = sample_multi_tail_f32 in SAMPLE);
 
 /// Dynamic shared memory of the kernel: its histograms and candidate list (`SMEM_BYTES` in
 /// `cuda/sample.cu`).
@@ -23,6 +31,145 @@ const SAMPLE_SMEM_BYTES: u32 = 73_728;
 const MAX_THREADS: usize = 1024;
 /// Logits per thread below which a row gets fewer threads (small vocabularies).
 const LOGITS_PER_THREAD: usize = 16;
+
+/// Logits per block of the multi-block kernel (at most 2048: its 32-bit block sums rely on it).
+/// 1024 gives a 128k-token row about 125 blocks, one per SM of an H100/H200.
+const MULTI_BLOCK_CHUNK: u32 = 1024;
+const MULTI_BLOCK_THREADS: u32 = 256;
+/// `MB_SMEM_BYTES` in `cuda/sample.cu`.
+const MULTI_BLOCK_SMEM_BYTES: u32 = 90_112;
+/// `MB_FIXED_ROW_BYTES` in `cuda/sample.cu`: a row's state, histogram and candidate list.
+const MULTI_BLOCK_FIXED_ROW_BYTES: usize = 107_008;
+/// Bits of a select's composite key chosen per pass (`DIGIT_BITS` in `cuda/sample.cu`).
+const DIGIT_BITS: u32 = 11;
+
+/// Which sampling kernel a [`SampleWorkspace`] runs. Both give the same token on every row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SampleKernel {
+    /// A row spread over blocks of 1024 logits that meet in the workspace (the default).
+    #[default]
+    MultiBlock,
+    /// One block per row (the original kernel; no workspace memory).
+    OneBlock,
+}
+
+/// The device memory the multi-block sampler's blocks meet in: per row a state, a histogram,
+/// a candidate list (about 105 KiB) and the row's fixed-point weights (8 bytes per logit).
+/// Allocated and zeroed once, then reused by every call (the kernels leave their counters at
+/// zero), so calls allocate nothing and can be captured in a graph. Calls that share a
+/// workspace must be ordered (the wrapper borrows it mutably; use one per stream).
+pub struct SampleWorkspace {
+    /// u32 words (the device element types have no u64); allocations are 256-byte aligned, as
+    /// the kernels' u64 fields need.
+    buffer: Option<DeviceBuffer<u32>>,
+    max_rows: usize,
+    max_vocab: usize,
+    kernel: SampleKernel,
+}
+
+impl SampleWorkspace {
+    /// A multi-block workspace for calls of up to `max_rows` rows of up to `max_vocab` logits,
+    /// zeroed in order on `stream`.
+    pub fn new(stream: &Stream, max_rows: usize, max_vocab: usize) -> Result<Self> {
+        Self::with_kernel(stream, max_rows, max_vocab, SampleKernel::MultiBlock)
+    }
+
+    /// A workspace that runs `kernel`; [`SampleKernel::OneBlock`] allocates nothing and takes
+    /// any shape.
+    pub fn with_kernel(
+        stream: &Stream,
+        max_rows: usize,
+        max_vocab: usize,
+        kernel: SampleKernel,
+    ) -> Result<Self> {
+        if kernel == SampleKernel::OneBlock {
+            return Ok(Self::one_block());
+        }
+        for (arg, value) in [("max_rows", max_rows), ("max_vocab", max_vocab)] {
+            if value == 0 {
+                return Err(DeviceError::invalid(arg, "must be at least 1"));
+            }
+        }
+        // The kernel's row index is a u32 and its byte offsets u64.
+        if u32::try_from(max_rows).is_err() {
+            return Err(DeviceError::invalid(
+                "max_rows",
+                format!("{max_rows} exceeds u32"),
+            ));
+        }
+        let bytes = max_rows
+            .checked_mul(max_vocab)
+            .and_then(|n| n.checked_mul(8))
+            .and_then(|w| {
+                max_rows
+                    .checked_mul(MULTI_BLOCK_FIXED_ROW_BYTES)
+                    .and_then(|f| f.checked_add(w))
+            })
+            .ok_or_else(|| DeviceError::overflow("max_vocab", "workspace bytes"))?;
+        Ok(SampleWorkspace {
+            buffer: Some(DeviceBuffer::alloc_zeroed(stream, bytes / 4)?),
+            max_rows,
+            max_vocab,
+            kernel,
+        })
+    }
+
+    /// The one-block kernel, which needs no memory.
+    pub fn one_block() -> Self {
+        SampleWorkspace {
+            buffer: None,
+            max_rows: usize::MAX,
+            max_vocab: usize::MAX,
+            kernel: SampleKernel::OneBlock,
+        }
+    }
+
+    pub fn kernel(&self) -> SampleKernel {
+        self.kernel
+    }
+
+    /// The most rows a call may have.
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+
+    /// The largest vocabulary a call may have.
+    pub fn max_vocab(&self) -> usize {
+        self.max_vocab
+    }
+
+    /// Bytes of device memory it holds.
+    pub fn bytes(&self) -> usize {
+        self.buffer.as_ref().map_or(0, |b| b.len() * 4)
+    }
+}
+
+impl std::fmt::Debug for SampleWorkspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SampleWorkspace")
+            .field("kernel", &self.kernel)
+            .field("max_rows", &self.max_rows)
+            .field("max_vocab", &self.max_vocab)
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+/// Launches of one multi-block call: greedy 1; sampling 1 (the maximum), then for each select
+/// (top-k, top-p, the token) one per 11-bit digit of its `32 + id_bits`-bit key, then 1 (the
+/// tail, which finishes rows whose candidates were compacted). Launches with nothing left to
+/// do return at once.
+pub fn multi_block_launches(vocab: usize, config: &SamplingConfig) -> usize {
+    if config.is_greedy() || vocab <= 1 {
+        return 1;
+    }
+    let selects =
+        1 + usize::from(config.top_k > 1 && config.top_k < vocab) + usize::from(config.top_p < 1.0);
+    // id_bits = bits of vocab - 1 (vocab >= 2 here).
+    let id_bits = usize::BITS - (vocab - 1).leading_zeros();
+    let levels = (32 + id_bits).div_ceil(DIGIT_BITS) as usize;
+    1 + selects * levels + 1
+}
 
 /// How the next token is chosen (the kernel-side twin of `stagformer_ref::sample::SamplingParams`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,7 +237,9 @@ impl SampleShape {
 ///
 /// `logits` holds the rows of `shape` (its length between `(rows − 1) · row_stride + vocab` and
 /// `rows · row_stride`); `tokens`, `sequences` and `steps` hold `rows` elements each. Token ids
-/// are in `[0, vocab)`.
+/// are in `[0, vocab)`. `workspace` picks the kernel; a multi-block one must have room for
+/// `shape` (rows and vocab at most its maxima) and live on the stream's device.
+#[allow(clippy::too_many_arguments)]
 pub fn sample(
     stream: &Stream,
     logits: &impl AsDeviceView<f32>,
@@ -99,6 +248,7 @@ pub fn sample(
     steps: &impl AsDeviceView<u32>,
     shape: SampleShape,
     config: &SamplingConfig,
+    workspace: &mut SampleWorkspace,
 ) -> Result<()> {
     let (logits, sequences, steps) = (logits.view(), sequences.view(), steps.view());
     let mut tokens = tokens.view_mut();
@@ -108,10 +258,28 @@ pub fn sample(
     check_len("tokens", tokens.len(), shape.rows)?;
     check_len("sequences", sequences.len(), shape.rows)?;
     check_len("steps", steps.len(), shape.rows)?;
+    if shape.rows > workspace.max_rows {
+        return Err(DeviceError::invalid(
+            "rows",
+            format!(
+                "{} exceeds the workspace's max_rows {}",
+                shape.rows, workspace.max_rows
+            ),
+        ));
+    }
+    if shape.vocab > workspace.max_vocab {
+        return Err(DeviceError::invalid(
+            "vocab",
+            format!(
+                "{} exceeds the workspace's max_vocab {}",
+                shape.vocab, workspace.max_vocab
+            ),
+        ));
+    }
     if rows == 0 {
         return Ok(());
     }
-    let params = SampleParams {
+    let mut params = SampleParams {
         logits: logits.as_ptr().cast(),
         tokens: tokens.as_mut_ptr().cast(),
         sequences: sequences.as_ptr().cast(),
@@ -126,19 +294,64 @@ pub fn sample(
         top_k: u32::try_from(config.top_k.min(shape.vocab)).unwrap_or(0),
         temperature: config.temperature,
         top_p: config.top_p,
+        workspace_rows: 0,
+        chunk: 0,
     };
-    let retained = [
+    let mut retained = vec![
         logits.retain("logits"),
         tokens.retain("tokens"),
         sequences.retain("sequences"),
         steps.retain("steps"),
     ];
-    // SAFETY: every pointer comes from a view retained above whose length was checked: the
-    // kernel reads row r's `vocab` logits from r · stride (all within `logits`), and element r of
-    // `sequences` and `steps` and writes element r of `tokens` for r < rows, nothing else; it
-    // uses the dynamic shared memory size passed here and no workspace. `tokens` is borrowed
-    // mutably, so no other safe code aliases it.
-    unsafe { stream.launch(&SAMPLE_F32, launch_config(shape), params, &retained) }
+    let Some(buffer) = workspace.buffer.as_mut() else {
+        // SAFETY: every pointer comes from a view retained above whose length was checked: the
+        // kernel reads row r's `vocab` logits from r · stride (all within `logits`), and
+        // element r of `sequences` and `steps` and writes element r of `tokens` for r < rows,
+        // nothing else; it uses the dynamic shared memory size passed here and no workspace.
+        // `tokens` is borrowed mutably, so no other safe code aliases it.
+        return unsafe { stream.launch(&SAMPLE_F32, launch_config(shape), params, &retained) };
+    };
+    let mut ws = buffer.view_mut();
+    params.workspace = ws.as_mut_ptr().cast();
+    params.workspace_bytes = (ws.len() * 4) as u64;
+    // max_rows fits u32 (checked at construction).
+    params.workspace_rows = workspace.max_rows as u32;
+    params.chunk = MULTI_BLOCK_CHUNK;
+    retained.push(ws.retain("workspace"));
+    // Cannot overflow: vocab <= 2^31 - 1.
+    let chunks = vocab.div_ceil(MULTI_BLOCK_CHUNK);
+    let launch = LaunchConfig {
+        grid: [rows, chunks, 1],
+        block: [MULTI_BLOCK_THREADS, 1, 1],
+        dynamic_smem_bytes: 0,
+    };
+    let with_smem = LaunchConfig {
+        dynamic_smem_bytes: MULTI_BLOCK_SMEM_BYTES,
+        ..launch
+    };
+    // SAFETY (every launch below): the pointers of `logits`, `tokens`, `sequences` and `steps`
+    // are as for the one-block kernel above. The workspace holds `max_rows` fixed parts of
+    // MULTI_BLOCK_FIXED_ROW_BYTES and `max_rows · max_vocab` weights (its construction), and
+    // rows <= max_rows and vocab <= max_vocab were checked, so row r's fixed part and its
+    // `vocab` weights at r · vocab (what the kernels touch, besides `tokens[r]`) are inside it;
+    // the kernels also check this against `workspace_bytes`. The workspace and `tokens` are
+    // borrowed mutably, so no other safe code aliases them; the launches are ordered on
+    // `stream`, which is what orders the blocks' meetings between launches.
+    if config.is_greedy() || shape.vocab == 1 {
+        return unsafe { stream.launch(&SAMPLE_MULTI_GREEDY_F32, launch, params, &retained) };
+    }
+    // SAFETY: see above.
+    unsafe { stream.launch(&SAMPLE_MULTI_PREPARE_F32, launch, params, &retained)? };
+    for _ in 2..multi_block_launches(shape.vocab, config) {
+        // SAFETY: see above.
+        unsafe { stream.launch(&SAMPLE_MULTI_STEP_F32, with_smem, params, &retained)? };
+    }
+    let tail = LaunchConfig {
+        grid: [rows, 1, 1],
+        ..with_smem
+    };
+    // SAFETY: see above (one block per row, which touches only that row's fixed part).
+    unsafe { stream.launch(&SAMPLE_MULTI_TAIL_F32, tail, params, &retained) }
 }
 
 fn check_shape(shape: SampleShape) -> Result<(u32, u32, u32)> {

@@ -7,10 +7,13 @@
 //! the top-p target; random logits do not produce such near-exact ties. Ties of equal logits
 //! (which are exact) are covered by the greedy-ties and quantised rows.
 //!
-//! Each row gets its own seed and per-row (sequence, step), drawn from the row's inputs.
+//! Each row gets its own seed and per-row (sequence, step), drawn from the row's inputs. Every
+//! row runs on both kernels (multi-block, the default, and one-block).
 
 use stagformer_kernels::device::DeviceBuffer;
-use stagformer_kernels::ops::sample::{sample, SampleShape, SamplingConfig};
+use stagformer_kernels::ops::sample::{
+    sample, SampleKernel, SampleShape, SampleWorkspace, SamplingConfig,
+};
 use stagformer_ref::sample::{self as reference, SamplingParams};
 
 use crate::table::{poisoned, Case, Compared, Inputs};
@@ -104,11 +107,36 @@ pub fn cases() -> Vec<Case> {
         with_logits(row(1, 262_144, 1.5, 0, 1.0), Logits::Normal(1.0)),
         row(4, 262_144, 1.0, 40, 0.9),
         with_logits(row(2, 262_144, 1.0, 0, 0.9), Logits::Quantised(1.0)),
+        // Small odd vocabularies: one partial block, a block and one logit, two and a bit.
+        row(3, 7, 1.0, 0, 0.9),
+        row(2, 1025, 0.7, 40, 1.0),
+        with_logits(row(2, 2049, 1.0, 3, 1.0), Logits::TiedMax),
+        with_logits(row(2, 2049, 0.0, 0, 1.0), Logits::TiedMax),
     ]);
-    rows.into_iter().map(sample_case).collect()
+    // Llama 3's and Qwen 2's vocabularies at batch 1 and 8: greedy with ties, temperature only
+    // (a select over the whole row), top-k, top-p, both, and equal logits everywhere.
+    for vocab in [128_256, 151_936] {
+        for rows_n in [1, 8] {
+            rows.extend([
+                with_logits(row(rows_n, vocab, 0.0, 0, 1.0), Logits::TiedMax),
+                row(rows_n, vocab, 1.0, 0, 1.0),
+                row(rows_n, vocab, 0.8, 40, 1.0),
+                row(rows_n, vocab, 1.0, 0, 0.9),
+                row(rows_n, vocab, 0.8, 40, 0.95),
+                with_logits(row(rows_n, vocab, 1.0, 0, 0.9), Logits::Quantised(1.0)),
+            ]);
+        }
+    }
+    rows.into_iter()
+        .flat_map(|r| {
+            [SampleKernel::MultiBlock, SampleKernel::OneBlock]
+                .into_iter()
+                .map(move |k| sample_case(r, k))
+        })
+        .collect()
 }
 
-fn label(r: &Row) -> String {
+fn label(r: &Row, kernel: SampleKernel) -> String {
     let logits = match r.logits {
         Logits::Normal(std) => format!("normal({std})"),
         Logits::Quantised(std) => format!("quantised({std})"),
@@ -119,8 +147,12 @@ fn label(r: &Row) -> String {
     } else {
         format!(" stride={}", r.stride)
     };
+    let kernel = match kernel {
+        SampleKernel::MultiBlock => "multi-block",
+        SampleKernel::OneBlock => "one-block",
+    };
     format!(
-        "sample B={} V={}{stride} T={} top_k={} top_p={} {logits}",
+        "sample {kernel} B={} V={}{stride} T={} top_k={} top_p={} {logits}",
         r.rows, r.vocab, r.temperature, r.top_k, r.top_p
     )
 }
@@ -159,63 +191,69 @@ fn draw_logits(inputs: &mut Inputs, r: &Row) -> Vec<f32> {
     }
 }
 
-fn sample_case(r: Row) -> Case {
-    Case::new(label(&r), 0.0, move |stream, inputs: &mut Inputs| {
-        let logits = draw_logits(inputs, &r);
-        let sequences = random_u32(inputs, r.rows);
-        let steps = random_u32(inputs, r.rows);
-        let seed_bits = random_u32(inputs, 2);
-        let seed = (u64::from(seed_bits[0]) << 32) | u64::from(seed_bits[1]);
+fn sample_case(r: Row, kernel: SampleKernel) -> Case {
+    Case::new(
+        label(&r, kernel),
+        0.0,
+        move |stream, inputs: &mut Inputs| {
+            let logits = draw_logits(inputs, &r);
+            let sequences = random_u32(inputs, r.rows);
+            let steps = random_u32(inputs, r.rows);
+            let seed_bits = random_u32(inputs, 2);
+            let seed = (u64::from(seed_bits[0]) << 32) | u64::from(seed_bits[1]);
 
-        // Rows at `stride`, the padding poisoned (the kernel must not read it as logits).
-        let mut stored = vec![f32::NAN; (r.rows - 1) * r.stride + r.vocab];
-        for (b, row) in logits.chunks(r.vocab).enumerate() {
-            stored[b * r.stride..b * r.stride + r.vocab].copy_from_slice(row);
-        }
-        let logits_dev = DeviceBuffer::from_host(stream, &stored)?;
-        let seq_dev = DeviceBuffer::from_host(stream, &sequences)?;
-        let step_dev = DeviceBuffer::from_host(stream, &steps)?;
-        let mut tokens = poisoned::<i32>(stream, r.rows)?;
-        let config = SamplingConfig {
-            temperature: r.temperature,
-            top_k: r.top_k,
-            top_p: r.top_p,
-            seed,
-        };
-        let shape = SampleShape {
-            rows: r.rows,
-            vocab: r.vocab,
-            row_stride: r.stride,
-        };
-        sample(
-            stream,
-            &logits_dev,
-            &mut tokens,
-            &seq_dev,
-            &step_dev,
-            shape,
-            &config,
-        )?;
-        let got = tokens.to_host(stream)?;
+            // Rows at `stride`, the padding poisoned (the kernel must not read it as logits).
+            let mut stored = vec![f32::NAN; (r.rows - 1) * r.stride + r.vocab];
+            for (b, row) in logits.chunks(r.vocab).enumerate() {
+                stored[b * r.stride..b * r.stride + r.vocab].copy_from_slice(row);
+            }
+            let logits_dev = DeviceBuffer::from_host(stream, &stored)?;
+            let seq_dev = DeviceBuffer::from_host(stream, &sequences)?;
+            let step_dev = DeviceBuffer::from_host(stream, &steps)?;
+            let mut tokens = poisoned::<i32>(stream, r.rows)?;
+            let config = SamplingConfig {
+                temperature: r.temperature,
+                top_k: r.top_k,
+                top_p: r.top_p,
+                seed,
+            };
+            let shape = SampleShape {
+                rows: r.rows,
+                vocab: r.vocab,
+                row_stride: r.stride,
+            };
+            let mut workspace = SampleWorkspace::with_kernel(stream, r.rows, r.vocab, kernel)?;
+            sample(
+                stream,
+                &logits_dev,
+                &mut tokens,
+                &seq_dev,
+                &step_dev,
+                shape,
+                &config,
+                &mut workspace,
+            )?;
+            let got = tokens.to_host(stream)?;
 
-        let params = SamplingParams {
-            temperature: r.temperature,
-            top_k: r.top_k,
-            top_p: r.top_p,
-            seed,
-        };
-        let want: Vec<f64> = logits
-            .chunks(r.vocab)
-            .enumerate()
-            .map(|(b, row)| {
-                let id = reference::sample(row, &params, sequences[b].into(), steps[b].into());
-                f64::from(id) + 1.0
-            })
-            .collect();
-        Ok(vec![Compared {
-            output: "token + 1",
-            got: got.iter().map(|&t| f64::from(t) + 1.0).collect(),
-            want,
-        }])
-    })
+            let params = SamplingParams {
+                temperature: r.temperature,
+                top_k: r.top_k,
+                top_p: r.top_p,
+                seed,
+            };
+            let want: Vec<f64> = logits
+                .chunks(r.vocab)
+                .enumerate()
+                .map(|(b, row)| {
+                    let id = reference::sample(row, &params, sequences[b].into(), steps[b].into());
+                    f64::from(id) + 1.0
+                })
+                .collect();
+            Ok(vec![Compared {
+                output: "token + 1",
+                got: got.iter().map(|&t| f64::from(t) + 1.0).collect(),
+                want,
+            }])
+        },
+    )
 }

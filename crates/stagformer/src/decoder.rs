@@ -11,7 +11,7 @@ use stagformer_kernels::ops::axpby::axpby;
 use stagformer_kernels::ops::gemm::{linear, GemmShape};
 use stagformer_kernels::ops::rmsnorm::{rmsnorm, Rows};
 use stagformer_kernels::ops::rope_append::{KvCacheLayout, RopeTable};
-use stagformer_kernels::ops::sample::{sample, SampleShape, SamplingConfig};
+use stagformer_kernels::ops::sample::{sample, SampleShape, SampleWorkspace, SamplingConfig};
 use stagformer_ref::{Checkpoint, Model, RequestError, TensorSource};
 
 use crate::error::{DecoderError, Result};
@@ -159,6 +159,8 @@ pub struct Decoder<T: Activation> {
     inputs: RowInputs,
     logits: DeviceBuffer<f32>,
     tokens: DeviceBuffer<i32>,
+    /// Where the sampler's blocks meet: `max_batch` rows of the vocabulary, reused every step.
+    sample_workspace: SampleWorkspace,
     opts: DecoderOptions,
     /// Tokens processed per live sequence.
     lens: Vec<Option<usize>>,
@@ -294,6 +296,7 @@ impl<T: Activation> Decoder<T> {
             logits: DeviceBuffer::alloc(device, buffer_rows * cfg.vocab_size)?,
             prompt_memory,
             tokens: DeviceBuffer::alloc(device, rows)?,
+            sample_workspace: SampleWorkspace::new(stream, rows, cfg.vocab_size)?,
             shared: Shared {
                 cfg,
                 weights,
@@ -694,6 +697,7 @@ impl<T: Activation> Decoder<T> {
                 &steps,
                 SampleShape::contiguous(n, vocab),
                 config,
+                &mut self.sample_workspace,
             )?;
         }
         Ok(())
