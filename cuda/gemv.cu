@@ -21,6 +21,7 @@
 // keeping 32 KB in flight, 4 MB device-wide, above the ~2.7 MB Little's law asks for
 // (docs/perf-notes.md).
 #include "stag_cache.cuh"
+#include "stag_norm.cuh"
 #include "stag_vec.cuh"
 
 namespace {
@@ -33,70 +34,24 @@ constexpr int UNROLL = 4;
 /// Elements of K one chunk covers: every lane loads UNROLL vectors of each of its two rows.
 template <typename T> constexpr uint32_t CHUNK = 32u * UNROLL * stag::Vec<T>::N;
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    }
-    return v;
-}
-
-// RmsNorm statistics of every activation row: h = xs * inv * w with xs = x (shift 0) or, for
-// rows whose squares would overflow or underflow f32, xs = x * 2^-shift (exact), shift the
-// exponent of the row's max |x|. In the plain range this is rmsnorm.cu's formula exactly.
+// The inverse RMS of every activation row, with stag_norm.cuh's arithmetic (f64 sum of
+// squares: the `rmsnorm` kernel's formula for any finite input). One warp a row.
 template <typename T>
-__device__ void norm_stats(const GemvParams &p, float *inv_out, int *shift_out) {
+__device__ void norm_stats(const GemvParams &p, double *inv_out) {
     const uint32_t lane = threadIdx.x & 31;
     for (uint32_t m = threadIdx.x >> 5; m < p.rows; m += WARPS) {
         const T *x = static_cast<const T *>(p.x) + size_t(m) * p.x_row_stride;
-        float amax = 0.0f, sq = 0.0f;
-        for (uint32_t k = lane; k < p.k; k += 32) {
-            const float v = stag::to_float(x[k]);
-            amax = fmaxf(amax, fabsf(v));
-            sq += v * v;
-        }
-        amax = warp_max(amax);
+        double sq = 0.0;
+        for (uint32_t k = lane; k < p.k; k += 32) sq += stag::square(stag::to_float(x[k]));
         sq = stag::warp_sum(sq);
-        int e = 0;
-        frexpf(amax, &e);
-        float inv;
-        int shift = 0;
-        if (amax == 0.0f || (e >= -40 && e <= 40)) {
-            // |x| < 2^40: K x^2 stays far inside f32, and squares below 2^-82 matter to no sum.
-            inv = rsqrtf(sq / float(p.k) + p.eps);
-        } else {
-            float s = 0.0f;
-            for (uint32_t k = lane; k < p.k; k += 32) {
-                const float v = ldexpf(stag::to_float(x[k]), -e);
-                s += v * v;
-            }
-            s = stag::warp_sum(s);
-            // mean(x^2) + eps = 2^2e (mean(xs^2) + eps 2^-2e).
-            const float d = s / float(p.k) + ldexpf(p.eps, -2 * e);
-            if (isinf(d)) {
-                // eps 2^-2e overflowed: eps dwarfs mean(x^2), which is below 2^2e.
-                inv = rsqrtf(p.eps);
-            } else {
-                inv = rsqrtf(d);
-                shift = e;
-            }
-        }
-        if (lane == 0) {
-            inv_out[m] = inv;
-            shift_out[m] = shift;
-        }
+        if (lane == 0) inv_out[m] = stag::inv_rms(sq, p.k, p.eps);
     }
-}
-
-__device__ __forceinline__ float normed(float x, float inv, int shift, float w) {
-    const float xs = shift != 0 ? ldexpf(x, -shift) : x;
-    return xs * inv * w;
 }
 
 // Stages h[m][k0 .. k0 + chunk) for every row into `hs` (rounded to T), zeros past K.
 template <typename T>
 __device__ void stage_chunk(const GemvParams &p, T *hs, uint32_t k0, bool x_vec,
-                            const float *inv, const int *shift) {
+                            const double *inv) {
     constexpr int N = stag::Vec<T>::N;
     constexpr uint32_t KC = CHUNK<T>;
     const bool norm = p.norm_weight != nullptr;
@@ -113,7 +68,7 @@ __device__ void stage_chunk(const GemvParams &p, T *hs, uint32_t k0, bool x_vec,
                 if (norm) {
 #pragma unroll
                     for (int e = 0; e < N; ++e) {
-                        v[e] = normed(v[e], inv[m], shift[m], p.norm_weight[col + e]);
+                        v[e] = stag::norm_scale(v[e], inv[m], p.norm_weight[col + e]);
                     }
                 }
             } else {
@@ -131,7 +86,7 @@ __device__ void stage_chunk(const GemvParams &p, T *hs, uint32_t k0, bool x_vec,
         float v = 0.0f;
         if (col < p.k) {
             v = stag::to_float(static_cast<const T *>(p.x)[size_t(m) * p.x_row_stride + col]);
-            if (norm) v = normed(v, inv[m], shift[m], p.norm_weight[col]);
+            if (norm) v = stag::norm_scale(v, inv[m], p.norm_weight[col]);
         }
         hs[m * KC + c] = stag::from_float<T>(v);
     }
@@ -288,11 +243,10 @@ __device__ void gemv(const GemvParams &p) {
     constexpr int N = stag::Vec<T>::N;
     constexpr uint32_t KC = CHUNK<T>;
     STAG_DYNAMIC_SMEM(T, hs);
-    __shared__ float norm_inv[MAX_ROWS];
-    __shared__ int norm_shift[MAX_ROWS];
+    __shared__ double norm_inv[MAX_ROWS];
     const uint32_t lane = threadIdx.x & 31;
     const uint32_t warp = threadIdx.x >> 5;
-    if (p.norm_weight != nullptr) norm_stats<T>(p, norm_inv, norm_shift);
+    if (p.norm_weight != nullptr) norm_stats<T>(p, norm_inv);
     __syncthreads();
 
     const Pair pr = pair_of(p, warp);
@@ -314,7 +268,7 @@ __device__ void gemv(const GemvParams &p) {
             raw_b[j] = pr.has_b && col < p.k ? *reinterpret_cast<const uint4 *>(wb + col) : zero;
         }
         __syncthreads();  // the previous chunk's h has been read by every warp
-        stage_chunk<T>(p, hs, k0, x_vec, norm_inv, norm_shift);
+        stage_chunk<T>(p, hs, k0, x_vec, norm_inv);
         __syncthreads();
 #pragma unroll
         for (int j = 0; j < UNROLL; ++j) {

@@ -9,7 +9,7 @@
 //! The **prologue** ([`GemvPrologue`]) makes `h` from the dense input rows `x` `[M][K]`:
 //! `None` uses `x`; `RmsNorm` uses `h = round_T(x · inv_rms · weight)`, the `rmsnorm` kernel's
 //! formula (`inv_rms = 1/sqrt(mean(x²) + eps)`), computed by every block from `x` (L2) and safe
-//! for any finite input (rows whose squares would leave f32 are scaled by a power of two first).
+//! for any finite input (`cuda/include/stag_norm.cuh`: the sum of squares and the inverse RMS in f64).
 //!
 //! The **epilogue** ([`GemvEpilogue`]) sees `g = round_T(acc)` — the GEMM output exactly as
 //! `linear` stores it — and applies the math of the unfused kernel on it:
