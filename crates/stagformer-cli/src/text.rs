@@ -40,6 +40,25 @@ impl TextCodec {
         }
     }
 
+    /// A warning when the tokenizer knows fewer ids than the model's `vocab_size`: the model
+    /// may generate ids the tokenizer has no text for (they are left out of the decoded text).
+    /// Not an error: checkpoints commonly pad the embedding past the tokenizer (Qwen2 has
+    /// 151936 rows for 151665 tokens). A larger tokenizer is caught per prompt, when an id is
+    /// out of the model's range.
+    pub fn vocab_warning(&self, vocab_size: usize) -> Option<String> {
+        let TextCodec::Tokenizer(tok) = self else {
+            return None;
+        };
+        let known = tok.get_vocab_size(true);
+        (known < vocab_size).then(|| {
+            format!(
+                "warning: tokenizer.json knows {known} token ids but the model's vocab_size is \
+                 {vocab_size}: generated ids {known} and above have no text and are left out of \
+                 the output (--print-ids shows them)"
+            )
+        })
+    }
+
     /// `text` as ids. With `special_tokens` the tokenizer's post-processor adds what the model
     /// was trained to see around a sequence (a BOS, `[CLS] … [SEP]`), as Hugging Face's
     /// `encode(text, add_special_tokens=True)` does; bytes have no special tokens.

@@ -9,7 +9,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use stagformer::{Activation, Decoder, DecoderOptions, SamplingConfig};
 use stagformer_kernels::Device;
-use stagformer_ref::sample::{sample, SamplingParams};
+use stagformer_ref::sample::{try_sample, SamplingParams};
 use stagformer_ref::{DecodeBatch, GenerationConfig, SeqId, StepMode};
 
 use crate::engine::{Engine, EngineArgs};
@@ -74,6 +74,9 @@ pub fn run(args: Args) -> Result<()> {
     let config = engine.config();
     let model_dir = args.model.model.as_deref();
     let codec = TextCodec::for_model(model_dir)?;
+    if let Some(warning) = codec.vocab_warning(config.vocab_size) {
+        note!("{warning}");
+    }
     if matches!(codec, TextCodec::Bytes) {
         note!("note: no tokenizer.json: text is encoded and decoded as bytes (ids 0-255)");
     }
@@ -143,7 +146,8 @@ pub fn run(args: Args) -> Result<()> {
                 seq: None,
                 params,
             };
-            driver::generate(&mut engine, &prompt, &limits, &mut emit)?
+            driver::generate(&mut engine, &prompt, &limits, &mut emit)
+                .context("generation stopped")?
         }
         Engine::Kernels {
             device,
@@ -159,10 +163,12 @@ pub fn run(args: Args) -> Result<()> {
             };
             if *bf16 {
                 let mut engine = KernelEngine::<half::bf16>::new(device, source, opts, params)?;
-                driver::generate(&mut engine, &prompt, &limits, &mut emit)?
+                driver::generate(&mut engine, &prompt, &limits, &mut emit)
+                    .context("generation stopped")?
             } else {
                 let mut engine = KernelEngine::<f32>::new(device, source, opts, params)?;
-                driver::generate(&mut engine, &prompt, &limits, &mut emit)?
+                driver::generate(&mut engine, &prompt, &limits, &mut emit)
+                    .context("generation stopped")?
             }
         }
     };
@@ -213,13 +219,16 @@ impl Generator for CpuEngine<'_> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
         let (seq, logits) = self.batch.prefill(prompt)?;
         self.seq = Some(seq);
-        Ok(sample(logits.row(logits.rows - 1), &self.params, 0, 0))
+        let last = logits.rows - 1;
+        Ok(try_sample(logits.row(last), &self.params, 0, 0, last)?)
     }
 
     fn step(&mut self, token: u32, step: u64) -> Result<u32> {
         let seq = self.seq.context("decode step before the prefill")?;
+        // The position of `token`, whose logits these are.
+        let position = self.batch.len(seq)?;
         let logits = self.batch.step(&[seq], &[token])?;
-        Ok(sample(logits.row(0), &self.params, 0, step))
+        Ok(try_sample(logits.row(0), &self.params, 0, step, position)?)
     }
 }
 
@@ -252,12 +261,13 @@ impl<T: Activation> Generator for KernelEngine<T> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
         let (seq, logits) = self.decoder.prefill(prompt)?;
         self.seq = Some(seq);
-        Ok(sample(
+        Ok(try_sample(
             &logits[logits.len() - self.vocab..],
             &self.params,
             0,
             0,
-        ))
+            prompt.len() - 1,
+        )?)
     }
 
     fn step(&mut self, token: u32, step: u64) -> Result<u32> {
