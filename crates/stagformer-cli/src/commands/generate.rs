@@ -60,7 +60,29 @@ pub struct Args {
     recurrent: bool,
 }
 
+impl Args {
+    fn flags(&self) -> settings::Flags {
+        settings::Flags {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+        }
+    }
+
+    /// The checks that need no file: the token list, the sampling flags (with the CLI's
+    /// defaults where one is not given) and the preset options.
+    pub(crate) fn check(&self) -> Result<()> {
+        if let Some(tokens) = &self.tokens {
+            parse_tokens(tokens)?;
+        }
+        let (params, _) = settings::resolve(self.flags(), self.seed, &GenerationConfig::default());
+        params.validate()?;
+        self.model.check()
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
+    args.check()?;
     let mut source = args.model.clone();
     if source.model.is_none() && source.preset.is_none() {
         note!(
@@ -91,12 +113,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let positions = config.max_position_embeddings;
     stagformer_ref::model::check_tokens(config, &prompt, positions)?;
-    let flags = settings::Flags {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-    };
-    let (params, note) = settings::resolve(flags, args.seed, &generation);
+    let (params, note) = settings::resolve(args.flags(), args.seed, &generation);
     if let Some(note) = note {
         note!("{note}");
     }

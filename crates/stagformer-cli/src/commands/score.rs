@@ -38,7 +38,16 @@ enum Mode {
     Recurrent,
 }
 
+impl Args {
+    /// The checks that need no file: the token list and the preset options.
+    pub(crate) fn check(&self) -> Result<()> {
+        parse_tokens(&self.tokens)?;
+        self.model.check()
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
+    args.check()?;
     let tokens = parse_tokens(&args.tokens)?;
     // Before the model is loaded and run, so a bad --out costs nothing.
     stagformer_ref::files::check_replaceable(&args.out)?;
