@@ -27,10 +27,10 @@ pub struct Args {
     #[command(flatten)]
     engine: EngineArgs,
     /// Prompt text (tokenized with the model's tokenizer.json, else as bytes).
-    #[arg(long, conflicts_with = "tokens")]
+    #[arg(long, conflicts_with = "tokens", allow_hyphen_values = true)]
     prompt: Option<String>,
     /// Prompt as comma-separated token ids, used as given.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     tokens: Option<String>,
     /// Tokenize --prompt without the tokenizer's special tokens (no BOS).
     #[arg(long, conflicts_with = "tokens")]
@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f32>,
     /// 0 = no top-k filter [default: generation_config.json's, else 40].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_k: Option<usize>,
     /// Nucleus filter; 1 = off [default: generation_config.json's, else 0.95].
     #[arg(long, allow_negative_numbers = true)]

@@ -16,7 +16,7 @@ pub struct Args {
     #[command(flatten)]
     engine: EngineArgs,
     /// Comma-separated token ids, e.g. 5,17,3.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     tokens: String,
     #[arg(long, value_enum, default_value_t = Mode::Forward)]
     mode: Mode,
