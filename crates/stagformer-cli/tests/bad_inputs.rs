@@ -72,6 +72,10 @@ fn check(r: &Row) -> Option<String> {
     if stderr.contains("panicked") {
         return Some(format!("{}: panicked: {stderr}", r.class));
     }
+    // One message per cause: an I/O error's text is not repeated by its source chain.
+    if stderr.matches("(os error").count() > 1 {
+        return Some(format!("{}: a cause printed twice: {stderr}", r.class));
+    }
     for n in &r.needles {
         if !stderr.contains(n.as_str()) {
             return Some(format!("{}: {stderr:?} lacks {n:?}", r.class));
@@ -1164,4 +1168,39 @@ fn every_bad_input_is_an_error_naming_its_cause() {
             .is_symlink());
         assert!(!root.join("target-of-link").exists());
     }
+}
+
+/// A word-level tokenizer of 5 ids (`<s>` a special BOS).
+const WORDLEVEL: &str = r#"{"version": "1.0", "truncation": null, "padding": null,
+ "added_tokens": [{"id": 0, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+ "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+ "decoder": null,
+ "model": {"type": "WordLevel", "vocab": {"<s>": 0, "<unk>": 1, "hello": 2, "world": 3, "!": 4}, "unk_token": "<unk>"}}"#;
+
+/// A tokenizer that knows fewer ids than the model's vocab_size is a loud warning naming both
+/// sizes (not an error: checkpoints pad their embeddings), and generation still works.
+#[test]
+fn a_tokenizer_smaller_than_the_vocabulary_warns_with_both_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = checkpoint(dir.path(), "tok", 1);
+    std::fs::write(m.join("tokenizer.json"), WORDLEVEL).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stagformer"))
+        .args([
+            "generate",
+            "--model",
+            s(&m),
+            "--prompt",
+            "hello world",
+            "--max-new-tokens",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .contains("warning: tokenizer.json knows 5 token ids but the model's vocab_size is 16"),
+        "{stderr}"
+    );
 }
