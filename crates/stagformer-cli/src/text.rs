@@ -163,6 +163,12 @@ pub struct Finish {
     pub diverged: bool,
 }
 
+impl Default for StreamPrinter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl StreamPrinter {
     pub fn new() -> Self {
         StreamPrinter {

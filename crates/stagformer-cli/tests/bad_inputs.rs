@@ -176,6 +176,9 @@ const SHARD1: &str = "model-00001-of-00002.safetensors";
 const SHARD2: &str = "model-00002-of-00002.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
 
+/// (class, what the error says it is, how to make it at a path).
+type Special<'a> = (&'a str, &'a str, &'a dyn Fn(&Path));
+
 /// Checkpoint mutants: each row copies the good micro checkpoint and breaks one thing.
 fn checkpoint_rows(root: &Path) -> Vec<Row> {
     let mut rows = Vec::new();
@@ -440,7 +443,7 @@ fn checkpoint_rows(root: &Path) -> Vec<Row> {
 
     // Special files where a checkpoint file should be.
     for (file, shards) in [("config.json", 1), ("model.safetensors", 1), (INDEX, 2)] {
-        let specials: [(&str, &str, &dyn Fn(&Path)); 4] = [
+        let specials: [Special; 4] = [
             ("FIFO", "a FIFO", &mkfifo),
             ("/dev/zero symlink", "a character device", &|p: &Path| {
                 std::os::unix::fs::symlink("/dev/zero", p).unwrap()
