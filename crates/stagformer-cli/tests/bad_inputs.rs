@@ -1137,6 +1137,24 @@ fn non_finite_logit_rows(root: &Path) -> Vec<Row> {
             1,
             &["logits are not finite"],
         ),
+        // The kernel decoder checks its host-side logits the same way.
+        row(
+            "logits: non-finite in score on emu",
+            &[
+                "score", "--model", &m, "--device", "emu", "--tokens", "1,2,3", "--mode", "decode",
+                "--out", &out,
+            ],
+            1,
+            &["logits are not finite"],
+        ),
+        row(
+            "logits: non-finite stops generate on emu",
+            &[
+                "generate", "--model", &m, "--device", "emu", "--tokens", "1,2",
+            ],
+            1,
+            &["generation stopped", "logits are not finite", "row 0"],
+        ),
     ]
 }
 
