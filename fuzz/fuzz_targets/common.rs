@@ -1,4 +1,6 @@
 //! Shared by the fuzz targets: how one input is split into files, and a scratch directory.
+//! (Not every target uses every item.)
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 

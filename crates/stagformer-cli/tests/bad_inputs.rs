@@ -1006,6 +1006,35 @@ fn request_rows(root: &Path) -> Vec<Row> {
         1,
         &["tokenizer.json", "a directory"],
     ));
+    // tokenizer.json files that made the tokenizers crate panic (found by fuzz/ `tokenizer`).
+    let crashers = [
+        (
+            "decoder object with a syntax error",
+            WORDLEVEL.replace(
+                "\"decoder\": null",
+                "\"decoder\": {\"type\": \"WordPiece\". \"prefix\": \"##\"}",
+            ),
+            "invalid JSON",
+        ),
+        (
+            "bad precompiled normalizer",
+            WORDLEVEL.replace(
+                "\"normalizer\": null",
+                "\"normalizer\": {\"type\": \"Precompiled\", \"precompiled_charsmap\": \"AAAA\"}",
+            ),
+            "tokenizer.json",
+        ),
+    ];
+    for (i, (what, json, says)) in crashers.into_iter().enumerate() {
+        let t = checkpoint(root, &format!("tokcrash{i}"), 1);
+        std::fs::write(t.join("tokenizer.json"), json).unwrap();
+        rows.push(row(
+            &format!("generate: tokenizer.json with a {what}"),
+            &["generate", "--model", s(&t), "--prompt", "hello"],
+            1,
+            &["tokenizer.json", says],
+        ));
+    }
     // Failing stdout / stderr.
     let mut r = row(
         "inspect: stdout is /dev/full",
