@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = stagformer_ref::checkpoint::read_tensors(&dir, |_, _| {});
     if let Ok(ckpt) = Checkpoint::open(&dir) {
-        for t in ckpt.tensors().map(|t| t.name.to_owned()).collect::<Vec<_>>() {
+        for t in ckpt
+            .tensors()
+            .map(|t| t.name.to_owned())
+            .collect::<Vec<_>>()
+        {
             let _ = ckpt.read::<f32>(&t);
             let _ = ckpt.read::<half::bf16>(&t);
         }

@@ -10,8 +10,10 @@ use libfuzzer_sys::fuzz_target;
 use stagformer_cli::Cli;
 
 fuzz_target!(|data: &[u8]| {
-    let argv = std::iter::once("stagformer".to_owned())
-        .chain(data.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()));
+    let argv = std::iter::once("stagformer".to_owned()).chain(
+        data.split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned()),
+    );
     if let Ok(cli) = Cli::try_parse_from(argv) {
         let _ = cli.check();
     }
