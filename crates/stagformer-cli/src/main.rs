@@ -1,55 +1,7 @@
 //! `stagformer`: create, inspect, score and run StagFormer checkpoints.
 
-/// One line on stderr, best effort. stderr carries notes and the final error; when it cannot
-/// be written there is nowhere left to say so, and `eprintln!` would panic (exit 101) over a
-/// message nobody can read. Defined before the modules so that all of them can use it.
-macro_rules! note {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
-/// One line on stdout; a failed write (a full disk, a closed descriptor) is returned as an
-/// error with `?` instead of the panic of `println!`.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        anyhow::Context::context(writeln!(std::io::stdout(), $($arg)*), "cannot write to stdout")?
-    }};
-}
-
-mod commands;
-mod engine;
-mod model_source;
-mod text;
-
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(
-    name = "stagformer",
-    version,
-    about = "StagFormer: staggered transformer decoding"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Write a checkpoint with random weights (test and benchmark models).
-    Init(commands::init::Args),
-    /// Show a checkpoint's config, parameter counts and size.
-    Inspect(commands::inspect::Args),
-    /// Write the logits after every token of a sequence to a safetensors file.
-    Score(commands::score::Args),
-    /// Generate text, streaming tokens as they are produced.
-    Generate(commands::generate::Args),
-    /// Decode speed per execution mode, prefill speed and speedups.
-    Bench(commands::bench::Args),
-}
+use clap::Parser;
+use stagformer_cli::Cli;
 
 fn main() {
     #[cfg(unix)]
@@ -62,15 +14,11 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Init(args) => commands::init::run(args),
-        Command::Inspect(args) => commands::inspect::run(args),
-        Command::Score(args) => commands::score::run(args),
-        Command::Generate(args) => commands::generate::run(args),
-        Command::Bench(args) => commands::bench::run(args),
-    };
-    if let Err(err) = result {
-        note!("error: {err:#}");
+    if let Err(err) = cli.run() {
+        // Best effort, as every note (see `note!` in the library): a failing stderr must not
+        // turn the error into a panic.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "error: {err:#}");
         std::process::exit(1);
     }
 }

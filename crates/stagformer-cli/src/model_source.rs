@@ -77,6 +77,15 @@ impl TensorSource for Source {
 }
 
 impl ModelArgs {
+    /// Checks the preset and its options (nothing is read): what [`ModelArgs::load`] and
+    /// [`ModelArgs::open`] check first.
+    pub fn check(&self) -> Result<()> {
+        if self.model.is_some() || self.preset.is_some() {
+            self.preset()?;
+        }
+        Ok(())
+    }
+
     /// The preset's config with the overrides applied, `None` for `--model`.
     fn preset(&self) -> Result<Option<Config>> {
         let overrides =

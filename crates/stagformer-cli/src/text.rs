@@ -32,12 +32,38 @@ impl TextCodec {
         }
         match path {
             Some(path) if path.is_file() => {
-                let tok =
-                    Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+                // Syntax first, so that the tokenizers crate only ever sees a JSON value.
+                let value: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))?;
+                let tok = without_panics(|| {
+                    serde_json::from_value::<Tokenizer>(value).map_err(|e| anyhow!("{e}"))
+                })
+                .map_err(|e| anyhow!("{}: not a tokenizer: {e}", path.display()))?;
                 Ok(TextCodec::Tokenizer(Box::new(tok)))
             }
             _ => Ok(TextCodec::Bytes),
         }
+    }
+
+    /// A warning when the tokenizer knows fewer ids than the model's `vocab_size`: the model
+    /// may generate ids the tokenizer has no text for (they are left out of the decoded text).
+    /// Not an error: checkpoints commonly pad the embedding past the tokenizer (Qwen2 has
+    /// 151936 rows for 151665 tokens). A larger tokenizer is caught per prompt, when an id is
+    /// out of the model's range.
+    pub fn vocab_warning(&self, vocab_size: usize) -> Option<String> {
+        let TextCodec::Tokenizer(tok) = self else {
+            return None;
+        };
+        let known = tok.get_vocab_size(true);
+        (known < vocab_size).then(|| {
+            format!(
+                "warning: tokenizer.json knows {known} token ids but the model's vocab_size is \
+                 {vocab_size}: generated ids {known} and above have no text and are left out of \
+                 the output (--print-ids shows them)"
+            )
+        })
     }
 
     /// `text` as ids. With `special_tokens` the tokenizer's post-processor adds what the model
@@ -45,11 +71,14 @@ impl TextCodec {
     /// `encode(text, add_special_tokens=True)` does; bytes have no special tokens.
     pub fn encode(&self, text: &str, special_tokens: bool) -> Result<Vec<u32>> {
         match self {
-            TextCodec::Tokenizer(tok) => Ok(tok
-                .encode(text, special_tokens)
-                .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?
-                .get_ids()
-                .to_vec()),
+            TextCodec::Tokenizer(tok) => without_panics(|| {
+                Ok(tok
+                    .encode(text, special_tokens)
+                    .map_err(|e| anyhow!("{e}"))?
+                    .get_ids()
+                    .to_vec())
+            })
+            .map_err(|e| anyhow!("tokenizing the prompt: {e}")),
             TextCodec::Bytes => Ok(text.bytes().map(u32::from).collect()),
         }
     }
@@ -58,7 +87,8 @@ impl TextCodec {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match self {
             TextCodec::Tokenizer(tok) => {
-                tok.decode(ids, true).map_err(|e| anyhow!("decoding: {e}"))
+                without_panics(|| tok.decode(ids, true).map_err(|e| anyhow!("{e}")))
+                    .map_err(|e| anyhow!("decoding: {e}"))
             }
             TextCodec::Bytes => {
                 let mut out = String::new();
@@ -94,6 +124,30 @@ impl TextCodec {
                 PieceKind::Byte
             }
             Some(_) => PieceKind::Text,
+        }
+    }
+}
+
+/// Runs `f`, turning a panic into an error. The `tokenizers` crate panics on some malformed
+/// tokenizer.json files (`expect("Helper")` in its decoder deserializer, `expect("Precompiled")`
+/// for a bad precompiled normalizer, found by fuzz/ `tokenizer`) and may on odd splits while
+/// encoding; a bad file is the user's error, not a crash. The panic hook is silenced while `f`
+/// runs, so the panic's own message is not printed beside the error; the CLI is
+/// single-threaded where it calls this.
+fn without_panics<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    match out {
+        Ok(result) => result,
+        Err(payload) => {
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            bail!("the tokenizers library failed on it ({why})")
         }
     }
 }
@@ -142,6 +196,12 @@ pub struct Finish {
     /// Set when the printed text is not a prefix of the final decode (a decoder rewrote text
     /// the printer had judged stable); `rest` then completes the final decode's tail only.
     pub diverged: bool,
+}
+
+impl Default for StreamPrinter {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl StreamPrinter {

@@ -13,14 +13,12 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
-use memmap2::Mmap;
-use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
-
 use crate::config::Config;
 use crate::error::{LoadError, LoadWarning};
+use crate::header::{self, HeaderTensor};
 use crate::weights::{expected_tensors, is_ignorable, TensorSpec};
+use half::{bf16, f16};
+use memmap2::Mmap;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -53,15 +51,6 @@ impl StorageDtype {
 }
 
 impl StorageDtype {
-    fn from_safetensors(dtype: Dtype) -> Option<Self> {
-        match dtype {
-            Dtype::F32 => Some(StorageDtype::F32),
-            Dtype::BF16 => Some(StorageDtype::Bf16),
-            Dtype::F16 => Some(StorageDtype::F16),
-            _ => None,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             StorageDtype::F32 => "f32",
@@ -151,6 +140,9 @@ pub struct TensorInfo<'a> {
 /// [`Checkpoint::warnings`]). The files must not be modified while a `Checkpoint` maps them.
 pub struct Checkpoint {
     dir: PathBuf,
+    /// `model.safetensors`, or the index of a sharded checkpoint: where a missing tensor
+    /// should have been.
+    listing: PathBuf,
     config: Config,
     files: Vec<MappedFile>,
     tensors: BTreeMap<String, Entry>,
@@ -178,15 +170,24 @@ impl Checkpoint {
     /// tensor is converted ([`TensorSource::read`]).
     pub fn open(dir: &Path) -> Result<Self, crate::Error> {
         let config = Config::from_file(&dir.join(CONFIG_FILE))?;
+        let weights = weight_files(dir)?;
         let mut files = Vec::new();
         let mut tensors = BTreeMap::new();
-        for path in weight_files(dir)? {
-            let map = map_file(&path)?;
-            index_file(files.len(), &path, &map, &mut tensors)?;
-            files.push(MappedFile { path, map });
+        for path in &weights.files {
+            let map = map_file(path)?;
+            index_file(files.len(), path, &map, &mut tensors, &weights.files)?;
+            files.push(MappedFile {
+                path: path.clone(),
+                map,
+            });
+        }
+        if let Some(index) = &weights.index {
+            let found = tensors.iter().map(|(n, e)| (n.as_str(), e.file)).collect();
+            index.check(&found, &weights.files)?;
         }
         let mut ckpt = Checkpoint {
             dir: dir.to_owned(),
+            listing: weights.listing(),
             config,
             files,
             tensors,
@@ -201,12 +202,13 @@ impl Checkpoint {
     fn validate(&mut self) -> Result<(), LoadError> {
         let specs = expected_tensors(&self.config);
         for spec in &specs {
-            let entry = self
-                .tensors
-                .get(&spec.name)
-                .ok_or_else(|| LoadError::MissingTensor {
-                    name: spec.name.clone(),
-                })?;
+            let entry =
+                self.tensors
+                    .get(&spec.name)
+                    .ok_or_else(|| LoadError::MissingStoredTensor {
+                        path: self.listing.clone(),
+                        name: spec.name.clone(),
+                    })?;
             self.check_shape(&spec.name, entry, &spec.shape)?;
         }
         let tied_head = tied_lm_head_spec(&self.config);
@@ -360,7 +362,8 @@ impl TensorSource for Checkpoint {
         let entry = self
             .tensors
             .get(name)
-            .ok_or_else(|| LoadError::MissingTensor {
+            .ok_or_else(|| LoadError::MissingStoredTensor {
+                path: self.listing.clone(),
                 name: name.to_owned(),
             })?;
         let out = convert::<E>(entry.dtype, self.data(entry));
@@ -428,15 +431,89 @@ fn widen_bytes(dtype: StorageDtype, bytes: &[u8]) -> impl Iterator<Item = f32> +
     })
 }
 
+/// The safetensors files of a checkpoint and, when sharded, its index.
+struct WeightFiles {
+    files: Vec<PathBuf>,
+    index: Option<ShardIndex>,
+}
+
+impl WeightFiles {
+    /// The file that lists the tensors: the index, or the one safetensors file.
+    fn listing(&self) -> PathBuf {
+        match &self.index {
+            Some(index) => index.path.clone(),
+            None => self.files[0].clone(),
+        }
+    }
+}
+
+/// A sharded checkpoint's `weight_map`: tensor name → shard file name.
+struct ShardIndex {
+    path: PathBuf,
+    weight_map: BTreeMap<String, String>,
+}
+
+impl ShardIndex {
+    /// Checks the tensors found in the shards (name → index into `files`) against the
+    /// `weight_map`: each tensor is in the shard the map names, and each map entry is in a
+    /// shard. The first mismatch in name order is reported: first among the stored tensors,
+    /// then among the map's entries.
+    fn check(&self, found: &BTreeMap<&str, usize>, files: &[PathBuf]) -> Result<(), LoadError> {
+        let mismatch = |name: &str, reason: String| LoadError::IndexMismatch {
+            path: self.path.clone(),
+            name: name.to_owned(),
+            reason,
+        };
+        let file_name = |f: usize| {
+            files[f]
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        for (&name, &file) in found {
+            let actual = file_name(file);
+            match self.weight_map.get(name) {
+                None => {
+                    return Err(mismatch(
+                        name,
+                        format!("is stored in {actual} but has no `weight_map` entry"),
+                    ))
+                }
+                Some(listed) if *listed != actual => {
+                    return Err(mismatch(
+                        name,
+                        format!("is stored in {actual} but `weight_map` puts it in {listed}"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some((name, listed)) = self
+            .weight_map
+            .iter()
+            .find(|(n, _)| !found.contains_key(n.as_str()))
+        {
+            return Err(mismatch(
+                name,
+                format!("`weight_map` puts it in {listed}, which does not hold it"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The safetensors files of `dir`: `model.safetensors`, or the shards its index names.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+fn weight_files(dir: &Path) -> Result<WeightFiles, LoadError> {
     let single = dir.join(SINGLE_FILE);
     let index = dir.join(INDEX_FILE);
     let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
     if exists(&single) {
         // Present but perhaps a directory or a dangling link: say so rather than "missing".
         regular(&single)?;
-        Ok(vec![single])
+        Ok(WeightFiles {
+            files: vec![single],
+            index: None,
+        })
     } else if exists(&index) {
         shard_files(dir, &index)
     } else {
@@ -492,101 +569,87 @@ fn map_file(path: &Path) -> Result<Mmap, LoadError> {
     Ok(map)
 }
 
-/// Adds the tensors of the mapped file `map` (the `file`-th) to `out`, with their byte ranges
-/// checked against the file.
+/// Adds the tensors of the mapped file `map` (the `file`-th of `files`) to `out`, with their
+/// byte ranges checked against the file ([`header::parse`]).
 fn index_file(
     file: usize,
     path: &Path,
     map: &[u8],
     out: &mut BTreeMap<String, Entry>,
+    files: &[PathBuf],
 ) -> Result<(), LoadError> {
-    let corrupt = |reason: String| LoadError::Safetensors {
-        path: path.to_owned(),
-        reason,
-    };
-    // Parses and validates the header: offsets contiguous and covering the data exactly, and
-    // each tensor's byte length equal to its element count times its dtype size.
-    let (header_len, metadata) =
-        SafeTensors::read_metadata(map).map_err(|e| corrupt(e.to_string()))?;
-    let data_start = header_len
-        .checked_add(8)
-        .ok_or_else(|| corrupt("header length overflows".into()))?;
-    let mut infos: Vec<_> = metadata.tensors().into_iter().collect();
-    // HashMap order: sort so the first problem reported is deterministic.
-    infos.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, info) in infos {
-        let dtype = StorageDtype::from_safetensors(info.dtype).ok_or_else(|| {
-            LoadError::UnsupportedDtype {
-                path: path.to_owned(),
-                name: name.clone(),
-                dtype: format!("{:?}", info.dtype),
-            }
-        })?;
-        // Checked again here (safetensors checked it too) because the range is indexed later.
-        let len = info
-            .shape
-            .iter()
-            .try_fold(dtype.bytes(), |n, &d| n.checked_mul(d));
-        let (s, e) = info.data_offsets;
-        let start = data_start.checked_add(s);
-        let end = data_start.checked_add(e);
-        let bytes = match (len, start, end) {
-            (Some(len), Some(start), Some(end))
-                if start <= end && end - start == len && end <= map.len() =>
-            {
-                start..end
-            }
-            _ => {
-                return Err(corrupt(format!(
-                    "tensor `{name}`: data offsets {:?} do not hold shape {:?} of {} inside the \
-                     file",
-                    info.data_offsets,
-                    info.shape,
-                    dtype.name()
-                )))
-            }
-        };
-        let entry = Entry {
-            file,
-            dtype,
-            shape: info.shape.clone(),
-            bytes,
-        };
-        if out.insert(name.clone(), entry).is_some() {
+    for HeaderTensor {
+        name,
+        dtype,
+        shape,
+        bytes,
+    } in header::parse(path, map)?
+    {
+        if let Some(other) = out.get(&name) {
             return Err(LoadError::DuplicateTensor {
                 path: path.to_owned(),
+                other: files[other.file].clone(),
                 name,
             });
         }
+        let entry = Entry {
+            file,
+            dtype,
+            shape,
+            bytes,
+        };
+        out.insert(name, entry);
     }
     Ok(())
 }
 
 /// Reads every tensor of the checkpoint in `dir`, widened to f32, with no check against a
-/// config (see [`crate::weights::Weights::from_tensors`]). [`Checkpoint`] converts on demand
-/// instead.
+/// config (see [`crate::weights::Weights::from_tensors`]); the headers and a sharded index are
+/// checked as by [`Checkpoint::open`]. [`Checkpoint`] converts on demand instead.
 pub fn read_tensors(
     dir: &Path,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<BTreeMap<String, LoadedTensor>, LoadError> {
-    let files = weight_files(dir)?;
+    let weights = weight_files(dir)?;
     let mut maps = Vec::new();
-    for file in &files {
-        maps.push(map_file(file)?);
+    let mut entries = BTreeMap::new();
+    for (n, file) in weights.files.iter().enumerate() {
+        let map = map_file(file)?;
+        index_file(n, file, &map, &mut entries, &weights.files)?;
+        maps.push(map);
+    }
+    if let Some(index) = &weights.index {
+        let found = entries.iter().map(|(n, e)| (n.as_str(), e.file)).collect();
+        index.check(&found, &weights.files)?;
     }
     let total: u64 = maps.iter().map(|m| m.len() as u64).sum();
     let mut done = 0;
     let mut tensors = BTreeMap::new();
-    for (file, map) in files.iter().zip(&maps) {
+    for (n, (file, map)) in weights.files.iter().zip(&maps).enumerate() {
+        for (name, e) in entries.iter().filter(|(_, e)| e.file == n) {
+            let data = widen_bytes(e.dtype, &map[e.bytes.clone()]).collect::<Vec<f32>>();
+            if data.iter().any(|v| !v.is_finite()) {
+                return Err(LoadError::NonFinite {
+                    path: file.clone(),
+                    name: name.clone(),
+                });
+            }
+            let tensor = LoadedTensor {
+                shape: e.shape.clone(),
+                data,
+                file: file.clone(),
+            };
+            tensors.insert(name.clone(), tensor);
+        }
         done += map.len() as u64;
-        read_file_tensors(file, map, &mut tensors)?;
         progress(done, total);
     }
     Ok(tensors)
 }
 
-/// The distinct shard files named by an index's `weight_map`, in name order.
-fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
+/// Reads the index `index` of the checkpoint in `dir`: its `weight_map` (no key twice, each
+/// value a plain file name) and the distinct shard files it names, in name order.
+fn shard_files(dir: &Path, index: &Path) -> Result<WeightFiles, LoadError> {
     let bad = |reason: String| LoadError::Index {
         path: index.to_owned(),
         reason,
@@ -606,87 +669,47 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, LoadError> {
             limit: MAX_JSON_BYTES,
         },
     })?;
-    let json: serde_json::Value =
+    let doc: header::IndexDoc =
         serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| bad("no `weight_map` object".into()))?;
-    let mut names: Vec<&str> = Vec::new();
-    for (tensor, file) in map {
+    let entries = doc
+        .weight_map
+        .ok_or_else(|| bad("no `weight_map` object".into()))?
+        .0;
+    if let Some(tensor) = header::first_duplicate(&entries) {
+        return Err(LoadError::IndexMismatch {
+            path: index.to_owned(),
+            name: tensor.to_owned(),
+            reason: "appears more than once in `weight_map`".into(),
+        });
+    }
+    let mut weight_map = BTreeMap::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut sorted = entries;
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (tensor, file) in sorted {
         let file = file
             .as_str()
             .ok_or_else(|| bad(format!("`weight_map.{tensor}` is not a file name")))?;
-        if file.contains('/') || file.contains('\\') || file == ".." {
+        if file.is_empty() || file.contains('/') || file.contains('\\') || file == ".." {
             return Err(bad(format!(
                 "`weight_map.{tensor}` = {file:?} is not a plain file name"
             )));
         }
-        if !names.contains(&file) {
-            names.push(file);
+        if !names.iter().any(|n| n == file) {
+            names.push(file.to_owned());
         }
+        weight_map.insert(tensor, file.to_owned());
     }
     if names.is_empty() {
         return Err(bad("`weight_map` is empty".into()));
     }
     names.sort_unstable();
-    Ok(names.into_iter().map(|n| dir.join(n)).collect())
-}
-
-fn read_file_tensors(
-    file: &Path,
-    bytes: &[u8],
-    out: &mut BTreeMap<String, LoadedTensor>,
-) -> Result<(), LoadError> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| LoadError::Safetensors {
-        path: file.to_owned(),
-        reason: e.to_string(),
-    })?;
-    for (name, view) in st.tensors() {
-        let data = widen(file, &name, &view)?;
-        if data.iter().any(|v| !v.is_finite()) {
-            return Err(LoadError::NonFinite {
-                path: file.to_owned(),
-                name,
-            });
-        }
-        let tensor = LoadedTensor {
-            shape: view.shape().to_vec(),
-            data,
-            file: file.to_owned(),
-        };
-        if out.insert(name.clone(), tensor).is_some() {
-            return Err(LoadError::DuplicateTensor {
-                path: file.to_owned(),
-                name,
-            });
-        }
-    }
-    Ok(())
-}
-
-fn widen(file: &Path, name: &str, view: &TensorView<'_>) -> Result<Vec<f32>, LoadError> {
-    let bytes = view.data();
-    Ok(match view.dtype() {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(LoadError::UnsupportedDtype {
-                path: file.to_owned(),
-                name: name.to_owned(),
-                dtype: format!("{other:?}"),
-            })
-        }
+    Ok(WeightFiles {
+        files: names.into_iter().map(|n| dir.join(n)).collect(),
+        index: Some(ShardIndex {
+            path: index.to_owned(),
+            weight_map,
+        }),
     })
 }
 

@@ -14,6 +14,37 @@ pub enum Error {
     Request(#[from] RequestError),
     #[error(transparent)]
     Shape(#[from] ShapeError),
+    #[error(transparent)]
+    NonFiniteLogits(#[from] NonFiniteLogits),
+}
+
+/// The model produced a NaN or infinite logit (an activation overflowed): nothing is sampled
+/// or written from it. `row` is the row of the logits matrix (in [`crate::score()`], the
+/// token position), `column` the first bad vocabulary id in it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "the model's logits are not finite (row {row}, token id {column}: {value}); an activation \
+     overflowed, so nothing is sampled or written from them"
+)]
+pub struct NonFiniteLogits {
+    pub row: usize,
+    pub column: usize,
+    pub value: f32,
+}
+
+impl NonFiniteLogits {
+    /// The first non-finite value of `logits` (`[rows, vocab]` row-major), as an error naming
+    /// its row `first_row + r` and column.
+    pub fn check(logits: &[f32], vocab: usize, first_row: usize) -> Result<(), NonFiniteLogits> {
+        match logits.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(NonFiniteLogits {
+                row: first_row + i / vocab.max(1),
+                column: i % vocab.max(1),
+                value: logits[i],
+            }),
+        }
+    }
 }
 
 /// A `config.json` that does not describe a valid StagFormer model.
@@ -94,12 +125,33 @@ pub enum LoadError {
     SpecialFile { path: PathBuf, kind: &'static str },
     #[error("{path}: larger than {limit} bytes")]
     FileTooLarge { path: PathBuf, limit: u64 },
+    /// A tensor a [`crate::TensorSource`] without files (random weights, a loaded model) does
+    /// not hold.
     #[error("tensor `{name}` is missing from the checkpoint")]
     MissingTensor { name: String },
+    /// A tensor the config calls for that the checkpoint does not store; `path` is the file
+    /// that lists the tensors (`model.safetensors`, or the index of a sharded checkpoint).
+    #[error("{path}: tensor `{name}` is missing (the config calls for it)")]
+    MissingStoredTensor { path: PathBuf, name: String },
     #[error("{path}: unexpected tensor `{name}` (not part of this model's config)")]
     UnexpectedTensor { path: PathBuf, name: String },
-    #[error("{path}: tensor `{name}` appears in more than one file")]
-    DuplicateTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` is also stored in {other}")]
+    DuplicateTensor {
+        path: PathBuf,
+        other: PathBuf,
+        name: String,
+    },
+    /// A safetensors header that lists one name twice (a reader keeping the last entry would
+    /// silently drop the other).
+    #[error("{path}: tensor `{name}` is listed more than once in the header")]
+    DuplicateInHeader { path: PathBuf, name: String },
+    /// A sharded checkpoint whose index and shards disagree about a tensor.
+    #[error("{path}: tensor `{name}` {reason}")]
+    IndexMismatch {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
     #[error("{path}: tensor `{name}`: expected shape {expected:?}, found {found:?}")]
     ShapeMismatch {
         path: PathBuf,

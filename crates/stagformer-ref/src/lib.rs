@@ -16,6 +16,7 @@ pub mod decode;
 pub mod error;
 pub mod files;
 pub mod generation;
+mod header;
 pub mod init;
 pub mod model;
 pub mod ops;
@@ -27,7 +28,9 @@ pub mod weights;
 pub use checkpoint::{Checkpoint, Element, StorageDtype, TensorSource};
 pub use config::Config;
 pub use decode::{DecodeBatch, SeqId, StepMode};
-pub use error::{ConfigError, Error, LoadError, LoadWarning, RequestError, ShapeError};
+pub use error::{
+    ConfigError, Error, LoadError, LoadWarning, NonFiniteLogits, RequestError, ShapeError,
+};
 pub use generation::{GenerationConfig, GenerationConfigError};
 pub use model::Model;
 pub use ops::Matrix;

@@ -1,7 +1,7 @@
 //! Token sampling: greedy, temperature, top-k, top-p, driven by a counter-based random number so
 //! that the same (seed, sequence, step) picks the same token on every run and every device.
 
-use crate::error::RequestError;
+use crate::error::{NonFiniteLogits, RequestError};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,7 +71,21 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Picks a token from `logits` (one row) for `sequence` at `step`:
+/// [`sample`] after checking that every logit is finite: a NaN or infinity (an overflowed
+/// activation) is an error naming `row` and the token id, never a token.
+pub fn try_sample(
+    logits: &[f32],
+    params: &SamplingParams,
+    sequence: u64,
+    step: u64,
+    row: usize,
+) -> Result<u32, NonFiniteLogits> {
+    NonFiniteLogits::check(logits, logits.len(), row)?;
+    Ok(sample(logits, params, sequence, step))
+}
+
+/// Picks a token from `logits` (one row) for `sequence` at `step`. The logits must be finite
+/// (which token a NaN yields is unspecified); [`try_sample`] checks that.
 /// 1. greedy when temperature = 0 or top_k = 1;
 /// 2. candidates sorted by logit, highest first, ties by lower id; the first top_k kept;
 /// 3. weights w = exp((l − l_max) / T) summed in f64;
@@ -169,6 +183,18 @@ mod tests {
         let logits = [0.0, 2.0, 4.0, -3.0];
         for step in 0..100 {
             assert_eq!(sample(&logits, &params(1.0, 0, 0.5, 7), 0, step), 2);
+        }
+    }
+
+    #[test]
+    fn non_finite_logits_are_an_error_naming_row_and_id() {
+        let p = params(1.0, 0, 1.0, 1);
+        assert_eq!(try_sample(&[0.5, 1.0], &p, 0, 0, 3), Ok(1));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let err = try_sample(&[0.5, 1.0, bad], &p, 0, 0, 3).unwrap_err();
+            assert_eq!((err.row, err.column), (3, 2));
+            let greedy = try_sample(&[bad, 1.0], &SamplingParams::GREEDY, 0, 0, 0);
+            assert!(greedy.is_err());
         }
     }
 

@@ -1,7 +1,7 @@
 //! Scoring a token sequence: the logits after every token, by one of three computations.
 
 use crate::decode::{DecodeBatch, StepMode};
-use crate::error::{Error, RequestError};
+use crate::error::{Error, NonFiniteLogits, RequestError};
 use crate::model::Model;
 use crate::ops::Matrix;
 
@@ -16,8 +16,15 @@ pub enum ScoreMode {
     Recurrent { prompt_len: usize },
 }
 
-/// Logits [T, V]: row i holds the logits after token i.
+/// Logits [T, V]: row i holds the logits after token i. A NaN or infinite logit is an
+/// [`Error::NonFiniteLogits`] naming its position (row) and token id (column).
 pub fn score(model: &Model, tokens: &[u32], mode: ScoreMode) -> Result<Matrix, Error> {
+    let logits = score_unchecked(model, tokens, mode)?;
+    NonFiniteLogits::check(&logits.data, logits.cols, 0)?;
+    Ok(logits)
+}
+
+fn score_unchecked(model: &Model, tokens: &[u32], mode: ScoreMode) -> Result<Matrix, Error> {
     let (prompt_len, step_mode) = match mode {
         ScoreMode::Forward => return model.forward(tokens),
         ScoreMode::Decode { prompt_len } => (prompt_len, StepMode::Staggered),

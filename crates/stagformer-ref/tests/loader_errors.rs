@@ -198,7 +198,10 @@ fn missing_tensor_is_named() {
         m.remove("model.cross_layers.1.1.cross_attn.v_proj.weight");
     });
     let err = load_err(d.path());
-    assert!(matches!(err, Error::Load(LoadError::MissingTensor { .. })));
+    assert!(matches!(
+        err,
+        Error::Load(LoadError::MissingStoredTensor { .. })
+    ));
     assert!(err
         .to_string()
         .contains("model.cross_layers.1.1.cross_attn.v_proj.weight"));

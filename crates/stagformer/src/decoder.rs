@@ -431,6 +431,10 @@ impl<T: Activation> Decoder<T> {
                 max: self.opts.max_batch,
             })?;
         let logits = self.guarded(|d| d.run_prefill(id, prompt))?;
+        // A NaN or infinity (an overflowed activation) is an error, not logits to sample
+        // from; the slot stays free.
+        stagformer_ref::NonFiniteLogits::check(&logits, vocab, 0)
+            .map_err(stagformer_ref::Error::from)?;
         self.lens[id] = Some(prompt.len());
         Ok((id, logits))
     }
@@ -546,6 +550,8 @@ impl<T: Activation> Decoder<T> {
     }
 
     /// One decode step: feeds `tokens[r]` to sequence `seqs[r]` and returns the logits [B, V].
+    /// A non-finite logit is an error naming its row (the step is taken all the same).
+    /// [`Decoder::step_sample`] samples on the device and does not check.
     pub fn step(&mut self, seqs: &[SeqId], tokens: &[u32]) -> Result<Vec<f32>> {
         let positions = self.validate_step(seqs, tokens)?;
         let vocab = self.shared.cfg.vocab_size;
@@ -556,6 +562,8 @@ impl<T: Activation> Decoder<T> {
                 .to_host(&d.streams[0])?)
         })?;
         self.advance(seqs);
+        stagformer_ref::NonFiniteLogits::check(&logits, vocab, 0)
+            .map_err(stagformer_ref::Error::from)?;
         Ok(logits)
     }
 

@@ -64,13 +64,21 @@ struct ModeResult {
     launches: Option<GraphNodes>,
 }
 
+impl Args {
+    /// The checks that need no file: the sizes and the preset options.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.batch == 0 || self.prompt_len == 0 || self.new_tokens == 0 {
+            bail!("--batch, --prompt-len and --new-tokens must be at least 1");
+        }
+        if self.batch > MAX_BATCH {
+            bail!("--batch {} is more than {MAX_BATCH} sequences", self.batch);
+        }
+        self.model.check()
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
-    if args.batch == 0 || args.prompt_len == 0 || args.new_tokens == 0 {
-        bail!("--batch, --prompt-len and --new-tokens must be at least 1");
-    }
-    if args.batch > MAX_BATCH {
-        bail!("--batch {} is more than {MAX_BATCH} sequences", args.batch);
-    }
+    args.check()?;
     // Refused before the model is built: a path that cannot be replaced by a regular file
     // should not cost a whole run.
     if let Some(path) = &args.json {

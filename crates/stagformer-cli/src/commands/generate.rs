@@ -9,7 +9,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use stagformer::{Activation, Decoder, DecoderOptions, SamplingConfig};
 use stagformer_kernels::Device;
-use stagformer_ref::sample::{sample, SamplingParams};
+use stagformer_ref::sample::{try_sample, SamplingParams};
 use stagformer_ref::{DecodeBatch, GenerationConfig, SeqId, StepMode};
 
 use crate::engine::{Engine, EngineArgs};
@@ -27,10 +27,10 @@ pub struct Args {
     #[command(flatten)]
     engine: EngineArgs,
     /// Prompt text (tokenized with the model's tokenizer.json, else as bytes).
-    #[arg(long, conflicts_with = "tokens")]
+    #[arg(long, conflicts_with = "tokens", allow_hyphen_values = true)]
     prompt: Option<String>,
     /// Prompt as comma-separated token ids, used as given.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     tokens: Option<String>,
     /// Tokenize --prompt without the tokenizer's special tokens (no BOS).
     #[arg(long, conflicts_with = "tokens")]
@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f32>,
     /// 0 = no top-k filter [default: generation_config.json's, else 40].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_k: Option<usize>,
     /// Nucleus filter; 1 = off [default: generation_config.json's, else 0.95].
     #[arg(long, allow_negative_numbers = true)]
@@ -60,7 +60,29 @@ pub struct Args {
     recurrent: bool,
 }
 
+impl Args {
+    fn flags(&self) -> settings::Flags {
+        settings::Flags {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+        }
+    }
+
+    /// The checks that need no file: the token list, the sampling flags (with the CLI's
+    /// defaults where one is not given) and the preset options.
+    pub(crate) fn check(&self) -> Result<()> {
+        if let Some(tokens) = &self.tokens {
+            parse_tokens(tokens)?;
+        }
+        let (params, _) = settings::resolve(self.flags(), self.seed, &GenerationConfig::default());
+        params.validate()?;
+        self.model.check()
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
+    args.check()?;
     let mut source = args.model.clone();
     if source.model.is_none() && source.preset.is_none() {
         note!(
@@ -74,6 +96,9 @@ pub fn run(args: Args) -> Result<()> {
     let config = engine.config();
     let model_dir = args.model.model.as_deref();
     let codec = TextCodec::for_model(model_dir)?;
+    if let Some(warning) = codec.vocab_warning(config.vocab_size) {
+        note!("{warning}");
+    }
     if matches!(codec, TextCodec::Bytes) {
         note!("note: no tokenizer.json: text is encoded and decoded as bytes (ids 0-255)");
     }
@@ -88,12 +113,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let positions = config.max_position_embeddings;
     stagformer_ref::model::check_tokens(config, &prompt, positions)?;
-    let flags = settings::Flags {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-    };
-    let (params, note) = settings::resolve(flags, args.seed, &generation);
+    let (params, note) = settings::resolve(args.flags(), args.seed, &generation);
     if let Some(note) = note {
         note!("{note}");
     }
@@ -143,7 +163,8 @@ pub fn run(args: Args) -> Result<()> {
                 seq: None,
                 params,
             };
-            driver::generate(&mut engine, &prompt, &limits, &mut emit)?
+            driver::generate(&mut engine, &prompt, &limits, &mut emit)
+                .context("generation stopped")?
         }
         Engine::Kernels {
             device,
@@ -153,10 +174,12 @@ pub fn run(args: Args) -> Result<()> {
             let opts = args.engine.decoder_options(1, capacity, args.recurrent);
             if *bf16 {
                 let mut engine = KernelEngine::<half::bf16>::new(device, source, opts, params)?;
-                driver::generate(&mut engine, &prompt, &limits, &mut emit)?
+                driver::generate(&mut engine, &prompt, &limits, &mut emit)
+                    .context("generation stopped")?
             } else {
                 let mut engine = KernelEngine::<f32>::new(device, source, opts, params)?;
-                driver::generate(&mut engine, &prompt, &limits, &mut emit)?
+                driver::generate(&mut engine, &prompt, &limits, &mut emit)
+                    .context("generation stopped")?
             }
         }
     };
@@ -207,13 +230,16 @@ impl Generator for CpuEngine<'_> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
         let (seq, logits) = self.batch.prefill(prompt)?;
         self.seq = Some(seq);
-        Ok(sample(logits.row(logits.rows - 1), &self.params, 0, 0))
+        let last = logits.rows - 1;
+        Ok(try_sample(logits.row(last), &self.params, 0, 0, last)?)
     }
 
     fn step(&mut self, token: u32, step: u64) -> Result<u32> {
         let seq = self.seq.context("decode step before the prefill")?;
+        // The position of `token`, whose logits these are.
+        let position = self.batch.len(seq)?;
         let logits = self.batch.step(&[seq], &[token])?;
-        Ok(sample(logits.row(0), &self.params, 0, step))
+        Ok(try_sample(logits.row(0), &self.params, 0, step, position)?)
     }
 }
 
@@ -246,12 +272,13 @@ impl<T: Activation> Generator for KernelEngine<T> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
         let (seq, logits) = self.decoder.prefill(prompt)?;
         self.seq = Some(seq);
-        Ok(sample(
+        Ok(try_sample(
             &logits[logits.len() - self.vocab..],
             &self.params,
             0,
             0,
-        ))
+            prompt.len() - 1,
+        )?)
     }
 
     fn step(&mut self, token: u32, step: u64) -> Result<u32> {

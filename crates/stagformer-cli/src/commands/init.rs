@@ -34,20 +34,39 @@ pub enum Dtype {
     F16,
 }
 
+impl Args {
+    /// The checks that need no file: a model is named, the preset is known, --shards >= 1.
+    pub(crate) fn check(&self) -> Result<()> {
+        match (&self.config, &self.preset) {
+            (Some(_), _) => {}
+            (None, Some(name)) => {
+                preset(name)?;
+            }
+            (None, None) => bail!("give --config FILE or --preset NAME"),
+        }
+        if self.shards == 0 {
+            bail!("--shards must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn preset(name: &str) -> Result<Config> {
+    init::preset(name).with_context(|| {
+        format!(
+            "unknown preset {name:?}; known: {}",
+            init::PRESETS.join(", ")
+        )
+    })
+}
+
 pub fn run(args: Args) -> Result<()> {
+    args.check()?;
     let config = match (&args.config, &args.preset) {
         (Some(path), _) => Config::from_file(path)?,
-        (None, Some(name)) => init::preset(name).with_context(|| {
-            format!(
-                "unknown preset {name:?}; known: {}",
-                init::PRESETS.join(", ")
-            )
-        })?,
+        (None, Some(name)) => preset(name)?,
         (None, None) => bail!("give --config FILE or --preset NAME"),
     };
-    if args.shards == 0 {
-        bail!("--shards must be at least 1");
-    }
     let dtype = match args.dtype {
         Dtype::F32 => StorageDtype::F32,
         Dtype::Bf16 => StorageDtype::Bf16,

@@ -16,7 +16,7 @@ pub struct Args {
     #[command(flatten)]
     engine: EngineArgs,
     /// Comma-separated token ids, e.g. 5,17,3.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     tokens: String,
     #[arg(long, value_enum, default_value_t = Mode::Forward)]
     mode: Mode,
@@ -38,7 +38,16 @@ enum Mode {
     Recurrent,
 }
 
+impl Args {
+    /// The checks that need no file: the token list and the preset options.
+    pub(crate) fn check(&self) -> Result<()> {
+        parse_tokens(&self.tokens)?;
+        self.model.check()
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
+    args.check()?;
     let tokens = parse_tokens(&args.tokens)?;
     // Before the model is loaded and run, so a bad --out costs nothing.
     stagformer_ref::files::check_replaceable(&args.out)?;
