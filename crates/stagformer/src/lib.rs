@@ -13,7 +13,7 @@ mod scratch;
 mod section;
 pub mod weights;
 
-pub use decoder::{Decoder, DecoderOptions, ExecMode, SeqId};
+pub use decoder::{Decoder, DecoderOptions, ExecMode, PrefillSelfAttention, SeqId};
 pub use error::{DecoderError, Result};
 pub use stagformer_kernels::ops::sample::SamplingConfig;
 

@@ -5,10 +5,11 @@
 use std::ops::Range;
 
 use stagformer_kernels::device::{DeviceBuffer, DeviceView, Stream};
+use stagformer_kernels::dtype::DType;
 use stagformer_kernels::ops::attention_decode::{attention_decode, DecodeLayout, DecodeMask};
 use stagformer_kernels::ops::attention_prefill::{
-    attention_prefill, HeadShape as PrefillHeads, PrefillBatch, PrefillConfig, PrefillMask,
-    RowStrides,
+    attention_prefill, attention_prefill_cached, CacheKeys, HeadShape as PrefillHeads,
+    PrefillBatch, PrefillConfig, PrefillMask, RowStrides,
 };
 use stagformer_kernels::ops::embedding::{embedding, EmbeddingShape};
 use stagformer_kernels::ops::gemm::{linear, GemmShape};
@@ -41,6 +42,10 @@ pub(crate) struct Shared<T: Activation> {
     pub window: Option<usize>,
     /// The self-attention geometry (sliding window, ring, prefill chunk).
     pub self_cache: SelfCache,
+    /// Prefill self-attention of bf16 models on the tensor-core prefill kernel over the self
+    /// cache (true), or on the decode kernel, one query row per split group (false; always
+    /// for f32).
+    pub prefill_self_mma: bool,
 }
 
 /// Geometry of the self-attention caches. Without a sliding window (or one at least the
@@ -95,6 +100,13 @@ impl SelfCache {
         match self.window {
             Some(window) => DecodeMask::SelfSliding { window },
             None => DecodeMask::SelfCausal,
+        }
+    }
+
+    fn prefill_mask(&self) -> PrefillMask {
+        match self.window {
+            Some(window) => PrefillMask::SlidingCausal { window },
+            None => PrefillMask::Causal,
         }
     }
 }
@@ -175,7 +187,12 @@ impl<T: Activation> Shared<T> {
         let gain = self.layer(s, 0).input_norm.view();
         let mut cur = self.embed(sc, stream, &ix, all.clone(), gain)?;
         for j in 0..cfg.layers_per_section() {
-            self.self_attention(caches, sc, stream, &ix, self.layer(s, j), j, all.clone())?;
+            let prompt = match &cross_keys {
+                CrossKeys::Prompt(batch) => Some(*batch),
+                CrossKeys::Cache => None,
+            };
+            let layer = self.layer(s, j);
+            self.self_attention(caches, sc, stream, &ix, layer, j, all.clone(), prompt)?;
             if s >= 1 {
                 let cross = &self.weights.cross[s - 1][j];
                 cur = self.add_norm(sc, stream, cur, all.clone(), &cross.norm)?;
@@ -222,7 +239,7 @@ impl<T: Activation> Shared<T> {
         let mut cur = self.embed(sc, stream, ix, all.clone(), gain)?;
         for j in 0..cfg.layers_per_section() {
             let layer = self.layer(0, j);
-            self.self_attention(caches, sc, stream, ix, layer, j, all.clone())?;
+            self.self_attention(caches, sc, stream, ix, layer, j, all.clone(), None)?;
             if p > 1 {
                 // Pass 0 goes straight to its MLP norm, later passes to their cross norm.
                 self.add_norm_into(sc, stream, cur, pass_rows(0), &layer.post_attention_norm)?;
@@ -377,6 +394,10 @@ impl<T: Activation> Shared<T> {
 
     /// o = self-attention of h over `rows` (q, k roped; k, v appended to layer j's caches).
     /// With a ring cache the rows are appended and attended chunk by chunk (see [`SelfCache`]).
+    /// `prompt`: the rows are one prefill's prompt (one sequence, row r at the batch's first
+    /// position + r); a bf16 model then attends with the tensor-core prefill kernel over the
+    /// cache (each chunk reads the cache, which holds the earlier chunks and itself), else with
+    /// the decode kernel.
     #[allow(clippy::too_many_arguments)]
     fn self_attention(
         &self,
@@ -387,6 +408,7 @@ impl<T: Activation> Shared<T> {
         layer: &crate::weights::LayerWeights<T>,
         j: usize,
         rows: Range<usize>,
+        prompt: Option<&PrefillBatch>,
     ) -> Result<()> {
         let cfg = &self.cfg;
         let (d, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
@@ -401,6 +423,15 @@ impl<T: Activation> Shared<T> {
             GemmShape::new(n, qkv_dim, d),
         )?;
         let sc_self = self.self_cache;
+        // The prompt's first position, when its rows go to the tensor-core kernel.
+        let mma_from = prompt
+            .filter(|b| {
+                self.prefill_self_mma
+                    && T::DTYPE == DType::BF16
+                    && b.sequences() == 1
+                    && b.q_lens()[0] == n
+            })
+            .map(|b| b.q_positions0()[0]);
         let mut start = rows.start;
         while start < rows.end {
             let chunk = start..(start + sc_self.chunk).min(rows.end);
@@ -421,6 +452,50 @@ impl<T: Activation> Shared<T> {
                     layout: self.self_layout(),
                 },
             )?;
+            if let Some(p0) = mma_from {
+                let first = p0 + (chunk.start - rows.start);
+                let whole = chunk.len() == n;
+                let chunk_batch;
+                let batch = match prompt {
+                    Some(b) if whole => b,
+                    _ => {
+                        let len = [chunk.len()];
+                        chunk_batch = PrefillBatch::with_positions(stream, &len, &len, &[first])?;
+                        &chunk_batch
+                    }
+                };
+                let config = PrefillConfig {
+                    shape: PrefillHeads {
+                        heads: cfg.num_attention_heads,
+                        kv_heads: cfg.num_key_value_heads,
+                        head_dim: cfg.head_dim,
+                    },
+                    strides: RowStrides {
+                        q: qkv_dim,
+                        k: 0,
+                        v: 0,
+                        out: qd,
+                    },
+                    mask: sc_self.prefill_mask(),
+                    scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+                };
+                let keys = CacheKeys {
+                    k: caches.self_k[j].view(),
+                    v: caches.self_v[j].view(),
+                    layout: self.self_layout(),
+                    seq_slots: ix.self_slots.slice(chunk.clone())?,
+                };
+                attention_prefill_cached(
+                    stream,
+                    batch,
+                    &sc.qkv.slice(part(qkv_dim))?,
+                    &keys,
+                    &mut sc.attn.slice_mut(part(qd))?,
+                    &config,
+                )?;
+                start = chunk.end;
+                continue;
+            }
             let layout = DecodeLayout::new(
                 chunk.len(),
                 cfg.num_attention_heads,
