@@ -839,6 +839,85 @@ mod tests {
         assert!(smem_bytes(24) <= 48 * 1024);
         assert!(smem_bytes(MAX_HEAD_DIM) <= crate::device::EMU_MAX_DYNAMIC_SMEM_BYTES);
         assert_eq!(smem_bytes(128), 4 * (64 * 132 + 2 * 32 * 132 + 64 * 36));
+        // Tensor cores: bf16 Q [64][hd + 8] and double-buffered K, V [2][64][hd + 8].
+        assert_eq!(mma_smem_bytes(64), 46_080);
+        assert_eq!(mma_smem_bytes(128), 87_040);
+        assert!(mma_smem_bytes(128) <= crate::device::EMU_MAX_DYNAMIC_SMEM_BYTES);
+        assert_eq!(mma_kernel_for(24).1, 64);
+        assert_eq!(mma_kernel_for(65).1, 128);
+    }
+
+    #[test]
+    fn tensor_cores_take_bf16_only_and_cached_keys_are_checked() {
+        let dev = Device::emulated();
+        let stream = dev.new_stream().unwrap();
+        let shape = HeadShape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let batch = PrefillBatch::with_positions(&stream, &[3], &[3], &[4]).unwrap();
+        let cfg = PrefillConfig::packed(shape, PrefillMask::Causal);
+        let q32 = DeviceBuffer::<f32>::alloc(&dev, 3 * 32).unwrap();
+        let kv32 = DeviceBuffer::<f32>::alloc(&dev, 8 * 16).unwrap();
+        let mut out32 = DeviceBuffer::<f32>::alloc(&dev, 3 * 32).unwrap();
+        let f32_batch = PrefillBatch::new(&stream, &[3]).unwrap();
+        let err = attention_prefill_with(
+            &stream,
+            &f32_batch,
+            &q32,
+            &kv32,
+            &kv32,
+            &mut out32,
+            &cfg,
+            PrefillKernel::TensorCore,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, DeviceError::UnsupportedDTypes { .. }),
+            "{err}"
+        );
+
+        let q = DeviceBuffer::<bf16>::alloc(&dev, 3 * 32).unwrap();
+        let mut out = DeviceBuffer::<bf16>::alloc(&dev, 3 * 32).unwrap();
+        let slots = DeviceBuffer::<i32>::from_host(&stream, &[0, 0, 0]).unwrap();
+        let dense = KvCacheLayout::dense(1, 2, 8, 8);
+        let cache = DeviceBuffer::<bf16>::alloc(&dev, dense.required_len().unwrap()).unwrap();
+        let keys = |layout: KvCacheLayout| CacheKeys {
+            k: cache.view(),
+            v: cache.view(),
+            layout,
+            seq_slots: slots.view(),
+        };
+        let arg = |r: Result<()>| match r.unwrap_err() {
+            DeviceError::InvalidArgument { arg, .. }
+            | DeviceError::ShapeMismatch { arg, .. }
+            | DeviceError::LengthMismatch { arg, .. } => arg,
+            other => panic!("unexpected error {other}"),
+        };
+        let run =
+            |keys: &CacheKeys<'_, bf16>, cfg: &PrefillConfig, out: &mut DeviceBuffer<bf16>| {
+                attention_prefill_cached(&stream, &batch, &q, keys, out, cfg)
+            };
+        // Positions 4..7 fit 8 dense slots.
+        run(&keys(dense), &cfg, &mut out).unwrap();
+        let cross = PrefillConfig::packed(shape, PrefillMask::StaggeredCross { window: None });
+        assert_eq!(arg(run(&keys(dense), &cross, &mut out)), "mask");
+        // A ring of 4 slots: 3 rows at positions 4.. need a window of at most 2.
+        let ring = KvCacheLayout::dense(1, 2, 4, 8).into_ring();
+        assert_eq!(arg(run(&keys(ring), &cfg, &mut out)), "batch");
+        let w3 = PrefillConfig::packed(shape, PrefillMask::SlidingCausal { window: 3 });
+        assert_eq!(arg(run(&keys(ring), &w3, &mut out)), "batch");
+        let w2 = PrefillConfig::packed(shape, PrefillMask::SlidingCausal { window: 2 });
+        run(&keys(ring), &w2, &mut out).unwrap();
+        // Positions up to 6 do not fit 6 dense slots; a cache of the wrong head count.
+        let short = KvCacheLayout::dense(1, 2, 6, 8);
+        assert_eq!(arg(run(&keys(short), &cfg, &mut out)), "batch");
+        let heads = KvCacheLayout::dense(1, 1, 8, 8);
+        assert_eq!(arg(run(&keys(heads), &cfg, &mut out)), "cache");
+        let big = KvCacheLayout::dense(2, 2, 8, 8);
+        assert_eq!(arg(run(&keys(big), &cfg, &mut out)), "k_cache");
+        stream.synchronize().unwrap();
     }
 
     #[test]
