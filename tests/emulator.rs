@@ -7,6 +7,7 @@
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
 
+use rand::{Rng, SeedableRng};
 use stagformer_kernels::ffi::StagEmuLaunch;
 
 extern "C" {
@@ -48,6 +49,18 @@ extern "C" {
         half_back: *mut f32,
         pair_mismatches: *mut u32,
     ) -> c_int;
+    fn stag_emu_selftest_mma(
+        f16: u32,
+        a: *const u16,
+        b: *const u16,
+        c: *const f32,
+        d: *mut f32,
+        poison_lane: u32,
+        swap_lanes: u32,
+    ) -> c_int;
+    fn stag_emu_selftest_ldmatrix(matrices: u32, trans: u32, m: *const u16, out: *mut u32)
+        -> c_int;
+    fn stag_emu_selftest_cp_async(src: *const u32, out: *mut u32) -> c_int;
     fn stag_emu_selftest_barrier_loop(
         cfg: *const StagEmuLaunch,
         iterations: u32,
@@ -381,4 +394,176 @@ fn barrier_heavy_kernel_does_not_depend_on_schedule_or_workers() {
     let base = run(0, 1);
     assert_eq!(run(9, 2), base);
     assert_eq!(run(12345, 1), base);
+}
+
+// ---- warp-level matrix primitives (cuda/include/stag_mma.cuh) ----
+
+/// Random bf16 or f16 bit patterns of small values (exactly representable products and sums
+/// stay far from overflow) and their f32 values.
+fn random_halves(rng: &mut impl Rng, n: usize, f16: bool) -> (Vec<u16>, Vec<f32>) {
+    (0..n)
+        .map(|_| {
+            let x: f32 = rng.random_range(-2.0..2.0);
+            if f16 {
+                let h = half::f16::from_f32(x);
+                (h.to_bits(), h.to_f32())
+            } else {
+                let h = half::bf16::from_f32(x);
+                (h.to_bits(), h.to_f32())
+            }
+        })
+        .unzip()
+}
+
+/// D = A·B + C in f64 for A 16×16, B 16×8 (b[k * 8 + n]), C 16×8.
+fn plain_product(a: &[f32], b: &[f32], c: &[f32]) -> Vec<f64> {
+    let mut d = vec![0.0f64; 128];
+    for r in 0..16 {
+        for n in 0..8 {
+            let mut acc = c[r * 8 + n] as f64;
+            for k in 0..16 {
+                acc += a[r * 16 + k] as f64 * b[k * 8 + n] as f64;
+            }
+            d[r * 8 + n] = acc;
+        }
+    }
+    d
+}
+
+fn run_mma(f16: bool, a: &[u16], b: &[u16], c: &[f32], poison: u32, swap: u32) -> Vec<f32> {
+    let mut d = vec![f32::NAN; 256];
+    // SAFETY: a is 256, b 128 and c 128 elements; d holds 2 × 128 floats (selftest.h).
+    let rc = unsafe {
+        stag_emu_selftest_mma(
+            f16 as u32,
+            a.as_ptr(),
+            b.as_ptr(),
+            c.as_ptr(),
+            d.as_mut_ptr(),
+            poison,
+            swap,
+        )
+    };
+    assert_eq!(rc, OK, "{}", last_error());
+    d
+}
+
+#[test]
+fn mma_m16n8k16_matches_a_plain_matrix_product() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for f16 in [false, true] {
+        for _ in 0..4 {
+            let (a, af) = random_halves(&mut rng, 256, f16);
+            let (b, bf) = random_halves(&mut rng, 128, f16);
+            let c: Vec<f32> = (0..128).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let want = plain_product(&af, &bf, &c);
+            let d = run_mma(f16, &a, &b, &c, 32, 0);
+            for (i, &got) in d.iter().enumerate() {
+                let w = want[i % 128];
+                assert!(
+                    (got as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "f16={f16} element {i}: {got} vs {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn mma_poisoned_lane_reaches_exactly_its_rows_and_column() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let (a, _) = random_halves(&mut rng, 256, false);
+    let (b, _) = random_halves(&mut rng, 128, false);
+    let c = vec![0.5f32; 128];
+    for lane in 0..32u32 {
+        let d = run_mma(false, &a, &b, &c, lane, 0);
+        let g = (lane / 4) as usize;
+        for (i, v) in d.iter().enumerate() {
+            let (r, n) = ((i % 128) / 8, i % 8);
+            let expect_nan = r == g || r == g + 8 || n == g;
+            assert_eq!(
+                v.is_nan(),
+                expect_nan,
+                "poisoned lane {lane}, D({r},{n}) = {v}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mma_with_two_lanes_swapped_gives_a_wrong_product() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let (a, af) = random_halves(&mut rng, 256, false);
+    let (b, bf) = random_halves(&mut rng, 128, false);
+    let c = vec![0.0f32; 128];
+    let want = plain_product(&af, &bf, &c);
+    // Lanes 1 and 6: different rows and columns of A.
+    let d = run_mma(false, &a, &b, &c, 32, 1 | 6 << 8);
+    let wrong = (0..128)
+        .filter(|&i| (d[i] as f64 - want[i]).abs() > 1e-5 * (1.0 + want[i].abs()))
+        .count();
+    assert!(wrong > 0, "a permuted lane mapping went unnoticed");
+    // Unswapped lanes 0 and 1 would match again: the swap is what breaks it.
+    let d = run_mma(false, &a, &b, &c, 32, 0);
+    assert!((0..128).all(|i| (d[i] as f64 - want[i]).abs() <= 1e-5 * (1.0 + want[i].abs())));
+}
+
+#[test]
+fn ldmatrix_delivers_the_documented_words_to_every_lane() {
+    let m: Vec<u16> = (0..256u16).map(|i| i.wrapping_mul(37) ^ 0x1234).collect();
+    for matrices in [1u32, 2, 4] {
+        for trans in [0u32, 1] {
+            let mut out = vec![0xDEAD_BEEFu32; 128];
+            // SAFETY: m holds 4 × 64 values, out 32 × 4 words (selftest.h).
+            let rc = unsafe {
+                stag_emu_selftest_ldmatrix(matrices, trans, m.as_ptr(), out.as_mut_ptr())
+            };
+            assert_eq!(rc, OK, "{}", last_error());
+            for lane in 0..32usize {
+                for j in 0..4usize {
+                    let got = out[lane * 4 + j];
+                    if j >= matrices as usize {
+                        assert_eq!(got, 0);
+                        continue;
+                    }
+                    let at = |r: usize, c: usize| m[(j * 8 + r) * 8 + c] as u32;
+                    let (e0, e1) = if trans == 0 {
+                        (
+                            at(lane / 4, 2 * (lane % 4)),
+                            at(lane / 4, 2 * (lane % 4) + 1),
+                        )
+                    } else {
+                        (
+                            at(2 * (lane % 4), lane / 4),
+                            at(2 * (lane % 4) + 1, lane / 4),
+                        )
+                    };
+                    assert_eq!(
+                        got,
+                        e0 | e1 << 16,
+                        "x{matrices} trans={trans} lane {lane} reg {j}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cp_async_destinations_hold_poison_until_their_group_is_waited_for() {
+    let src: Vec<u32> = (0..64u32).map(|i| 0x0100_0000 + i).collect();
+    let mut out = vec![0u32; 128];
+    // SAFETY: src holds 64 words and out 128 (selftest.h).
+    let rc = unsafe { stag_emu_selftest_cp_async(src.as_ptr(), out.as_mut_ptr()) };
+    assert_eq!(rc, OK, "{}", last_error());
+    for t in 0..8usize {
+        for w in 0..4usize {
+            let at = |s: usize| out[(s * 8 + t) * 4 + w];
+            assert_eq!(at(0), u32::MAX, "group 1 read before its wait");
+            assert_eq!(at(1), src[4 * t + w]);
+            assert_eq!(at(2), u32::MAX, "group 2 read before its wait");
+            let want = if t == 7 { 0 } else { src[32 + 4 * t + w] };
+            assert_eq!(at(3), want);
+        }
+    }
 }

@@ -11,7 +11,8 @@ use stagformer_kernels::ops::attention_decode::{
     MIN_KEYS_PER_SPLIT, RECOMMENDED_MAX_SPLITS,
 };
 use stagformer_kernels::ops::attention_prefill::{
-    attention_prefill, HeadShape as PrefillHeads, PrefillBatch, PrefillConfig, PrefillMask,
+    attention_prefill_with, HeadShape as PrefillHeads, PrefillBatch, PrefillConfig, PrefillKernel,
+    PrefillMask,
 };
 use stagformer_kernels::ops::axpby::axpby;
 use stagformer_kernels::ops::embedding::{embedding, EmbeddingShape};
@@ -564,7 +565,8 @@ pub(crate) fn attention_decode_benches() -> Vec<KernelBench> {
 // attention_prefill
 // ---------------------------------------------------------------------------------------------
 
-/// One sequence of P tokens, H = 32, Hkv = 8, hd = 128, packed q, k, v and out.
+/// One sequence of P tokens, H = 32, Hkv = 8, hd = 128 (or 64), packed q, k, v and out, on the
+/// SIMT kernel (variants `bf16.<mask>`) and on tensor cores (`bf16.mma.<mask>`), side by side.
 ///
 /// Bytes: q read and out written (`2 · 2 · P · H · hd`), k and v read (`2 · 2 · P · Hkv · hd`),
 /// all bf16 (the batch's offset arrays are a few bytes).
@@ -574,11 +576,6 @@ pub(crate) fn attention_decode_benches() -> Vec<KernelBench> {
 ///
 /// Rotation: q, k, v and out rotate over [`copies_for`] copies; the batch is single.
 pub(crate) fn attention_prefill_benches() -> Vec<KernelBench> {
-    let heads = PrefillHeads {
-        heads: HEADS as usize,
-        kv_heads: KV_HEADS as usize,
-        head_dim: HEAD_DIM as usize,
-    };
     let masks = [
         PrefillMask::Causal,
         PrefillMask::SlidingCausal {
@@ -588,27 +585,49 @@ pub(crate) fn attention_prefill_benches() -> Vec<KernelBench> {
             window: Some(WINDOW as usize),
         },
     ];
-    let mut benches = Vec::new();
+    // (mask, P, head_dim): every mask at 512 and 2048, plus causal at 4096 (hd 128) and
+    // 1024 (hd 64).
+    let mut configs: Vec<(PrefillMask, u64, u64)> = Vec::new();
     for mask in masks {
         for p in [512, 2048] {
-            let bytes = 2 * BF16 * p * (HEADS + KV_HEADS) * HEAD_DIM;
-            let (variant, pairs) = match mask {
-                PrefillMask::Causal => ("bf16.causal", p * (p + 1) / 2),
+            configs.push((mask, p, HEAD_DIM));
+        }
+    }
+    configs.push((PrefillMask::Causal, 4096, HEAD_DIM));
+    configs.push((PrefillMask::Causal, 1024, 64));
+    let mut benches = Vec::new();
+    for (mask, p, hd) in configs {
+        for kernel in [PrefillKernel::Simt, PrefillKernel::TensorCore] {
+            let heads = PrefillHeads {
+                heads: HEADS as usize,
+                kv_heads: KV_HEADS as usize,
+                head_dim: hd as usize,
+            };
+            let bytes = 2 * BF16 * p * (HEADS + KV_HEADS) * hd;
+            let (name, pairs) = match mask {
+                PrefillMask::Causal => ("causal", p * (p + 1) / 2),
                 PrefillMask::SlidingCausal { window } => (
-                    "bf16.sliding_w128",
+                    "sliding_w128",
                     (0..p).map(|i| (i + 1).min(window as u64)).sum(),
                 ),
                 PrefillMask::StaggeredCross { window } => {
                     let w = window.map_or(u64::MAX, |w| w as u64);
-                    ("bf16.cross_w128", (0..p).map(|i| i.min(w)).sum())
+                    ("cross_w128", (0..p).map(|i| i.min(w)).sum())
                 }
             };
-            let flops = 4 * HEADS * HEAD_DIM * pairs;
+            let kernel_name = if kernel == PrefillKernel::TensorCore {
+                "bf16.mma"
+            } else {
+                "bf16"
+            };
+            let dim_suffix = if hd == HEAD_DIM { "" } else { "_hd64" };
+            let variant = format!("{kernel_name}.{name}{dim_suffix}");
+            let flops = 4 * HEADS * hd * pairs;
             let mut shape = vec![
                 ("p", p),
                 ("heads", HEADS),
                 ("kv_heads", KV_HEADS),
-                ("head_dim", HEAD_DIM),
+                ("head_dim", hd),
             ];
             if let PrefillMask::StaggeredCross { window: Some(w) }
             | PrefillMask::SlidingCausal { window: w } = mask
@@ -634,7 +653,16 @@ pub(crate) fn attention_prefill_benches() -> Vec<KernelBench> {
                     let cfg = PrefillConfig::packed(heads, mask);
                     Ok(Box::new(move |s: &Stream, call: u64| {
                         let c = (call % copies) as usize;
-                        attention_prefill(s, &batch, &q[c], &k[c], &v[c], &mut out[c], &cfg)
+                        attention_prefill_with(
+                            s,
+                            &batch,
+                            &q[c],
+                            &k[c],
+                            &v[c],
+                            &mut out[c],
+                            &cfg,
+                            kernel,
+                        )
                     }) as Launcher)
                 },
             ));

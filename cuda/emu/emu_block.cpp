@@ -7,6 +7,7 @@
 // releases all threads when the last one arrives; a warp collective completes when every lane
 // named in its mask has arrived. An empty run queue with unfinished fibers is a deadlock, which
 // fails the launch with a description of who waits where.
+#include <atomic>
 #include <bit>
 #include <cstdarg>
 #include <cstdio>
@@ -24,6 +25,7 @@ constinit thread_local uint3 blockIdx{0, 0, 0};
 constinit thread_local dim3 blockDim{1, 1, 1};
 constinit thread_local dim3 gridDim{1, 1, 1};
 constinit thread_local unsigned char *dynamic_smem = nullptr;
+constinit thread_local uint64_t block_serial = 0;
 
 }  // namespace stag_emu
 
@@ -211,6 +213,10 @@ bool Worker::run_block(const LaunchState &launch, uint64_t block_linear) {
     stag_emu::blockDim = launch.block;
     stag_emu::gridDim = launch.grid;
     stag_emu::dynamic_smem = smem_;
+    {
+        static std::atomic<uint64_t> serials{0};
+        stag_emu::block_serial = serials.fetch_add(1, std::memory_order_relaxed) + 1;
+    }
     if (launch.dynamic_smem_bytes != 0) {
         std::memset(smem_, 0xFF, launch.dynamic_smem_bytes);
     }

@@ -23,6 +23,10 @@ extern constinit thread_local dim3 blockDim;
 extern constinit thread_local dim3 gridDim;
 // The block's dynamic shared memory (16-byte aligned; see STAG_DYNAMIC_SMEM).
 extern constinit thread_local unsigned char *dynamic_smem;
+// A number no other block run by this process shares (set when a block starts), so per-thread
+// state kept outside the fibers (the pending cp.async copies of stag_mma.cuh) can tell a new
+// block from the previous one on the same host thread.
+extern constinit thread_local uint64_t block_serial;
 
 enum class BarrierOp : uint8_t { Sync, Count, And, Or };
 enum class WarpOp : uint8_t {

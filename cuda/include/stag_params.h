@@ -221,6 +221,50 @@ typedef struct AttentionPrefillParams {
     uint32_t reserved;
 } AttentionPrefillParams;
 
+/* Tensor-core prefill attention (bf16): the contract of AttentionPrefillParams (query rows,
+ * positions, masks, GQA, ragged batches), with the keys of sequence b read from one of two
+ * sources (kv_source):
+ *   STAG_KV_PACKED (0): key position j is row k_offsets[b] + j of k and v (rows k_row_stride /
+ *     v_row_stride elements apart, kv head h at h * head_dim); positions < the sequence's rows.
+ *   STAG_KV_CACHE (1): a KV cache [cache_seqs][kv_heads][cache_slots][head_dim] at the given
+ *     strides; the sequence's cache slot is q_slots[q_offsets[b]] (the slot of its first query
+ *     row; every row of a sequence has the same slot), and position j is cache row j
+ *     (cache_ring == 0, positions < cache_slots) or j mod cache_slots (cache_ring != 0).
+ * k_offsets is unused for the cache, q_slots for packed keys. */
+typedef struct AttentionPrefillMmaParams {
+    const void *q;
+    const void *k;
+    const void *v;
+    void *out;
+    const int32_t *q_offsets;
+    const int32_t *k_offsets;
+    const int32_t *q_positions0;
+    const int32_t *q_slots;
+    uint64_t cache_seq_stride;
+    uint64_t cache_head_stride;
+    uint32_t sequences;
+    uint32_t heads;
+    uint32_t kv_heads;
+    uint32_t head_dim;
+    uint32_t q_row_stride;
+    uint32_t k_row_stride;
+    uint32_t v_row_stride;
+    uint32_t out_row_stride;
+    uint32_t mode;
+    uint32_t window;
+    float scale;
+    uint32_t q_rows;
+    uint32_t k_rows;
+    uint32_t kv_source;
+    uint32_t cache_ring;
+    uint32_t cache_slots;
+    uint32_t cache_seqs;
+    uint32_t reserved;
+} AttentionPrefillMmaParams;
+
+#define STAG_KV_PACKED 0u
+#define STAG_KV_CACHE 1u
+
 /* SwiGLU: out[r, j] = silu(gate_up[r, j]) * gate_up[r, ffn + j] (the fused gate|up output). */
 typedef struct SwigluParams {
     const void *gate_up;
@@ -373,6 +417,7 @@ STAG_LAYOUT_ASSERT(sizeof(RopeAppendParams) == 128, "RopeAppendParams size");
 STAG_LAYOUT_ASSERT(sizeof(AttentionDecodeParams) == 136, "AttentionDecodeParams size");
 STAG_LAYOUT_ASSERT(sizeof(MemoryKvAppendParams) == 88, "MemoryKvAppendParams size");
 STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 112, "AttentionPrefillParams size");
+STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillMmaParams) == 152, "AttentionPrefillMmaParams size");
 STAG_LAYOUT_ASSERT(sizeof(SwigluParams) == 32, "SwigluParams size");
 STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 88, "SampleParams size");
 STAG_LAYOUT_ASSERT(sizeof(AxpbyParams) == 32, "AxpbyParams size");

@@ -49,6 +49,7 @@ kernel_params!(
     AttentionDecodeParams,
     MemoryKvAppendParams,
     AttentionPrefillParams,
+    AttentionPrefillMmaParams,
     SwigluParams,
     SampleParams,
     AxpbyParams,

@@ -3,6 +3,8 @@
 
 pub const STAG_ATTN_SELF: u32 = 0;
 pub const STAG_ATTN_CROSS: u32 = 1;
+pub const STAG_KV_PACKED: u32 = 0;
+pub const STAG_KV_CACHE: u32 = 1;
 pub const STAG_GEMV_STORE: u32 = 0;
 pub const STAG_GEMV_RESIDUAL_ADD: u32 = 1;
 pub const STAG_GEMV_SWIGLU: u32 = 2;
@@ -619,6 +621,150 @@ const _: () = {
     ][::core::mem::offset_of!(AttentionPrefillParams, reserved) - 108usize];
 };
 impl Default for AttentionPrefillParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/** Tensor-core prefill attention (bf16): the contract of AttentionPrefillParams (query rows,
+ positions, masks, GQA, ragged batches), with the keys of sequence b read from one of two
+ sources (kv_source):
+   STAG_KV_PACKED (0): key position j is row k_offsets[b] + j of k and v (rows k_row_stride /
+     v_row_stride elements apart, kv head h at h * head_dim); positions < the sequence's rows.
+   STAG_KV_CACHE (1): a KV cache [cache_seqs][kv_heads][cache_slots][head_dim] at the given
+     strides; the sequence's cache slot is q_slots[q_offsets[b]] (the slot of its first query
+     row; every row of a sequence has the same slot), and position j is cache row j
+     (cache_ring == 0, positions < cache_slots) or j mod cache_slots (cache_ring != 0).
+ k_offsets is unused for the cache, q_slots for packed keys.*/
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct AttentionPrefillMmaParams {
+    pub q: *const ::core::ffi::c_void,
+    pub k: *const ::core::ffi::c_void,
+    pub v: *const ::core::ffi::c_void,
+    pub out: *mut ::core::ffi::c_void,
+    pub q_offsets: *const i32,
+    pub k_offsets: *const i32,
+    pub q_positions0: *const i32,
+    pub q_slots: *const i32,
+    pub cache_seq_stride: u64,
+    pub cache_head_stride: u64,
+    pub sequences: u32,
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub q_row_stride: u32,
+    pub k_row_stride: u32,
+    pub v_row_stride: u32,
+    pub out_row_stride: u32,
+    pub mode: u32,
+    pub window: u32,
+    pub scale: f32,
+    pub q_rows: u32,
+    pub k_rows: u32,
+    pub kv_source: u32,
+    pub cache_ring: u32,
+    pub cache_slots: u32,
+    pub cache_seqs: u32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of AttentionPrefillMmaParams",
+    ][::core::mem::size_of::<AttentionPrefillMmaParams>() - 152usize];
+    [
+        "Alignment of AttentionPrefillMmaParams",
+    ][::core::mem::align_of::<AttentionPrefillMmaParams>() - 8usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::q",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, q) - 0usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::k",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, k) - 8usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::v",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, v) - 16usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::out",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, out) - 24usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::q_offsets",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, q_offsets) - 32usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::k_offsets",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, k_offsets) - 40usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::q_positions0",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, q_positions0) - 48usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::q_slots",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, q_slots) - 56usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::cache_seq_stride",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, cache_seq_stride) - 64usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::cache_head_stride",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, cache_head_stride) - 72usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::sequences",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, sequences) - 80usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::heads",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, heads) - 84usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::kv_heads",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, kv_heads) - 88usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::head_dim",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, head_dim) - 92usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::q_row_stride",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, q_row_stride) - 96usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::k_row_stride",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, k_row_stride) - 100usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::v_row_stride",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, v_row_stride) - 104usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::out_row_stride",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, out_row_stride) - 108usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::mode",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, mode) - 112usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::window",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, window) - 116usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::scale",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, scale) - 120usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::q_rows",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, q_rows) - 124usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::k_rows",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, k_rows) - 128usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::kv_source",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, kv_source) - 132usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::cache_ring",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, cache_ring) - 136usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::cache_slots",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, cache_slots) - 140usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::cache_seqs",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, cache_seqs) - 144usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::reserved",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, reserved) - 148usize];
+};
+impl Default for AttentionPrefillMmaParams {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
         unsafe {

@@ -31,10 +31,14 @@
 use half::bf16;
 
 use crate::device::kernel::{stag_kernel, Kernel, LaunchConfig};
-use crate::device::{AsDeviceView, AsDeviceViewMut, Device, DeviceBuffer, Stream};
+use crate::device::{AsDeviceView, AsDeviceViewMut, Device, DeviceBuffer, DeviceView, Stream};
 use crate::dtype::{DType, DeviceElem};
 use crate::error::{DeviceError, Result};
-use crate::ffi::{AttentionPrefillParams, STAG_ATTN_CROSS, STAG_ATTN_SELF};
+use crate::ffi::{
+    AttentionPrefillMmaParams, AttentionPrefillParams, STAG_ATTN_CROSS, STAG_ATTN_SELF,
+    STAG_KV_CACHE, STAG_KV_PACKED,
+};
+use crate::ops::rope_append::{check_layout, KvCacheLayout};
 
 stag_kernel!(static PREFILL_F32_HD64: AttentionPrefillParams = attention_prefill_f32_hd64 in ATTENTION_PREFILL);
 stag_kernel!(static PREFILL_F32_HD128: AttentionPrefillParams = attention_prefill_f32_hd128 in ATTENTION_PREFILL);
@@ -42,6 +46,8 @@ stag_kernel!(static PREFILL_F32_ANY: AttentionPrefillParams = attention_prefill_
 stag_kernel!(static PREFILL_BF16_HD64: AttentionPrefillParams = attention_prefill_bf16_hd64 in ATTENTION_PREFILL);
 stag_kernel!(static PREFILL_BF16_HD128: AttentionPrefillParams = attention_prefill_bf16_hd128 in ATTENTION_PREFILL);
 stag_kernel!(static PREFILL_BF16_ANY: AttentionPrefillParams = attention_prefill_bf16_any in ATTENTION_PREFILL);
+stag_kernel!(static PREFILL_MMA_BF16_HD64: AttentionPrefillMmaParams = attention_prefill_mma_bf16_hd64 in ATTENTION_PREFILL_MMA);
+stag_kernel!(static PREFILL_MMA_BF16_HD128: AttentionPrefillMmaParams = attention_prefill_mma_bf16_hd128 in ATTENTION_PREFILL_MMA);
 
 // Tile geometry; must equal BM, BN, THREADS and MAX_HEAD_DIM in `cuda/attention_prefill.cu`.
 /// Query items (row, head of a kv group) per block.
@@ -73,6 +79,60 @@ fn kernel_for<T: PrefillElem>(head_dim: usize) -> &'static Kernel<AttentionPrefi
         (true, 64) => &PREFILL_BF16_HD64,
         (true, 128) => &PREFILL_BF16_HD128,
         (true, _) => &PREFILL_BF16_ANY,
+    }
+}
+
+// Tile geometry of `cuda/attention_prefill_mma.cu` (BM, BN, THREADS).
+const MMA_BLOCK_ITEMS: usize = 64;
+const MMA_BLOCK_KEYS: usize = 64;
+const MMA_THREADS: u32 = 128;
+
+/// The tensor-core instance for `head_dim` and the head dim its tiles are laid out for: 64
+/// (exact for 64, zero-padded below) or 128 (exact for 128, zero-padded for 65 ..= 127).
+fn mma_kernel_for(head_dim: usize) -> (&'static Kernel<AttentionPrefillMmaParams>, usize) {
+    if head_dim <= 64 {
+        (&PREFILL_MMA_BF16_HD64, 64)
+    } else {
+        (&PREFILL_MMA_BF16_HD128, 128)
+    }
+}
+
+/// Dynamic shared memory of a tensor-core launch: bf16 tiles Q [BM][LD], K and V [2][BN][LD]
+/// with LD = tile head dim + 8 (the kernel's layout).
+fn mma_smem_bytes(tile_dim: usize) -> u32 {
+    let ld = tile_dim + 8;
+    let elems = MMA_BLOCK_ITEMS * ld + 4 * MMA_BLOCK_KEYS * ld;
+    // At most 2 · 5 · 64 · 136 = 87 040 bytes.
+    (elems * std::mem::size_of::<bf16>()) as u32
+}
+
+/// Which kernel computes a prefill attention. The SIMT kernel stays selectable so that a GPU
+/// run can compare both (benches, parity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PrefillKernel {
+    /// Tensor cores for bf16, the SIMT kernel for f32.
+    #[default]
+    Auto,
+    /// `cuda/attention_prefill.cu`: f32 FFMA from f32 shared tiles (f32 and bf16).
+    Simt,
+    /// `cuda/attention_prefill_mma.cu`: mma.sync m16n8k16 (bf16 only).
+    TensorCore,
+}
+
+impl PrefillKernel {
+    /// The kernel that runs for element type `T`; tensor cores for f32 are an error.
+    fn resolve<T: PrefillElem>(self) -> Result<PrefillKernel> {
+        let bf16 = T::DTYPE == DType::BF16;
+        match self {
+            PrefillKernel::Auto if bf16 => Ok(PrefillKernel::TensorCore),
+            PrefillKernel::Auto => Ok(PrefillKernel::Simt),
+            PrefillKernel::TensorCore if !bf16 => Err(DeviceError::UnsupportedDTypes {
+                op: "attention_prefill (tensor cores)",
+                found: format!("{:?}", T::DTYPE),
+                supported: "bf16",
+            }),
+            k => Ok(k),
+        }
     }
 }
 
@@ -348,7 +408,8 @@ impl PrefillConfig {
 }
 
 /// Attention of every query row of `batch` over its sequence's visible keys:
-/// `out = softmax(scale · q·kᵀ + mask) · v`, per query head (see the module docs for the layout).
+/// `out = softmax(scale · q·kᵀ + mask) · v`, per query head (see the module docs for the layout),
+/// on the [`PrefillKernel::Auto`] kernel (tensor cores for bf16).
 ///
 /// `q`/`out` hold `batch.q_rows()` rows and `k`/`v` `batch.k_rows()` rows at the strides of
 /// `cfg`; each view must reach the last row's last element used (`(rows − 1) · stride + width`
@@ -363,11 +424,18 @@ pub fn attention_prefill<T: PrefillElem>(
     out: &mut impl AsDeviceViewMut<T>,
     cfg: &PrefillConfig,
 ) -> Result<()> {
-    let (q, k, v, mut out) = (q.view(), k.view(), v.view(), out.view_mut());
+    attention_prefill_with(stream, batch, q, k, v, out, cfg, PrefillKernel::Auto)
+}
+
+/// Checks the shape, mask, scale and the q/out views; `k_width`-independent parts only.
+fn check_common(
+    batch: &PrefillBatch,
+    q_len: usize,
+    out_len: usize,
+    cfg: &PrefillConfig,
+) -> Result<(u32, u32, u32, u32)> {
     let HeadShape {
-        heads,
-        kv_heads,
-        head_dim,
+        heads, head_dim, ..
     } = cfg.shape;
     check_heads(cfg.shape)?;
     let checked_window = |w: usize| {
@@ -391,24 +459,109 @@ pub fn attention_prefill<T: PrefillElem>(
         ));
     }
     let q_width = heads * head_dim;
-    let kv_width = kv_heads * head_dim;
     let q_stride = check_stride("q_row_stride", cfg.strides.q, q_width)?;
-    let k_stride = check_stride("k_row_stride", cfg.strides.k, kv_width)?;
-    let v_stride = check_stride("v_row_stride", cfg.strides.v, kv_width)?;
     let out_stride = check_stride("out_row_stride", cfg.strides.out, q_width)?;
-    check_extent("q", q.len(), batch.q_rows, cfg.strides.q, q_width)?;
-    check_extent("k", k.len(), batch.k_rows, cfg.strides.k, kv_width)?;
-    check_extent("v", v.len(), batch.k_rows, cfg.strides.v, kv_width)?;
-    check_extent("out", out.len(), batch.q_rows, cfg.strides.out, q_width)?;
-    batch.check_keys_cover(cfg.mask)?;
+    check_extent("q", q_len, batch.q_rows, cfg.strides.q, q_width)?;
+    check_extent("out", out_len, batch.q_rows, cfg.strides.out, q_width)?;
+    Ok((mode, window, q_stride, out_stride))
+}
 
-    let group = heads / kv_heads;
-    let tiles = batch
+/// Blocks along grid x: query tiles of the longest sequence (None when they overflow).
+fn query_tiles(batch: &PrefillBatch, group: usize, items_per_block: usize) -> Result<usize> {
+    batch
         .max_q_len
         .checked_mul(group)
-        .map(|items| items.div_ceil(BLOCK_ITEMS))
+        .map(|items| items.div_ceil(items_per_block))
         .filter(|&t| t <= i32::MAX as usize)
-        .ok_or_else(|| DeviceError::overflow("batch", "query tiles of the longest sequence"))?;
+        .ok_or_else(|| DeviceError::overflow("batch", "query tiles of the longest sequence"))
+}
+
+/// [`attention_prefill`] on a chosen kernel. [`PrefillKernel::TensorCore`] takes bf16 only
+/// (an f32 call is [`DeviceError::UnsupportedDTypes`]; [`PrefillKernel::Auto`] never fails
+/// that way).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_prefill_with<T: PrefillElem>(
+    stream: &Stream,
+    batch: &PrefillBatch,
+    q: &impl AsDeviceView<T>,
+    k: &impl AsDeviceView<T>,
+    v: &impl AsDeviceView<T>,
+    out: &mut impl AsDeviceViewMut<T>,
+    cfg: &PrefillConfig,
+    kernel: PrefillKernel,
+) -> Result<()> {
+    let (q, k, v, mut out) = (q.view(), k.view(), v.view(), out.view_mut());
+    let kernel = kernel.resolve::<T>()?;
+    let (mode, window, q_stride, out_stride) = check_common(batch, q.len(), out.len(), cfg)?;
+    let HeadShape {
+        heads,
+        kv_heads,
+        head_dim,
+    } = cfg.shape;
+    let kv_width = kv_heads * head_dim;
+    let k_stride = check_stride("k_row_stride", cfg.strides.k, kv_width)?;
+    let v_stride = check_stride("v_row_stride", cfg.strides.v, kv_width)?;
+    check_extent("k", k.len(), batch.k_rows, cfg.strides.k, kv_width)?;
+    check_extent("v", v.len(), batch.k_rows, cfg.strides.v, kv_width)?;
+    batch.check_keys_cover(cfg.mask)?;
+    let group = heads / kv_heads;
+    let retained = [
+        q.retain("q"),
+        k.retain("k"),
+        v.retain("v"),
+        out.retain("out"),
+        batch.q_offsets.view().retain("batch"),
+        batch.k_offsets.view().retain("batch"),
+        batch.positions0.view().retain("batch"),
+    ];
+
+    if kernel == PrefillKernel::TensorCore {
+        let tiles = query_tiles(batch, group, MMA_BLOCK_ITEMS)?;
+        if tiles == 0 {
+            return Ok(());
+        }
+        let (kern, tile_dim) = mma_kernel_for(head_dim);
+        let params = AttentionPrefillMmaParams {
+            q: q.as_ptr(),
+            k: k.as_ptr(),
+            v: v.as_ptr(),
+            out: out.as_mut_ptr(),
+            q_offsets: batch.q_offsets.view().as_ptr().cast(),
+            k_offsets: batch.k_offsets.view().as_ptr().cast(),
+            q_positions0: batch.positions0.view().as_ptr().cast(),
+            q_slots: std::ptr::null(),
+            cache_seq_stride: 0,
+            cache_head_stride: 0,
+            sequences: batch.sequences() as u32,
+            heads: heads as u32,
+            kv_heads: kv_heads as u32,
+            head_dim: head_dim as u32,
+            q_row_stride: q_stride,
+            k_row_stride: k_stride,
+            v_row_stride: v_stride,
+            out_row_stride: out_stride,
+            mode,
+            window,
+            scale: cfg.scale,
+            q_rows: batch.q_rows as u32,
+            k_rows: batch.k_rows as u32,
+            kv_source: STAG_KV_PACKED,
+            cache_ring: 0,
+            cache_slots: 0,
+            cache_seqs: 0,
+            reserved: 0,
+        };
+        let launch = LaunchConfig {
+            grid: [tiles as u32, kv_heads as u32, batch.sequences() as u32],
+            block: [MMA_THREADS, 1, 1],
+            dynamic_smem_bytes: mma_smem_bytes(tile_dim),
+        };
+        // SAFETY: as for the SIMT launch below (same views, extents and batch arrays, the same
+        // clamping of rows in the kernel); `q_slots` is null and unused with packed keys.
+        return unsafe { stream.launch(kern, launch, params, &retained) };
+    }
+
+    let tiles = query_tiles(batch, group, BLOCK_ITEMS)?;
     if tiles == 0 {
         return Ok(());
     }
@@ -440,15 +593,6 @@ pub fn attention_prefill<T: PrefillElem>(
         block: [THREADS, 1, 1],
         dynamic_smem_bytes: smem_bytes(head_dim),
     };
-    let retained = [
-        q.retain("q"),
-        k.retain("k"),
-        v.retain("v"),
-        out.retain("out"),
-        batch.q_offsets.view().retain("batch"),
-        batch.k_offsets.view().retain("batch"),
-        batch.positions0.view().retain("batch"),
-    ];
     // SAFETY: the views are retained above. `q`/`out` reach `(q_rows − 1) · stride + heads ·
     // head_dim` elements and `k`/`v` the same for `k_rows` rows and `kv_heads · head_dim`
     // (checked), and the kernel clamps every row it touches into `q_rows` / `k_rows`. The
@@ -458,6 +602,162 @@ pub fn attention_prefill<T: PrefillElem>(
     // code can alias it with the inputs, and a stride of at least the row width keeps its rows
     // from overlapping each other.
     unsafe { stream.launch(kernel_for::<T>(head_dim), launch, params, &retained) }
+}
+
+/// The keys of a prefill read from a self-attention KV cache (the one `rope_append` fills).
+pub struct CacheKeys<'a, T: DeviceElem> {
+    pub k: DeviceView<'a, T>,
+    pub v: DeviceView<'a, T>,
+    /// The caches' layout; a ring holds position `j` in slot `j mod slots`.
+    pub layout: KvCacheLayout,
+    /// The cache sequence of every query row (`batch.q_rows()` entries, as `rope_append`
+    /// takes them). The kernel reads the entry of each sequence's first row: every row of a
+    /// sequence must name the same cache sequence (values are clamped into the cache).
+    pub seq_slots: DeviceView<'a, i32>,
+}
+
+/// Self-attention of a prompt (or a chunk of one) over a KV cache, on tensor cores (bf16
+/// only): the query rows of `batch` (sequence `b`'s first at position `q_positions0[b]`) attend
+/// to the cache positions the causal or sliding-window mask shows them, which must already be
+/// in the cache (append the rows first; earlier chunks' positions are read from the cache too).
+/// The batch's key lengths are not used; `cfg.strides.k` / `.v` neither. `mask` must be a self
+/// mask. A dense cache must hold every position up to the last query's; a ring cache needs a
+/// sliding window with `q_len + window − 1 ≤ slots` per sequence, so that no position a row of
+/// the call sees was overwritten by a later row of the same call.
+pub fn attention_prefill_cached<T: PrefillElem>(
+    stream: &Stream,
+    batch: &PrefillBatch,
+    q: &impl AsDeviceView<T>,
+    keys: &CacheKeys<'_, T>,
+    out: &mut impl AsDeviceViewMut<T>,
+    cfg: &PrefillConfig,
+) -> Result<()> {
+    let (q, mut out) = (q.view(), out.view_mut());
+    PrefillKernel::TensorCore.resolve::<T>()?;
+    let (mode, window, q_stride, out_stride) = check_common(batch, q.len(), out.len(), cfg)?;
+    let HeadShape {
+        heads,
+        kv_heads,
+        head_dim,
+    } = cfg.shape;
+    let layout = keys.layout;
+    let need = check_layout(&layout, None)?;
+    if layout.kv_heads != kv_heads || layout.head_dim != head_dim {
+        return Err(DeviceError::ShapeMismatch {
+            arg: "cache",
+            expected: format!("{kv_heads} kv heads of dim {head_dim}"),
+            found: format!("{} kv heads of dim {}", layout.kv_heads, layout.head_dim),
+        });
+    }
+    for (arg, len) in [("k_cache", keys.k.len()), ("v_cache", keys.v.len())] {
+        if len < need {
+            return Err(DeviceError::LengthMismatch {
+                arg,
+                expected: need,
+                found: len,
+            });
+        }
+    }
+    if keys.seq_slots.len() < batch.q_rows {
+        return Err(DeviceError::LengthMismatch {
+            arg: "seq_slots",
+            expected: batch.q_rows,
+            found: keys.seq_slots.len(),
+        });
+    }
+    let sliding = match cfg.mask {
+        PrefillMask::Causal => None,
+        PrefillMask::SlidingCausal { window } => Some(window),
+        PrefillMask::StaggeredCross { .. } => {
+            return Err(DeviceError::invalid(
+                "mask",
+                "keys from a self-attention cache take a self mask",
+            ))
+        }
+    };
+    for (b, (&nq, &p0)) in batch.q_lens.iter().zip(&batch.q_positions0).enumerate() {
+        if nq == 0 {
+            continue;
+        }
+        // Positions below `slots` never wrap; past them only a window short enough that no
+        // row sees a slot a later row of the call overwrote.
+        let below = p0.checked_add(nq).is_some_and(|end| end <= layout.slots);
+        let fits = below
+            || (layout.ring
+                && sliding
+                    .is_some_and(|w| nq.checked_add(w).is_some_and(|n| n - 1 <= layout.slots)));
+        if !fits {
+            return Err(DeviceError::invalid(
+                "batch",
+                format!(
+                    "sequence {b}: {nq} queries from position {p0} do not fit a {} cache of {} \
+                     slots under the {} mask",
+                    if layout.ring { "ring" } else { "dense" },
+                    layout.slots,
+                    cfg.mask.name()
+                ),
+            ));
+        }
+    }
+    let group = heads / kv_heads;
+    let tiles = query_tiles(batch, group, MMA_BLOCK_ITEMS)?;
+    if tiles == 0 {
+        return Ok(());
+    }
+    let (kern, tile_dim) = mma_kernel_for(head_dim);
+    let params = AttentionPrefillMmaParams {
+        q: q.as_ptr(),
+        k: keys.k.as_ptr(),
+        v: keys.v.as_ptr(),
+        out: out.as_mut_ptr(),
+        q_offsets: batch.q_offsets.view().as_ptr().cast(),
+        k_offsets: std::ptr::null(),
+        q_positions0: batch.positions0.view().as_ptr().cast(),
+        q_slots: keys.seq_slots.as_ptr().cast(),
+        cache_seq_stride: layout.seq_stride as u64,
+        cache_head_stride: layout.head_stride as u64,
+        sequences: batch.sequences() as u32,
+        heads: heads as u32,
+        kv_heads: kv_heads as u32,
+        head_dim: head_dim as u32,
+        q_row_stride: q_stride,
+        k_row_stride: 0,
+        v_row_stride: 0,
+        out_row_stride: out_stride,
+        mode,
+        window,
+        scale: cfg.scale,
+        q_rows: batch.q_rows as u32,
+        k_rows: 0,
+        kv_source: STAG_KV_CACHE,
+        cache_ring: layout.ring as u32,
+        cache_slots: layout.slots as u32,
+        cache_seqs: layout.seqs as u32,
+        reserved: 0,
+    };
+    let launch = LaunchConfig {
+        grid: [tiles as u32, kv_heads as u32, batch.sequences() as u32],
+        block: [MMA_THREADS, 1, 1],
+        dynamic_smem_bytes: mma_smem_bytes(tile_dim),
+    };
+    let retained = [
+        q.retain("q"),
+        keys.k.retain("k_cache"),
+        keys.v.retain("v_cache"),
+        keys.seq_slots.retain("seq_slots"),
+        out.retain("out"),
+        batch.q_offsets.view().retain("batch"),
+        batch.positions0.view().retain("batch"),
+    ];
+    // SAFETY: the views are retained above. `q`/`out` reach their last row's last element
+    // (checked). The caches hold `layout.required_len()` elements (checked), and the kernel
+    // clamps the cache sequence it reads from `seq_slots` into `layout.seqs` and every cache
+    // row into the slots (`pos mod slots` for a ring, positions below `slots` for a dense
+    // cache), so every K/V read is inside the caches. `seq_slots` holds at least `q_rows`
+    // entries and the kernel reads only entries at clamped row offsets below `q_rows`. The
+    // batch arrays are as for `attention_prefill`. `out` is borrowed mutably and does not alias
+    // the inputs.
+    unsafe { stream.launch(kern, launch, params, &retained) }
 }
 
 fn check_heads(shape: HeadShape) -> Result<()> {
@@ -539,6 +839,85 @@ mod tests {
         assert!(smem_bytes(24) <= 48 * 1024);
         assert!(smem_bytes(MAX_HEAD_DIM) <= crate::device::EMU_MAX_DYNAMIC_SMEM_BYTES);
         assert_eq!(smem_bytes(128), 4 * (64 * 132 + 2 * 32 * 132 + 64 * 36));
+        // Tensor cores: bf16 Q [64][hd + 8] and double-buffered K, V [2][64][hd + 8].
+        assert_eq!(mma_smem_bytes(64), 46_080);
+        assert_eq!(mma_smem_bytes(128), 87_040);
+        assert!(mma_smem_bytes(128) <= crate::device::EMU_MAX_DYNAMIC_SMEM_BYTES);
+        assert_eq!(mma_kernel_for(24).1, 64);
+        assert_eq!(mma_kernel_for(65).1, 128);
+    }
+
+    #[test]
+    fn tensor_cores_take_bf16_only_and_cached_keys_are_checked() {
+        let dev = Device::emulated();
+        let stream = dev.new_stream().unwrap();
+        let shape = HeadShape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let batch = PrefillBatch::with_positions(&stream, &[3], &[3], &[4]).unwrap();
+        let cfg = PrefillConfig::packed(shape, PrefillMask::Causal);
+        let q32 = DeviceBuffer::<f32>::alloc(&dev, 3 * 32).unwrap();
+        let kv32 = DeviceBuffer::<f32>::alloc(&dev, 8 * 16).unwrap();
+        let mut out32 = DeviceBuffer::<f32>::alloc(&dev, 3 * 32).unwrap();
+        let f32_batch = PrefillBatch::new(&stream, &[3]).unwrap();
+        let err = attention_prefill_with(
+            &stream,
+            &f32_batch,
+            &q32,
+            &kv32,
+            &kv32,
+            &mut out32,
+            &cfg,
+            PrefillKernel::TensorCore,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, DeviceError::UnsupportedDTypes { .. }),
+            "{err}"
+        );
+
+        let q = DeviceBuffer::<bf16>::alloc(&dev, 3 * 32).unwrap();
+        let mut out = DeviceBuffer::<bf16>::alloc(&dev, 3 * 32).unwrap();
+        let slots = DeviceBuffer::<i32>::from_host(&stream, &[0, 0, 0]).unwrap();
+        let dense = KvCacheLayout::dense(1, 2, 8, 8);
+        let cache = DeviceBuffer::<bf16>::alloc(&dev, dense.required_len().unwrap()).unwrap();
+        let keys = |layout: KvCacheLayout| CacheKeys {
+            k: cache.view(),
+            v: cache.view(),
+            layout,
+            seq_slots: slots.view(),
+        };
+        let arg = |r: Result<()>| match r.unwrap_err() {
+            DeviceError::InvalidArgument { arg, .. }
+            | DeviceError::ShapeMismatch { arg, .. }
+            | DeviceError::LengthMismatch { arg, .. } => arg,
+            other => panic!("unexpected error {other}"),
+        };
+        let run =
+            |keys: &CacheKeys<'_, bf16>, cfg: &PrefillConfig, out: &mut DeviceBuffer<bf16>| {
+                attention_prefill_cached(&stream, &batch, &q, keys, out, cfg)
+            };
+        // Positions 4..7 fit 8 dense slots.
+        run(&keys(dense), &cfg, &mut out).unwrap();
+        let cross = PrefillConfig::packed(shape, PrefillMask::StaggeredCross { window: None });
+        assert_eq!(arg(run(&keys(dense), &cross, &mut out)), "mask");
+        // A ring of 4 slots: 3 rows at positions 4.. need a window of at most 2.
+        let ring = KvCacheLayout::dense(1, 2, 4, 8).into_ring();
+        assert_eq!(arg(run(&keys(ring), &cfg, &mut out)), "batch");
+        let w3 = PrefillConfig::packed(shape, PrefillMask::SlidingCausal { window: 3 });
+        assert_eq!(arg(run(&keys(ring), &w3, &mut out)), "batch");
+        let w2 = PrefillConfig::packed(shape, PrefillMask::SlidingCausal { window: 2 });
+        run(&keys(ring), &w2, &mut out).unwrap();
+        // Positions up to 6 do not fit 6 dense slots; a cache of the wrong head count.
+        let short = KvCacheLayout::dense(1, 2, 6, 8);
+        assert_eq!(arg(run(&keys(short), &cfg, &mut out)), "batch");
+        let heads = KvCacheLayout::dense(1, 1, 8, 8);
+        assert_eq!(arg(run(&keys(heads), &cfg, &mut out)), "cache");
+        let big = KvCacheLayout::dense(2, 2, 8, 8);
+        assert_eq!(arg(run(&keys(big), &cfg, &mut out)), "k_cache");
+        stream.synchronize().unwrap();
     }
 
     #[test]

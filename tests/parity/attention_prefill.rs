@@ -1,4 +1,6 @@
-//! Rows for `attention_prefill` (cuda/attention_prefill.cu): causal self-attention and the
+//! Rows for `attention_prefill` (cuda/attention_prefill.cu, and bf16 also on tensor cores,
+//! cuda/attention_prefill_mma.cu) and `attention_prefill_cached` (tensor cores over a
+//! self-attention KV cache): causal self-attention and the
 //! staggered cross mask over ragged batches, against `stagformer_ref::ops::attention_row`
 //! evaluated per query row over that row's visible keys (causal `0..=i`, sliding-window causal
 //! `max(0, i − W + 1)..=i`, cross `max(0, i − W)..i`).
@@ -18,11 +20,26 @@
 //! ~1e-13. bf16 2e-5: inputs are the same bf16 values on both sides, so besides the f32 math the
 //! only error is rounding the output to bf16, at most 2⁻⁸ relative per element, NMSE ≤ 2⁻¹⁶ ≈
 //! 1.53e-5.
+//!
+//! Tensor cores (rows marked `mma`) 5e-5: the same output rounding (≤ 2⁻¹⁶), plus P rounded to
+//! bf16 before P·V (the A operand of the mma; the row sum l uses the unrounded f32 P). Each P
+//! element then carries a relative error |δ| ≤ 2⁻⁹, independent of v, so the output error
+//! Σ p δ v / l has, relative to the output, a mean square of about E[δ²] = 2⁻¹⁸/3 ≈ 1.3e-6 for
+//! zero-mean values; the f32 accumulation of the mma is as in the SIMT kernel. Observed NMSE
+//! is about 3–4e-6; 5e-5 leaves room for unlucky draws without hiding a wrong key or mask (a
+//! single misplaced key gives NMSE ~1e-2).
+//!
+//! Cached rows: a random KV cache [cache_seqs][kv_heads][slots][hd] (dense, or a ring: position
+//! j in slot j mod slots), sequences in different cache slots, queries at an offset (a chunk
+//! reading earlier positions from the cache), sliding windows, GQA 1/4/8, hd 64/128/40; the
+//! reference gathers the visible positions from the same cache.
 
 use stagformer_kernels::device::{DeviceBuffer, Stream};
 use stagformer_kernels::ops::attention_prefill::{
-    attention_prefill, HeadShape, PrefillBatch, PrefillConfig, PrefillElem, PrefillMask, RowStrides,
+    attention_prefill_cached, attention_prefill_with, CacheKeys, HeadShape, PrefillBatch,
+    PrefillConfig, PrefillElem, PrefillKernel, PrefillMask, RowStrides,
 };
+use stagformer_kernels::ops::rope_append::KvCacheLayout;
 use stagformer_ref::ops::{self as reference, HeadLayout};
 
 use crate::table::{poisoned, stored, widen, widen_f32, Case, Compared, Float, Inputs};
@@ -30,6 +47,8 @@ use crate::table::{poisoned, stored, widen, widen_f32, Case, Compared, Float, In
 const F32_TOL: f64 = 1e-10;
 /// Output rounding to bf16 alone can reach 2⁻¹⁶ (see above).
 const BF16_TOL: f64 = 2e-5;
+/// The tensor-core kernel also rounds P to bf16 before P·V (see above).
+const BF16_MMA_TOL: f64 = 5e-5;
 
 #[derive(Clone, Debug)]
 struct Spec {
@@ -43,6 +62,7 @@ struct Spec {
     /// q, k, v as one fused row [q | k | v] starting one element into its buffer, and an output
     /// stride with 3 pad elements.
     fused: bool,
+    kernel: PrefillKernel,
 }
 
 impl Spec {
@@ -57,6 +77,7 @@ impl Spec {
             head_dim,
             mask: PrefillMask::Causal,
             fused: false,
+            kernel: PrefillKernel::Simt,
         }
     }
 
@@ -82,8 +103,12 @@ impl Spec {
             PrefillMask::StaggeredCross { window: None } => "cross W=none".to_string(),
             PrefillMask::StaggeredCross { window: Some(w) } => format!("cross W={w}"),
         };
+        let kernel = match self.kernel {
+            PrefillKernel::TensorCore => " mma",
+            _ => "",
+        };
         let mut name = format!(
-            "attention_prefill {dtype} {mask} hd={} h={}/{} q={:?}",
+            "attention_prefill {dtype}{kernel} {mask} hd={} h={}/{} q={:?}",
             self.head_dim, self.heads, self.kv_heads, self.q_lens
         );
         if self.k_lens != self.q_lens || self.positions0.iter().any(|&p| p != 0) {
@@ -108,9 +133,17 @@ impl Spec {
 
 pub fn cases() -> Vec<Case> {
     let mut specs: Vec<(Spec, bool)> = Vec::new();
+    // f32 and bf16 on the SIMT kernel, bf16 on tensor cores.
     let mut both = |spec: Spec| {
         specs.push((spec.clone(), false));
-        specs.push((spec, true));
+        specs.push((spec.clone(), true));
+        specs.push((
+            Spec {
+                kernel: PrefillKernel::TensorCore,
+                ..spec
+            },
+            true,
+        ));
     };
     // Single prompts: one row, short, exactly one query tile, a partial last tile.
     for p in [1, 7, 64, 130] {
@@ -168,17 +201,32 @@ pub fn cases() -> Vec<Case> {
     // A long sequence with one head: most key tiles lie outside the window.
     specs.push((Spec::prompts(&[600], 1, 1, 64), false));
     specs.push((Spec::prompts(&[600], 1, 1, 64).cross(Some(40)), true));
+    // Tensor cores: several key tiles with the causal diagonal, GQA 4 and 8 at hd 128.
+    let mma = |spec: Spec| Spec {
+        kernel: PrefillKernel::TensorCore,
+        ..spec
+    };
+    specs.push((mma(Spec::prompts(&[200], 8, 2, 128)), true));
+    specs.push((mma(Spec::prompts(&[150, 20], 8, 1, 64).sliding(70)), true));
+    specs.push((mma(Spec::prompts(&[600], 1, 1, 64).cross(Some(40))), true));
 
-    specs
+    let mut cases: Vec<Case> = specs
         .into_iter()
         .map(|(spec, bf16)| {
             if bf16 {
-                prefill_case::<half::bf16>(spec, BF16_TOL)
+                let tol = if spec.kernel == PrefillKernel::TensorCore {
+                    BF16_MMA_TOL
+                } else {
+                    BF16_TOL
+                };
+                prefill_case::<half::bf16>(spec, tol)
             } else {
                 prefill_case::<f32>(spec, F32_TOL)
             }
         })
-        .collect()
+        .collect();
+    cases.extend(cached_cases());
+    cases
 }
 
 fn prefill_case<T: Float + PrefillElem>(spec: Spec, tol: f64) -> Case {
@@ -234,7 +282,7 @@ fn run<T: Float + PrefillElem>(
             out: out_stride,
         };
         let mut out = poisoned::<T>(stream, q_rows * out_stride)?;
-        attention_prefill(
+        attention_prefill_with(
             stream,
             &batch,
             &qkv.slice(1..)?,
@@ -242,6 +290,7 @@ fn run<T: Float + PrefillElem>(
             &qkv.slice(1 + q_dim + kv_dim..)?,
             &mut out,
             &cfg,
+            spec.kernel,
         )?;
         let all = out.to_host(stream)?;
         let mut got = Vec::with_capacity(q_rows * q_dim);
@@ -262,7 +311,16 @@ fn run<T: Float + PrefillElem>(
         let k_dev = DeviceBuffer::from_host(stream, &k)?;
         let v_dev = DeviceBuffer::from_host(stream, &v)?;
         let mut out = poisoned::<T>(stream, q_rows * q_dim)?;
-        attention_prefill(stream, &batch, &q_dev, &k_dev, &v_dev, &mut out, &cfg)?;
+        attention_prefill_with(
+            stream,
+            &batch,
+            &q_dev,
+            &k_dev,
+            &v_dev,
+            &mut out,
+            &cfg,
+            spec.kernel,
+        )?;
         out.to_host(stream)?
     };
 
@@ -289,6 +347,197 @@ fn run<T: Float + PrefillElem>(
         }
         q_base += nq;
         k_base += nk;
+    }
+    Ok(vec![Compared {
+        output: "out",
+        got: widen(&got),
+        want: widen_f32(&want),
+    }])
+}
+
+/// A prefill (chunk) reading its keys from a self-attention KV cache
+/// (`attention_prefill_cached`, tensor cores, bf16).
+#[derive(Clone, Debug)]
+struct CachedSpec {
+    /// Per sequence: (cache sequence, first query position, query rows).
+    seqs: Vec<(usize, usize, usize)>,
+    cache_seqs: usize,
+    slots: usize,
+    ring: bool,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// Sliding window, or None for causal.
+    window: Option<usize>,
+}
+
+fn cached_cases() -> Vec<Case> {
+    let base = CachedSpec {
+        seqs: vec![(1, 0, 40)],
+        cache_seqs: 3,
+        slots: 96,
+        ring: false,
+        heads: 4,
+        kv_heads: 1,
+        head_dim: 64,
+        window: None,
+    };
+    let specs = [
+        // A whole prompt, then a chunk at an offset over the earlier positions in the cache.
+        base.clone(),
+        CachedSpec {
+            seqs: vec![(2, 30, 50)],
+            ..base.clone()
+        },
+        // Ragged: two sequences in different cache slots, one chunked; GQA 8, hd 128.
+        CachedSpec {
+            seqs: vec![(0, 0, 70), (2, 17, 9)],
+            heads: 8,
+            kv_heads: 1,
+            head_dim: 128,
+            ..base.clone()
+        },
+        // Other head dims (zero-padded tiles), GQA 1.
+        CachedSpec {
+            seqs: vec![(1, 5, 33)],
+            heads: 2,
+            kv_heads: 2,
+            head_dim: 40,
+            ..base.clone()
+        },
+        // Ring caches: W = 24, chunks of 16 rows in 39 slots, positions far past the ring.
+        CachedSpec {
+            seqs: vec![(0, 200, 16), (1, 3, 16)],
+            slots: 39,
+            ring: true,
+            window: Some(24),
+            ..base.clone()
+        },
+        CachedSpec {
+            seqs: vec![(2, 1000, 60)],
+            slots: 64 + 70 - 1,
+            ring: true,
+            window: Some(70),
+            heads: 8,
+            kv_heads: 2,
+            head_dim: 128,
+            ..base.clone()
+        },
+        // A sliding window on a dense cache.
+        CachedSpec {
+            seqs: vec![(1, 20, 60)],
+            window: Some(9),
+            ..base
+        },
+    ];
+    specs
+        .into_iter()
+        .map(|spec| {
+            let name = format!(
+                "attention_prefill_cached bf16 mma {} {} slots={} hd={} h={}/{} seqs={:?}",
+                spec.window
+                    .map_or("causal".to_string(), |w| format!("sliding W={w}")),
+                if spec.ring { "ring" } else { "dense" },
+                spec.slots,
+                spec.head_dim,
+                spec.heads,
+                spec.kv_heads,
+                spec.seqs
+            );
+            Case::new(name, BF16_MMA_TOL, move |stream, inputs: &mut Inputs| {
+                run_cached(stream, inputs, &spec)
+            })
+        })
+        .collect()
+}
+
+fn run_cached(
+    stream: &Stream,
+    inputs: &mut Inputs,
+    spec: &CachedSpec,
+) -> anyhow::Result<Vec<Compared>> {
+    type T = half::bf16;
+    let (hd, kvh) = (spec.head_dim, spec.kv_heads);
+    let layout = HeadLayout {
+        heads: spec.heads,
+        kv_heads: kvh,
+        head_dim: hd,
+    };
+    let q_dim = layout.q_dim();
+    let cache = KvCacheLayout::dense(spec.cache_seqs, kvh, spec.slots, hd);
+    let cache = if spec.ring { cache.into_ring() } else { cache };
+    let cache_len = cache.required_len()?;
+    // Random caches: whatever is in a slot no query sees must not matter.
+    let (k_cache, k_seen) = stored::<T>(&inputs.normal(cache_len, 0.0, 1.0));
+    let (v_cache, v_seen) = stored::<T>(&inputs.normal(cache_len, 0.0, 1.0));
+    let q_lens: Vec<usize> = spec.seqs.iter().map(|s| s.2).collect();
+    let p0s: Vec<usize> = spec.seqs.iter().map(|s| s.1).collect();
+    let q_rows: usize = q_lens.iter().sum();
+    let (q, q_seen) = stored::<T>(&inputs.normal(q_rows * q_dim, 0.0, 1.5));
+    let slots: Vec<i32> = spec
+        .seqs
+        .iter()
+        .flat_map(|&(slot, _, n)| std::iter::repeat_n(slot as i32, n))
+        .collect();
+
+    let batch = PrefillBatch::with_positions(stream, &q_lens, &q_lens, &p0s)?;
+    let mask = match spec.window {
+        Some(window) => PrefillMask::SlidingCausal { window },
+        None => PrefillMask::Causal,
+    };
+    let shape = HeadShape {
+        heads: spec.heads,
+        kv_heads: kvh,
+        head_dim: hd,
+    };
+    let cfg = PrefillConfig::packed(shape, mask);
+    let q_dev = DeviceBuffer::from_host(stream, &q)?;
+    let k_dev = DeviceBuffer::from_host(stream, &k_cache)?;
+    let v_dev = DeviceBuffer::from_host(stream, &v_cache)?;
+    let slots_dev = DeviceBuffer::from_host(stream, &slots)?;
+    let mut out = poisoned::<T>(stream, q_rows * q_dim)?;
+    let keys = CacheKeys {
+        k: k_dev.view(),
+        v: v_dev.view(),
+        layout: cache,
+        seq_slots: slots_dev.view(),
+    };
+    attention_prefill_cached(stream, &batch, &q_dev, &keys, &mut out, &cfg)?;
+    let got = out.to_host(stream)?;
+
+    // The reference gathers each sequence's positions 0..=last from the cache rows
+    // (slot = position mod slots for a ring) into [position][kv_heads · hd] rows.
+    let mut want = vec![0f32; q_rows * q_dim];
+    let mut row = 0;
+    for &(seq, p0, n) in &spec.seqs {
+        let end = p0 + n;
+        let (mut keys, mut values) = (vec![0f32; end * kvh * hd], vec![0f32; end * kvh * hd]);
+        for pos in 0..end {
+            let slot = cache.slot_of(pos);
+            if slot >= spec.slots {
+                continue; // never visible (checked by the op)
+            }
+            for h in 0..kvh {
+                let src = seq * cache.seq_stride + h * cache.head_stride + slot * hd;
+                let dst = (pos * kvh + h) * hd;
+                keys[dst..dst + hd].copy_from_slice(&k_seen[src..src + hd]);
+                values[dst..dst + hd].copy_from_slice(&v_seen[src..src + hd]);
+            }
+        }
+        for r in 0..n {
+            let i = p0 + r;
+            let lo = spec.window.map_or(0, |w| (i + 1).saturating_sub(w));
+            let span = row * q_dim..(row + 1) * q_dim;
+            reference::attention_row(
+                &q_seen[span.clone()],
+                &keys,
+                &values,
+                lo..i + 1,
+                layout,
+                &mut want[span],
+            )?;
+            row += 1;
+        }
     }
     Ok(vec![Compared {
         output: "out",

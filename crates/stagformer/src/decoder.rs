@@ -59,6 +59,16 @@ pub struct DecoderOptions {
     pub gemv: GemvPath,
 }
 
+/// The kernel of a prefill's self-attention in bf16 models ([`Decoder::set_prefill_self_attention`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PrefillSelfAttention {
+    /// `attention_prefill_cached`: tensor cores, the prompt's rows over the self cache.
+    #[default]
+    TensorCore,
+    /// `attention_decode` with one query row per row of the prompt (as f32 models always do).
+    DecodeKernel,
+}
+
 impl DecoderOptions {
     /// `max_batch` sequences of up to `capacity` positions, staggered, with graphs.
     pub fn new(max_batch: usize, capacity: usize) -> Self {
@@ -306,6 +316,7 @@ impl<T: Activation> Decoder<T> {
                 ring,
                 window,
                 self_cache,
+                prefill_self_mma: true,
             },
             caches,
             scratch,
@@ -329,6 +340,13 @@ impl<T: Activation> Decoder<T> {
     #[doc(hidden)]
     pub fn break_join_for_test(&mut self, delay: std::time::Duration) {
         self.broken_join = Some(delay);
+    }
+
+    /// Chooses the kernel of prefill self-attention for bf16 models (f32 models always use
+    /// the decode kernel): the tensor-core prefill kernel over the self cache (the default), or
+    /// the decode kernel, so that both can be compared on one model.
+    pub fn set_prefill_self_attention(&mut self, kernel: PrefillSelfAttention) {
+        self.shared.prefill_self_mma = kernel == PrefillSelfAttention::TensorCore;
     }
 
     pub fn options(&self) -> DecoderOptions {
@@ -500,6 +518,7 @@ impl<T: Activation> Decoder<T> {
                         memory: &self.prompt_memory[s - 1],
                     },
                 },
+                prompt: Some(&batch),
                 end,
             };
             let out = sh.run_section(&mut self.caches, sc, stream, pass)?;
@@ -772,6 +791,7 @@ impl<T: Activation> Decoder<T> {
                     rows: n,
                     index,
                     cross_keys: CrossKeys::Cache,
+                    prompt: None,
                     end,
                 };
                 sh.run_section(&mut self.caches, sc, stream, pass)?

@@ -14,7 +14,7 @@ mod scratch;
 mod section;
 pub mod weights;
 
-pub use decoder::{Decoder, DecoderOptions, ExecMode, SeqId};
+pub use decoder::{Decoder, DecoderOptions, ExecMode, PrefillSelfAttention, SeqId};
 pub use error::{DecoderError, Result};
 pub use fused::GemvPath;
 pub use stagformer_kernels::device::GraphNodes;

@@ -5,10 +5,11 @@
 use std::ops::Range;
 
 use stagformer_kernels::device::{DeviceBuffer, DeviceView, DeviceViewMut, Stream};
+use stagformer_kernels::dtype::DType;
 use stagformer_kernels::ops::attention_decode::{attention_decode, DecodeLayout, DecodeMask};
 use stagformer_kernels::ops::attention_prefill::{
-    attention_prefill, HeadShape as PrefillHeads, PrefillBatch, PrefillConfig, PrefillMask,
-    RowStrides,
+    attention_prefill, attention_prefill_cached, CacheKeys, HeadShape as PrefillHeads,
+    PrefillBatch, PrefillConfig, PrefillMask, RowStrides,
 };
 use stagformer_kernels::ops::embedding::{embedding, EmbeddingShape};
 use stagformer_kernels::ops::gemm::{linear, GemmShape};
@@ -41,6 +42,10 @@ pub(crate) struct Shared<T: Activation> {
     pub window: Option<usize>,
     /// The self-attention geometry (sliding window, ring, prefill chunk).
     pub self_cache: SelfCache,
+    /// Prefill self-attention of bf16 models on the tensor-core prefill kernel over the self
+    /// cache (true), or on the decode kernel, one query row per split group (false; always
+    /// for f32).
+    pub prefill_self_mma: bool,
 }
 
 /// Geometry of the self-attention caches. Without a sliding window (or one at least the
@@ -97,6 +102,13 @@ impl SelfCache {
             None => DecodeMask::SelfCausal,
         }
     }
+
+    fn prefill_mask(&self) -> PrefillMask {
+        match self.window {
+            Some(window) => PrefillMask::SlidingCausal { window },
+            None => PrefillMask::Causal,
+        }
+    }
 }
 
 /// Self-attention caches per layer ([p·max_batch][Hkv][capacity][hd]: section s's sequence b
@@ -129,6 +141,8 @@ pub(crate) struct Pass<'a, T: Activation> {
     /// The pass's per-row inputs (`rows` of them).
     pub index: RowIndex<'a>,
     pub cross_keys: CrossKeys<'a, T>,
+    /// The prefill chunk these rows are (`None` in a decode step).
+    pub prompt: Option<&'a PrefillBatch>,
     pub end: &'a DeviceBuffer<f32>,
 }
 
@@ -173,6 +187,7 @@ impl<T: Activation> Shared<T> {
             rows: n,
             index: ix,
             cross_keys,
+            prompt,
             end,
         } = pass;
         let cfg = &self.cfg;
@@ -180,7 +195,8 @@ impl<T: Activation> Shared<T> {
         let gain = self.layer(s, 0).input_norm.view();
         let mut cur = self.embed(sc, stream, &ix, all.clone(), gain)?;
         for j in 0..cfg.layers_per_section() {
-            self.self_attention(caches, sc, stream, &ix, self.layer(s, j), j, all.clone())?;
+            let layer = self.layer(s, j);
+            self.self_attention(caches, sc, stream, &ix, layer, j, all.clone(), prompt)?;
             if s >= 1 {
                 let cross = &self.weights.cross[s - 1][j];
                 cur = self.add_norm(sc, stream, cur, all.clone(), &cross.norm)?;
@@ -227,7 +243,7 @@ impl<T: Activation> Shared<T> {
         let mut cur = self.embed(sc, stream, ix, all.clone(), gain)?;
         for j in 0..cfg.layers_per_section() {
             let layer = self.layer(0, j);
-            self.self_attention(caches, sc, stream, ix, layer, j, all.clone())?;
+            self.self_attention(caches, sc, stream, ix, layer, j, all.clone(), None)?;
             if p > 1 {
                 // Pass 0 goes straight to its MLP norm, later passes to their cross norm.
                 self.add_norm_into(sc, stream, cur, pass_rows(0), &layer.post_attention_norm)?;
@@ -382,6 +398,10 @@ impl<T: Activation> Shared<T> {
 
     /// o = self-attention of h over `rows` (q, k roped; k, v appended to layer j's caches).
     /// With a ring cache the rows are appended and attended chunk by chunk (see [`SelfCache`]).
+    /// `prompt`: the rows are one prefill's prompt (one sequence, row r at the batch's first
+    /// position + r); a bf16 model then attends with the tensor-core prefill kernel over the
+    /// cache (each chunk reads the cache, which holds the earlier chunks and itself), else with
+    /// the decode kernel.
     #[allow(clippy::too_many_arguments)]
     fn self_attention(
         &self,
@@ -392,6 +412,7 @@ impl<T: Activation> Shared<T> {
         layer: &crate::weights::LayerWeights<T>,
         j: usize,
         rows: Range<usize>,
+        prompt: Option<&PrefillBatch>,
     ) -> Result<()> {
         let cfg = &self.cfg;
         let (d, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
@@ -406,6 +427,15 @@ impl<T: Activation> Shared<T> {
             GemmShape::new(n, qkv_dim, d),
         )?;
         let sc_self = self.self_cache;
+        // The prompt's first position, when its rows go to the tensor-core kernel.
+        let mma_from = prompt
+            .filter(|b| {
+                self.prefill_self_mma
+                    && T::DTYPE == DType::BF16
+                    && b.sequences() == 1
+                    && b.q_lens()[0] == n
+            })
+            .map(|b| b.q_positions0()[0]);
         let mut start = rows.start;
         while start < rows.end {
             let chunk = start..(start + sc_self.chunk).min(rows.end);
@@ -426,6 +456,50 @@ impl<T: Activation> Shared<T> {
                     layout: self.self_layout(),
                 },
             )?;
+            if let Some(p0) = mma_from {
+                let first = p0 + (chunk.start - rows.start);
+                let whole = chunk.len() == n;
+                let chunk_batch;
+                let batch = match prompt {
+                    Some(b) if whole => b,
+                    _ => {
+                        let len = [chunk.len()];
+                        chunk_batch = PrefillBatch::with_positions(stream, &len, &len, &[first])?;
+                        &chunk_batch
+                    }
+                };
+                let config = PrefillConfig {
+                    shape: PrefillHeads {
+                        heads: cfg.num_attention_heads,
+                        kv_heads: cfg.num_key_value_heads,
+                        head_dim: cfg.head_dim,
+                    },
+                    strides: RowStrides {
+                        q: qkv_dim,
+                        k: 0,
+                        v: 0,
+                        out: qd,
+                    },
+                    mask: sc_self.prefill_mask(),
+                    scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+                };
+                let keys = CacheKeys {
+                    k: caches.self_k[j].view(),
+                    v: caches.self_v[j].view(),
+                    layout: self.self_layout(),
+                    seq_slots: ix.self_slots.slice(chunk.clone())?,
+                };
+                attention_prefill_cached(
+                    stream,
+                    batch,
+                    &sc.qkv.slice(part(qkv_dim))?,
+                    &keys,
+                    &mut sc.attn.slice_mut(part(qd))?,
+                    &config,
+                )?;
+                start = chunk.end;
+                continue;
+            }
             let layout = DecodeLayout::new(
                 chunk.len(),
                 cfg.num_attention_heads,

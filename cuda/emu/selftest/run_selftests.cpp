@@ -605,6 +605,49 @@ void bench() {
     }
 }
 
+// The stag_mma.cuh primitives (tests/emulator.rs checks the same entry points more widely).
+void test_mma() {
+    std::vector<uint16_t> a(256), b(128);
+    std::vector<float> af(256), bf(128), c(128, 0.25f), d(256);
+    uint32_t x = 12345;
+    auto next = [&x] {
+        x = x * 1664525u + 1013904223u;
+        return float(int(x >> 24) - 128) / 64.0f;  // exact in bf16
+    };
+    for (int i = 0; i < 256; ++i) af[i] = next(), a[i] = uint16_t(std::bit_cast<uint32_t>(af[i]) >> 16);
+    for (int i = 0; i < 128; ++i) bf[i] = next(), b[i] = uint16_t(std::bit_cast<uint32_t>(bf[i]) >> 16);
+    auto wrong = [&](uint32_t swap) {
+        int bad = 0;
+        const int rc = stag_emu_selftest_mma(0, a.data(), b.data(), c.data(), d.data(), 32, swap);
+        for (int i = 0; i < 256; ++i) {
+            const int r = (i % 128) / 8, n = i % 8;
+            double want = c[r * 8 + n];
+            for (int k = 0; k < 16; ++k) want += double(af[r * 16 + k]) * bf[k * 8 + n];
+            bad += std::fabs(d[i] - want) > 1e-5 * (1 + std::fabs(want));
+        }
+        return rc == 0 ? bad : -1;
+    };
+    check(wrong(0) == 0, "mma m16n8k16 bf16 matches a plain product");
+    check(wrong(1 | 6 << 8) > 0, "mma with two lanes swapped is wrong");
+    std::vector<uint16_t> m(256);
+    for (int i = 0; i < 256; ++i) m[i] = uint16_t(i * 37 + 11);
+    std::vector<uint32_t> out(128);
+    int bad = stag_emu_selftest_ldmatrix(4, 1, m.data(), out.data()) == 0 ? 0 : 1;
+    for (int l = 0; l < 32; ++l) {
+        for (int j = 0; j < 4; ++j) {
+            const auto at = [&](int r, int col) { return uint32_t(m[(j * 8 + r) * 8 + col]); };
+            bad += out[l * 4 + j] != (at(2 * (l % 4), l / 4) | at(2 * (l % 4) + 1, l / 4) << 16);
+        }
+    }
+    check(bad == 0, "ldmatrix.x4.trans words per lane");
+    std::vector<uint32_t> src(64), cp(128);
+    for (int i = 0; i < 64; ++i) src[i] = 0x100 + uint32_t(i);
+    const int rc = stag_emu_selftest_cp_async(src.data(), cp.data());
+    check(rc == 0 && cp[0] == 0xFFFFFFFFu && cp[32] == src[0] && cp[64] == 0xFFFFFFFFu &&
+              cp[96] == src[32],
+          "cp.async destinations hold poison until their wait");
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -623,6 +666,7 @@ int main(int argc, char **argv) {
     test_convert(exhaustive);
     test_barrier_loop();
     test_concurrent_launches();
+    test_mma();
     if (do_bench) {
         bench();
     }

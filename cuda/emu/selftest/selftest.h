@@ -196,6 +196,45 @@ void stag_emu_selftest_decode_host(const uint16_t *bits, size_t n, float *bf16_f
  */
 int stag_emu_selftest_barrier_loop(const StagEmuLaunch *cfg, uint32_t iterations, uint32_t *out);
 
+/*
+ * mma.sync m16n8k16 (stag_mma.cuh) on one block of 64 threads (two warps, both computing the
+ * same product so that warps cannot see each other's operands).
+ *   f16:  0 = bf16 inputs, 1 = f16 inputs (bit patterns in a and b).
+ *   a:    16 × 16 row-major; b: 16 × 8 (k-major: b[k * 8 + n]); c: 16 × 8 f32 accumulators.
+ *   d:    2 × 16 × 8 f32, one product per warp.
+ *   The kernel loads each lane's fragments from a, b, c with the PTX ISA layouts (registers
+ *   start poisoned, 0xFFFFFFFF), runs the mma and stores D with the C/D layout.
+ *   poison_lane < 32: that lane's A and B registers stay poisoned (NaN), so exactly the D
+ *   elements that depend on them are NaN: rows g and g + 8 (its A elements) and column g (its
+ *   B elements), g = poison_lane / 4.
+ *   swap_lanes != 0: lanes (swap_lanes & 0xFF) and (swap_lanes >> 8) exchange their A
+ *   registers before the mma, a wrong lane mapping that must give a wrong product.
+ */
+int stag_emu_selftest_mma(uint32_t f16, const uint16_t *a, const uint16_t *b, const float *c,
+                          float *d, uint32_t poison_lane, uint32_t swap_lanes);
+
+/*
+ * ldmatrix (stag_mma.cuh) on one warp. `matrices` is 1, 2 or 4, trans 0 or 1.
+ *   m:   4 matrices of 8 × 8 16-bit values, m[(j * 8 + r) * 8 + c].
+ *   out: 32 lanes × 4 registers, out[lane * 4 + j] (registers j >= matrices are 0).
+ *   Row r of matrix j is stored in shared memory at row slot (5 (8 j + r) + 3) % 32 of a 32-row
+ *   table, and lane 8 j + r supplies that row's address, so the result depends on the
+ *   addresses, not on where rows happen to lie.
+ */
+int stag_emu_selftest_ldmatrix(uint32_t matrices, uint32_t trans, const uint16_t *m,
+                               uint32_t *out);
+
+/*
+ * cp.async (stag_mma.cuh) on one warp; lanes 0-7 take part. Lane t copies 16 bytes
+ * src[4t .. 4t + 4) into group 1 and src[32 + 4t ..) into group 2 (lane 7's group-2 copy is the
+ * zero-filling form), committing after each. out is 4 × 8 × 4 words, out[(s * 8 + t) * 4 + w]:
+ *   s = 0: the group-1 destination before any wait (poison: 0xFFFFFFFF),
+ *   s = 1: the group-1 destination after cp_async_wait<1> (the data),
+ *   s = 2: the group-2 destination after cp_async_wait<1> (still poison),
+ *   s = 3: the group-2 destination after cp_async_wait<0> (the data; zeros for lane 7).
+ */
+int stag_emu_selftest_cp_async(const uint32_t *src, uint32_t *out);
+
 #ifdef __cplusplus
 }
 #endif
