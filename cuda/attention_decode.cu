@@ -40,6 +40,7 @@
 // Scores are kept in log2 units (q is pre-multiplied by scale · log2 e) so every exponential is
 // one exp2f; the partial maxima are in those units too, which only this file reads.
 #include "stag_atomic.cuh"
+#include "stag_cache.cuh"
 #include "stag_mask.cuh"
 #include "stag_vec.cuh"
 
@@ -93,7 +94,8 @@ __device__ __forceinline__ KeySet visible_keys(const AttentionDecodeParams &p, u
     // decoder gives cross caches W + 1 so that the slot written at step i is never one read at
     // step i.
     if (p.window > p.cache_slots) return none;
-    return KeySet{count, uint32_t(keys.lo % p.cache_slots), p.cache_slots, uint32_t(seq)};
+    return KeySet{count, stag::slot_of(uint32_t(keys.lo), p.cache_slots), p.cache_slots,
+                  uint32_t(seq)};
 }
 
 // How a row with `count` visible keys is split: `count` splits of `keys` keys (the last one

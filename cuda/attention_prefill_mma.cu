@@ -20,6 +20,7 @@
 // DP·2 + 16 bytes puts the 8 rows one ldmatrix phase reads (and the 16-byte chunks cp.async
 // writes) into 8 different 16-byte bank groups, so neither conflicts. DP = 64: 45 KiB, DP = 128:
 // 85 KiB (src/ops/attention_prefill.rs, `mma_smem_bytes`, computes the same).
+#include "stag_cache.cuh"
 #include "stag_mask.cuh"
 #include "stag_mma.cuh"
 #include "stag_vec.cuh"
@@ -46,7 +47,7 @@ struct KeyRows {
     int64_t k_stride;  // elements between consecutive rows
     int64_t v_stride;
     int64_t wrap;  // 0: row j; else row j mod wrap (a ring cache)
-    __device__ __forceinline__ int64_t row(int64_t j) const { return wrap != 0 ? j % wrap : j; }
+    __device__ __forceinline__ int64_t row(int64_t j) const { return stag::slot_of(j, wrap); }
 };
 
 // Stages `rows` rows of hd bf16 into a [rows][LD] tile: 16-byte cp.async chunks when `vec`

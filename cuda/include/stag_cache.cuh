@@ -13,6 +13,16 @@
 
 namespace stag {
 
+/// The slot of position `pos` in a cache whose ring is `ring_len` slots long (0: not a ring,
+/// position k in slot k). Every writer (through the two functions below) and every attention
+/// reader (the first visible key's slot, from which it walks the ring) uses it, so a cache
+/// layout change (paging, say) is made here. Works for the 32- and 64-bit positions kernels
+/// carry.
+template <typename P>
+__device__ __forceinline__ P slot_of(P pos, P ring_len) {
+    return ring_len != 0 ? pos % ring_len : pos;
+}
+
 /// Offset of (seq, position)'s slot in a self cache (the element [seq][0][slot][0]) in
 /// `*offset`; false (nothing may be written) when the sequence is outside [0, cache_seqs) or
 /// the position has no slot (negative, or past a dense cache's end).
@@ -24,7 +34,7 @@ __device__ __forceinline__ bool self_cache_slot(int32_t seq, int32_t pos, uint32
         (ring == 0 && uint32_t(pos) >= cache_slots)) {
         return false;
     }
-    const uint32_t slot = ring != 0 ? uint32_t(pos) % cache_slots : uint32_t(pos);
+    const uint32_t slot = slot_of(uint32_t(pos), ring != 0 ? cache_slots : 0u);
     *offset = size_t(seq) * seq_stride + size_t(slot) * head_dim;
     return true;
 }
@@ -37,7 +47,7 @@ __device__ __forceinline__ bool cross_cache_slot(int32_t seq, int32_t pos, uint3
                                                  uint32_t seq_stride, uint32_t head_dim,
                                                  size_t *offset) {
     if (seq < 0 || uint32_t(seq) >= cache_seqs || pos < 0) return false;
-    const uint32_t slot = window != 0 ? uint32_t(pos) % window : uint32_t(pos);
+    const uint32_t slot = slot_of(uint32_t(pos), window);
     if (slot >= cache_slots) return false;
     *offset = size_t(seq) * seq_stride + size_t(slot) * head_dim;
     return true;
