@@ -1,7 +1,10 @@
 // Decode GEMV / small-M GEMM with fused prologues and epilogues (contract: GemvParams in
 // stag_params.h; Rust API and variants: src/ops/gemv.rs).
 //
-// acc[m][n] = sum_k W[n][k] * h[m][k] for m < rows <= 16. The weight is read once, which is the
+// acc[m][n] = sum_k W[n][k] * h[m][k] for m < rows <= 16. Grouped (gridDim.y = groups > 1):
+// group g owns activation rows g * rows .. (g + 1) * rows and multiplies them with its own
+// weight w[g] after the norm with its own gain norm_weight[g] -- the same layer of several
+// StagFormer sections in one launch; every block works on one group only. The weight is read once, which is the
 // whole cost at decode (M x K activations are tiny and stay in L2), so the design is about HBM
 // bytes in flight:
 // - A block is 8 warps; each warp owns TWO W rows (a "pair") over the whole K and accumulates
@@ -45,10 +48,10 @@ __device__ __forceinline__ float warp_max(float v) {
 // rows whose squares would overflow or underflow f32, xs = x * 2^-shift (exact), shift the
 // exponent of the row's max |x|. In the plain range this is rmsnorm.cu's formula exactly.
 template <typename T>
-__device__ void norm_stats(const GemvParams &p, float *inv_out, int *shift_out) {
+__device__ void norm_stats(const GemvParams &p, uint32_t row0, float *inv_out, int *shift_out) {
     const uint32_t lane = threadIdx.x & 31;
     for (uint32_t m = threadIdx.x >> 5; m < p.rows; m += WARPS) {
-        const T *x = static_cast<const T *>(p.x) + size_t(m) * p.x_row_stride;
+        const T *x = static_cast<const T *>(p.x) + size_t(row0 + m) * p.x_row_stride;
         float amax = 0.0f, sq = 0.0f;
         for (uint32_t k = lane; k < p.k; k += 32) {
             const float v = stag::to_float(x[k]);
@@ -93,13 +96,15 @@ __device__ __forceinline__ float normed(float x, float inv, int shift, float w) 
     return xs * inv * w;
 }
 
-// Stages h[m][k0 .. k0 + chunk) for every row into `hs` (rounded to T), zeros past K.
+// Stages h[m][k0 .. k0 + chunk) for every row m of the group (x rows row0 + m) into `hs`
+// (rounded to T), zeros past K; `gain` is the group's norm gain (null: no norm).
 template <typename T>
-__device__ void stage_chunk(const GemvParams &p, T *hs, uint32_t k0, bool x_vec,
-                            const float *inv, const int *shift) {
+__device__ void stage_chunk(const GemvParams &p, uint32_t row0, const float *gain, T *hs,
+                            uint32_t k0, bool x_vec, const float *inv, const int *shift) {
     constexpr int N = stag::Vec<T>::N;
     constexpr uint32_t KC = chunk<T>();
-    const bool norm = p.norm_weight != nullptr;
+    const bool norm = gain != nullptr;
+    const T *xg = static_cast<const T *>(p.x) + size_t(row0) * p.x_row_stride;
     if (x_vec) {
         const uint32_t per_row = KC / N;
         for (uint32_t i = threadIdx.x; i < p.rows * per_row; i += THREADS) {
@@ -108,12 +113,11 @@ __device__ void stage_chunk(const GemvParams &p, T *hs, uint32_t k0, bool x_vec,
             const uint32_t col = k0 + c;
             float v[N];
             if (col < p.k) {
-                stag::Vec<T>::load(static_cast<const T *>(p.x) + size_t(m) * p.x_row_stride + col,
-                                   v);
+                stag::Vec<T>::load(xg + size_t(m) * p.x_row_stride + col, v);
                 if (norm) {
 #pragma unroll
                     for (int e = 0; e < N; ++e) {
-                        v[e] = normed(v[e], inv[m], shift[m], p.norm_weight[col + e]);
+                        v[e] = normed(v[e], inv[m], shift[m], gain[col + e]);
                     }
                 }
             } else {
@@ -130,8 +134,8 @@ __device__ void stage_chunk(const GemvParams &p, T *hs, uint32_t k0, bool x_vec,
         const uint32_t col = k0 + c;
         float v = 0.0f;
         if (col < p.k) {
-            v = stag::to_float(static_cast<const T *>(p.x)[size_t(m) * p.x_row_stride + col]);
-            if (norm) v = normed(v, inv[m], shift[m], p.norm_weight[col]);
+            v = stag::to_float(xg[size_t(m) * p.x_row_stride + col]);
+            if (norm) v = normed(v, inv[m], shift[m], gain[col]);
         }
         hs[m * KC + c] = stag::from_float<T>(v);
     }
@@ -292,12 +296,18 @@ __device__ void gemv(const GemvParams &p) {
     __shared__ int norm_shift[MAX_ROWS];
     const uint32_t lane = threadIdx.x & 31;
     const uint32_t warp = threadIdx.x >> 5;
-    if (p.norm_weight != nullptr) norm_stats<T>(p, norm_inv, norm_shift);
+    // Group blockIdx.y: its rows, its weight and its norm gain (STAG_GEMV_MAX_GROUPS bounds
+    // gridDim.y on the host).
+    const uint32_t group = blockIdx.y;
+    const uint32_t row0 = group * p.rows;
+    const float *gain = p.norm_weight[group];
+    if (gain != nullptr) norm_stats<T>(p, row0, norm_inv, norm_shift);
     __syncthreads();
 
     const Pair pr = pair_of(p, warp);
-    const T *wa = static_cast<const T *>(p.w) + size_t(pr.a) * p.w_row_stride;
-    const T *wb = static_cast<const T *>(p.w) + size_t(pr.b) * p.w_row_stride;
+    const T *w = static_cast<const T *>(p.w[group]);
+    const T *wa = w + size_t(pr.a) * p.w_row_stride;
+    const T *wb = w + size_t(pr.b) * p.w_row_stride;
     const bool x_vec = stag::aligned16(p.x) && p.x_row_stride % N == 0;
     float acc_a[MAX_ROWS], acc_b[MAX_ROWS];
 #pragma unroll
@@ -314,7 +324,7 @@ __device__ void gemv(const GemvParams &p) {
             raw_b[j] = pr.has_b && col < p.k ? *reinterpret_cast<const uint4 *>(wb + col) : zero;
         }
         __syncthreads();  // the previous chunk's h has been read by every warp
-        stage_chunk<T>(p, hs, k0, x_vec, norm_inv, norm_shift);
+        stage_chunk<T>(p, row0, gain, hs, k0, x_vec, norm_inv, norm_shift);
         __syncthreads();
 #pragma unroll
         for (int j = 0; j < UNROLL; ++j) {
@@ -349,7 +359,8 @@ __device__ void gemv(const GemvParams &p) {
             }
         }
     }
-    if (lane < p.rows) epilogue<T>(p, lane, pr, mine_a, mine_b);
+    // The epilogue indexes y and the per-row indices by the row's place among all groups.
+    if (lane < p.rows) epilogue<T>(p, row0 + lane, pr, mine_a, mine_b);
 }
 
 }  // namespace

@@ -256,6 +256,8 @@ typedef struct AxpbyParams {
 /*
  * Decode GEMV / small-M GEMM with a fused prologue and epilogue (cuda/gemv.cu):
  *   acc[m][n] = sum_k W[n][k] * h[m][k]   for m < rows (<= 16), n < n (W rows), f32 accumulation,
+ * per group g < gridDim.y (<= STAG_GEMV_MAX_GROUPS): rows g*rows .. (g+1)*rows of x, y, seq_slots
+ * and positions use W = w[g] and norm_weight[g] (`rows` counts one group's rows);
  * W row-major [n][k] (w_row_stride elements apart, 16-byte aligned rows), x dense-ish rows
  * x_row_stride apart. Prologue: norm_weight == NULL: h = x; else h = round(x * inv_rms *
  * norm_weight) with inv_rms = 1 / sqrt(mean(x^2) + eps) of each row (rmsnorm's math, overflow-
@@ -276,11 +278,14 @@ typedef struct AxpbyParams {
 #define STAG_GEMV_SWIGLU 2u
 #define STAG_GEMV_ROPE_KV 3u
 #define STAG_GEMV_CROSS_KV 4u
+/* Most weight groups of one grouped gemv launch (gridDim.y): the most StagFormer sections. */
+#define STAG_GEMV_MAX_GROUPS 4u
 typedef struct GemvParams {
     const void *x;
-    const void *w;
+    /* Group g's weight and norm gain (entries >= gridDim.y unused; null gain: no norm). */
+    const void *w[STAG_GEMV_MAX_GROUPS];
     void *y;
-    const float *norm_weight;
+    const float *norm_weight[STAG_GEMV_MAX_GROUPS];
     void *k_cache;
     void *v_cache;
     const float *rope_cos;
@@ -365,7 +370,7 @@ STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 112, "AttentionPrefillParam
 STAG_LAYOUT_ASSERT(sizeof(SwigluParams) == 32, "SwigluParams size");
 STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 80, "SampleParams size");
 STAG_LAYOUT_ASSERT(sizeof(AxpbyParams) == 32, "AxpbyParams size");
-STAG_LAYOUT_ASSERT(sizeof(GemvParams) == 160, "GemvParams size");
+STAG_LAYOUT_ASSERT(sizeof(GemvParams) == 208, "GemvParams size");
 
 #undef STAG_LAYOUT_ASSERT
 #undef STAG_ALIGNOF

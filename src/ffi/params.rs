@@ -8,6 +8,7 @@ pub const STAG_GEMV_RESIDUAL_ADD: u32 = 1;
 pub const STAG_GEMV_SWIGLU: u32 = 2;
 pub const STAG_GEMV_ROPE_KV: u32 = 3;
 pub const STAG_GEMV_CROSS_KV: u32 = 4;
+pub const STAG_GEMV_MAX_GROUPS: u32 = 4;
 /// Launch geometry for the host emulator (ignored on CUDA, where cuLaunchKernel takes it).
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -782,9 +783,10 @@ impl Default for AxpbyParams {
 #[derive(Debug, Copy, Clone)]
 pub struct GemvParams {
     pub x: *const ::core::ffi::c_void,
-    pub w: *const ::core::ffi::c_void,
+    /// Group g's weight and norm gain (entries >= gridDim.y unused; null gain: no norm).
+    pub w: [*const ::core::ffi::c_void; 4usize],
     pub y: *mut ::core::ffi::c_void,
-    pub norm_weight: *const f32,
+    pub norm_weight: [*const f32; 4usize],
     pub k_cache: *mut ::core::ffi::c_void,
     pub v_cache: *mut ::core::ffi::c_void,
     pub rope_cos: *const f32,
@@ -814,88 +816,92 @@ pub struct GemvParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of GemvParams"][::core::mem::size_of::<GemvParams>() - 160usize];
+    ["Size of GemvParams"][::core::mem::size_of::<GemvParams>() - 208usize];
     ["Alignment of GemvParams"][::core::mem::align_of::<GemvParams>() - 8usize];
     ["Offset of field: GemvParams::x"][::core::mem::offset_of!(GemvParams, x) - 0usize];
     ["Offset of field: GemvParams::w"][::core::mem::offset_of!(GemvParams, w) - 8usize];
-    ["Offset of field: GemvParams::y"][::core::mem::offset_of!(GemvParams, y) - 16usize];
+    ["Offset of field: GemvParams::y"][::core::mem::offset_of!(GemvParams, y) - 40usize];
     [
         "Offset of field: GemvParams::norm_weight",
-    ][::core::mem::offset_of!(GemvParams, norm_weight) - 24usize];
+    ][::core::mem::offset_of!(GemvParams, norm_weight) - 48usize];
     [
         "Offset of field: GemvParams::k_cache",
-    ][::core::mem::offset_of!(GemvParams, k_cache) - 32usize];
+    ][::core::mem::offset_of!(GemvParams, k_cache) - 80usize];
     [
         "Offset of field: GemvParams::v_cache",
-    ][::core::mem::offset_of!(GemvParams, v_cache) - 40usize];
+    ][::core::mem::offset_of!(GemvParams, v_cache) - 88usize];
     [
         "Offset of field: GemvParams::rope_cos",
-    ][::core::mem::offset_of!(GemvParams, rope_cos) - 48usize];
+    ][::core::mem::offset_of!(GemvParams, rope_cos) - 96usize];
     [
         "Offset of field: GemvParams::rope_sin",
-    ][::core::mem::offset_of!(GemvParams, rope_sin) - 56usize];
+    ][::core::mem::offset_of!(GemvParams, rope_sin) - 104usize];
     [
         "Offset of field: GemvParams::seq_slots",
-    ][::core::mem::offset_of!(GemvParams, seq_slots) - 64usize];
+    ][::core::mem::offset_of!(GemvParams, seq_slots) - 112usize];
     [
         "Offset of field: GemvParams::positions",
-    ][::core::mem::offset_of!(GemvParams, positions) - 72usize];
+    ][::core::mem::offset_of!(GemvParams, positions) - 120usize];
     [
         "Offset of field: GemvParams::rows",
-    ][::core::mem::offset_of!(GemvParams, rows) - 80usize];
-    ["Offset of field: GemvParams::n"][::core::mem::offset_of!(GemvParams, n) - 84usize];
-    ["Offset of field: GemvParams::k"][::core::mem::offset_of!(GemvParams, k) - 88usize];
+    ][::core::mem::offset_of!(GemvParams, rows) - 128usize];
+    [
+        "Offset of field: GemvParams::n",
+    ][::core::mem::offset_of!(GemvParams, n) - 132usize];
+    [
+        "Offset of field: GemvParams::k",
+    ][::core::mem::offset_of!(GemvParams, k) - 136usize];
     [
         "Offset of field: GemvParams::x_row_stride",
-    ][::core::mem::offset_of!(GemvParams, x_row_stride) - 92usize];
+    ][::core::mem::offset_of!(GemvParams, x_row_stride) - 140usize];
     [
         "Offset of field: GemvParams::w_row_stride",
-    ][::core::mem::offset_of!(GemvParams, w_row_stride) - 96usize];
+    ][::core::mem::offset_of!(GemvParams, w_row_stride) - 144usize];
     [
         "Offset of field: GemvParams::y_row_stride",
-    ][::core::mem::offset_of!(GemvParams, y_row_stride) - 100usize];
+    ][::core::mem::offset_of!(GemvParams, y_row_stride) - 148usize];
     [
         "Offset of field: GemvParams::eps",
-    ][::core::mem::offset_of!(GemvParams, eps) - 104usize];
+    ][::core::mem::offset_of!(GemvParams, eps) - 152usize];
     [
         "Offset of field: GemvParams::epilogue",
-    ][::core::mem::offset_of!(GemvParams, epilogue) - 108usize];
+    ][::core::mem::offset_of!(GemvParams, epilogue) - 156usize];
     [
         "Offset of field: GemvParams::heads",
-    ][::core::mem::offset_of!(GemvParams, heads) - 112usize];
+    ][::core::mem::offset_of!(GemvParams, heads) - 160usize];
     [
         "Offset of field: GemvParams::kv_heads",
-    ][::core::mem::offset_of!(GemvParams, kv_heads) - 116usize];
+    ][::core::mem::offset_of!(GemvParams, kv_heads) - 164usize];
     [
         "Offset of field: GemvParams::head_dim",
-    ][::core::mem::offset_of!(GemvParams, head_dim) - 120usize];
+    ][::core::mem::offset_of!(GemvParams, head_dim) - 168usize];
     [
         "Offset of field: GemvParams::layers",
-    ][::core::mem::offset_of!(GemvParams, layers) - 124usize];
+    ][::core::mem::offset_of!(GemvParams, layers) - 172usize];
     [
         "Offset of field: GemvParams::cache_layer_stride",
-    ][::core::mem::offset_of!(GemvParams, cache_layer_stride) - 128usize];
+    ][::core::mem::offset_of!(GemvParams, cache_layer_stride) - 176usize];
     [
         "Offset of field: GemvParams::cache_seq_stride",
-    ][::core::mem::offset_of!(GemvParams, cache_seq_stride) - 132usize];
+    ][::core::mem::offset_of!(GemvParams, cache_seq_stride) - 180usize];
     [
         "Offset of field: GemvParams::cache_head_stride",
-    ][::core::mem::offset_of!(GemvParams, cache_head_stride) - 136usize];
+    ][::core::mem::offset_of!(GemvParams, cache_head_stride) - 184usize];
     [
         "Offset of field: GemvParams::cache_slots",
-    ][::core::mem::offset_of!(GemvParams, cache_slots) - 140usize];
+    ][::core::mem::offset_of!(GemvParams, cache_slots) - 188usize];
     [
         "Offset of field: GemvParams::cache_seqs",
-    ][::core::mem::offset_of!(GemvParams, cache_seqs) - 144usize];
+    ][::core::mem::offset_of!(GemvParams, cache_seqs) - 192usize];
     [
         "Offset of field: GemvParams::table_positions",
-    ][::core::mem::offset_of!(GemvParams, table_positions) - 148usize];
+    ][::core::mem::offset_of!(GemvParams, table_positions) - 196usize];
     [
         "Offset of field: GemvParams::ring",
-    ][::core::mem::offset_of!(GemvParams, ring) - 152usize];
+    ][::core::mem::offset_of!(GemvParams, ring) - 200usize];
     [
         "Offset of field: GemvParams::window",
-    ][::core::mem::offset_of!(GemvParams, window) - 156usize];
+    ][::core::mem::offset_of!(GemvParams, window) - 204usize];
 };
 impl Default for GemvParams {
     fn default() -> Self {
