@@ -3,8 +3,8 @@
 //
 // acc[m][n] = sum_k W[n][k] * h[m][k] for m < rows <= 16. Grouped (gridDim.y = groups > 1):
 // group g owns activation rows g * rows .. (g + 1) * rows and multiplies them with its own
-// weight w[g] after the norm with its own gain norm_weight[g] -- the same layer of several
-// StagFormer sections in one launch; every block works on one group only. The weight is read once, which is the
+// weight after the norm with its own gain -- the same layer of several StagFormer sections in
+// one launch; every block works on one group only. The weight is read once, which is the
 // whole cost at decode (M x K activations are tiny and stay in L2), so the design is about HBM
 // bytes in flight:
 // - A block is 8 warps; each warp owns TWO W rows (a "pair") over the whole K and accumulates
@@ -34,7 +34,7 @@ constexpr int MAX_ROWS = 16;
 constexpr int UNROLL = 4;
 
 /// Elements of K one chunk covers: every lane loads UNROLL vectors of each of its two rows.
-template <typename T> constexpr uint32_t chunk() { return 32u * UNROLL * stag::Vec<T>::N; }
+template <typename T> constexpr uint32_t CHUNK = 32u * UNROLL * stag::Vec<T>::N;
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
@@ -48,10 +48,10 @@ __device__ __forceinline__ float warp_max(float v) {
 // rows whose squares would overflow or underflow f32, xs = x * 2^-shift (exact), shift the
 // exponent of the row's max |x|. In the plain range this is rmsnorm.cu's formula exactly.
 template <typename T>
-__device__ void norm_stats(const GemvParams &p, uint32_t row0, float *inv_out, int *shift_out) {
+__device__ void norm_stats(const GemvParams &p, float *inv_out, int *shift_out) {
     const uint32_t lane = threadIdx.x & 31;
     for (uint32_t m = threadIdx.x >> 5; m < p.rows; m += WARPS) {
-        const T *x = static_cast<const T *>(p.x) + size_t(row0 + m) * p.x_row_stride;
+        const T *x = static_cast<const T *>(p.x) + size_t(m) * p.x_row_stride;
         float amax = 0.0f, sq = 0.0f;
         for (uint32_t k = lane; k < p.k; k += 32) {
             const float v = stag::to_float(x[k]);
@@ -96,15 +96,13 @@ __device__ __forceinline__ float normed(float x, float inv, int shift, float w) 
     return xs * inv * w;
 }
 
-// Stages h[m][k0 .. k0 + chunk) for every row m of the group (x rows row0 + m) into `hs`
-// (rounded to T), zeros past K; `gain` is the group's norm gain (null: no norm).
+// Stages h[m][k0 .. k0 + chunk) for every row into `hs` (rounded to T), zeros past K.
 template <typename T>
-__device__ void stage_chunk(const GemvParams &p, uint32_t row0, const float *gain, T *hs,
-                            uint32_t k0, bool x_vec, const float *inv, const int *shift) {
+__device__ void stage_chunk(const GemvParams &p, T *hs, uint32_t k0, bool x_vec,
+                            const float *inv, const int *shift) {
     constexpr int N = stag::Vec<T>::N;
-    constexpr uint32_t KC = chunk<T>();
-    const bool norm = gain != nullptr;
-    const T *xg = static_cast<const T *>(p.x) + size_t(row0) * p.x_row_stride;
+    constexpr uint32_t KC = CHUNK<T>;
+    const bool norm = p.norm_weight != nullptr;
     if (x_vec) {
         const uint32_t per_row = KC / N;
         for (uint32_t i = threadIdx.x; i < p.rows * per_row; i += THREADS) {
@@ -113,11 +111,12 @@ __device__ void stage_chunk(const GemvParams &p, uint32_t row0, const float *gai
             const uint32_t col = k0 + c;
             float v[N];
             if (col < p.k) {
-                stag::Vec<T>::load(xg + size_t(m) * p.x_row_stride + col, v);
+                stag::Vec<T>::load(static_cast<const T *>(p.x) + size_t(m) * p.x_row_stride + col,
+                                   v);
                 if (norm) {
 #pragma unroll
                     for (int e = 0; e < N; ++e) {
-                        v[e] = normed(v[e], inv[m], shift[m], gain[col + e]);
+                        v[e] = normed(v[e], inv[m], shift[m], p.norm_weight[col + e]);
                     }
                 }
             } else {
@@ -134,8 +133,8 @@ __device__ void stage_chunk(const GemvParams &p, uint32_t row0, const float *gai
         const uint32_t col = k0 + c;
         float v = 0.0f;
         if (col < p.k) {
-            v = stag::to_float(xg[size_t(m) * p.x_row_stride + col]);
-            if (norm) v = normed(v, inv[m], shift[m], gain[col]);
+            v = stag::to_float(static_cast<const T *>(p.x)[size_t(m) * p.x_row_stride + col]);
+            if (norm) v = normed(v, inv[m], shift[m], p.norm_weight[col]);
         }
         hs[m * KC + c] = stag::from_float<T>(v);
     }
@@ -287,27 +286,35 @@ __device__ void epilogue(const GemvParams &p, uint32_t m, const Pair &pr, float 
     }
 }
 
-template <typename T>
-__device__ void gemv(const GemvParams &p) {
+// Group G's operands in a grouped launch: its rows of x, its weight and its norm gain (group
+// 0: the launch's own). G is a template argument so that each stays an expression of the
+// kernel's params, which the compiler rematerializes instead of keeping live in registers.
+template <typename T, uint32_t G> __device__ GemvParams group_operands(const GemvParams &all) {
+    GemvParams p = all;
+    if (G == 0) return p;
+    p.x = static_cast<const T *>(all.x) + size_t(G) * all.rows * all.x_row_stride;
+    p.w = all.group_w[G - 1];
+    p.norm_weight = all.group_norm_weight[G - 1];
+    return p;
+}
+
+// One group's blocks; the epilogue offsets the outputs and indices by the group's rows itself.
+template <typename T, uint32_t G>
+__device__ void gemv_group(const GemvParams &launch) {
+    const GemvParams p = group_operands<T, G>(launch);
     constexpr int N = stag::Vec<T>::N;
-    constexpr uint32_t KC = chunk<T>();
+    constexpr uint32_t KC = CHUNK<T>;
     STAG_DYNAMIC_SMEM(T, hs);
     __shared__ float norm_inv[MAX_ROWS];
     __shared__ int norm_shift[MAX_ROWS];
     const uint32_t lane = threadIdx.x & 31;
     const uint32_t warp = threadIdx.x >> 5;
-    // Group blockIdx.y: its rows, its weight and its norm gain (STAG_GEMV_MAX_GROUPS bounds
-    // gridDim.y on the host).
-    const uint32_t group = blockIdx.y;
-    const uint32_t row0 = group * p.rows;
-    const float *gain = p.norm_weight[group];
-    if (gain != nullptr) norm_stats<T>(p, row0, norm_inv, norm_shift);
+    if (p.norm_weight != nullptr) norm_stats<T>(p, norm_inv, norm_shift);
     __syncthreads();
 
     const Pair pr = pair_of(p, warp);
-    const T *w = static_cast<const T *>(p.w[group]);
-    const T *wa = w + size_t(pr.a) * p.w_row_stride;
-    const T *wb = w + size_t(pr.b) * p.w_row_stride;
+    const T *wa = static_cast<const T *>(p.w) + size_t(pr.a) * p.w_row_stride;
+    const T *wb = static_cast<const T *>(p.w) + size_t(pr.b) * p.w_row_stride;
     const bool x_vec = stag::aligned16(p.x) && p.x_row_stride % N == 0;
     float acc_a[MAX_ROWS], acc_b[MAX_ROWS];
 #pragma unroll
@@ -324,7 +331,7 @@ __device__ void gemv(const GemvParams &p) {
             raw_b[j] = pr.has_b && col < p.k ? *reinterpret_cast<const uint4 *>(wb + col) : zero;
         }
         __syncthreads();  // the previous chunk's h has been read by every warp
-        stage_chunk<T>(p, row0, gain, hs, k0, x_vec, norm_inv, norm_shift);
+        stage_chunk<T>(p, hs, k0, x_vec, norm_inv, norm_shift);
         __syncthreads();
 #pragma unroll
         for (int j = 0; j < UNROLL; ++j) {
@@ -360,7 +367,17 @@ __device__ void gemv(const GemvParams &p) {
         }
     }
     // The epilogue indexes y and the per-row indices by the row's place among all groups.
-    if (lane < p.rows) epilogue<T>(p, row0 + lane, pr, mine_a, mine_b);
+    if (lane < p.rows) epilogue<T>(launch, G * p.rows + lane, pr, mine_a, mine_b);
+}
+
+template <typename T> __device__ void gemv(const GemvParams &p) {
+    static_assert(STAG_GEMV_MAX_GROUPS == 4, "one case per group");
+    switch (blockIdx.y) {
+    case 0: gemv_group<T, 0>(p); break;
+    case 1: gemv_group<T, 1>(p); break;
+    case 2: gemv_group<T, 2>(p); break;
+    default: gemv_group<T, 3>(p); break;
+    }
 }
 
 }  // namespace

@@ -256,8 +256,7 @@ typedef struct AxpbyParams {
 /*
  * Decode GEMV / small-M GEMM with a fused prologue and epilogue (cuda/gemv.cu):
  *   acc[m][n] = sum_k W[n][k] * h[m][k]   for m < rows (<= 16), n < n (W rows), f32 accumulation,
- * per group g < gridDim.y (<= STAG_GEMV_MAX_GROUPS): rows g*rows .. (g+1)*rows of x, y, seq_slots
- * and positions use W = w[g] and norm_weight[g] (`rows` counts one group's rows);
+ * per group g < gridDim.y (<= STAG_GEMV_MAX_GROUPS; `rows` counts one group's rows);
  * W row-major [n][k] (w_row_stride elements apart, 16-byte aligned rows), x dense-ish rows
  * x_row_stride apart. Prologue: norm_weight == NULL: h = x; else h = round(x * inv_rms *
  * norm_weight) with inv_rms = 1 / sqrt(mean(x^2) + eps) of each row (rmsnorm's math, overflow-
@@ -282,10 +281,9 @@ typedef struct AxpbyParams {
 #define STAG_GEMV_MAX_GROUPS 4u
 typedef struct GemvParams {
     const void *x;
-    /* Group g's weight and norm gain (entries >= gridDim.y unused; null gain: no norm). */
-    const void *w[STAG_GEMV_MAX_GROUPS];
+    const void *w;
     void *y;
-    const float *norm_weight[STAG_GEMV_MAX_GROUPS];
+    const float *norm_weight;
     void *k_cache;
     void *v_cache;
     const float *rope_cos;
@@ -312,6 +310,11 @@ typedef struct GemvParams {
     uint32_t table_positions;
     uint32_t ring;
     uint32_t window;
+    /* Grouped launches (gridDim.y = groups): group g >= 1 uses group_w[g - 1] and
+     * group_norm_weight[g - 1] (null: no norm) on its rows g*rows .. (g+1)*rows of x, y,
+     * seq_slots and positions; group 0 uses w and norm_weight. */
+    const void *group_w[STAG_GEMV_MAX_GROUPS - 1];
+    const float *group_norm_weight[STAG_GEMV_MAX_GROUPS - 1];
 } GemvParams;
 
 #ifdef __cplusplus

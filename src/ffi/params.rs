@@ -783,10 +783,9 @@ impl Default for AxpbyParams {
 #[derive(Debug, Copy, Clone)]
 pub struct GemvParams {
     pub x: *const ::core::ffi::c_void,
-    /// Group g's weight and norm gain (entries >= gridDim.y unused; null gain: no norm).
-    pub w: [*const ::core::ffi::c_void; 4usize],
+    pub w: *const ::core::ffi::c_void,
     pub y: *mut ::core::ffi::c_void,
-    pub norm_weight: [*const f32; 4usize],
+    pub norm_weight: *const f32,
     pub k_cache: *mut ::core::ffi::c_void,
     pub v_cache: *mut ::core::ffi::c_void,
     pub rope_cos: *const f32,
@@ -813,6 +812,11 @@ pub struct GemvParams {
     pub table_positions: u32,
     pub ring: u32,
     pub window: u32,
+    /** Grouped launches (gridDim.y = groups): group g >= 1 uses group_w[g - 1] and
+ group_norm_weight[g - 1] (null: no norm) on its rows g*rows .. (g+1)*rows of x, y,
+ seq_slots and positions; group 0 uses w and norm_weight.*/
+    pub group_w: [*const ::core::ffi::c_void; 3usize],
+    pub group_norm_weight: [*const f32; 3usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -820,88 +824,90 @@ const _: () = {
     ["Alignment of GemvParams"][::core::mem::align_of::<GemvParams>() - 8usize];
     ["Offset of field: GemvParams::x"][::core::mem::offset_of!(GemvParams, x) - 0usize];
     ["Offset of field: GemvParams::w"][::core::mem::offset_of!(GemvParams, w) - 8usize];
-    ["Offset of field: GemvParams::y"][::core::mem::offset_of!(GemvParams, y) - 40usize];
+    ["Offset of field: GemvParams::y"][::core::mem::offset_of!(GemvParams, y) - 16usize];
     [
         "Offset of field: GemvParams::norm_weight",
-    ][::core::mem::offset_of!(GemvParams, norm_weight) - 48usize];
+    ][::core::mem::offset_of!(GemvParams, norm_weight) - 24usize];
     [
         "Offset of field: GemvParams::k_cache",
-    ][::core::mem::offset_of!(GemvParams, k_cache) - 80usize];
+    ][::core::mem::offset_of!(GemvParams, k_cache) - 32usize];
     [
         "Offset of field: GemvParams::v_cache",
-    ][::core::mem::offset_of!(GemvParams, v_cache) - 88usize];
+    ][::core::mem::offset_of!(GemvParams, v_cache) - 40usize];
     [
         "Offset of field: GemvParams::rope_cos",
-    ][::core::mem::offset_of!(GemvParams, rope_cos) - 96usize];
+    ][::core::mem::offset_of!(GemvParams, rope_cos) - 48usize];
     [
         "Offset of field: GemvParams::rope_sin",
-    ][::core::mem::offset_of!(GemvParams, rope_sin) - 104usize];
+    ][::core::mem::offset_of!(GemvParams, rope_sin) - 56usize];
     [
         "Offset of field: GemvParams::seq_slots",
-    ][::core::mem::offset_of!(GemvParams, seq_slots) - 112usize];
+    ][::core::mem::offset_of!(GemvParams, seq_slots) - 64usize];
     [
         "Offset of field: GemvParams::positions",
-    ][::core::mem::offset_of!(GemvParams, positions) - 120usize];
+    ][::core::mem::offset_of!(GemvParams, positions) - 72usize];
     [
         "Offset of field: GemvParams::rows",
-    ][::core::mem::offset_of!(GemvParams, rows) - 128usize];
-    [
-        "Offset of field: GemvParams::n",
-    ][::core::mem::offset_of!(GemvParams, n) - 132usize];
-    [
-        "Offset of field: GemvParams::k",
-    ][::core::mem::offset_of!(GemvParams, k) - 136usize];
+    ][::core::mem::offset_of!(GemvParams, rows) - 80usize];
+    ["Offset of field: GemvParams::n"][::core::mem::offset_of!(GemvParams, n) - 84usize];
+    ["Offset of field: GemvParams::k"][::core::mem::offset_of!(GemvParams, k) - 88usize];
     [
         "Offset of field: GemvParams::x_row_stride",
-    ][::core::mem::offset_of!(GemvParams, x_row_stride) - 140usize];
+    ][::core::mem::offset_of!(GemvParams, x_row_stride) - 92usize];
     [
         "Offset of field: GemvParams::w_row_stride",
-    ][::core::mem::offset_of!(GemvParams, w_row_stride) - 144usize];
+    ][::core::mem::offset_of!(GemvParams, w_row_stride) - 96usize];
     [
         "Offset of field: GemvParams::y_row_stride",
-    ][::core::mem::offset_of!(GemvParams, y_row_stride) - 148usize];
+    ][::core::mem::offset_of!(GemvParams, y_row_stride) - 100usize];
     [
         "Offset of field: GemvParams::eps",
-    ][::core::mem::offset_of!(GemvParams, eps) - 152usize];
+    ][::core::mem::offset_of!(GemvParams, eps) - 104usize];
     [
         "Offset of field: GemvParams::epilogue",
-    ][::core::mem::offset_of!(GemvParams, epilogue) - 156usize];
+    ][::core::mem::offset_of!(GemvParams, epilogue) - 108usize];
     [
         "Offset of field: GemvParams::heads",
-    ][::core::mem::offset_of!(GemvParams, heads) - 160usize];
+    ][::core::mem::offset_of!(GemvParams, heads) - 112usize];
     [
         "Offset of field: GemvParams::kv_heads",
-    ][::core::mem::offset_of!(GemvParams, kv_heads) - 164usize];
+    ][::core::mem::offset_of!(GemvParams, kv_heads) - 116usize];
     [
         "Offset of field: GemvParams::head_dim",
-    ][::core::mem::offset_of!(GemvParams, head_dim) - 168usize];
+    ][::core::mem::offset_of!(GemvParams, head_dim) - 120usize];
     [
         "Offset of field: GemvParams::layers",
-    ][::core::mem::offset_of!(GemvParams, layers) - 172usize];
+    ][::core::mem::offset_of!(GemvParams, layers) - 124usize];
     [
         "Offset of field: GemvParams::cache_layer_stride",
-    ][::core::mem::offset_of!(GemvParams, cache_layer_stride) - 176usize];
+    ][::core::mem::offset_of!(GemvParams, cache_layer_stride) - 128usize];
     [
         "Offset of field: GemvParams::cache_seq_stride",
-    ][::core::mem::offset_of!(GemvParams, cache_seq_stride) - 180usize];
+    ][::core::mem::offset_of!(GemvParams, cache_seq_stride) - 132usize];
     [
         "Offset of field: GemvParams::cache_head_stride",
-    ][::core::mem::offset_of!(GemvParams, cache_head_stride) - 184usize];
+    ][::core::mem::offset_of!(GemvParams, cache_head_stride) - 136usize];
     [
         "Offset of field: GemvParams::cache_slots",
-    ][::core::mem::offset_of!(GemvParams, cache_slots) - 188usize];
+    ][::core::mem::offset_of!(GemvParams, cache_slots) - 140usize];
     [
         "Offset of field: GemvParams::cache_seqs",
-    ][::core::mem::offset_of!(GemvParams, cache_seqs) - 192usize];
+    ][::core::mem::offset_of!(GemvParams, cache_seqs) - 144usize];
     [
         "Offset of field: GemvParams::table_positions",
-    ][::core::mem::offset_of!(GemvParams, table_positions) - 196usize];
+    ][::core::mem::offset_of!(GemvParams, table_positions) - 148usize];
     [
         "Offset of field: GemvParams::ring",
-    ][::core::mem::offset_of!(GemvParams, ring) - 200usize];
+    ][::core::mem::offset_of!(GemvParams, ring) - 152usize];
     [
         "Offset of field: GemvParams::window",
-    ][::core::mem::offset_of!(GemvParams, window) - 204usize];
+    ][::core::mem::offset_of!(GemvParams, window) - 156usize];
+    [
+        "Offset of field: GemvParams::group_w",
+    ][::core::mem::offset_of!(GemvParams, group_w) - 160usize];
+    [
+        "Offset of field: GemvParams::group_norm_weight",
+    ][::core::mem::offset_of!(GemvParams, group_norm_weight) - 184usize];
 };
 impl Default for GemvParams {
     fn default() -> Self {

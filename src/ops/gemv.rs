@@ -214,9 +214,9 @@ pub fn gemv_grouped<T: NormElem>(
     }
     let mut params = GemvParams {
         x: x.as_ptr(),
-        w: [std::ptr::null(); MAX_GROUPS],
+        w: ws[0].as_ptr(),
         y: std::ptr::null_mut(),
-        norm_weight: [std::ptr::null(); MAX_GROUPS],
+        norm_weight: std::ptr::null(),
         k_cache: std::ptr::null_mut(),
         v_cache: std::ptr::null_mut(),
         rope_cos: std::ptr::null(),
@@ -243,10 +243,14 @@ pub fn gemv_grouped<T: NormElem>(
         table_positions: 0,
         ring: 0,
         window: 0,
+        group_w: [std::ptr::null(); MAX_GROUPS - 1],
+        group_norm_weight: [std::ptr::null(); MAX_GROUPS - 1],
     };
     let mut retained = vec![x.retain("x")];
     for (g, w) in ws.iter().enumerate() {
-        params.w[g] = w.as_ptr();
+        if g > 0 {
+            params.group_w[g - 1] = w.as_ptr();
+        }
         retained.push(w.retain("w"));
     }
     if let GroupedPrologue::RmsNorm { weights, eps } = prologue {
@@ -271,7 +275,10 @@ pub fn gemv_grouped<T: NormElem>(
                     found: weight.len(),
                 });
             }
-            params.norm_weight[g] = weight.as_ptr().cast();
+            match g {
+                0 => params.norm_weight = weight.as_ptr().cast(),
+                _ => params.group_norm_weight[g - 1] = weight.as_ptr().cast(),
+            }
             retained.push(weight.retain("weight"));
         }
         params.eps = eps;

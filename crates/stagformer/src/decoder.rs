@@ -252,9 +252,11 @@ impl<T: Activation> Decoder<T> {
         let self_len = self_cache
             .layout(p * opts.max_batch, hkv, hd)
             .required_len()?;
-        let readers = (p - 1) * opts.max_batch;
-        // One buffer for every reading section (at least one element: p = 1 reads none).
-        let cross_len = (ls * KvCacheLayout::dense(readers, hkv, ring, hd).required_len()?).max(1);
+        // One buffer for every reading section (one element when p = 1 reads none).
+        let cross_len = match (p - 1) * opts.max_batch {
+            0 => 1,
+            readers => ls * KvCacheLayout::dense(readers, hkv, ring, hd).required_len()?,
+        };
         let alloc = |n: usize| DeviceBuffer::<T>::alloc(device, n);
         let caches = Caches {
             self_k: (0..ls)

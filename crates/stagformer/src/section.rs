@@ -636,9 +636,9 @@ impl<T: Activation> Shared<T> {
         Ok(())
     }
 
-    /// Writes the projected memory rows `memory_kv` (row r of them belongs to row `rows.start
-    /// + r` of `ix`, rows of the reading section: their cross slots name its sequences) into
-    /// the cross caches, at the slots of those rows' positions.
+    /// Writes the projected memory rows `memory_kv` (row r of them belongs to row
+    /// `rows.start + r` of `ix`, rows of the reading section: their cross slots name its
+    /// sequences) into the cross caches, at the slots of those rows' positions.
     pub fn append_memory(
         &self,
         caches: &mut Caches<T>,
