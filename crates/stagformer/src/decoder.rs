@@ -255,7 +255,12 @@ impl<T: Activation> Decoder<T> {
         // One buffer for every reading section (one element when p = 1 reads none).
         let cross_len = match (p - 1) * opts.max_batch {
             0 => 1,
-            readers => ls * KvCacheLayout::dense(readers, hkv, ring, hd).required_len()?,
+            readers => KvCacheLayout::dense(readers, hkv, ring, hd)
+                .required_len()?
+                .checked_mul(ls)
+                .ok_or_else(|| {
+                    DecoderError::Unsupported("cross caches too large to address".into())
+                })?,
         };
         let alloc = |n: usize| DeviceBuffer::<T>::alloc(device, n);
         let caches = Caches {
