@@ -83,6 +83,8 @@ type Result<T, E = DeviceError> = std::result::Result<T, E>;
 mod decode_suites;
 #[path = "kernels/gemv_suite.rs"]
 mod gemv_suite;
+#[path = "kernels/gemv_grouped_suite.rs"]
+mod gemv_grouped_suite;
 
 /// Bytes one pass over a bench's operand copies must at least touch: 4× the H100's L2.
 const ROTATE_BYTES: u64 = 200_000_000;
@@ -100,6 +102,7 @@ const SUITES: &[fn() -> Vec<KernelBench>] = &[
     rmsnorm_benches,
     add_rmsnorm_benches,
     linear_benches,
+    gemv_grouped_suite::gemv_grouped_benches,
     decode_suites::embedding_benches,
     decode_suites::rope_append_benches,
     decode_suites::memory_kv_append_benches,

@@ -1,7 +1,10 @@
 // Decode GEMV / small-M GEMM with fused prologues and epilogues (contract: GemvParams in
 // stag_params.h; Rust API and variants: src/ops/gemv.rs).
 //
-// acc[m][n] = sum_k W[n][k] * h[m][k] for m < rows <= 16. The weight is read once, which is the
+// acc[m][n] = sum_k W[n][k] * h[m][k] for m < rows <= 16. Grouped (gridDim.y = groups > 1):
+// group g owns activation rows g * rows .. (g + 1) * rows and multiplies them with its own
+// weight after the norm with its own gain -- the same layer of several StagFormer sections in
+// one launch; every block works on one group only. The weight is read once, which is the
 // whole cost at decode (M x K activations are tiny and stay in L2), so the design is about HBM
 // bytes in flight:
 // - A block is 8 warps; each warp owns TWO W rows (a "pair") over the whole K and accumulates
@@ -238,8 +241,22 @@ __device__ void epilogue(const GemvParams &p, uint32_t m, const Pair &pr, float 
     }
 }
 
-template <typename T>
-__device__ void gemv(const GemvParams &p) {
+// Group G's operands in a grouped launch: its rows of x, its weight and its norm gain (group
+// 0: the launch's own). G is a template argument so that each stays an expression of the
+// kernel's params, which the compiler rematerializes instead of keeping live in registers.
+template <typename T, uint32_t G> __device__ GemvParams group_operands(const GemvParams &all) {
+    GemvParams p = all;
+    if (G == 0) return p;
+    p.x = static_cast<const T *>(all.x) + size_t(G) * all.rows * all.x_row_stride;
+    p.w = all.group_w[G - 1];
+    p.norm_weight = all.group_norm_weight[G - 1];
+    return p;
+}
+
+// One group's blocks; the epilogue offsets the outputs and indices by the group's rows itself.
+template <typename T, uint32_t G>
+__device__ void gemv_group(const GemvParams &launch) {
+    const GemvParams p = group_operands<T, G>(launch);
     constexpr int N = stag::Vec<T>::N;
     constexpr uint32_t KC = CHUNK<T>;
     STAG_DYNAMIC_SMEM(T, hs);
@@ -303,7 +320,18 @@ __device__ void gemv(const GemvParams &p) {
             }
         }
     }
-    if (lane < p.rows) epilogue<T>(p, lane, pr, mine_a, mine_b);
+    // The epilogue indexes y and the per-row indices by the row's place among all groups.
+    if (lane < p.rows) epilogue<T>(launch, G * p.rows + lane, pr, mine_a, mine_b);
+}
+
+template <typename T> __device__ void gemv(const GemvParams &p) {
+    static_assert(STAG_GEMV_MAX_GROUPS == 4, "one case per group");
+    switch (blockIdx.y) {
+    case 0: gemv_group<T, 0>(p); break;
+    case 1: gemv_group<T, 1>(p); break;
+    case 2: gemv_group<T, 2>(p); break;
+    default: gemv_group<T, 3>(p); break;
+    }
 }
 
 }  // namespace

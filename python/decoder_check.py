@@ -76,7 +76,7 @@ PROMPT = 3
 def runs_for(cfg, storage):
     """(score mode, --mode-exec, graphs) of every run that applies to the model."""
     shared, p = cfg["stag_shared_weights"], cfg["stag_sections"]
-    execs = ["sequential", "staggered"] + (["batched"] if shared or p == 1 else [])
+    execs = ["sequential", "staggered"] + (["batched"] if shared or p == 1 else []) + ["grouped"]
     runs = [("decode", e, g) for e in execs for g in (True, False)]
     if shared and p == 2 and storage == "f32":
         runs += [("recurrent", "sequential", True), ("recurrent", "sequential", False)]

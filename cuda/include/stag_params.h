@@ -311,6 +311,7 @@ typedef struct AxpbyParams {
 /*
  * Decode GEMV / small-M GEMM with a fused prologue and epilogue (cuda/gemv.cu):
  *   acc[m][n] = sum_k W[n][k] * h[m][k]   for m < rows (<= 16), n < n (W rows), f32 accumulation,
+ * per group g < gridDim.y (<= STAG_GEMV_MAX_GROUPS; `rows` counts one group's rows);
  * W row-major [n][k] (w_row_stride elements apart, 16-byte aligned rows), x dense-ish rows
  * x_row_stride apart. Prologue: norm_weight == NULL: h = x; else h = round(x * inv_rms *
  * norm_weight) with inv_rms = 1 / sqrt(mean(x^2) + eps) of each row (rmsnorm's math, overflow-
@@ -331,6 +332,8 @@ typedef struct AxpbyParams {
 #define STAG_GEMV_SWIGLU 2u
 #define STAG_GEMV_ROPE_KV 3u
 #define STAG_GEMV_CROSS_KV 4u
+/* Most weight groups of one grouped gemv launch (gridDim.y): the most StagFormer sections. */
+#define STAG_GEMV_MAX_GROUPS 4u
 typedef struct GemvParams {
     const void *x;
     const void *w;
@@ -362,6 +365,11 @@ typedef struct GemvParams {
     uint32_t table_positions;
     uint32_t ring;
     uint32_t window;
+    /* Grouped launches (gridDim.y = groups): group g >= 1 uses group_w[g - 1] and
+     * group_norm_weight[g - 1] (null: no norm) on its rows g*rows .. (g+1)*rows of x, y,
+     * seq_slots and positions; group 0 uses w and norm_weight. */
+    const void *group_w[STAG_GEMV_MAX_GROUPS - 1];
+    const float *group_norm_weight[STAG_GEMV_MAX_GROUPS - 1];
 } GemvParams;
 
 #ifdef __cplusplus
@@ -421,7 +429,7 @@ STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillMmaParams) == 152, "AttentionPrefillMm
 STAG_LAYOUT_ASSERT(sizeof(SwigluParams) == 32, "SwigluParams size");
 STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 88, "SampleParams size");
 STAG_LAYOUT_ASSERT(sizeof(AxpbyParams) == 32, "AxpbyParams size");
-STAG_LAYOUT_ASSERT(sizeof(GemvParams) == 160, "GemvParams size");
+STAG_LAYOUT_ASSERT(sizeof(GemvParams) == 208, "GemvParams size");
 
 #undef STAG_LAYOUT_ASSERT
 #undef STAG_ALIGNOF

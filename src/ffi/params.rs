@@ -10,6 +10,7 @@ pub const STAG_GEMV_RESIDUAL_ADD: u32 = 1;
 pub const STAG_GEMV_SWIGLU: u32 = 2;
 pub const STAG_GEMV_ROPE_KV: u32 = 3;
 pub const STAG_GEMV_CROSS_KV: u32 = 4;
+pub const STAG_GEMV_MAX_GROUPS: u32 = 4;
 /// Launch geometry for the host emulator (ignored on CUDA, where cuLaunchKernel takes it).
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -972,10 +973,15 @@ pub struct GemvParams {
     pub table_positions: u32,
     pub ring: u32,
     pub window: u32,
+    /** Grouped launches (gridDim.y = groups): group g >= 1 uses group_w[g - 1] and
+ group_norm_weight[g - 1] (null: no norm) on its rows g*rows .. (g+1)*rows of x, y,
+ seq_slots and positions; group 0 uses w and norm_weight.*/
+    pub group_w: [*const ::core::ffi::c_void; 3usize],
+    pub group_norm_weight: [*const f32; 3usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of GemvParams"][::core::mem::size_of::<GemvParams>() - 160usize];
+    ["Size of GemvParams"][::core::mem::size_of::<GemvParams>() - 208usize];
     ["Alignment of GemvParams"][::core::mem::align_of::<GemvParams>() - 8usize];
     ["Offset of field: GemvParams::x"][::core::mem::offset_of!(GemvParams, x) - 0usize];
     ["Offset of field: GemvParams::w"][::core::mem::offset_of!(GemvParams, w) - 8usize];
@@ -1057,6 +1063,12 @@ const _: () = {
     [
         "Offset of field: GemvParams::window",
     ][::core::mem::offset_of!(GemvParams, window) - 156usize];
+    [
+        "Offset of field: GemvParams::group_w",
+    ][::core::mem::offset_of!(GemvParams, group_w) - 160usize];
+    [
+        "Offset of field: GemvParams::group_norm_weight",
+    ][::core::mem::offset_of!(GemvParams, group_norm_weight) - 184usize];
 };
 impl Default for GemvParams {
     fn default() -> Self {

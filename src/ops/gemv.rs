@@ -53,8 +53,9 @@ use crate::device::{AsDeviceView, DeviceView, DeviceViewMut, Stream};
 use crate::dtype::{DType, DeviceElem};
 use crate::error::{DeviceError, Result};
 use crate::ffi::{
-    GemvParams, STAG_GEMV_CROSS_KV as CROSS_KV, STAG_GEMV_RESIDUAL_ADD as RESIDUAL_ADD,
-    STAG_GEMV_ROPE_KV as ROPE_KV, STAG_GEMV_STORE as STORE, STAG_GEMV_SWIGLU as SWIGLU,
+    GemvParams, STAG_GEMV_CROSS_KV as CROSS_KV, STAG_GEMV_MAX_GROUPS,
+    STAG_GEMV_RESIDUAL_ADD as RESIDUAL_ADD, STAG_GEMV_ROPE_KV as ROPE_KV, STAG_GEMV_STORE as STORE,
+    STAG_GEMV_SWIGLU as SWIGLU,
 };
 use crate::ops::memory_kv_append::{check_caches, CrossCaches};
 use crate::ops::rmsnorm::NormElem;
@@ -63,8 +64,10 @@ use crate::ops::rope_append::{check_cache, check_rows, HeadShape, KvCacheMut, Ro
 stag_kernel!(static GEMV_F32: GemvParams = gemv_f32 in GEMV);
 stag_kernel!(static GEMV_BF16: GemvParams = gemv_bf16 in GEMV);
 
-/// Most activation rows one call takes.
+/// Most activation rows one call (one group of a grouped call) takes.
 pub const MAX_ROWS: usize = 16;
+/// Most weight groups of one [`gemv_grouped`] launch; must equal `STAG_GEMV_MAX_GROUPS`.
+pub const MAX_GROUPS: usize = STAG_GEMV_MAX_GROUPS as usize;
 /// Threads per block and warps; must equal `THREADS` in `cuda/gemv.cu`.
 const THREADS: usize = 256;
 const WARPS: usize = THREADS / 32;
@@ -154,19 +157,84 @@ pub fn gemv<T: NormElem>(
     prologue: GemvPrologue<'_>,
     epilogue: GemvEpilogue<'_, T>,
 ) -> Result<()> {
-    let (x, w) = (x.view(), w.view());
-    check_shape::<T>(shape)?;
-    check_rows("x", x.len(), shape.m, shape.k, shape.k)?;
-    check_rows("w", w.len(), shape.n, shape.k, shape.k)?;
-    if w.as_ptr() as usize % 16 != 0 {
+    let w = w.view();
+    let weight;
+    let prologue = match prologue {
+        GemvPrologue::None => GroupedPrologue::None,
+        GemvPrologue::RmsNorm { weight: gain, eps } => {
+            weight = gain;
+            GroupedPrologue::RmsNorm {
+                weights: std::slice::from_ref(&weight),
+                eps,
+            }
+        }
+    };
+    gemv_grouped(
+        stream,
+        x,
+        std::slice::from_ref(&w),
+        shape,
+        prologue,
+        epilogue,
+    )
+}
+
+/// The prologue of a grouped call: one norm gain per group.
+pub enum GroupedPrologue<'a, 'b> {
+    /// `h = x`.
+    None,
+    /// Rows of group g are normed with `weights[g]` (`[k]` each), as [`GemvPrologue::RmsNorm`].
+    RmsNorm {
+        weights: &'b [DeviceView<'a, f32>],
+        eps: f32,
+    },
+}
+
+/// [`gemv`] over `ws.len()` groups (1 ..= [`MAX_GROUPS`]) in one launch: `shape.m` rows split
+/// into equal groups of `shape.m / groups ≤ 16` rows; rows of group g are multiplied with
+/// `ws[g]` (`[n, k]` each) after the norm with gain g. The epilogue sees every row at its place
+/// among all `shape.m` (outputs and index arrays cover all of them). One layer of every
+/// StagFormer section (separate weights) is one such launch.
+pub fn gemv_grouped<T: NormElem>(
+    stream: &Stream,
+    x: &impl AsDeviceView<T>,
+    ws: &[DeviceView<'_, T>],
+    shape: GemvShape,
+    prologue: GroupedPrologue<'_, '_>,
+    epilogue: GemvEpilogue<'_, T>,
+) -> Result<()> {
+    let x = x.view();
+    let groups = ws.len();
+    if groups == 0 || groups > MAX_GROUPS {
         return Err(DeviceError::invalid(
-            "w",
-            "must start on a 16-byte boundary (the kernel reads it with 16-byte loads)",
+            "ws",
+            format!("{groups} weight groups; one launch takes 1 to {MAX_GROUPS}"),
         ));
+    }
+    if shape.m % groups != 0 {
+        return Err(DeviceError::invalid(
+            "m",
+            format!("{} rows do not split into {groups} equal groups", shape.m),
+        ));
+    }
+    let group_rows = shape.m / groups;
+    check_shape::<T>(GemvShape {
+        m: group_rows,
+        ..shape
+    })?;
+    check_rows("x", x.len(), shape.m, shape.k, shape.k)?;
+    for w in ws {
+        check_rows("w", w.len(), shape.n, shape.k, shape.k)?;
+        if w.as_ptr() as usize % 16 != 0 {
+            return Err(DeviceError::invalid(
+                "w",
+                "must start on a 16-byte boundary (the kernel reads it with 16-byte loads)",
+            ));
+        }
     }
     let mut params = GemvParams {
         x: x.as_ptr(),
-        w: w.as_ptr(),
+        w: ws[0].as_ptr(),
         y: std::ptr::null_mut(),
         norm_weight: std::ptr::null(),
         k_cache: std::ptr::null_mut(),
@@ -175,7 +243,7 @@ pub fn gemv<T: NormElem>(
         rope_sin: std::ptr::null(),
         seq_slots: std::ptr::null(),
         positions: std::ptr::null(),
-        rows: shape.m as u32,
+        rows: group_rows as u32,
         n: shape.n as u32,
         k: shape.k as u32,
         x_row_stride: shape.k as u32,
@@ -195,25 +263,45 @@ pub fn gemv<T: NormElem>(
         table_positions: 0,
         ring: 0,
         window: 0,
+        group_w: [std::ptr::null(); MAX_GROUPS - 1],
+        group_norm_weight: [std::ptr::null(); MAX_GROUPS - 1],
     };
-    let mut retained = vec![x.retain("x"), w.retain("w")];
-    if let GemvPrologue::RmsNorm { weight, eps } = prologue {
+    let mut retained = vec![x.retain("x")];
+    for (g, w) in ws.iter().enumerate() {
+        if g > 0 {
+            params.group_w[g - 1] = w.as_ptr();
+        }
+        retained.push(w.retain("w"));
+    }
+    if let GroupedPrologue::RmsNorm { weights, eps } = prologue {
         if !(eps > 0.0 && eps.is_finite()) {
             return Err(DeviceError::invalid(
                 "eps",
                 format!("{eps} must be finite and > 0"),
             ));
         }
-        if weight.len() != shape.k {
+        if weights.len() != groups {
             return Err(DeviceError::LengthMismatch {
-                arg: "weight",
-                expected: shape.k,
-                found: weight.len(),
+                arg: "weights",
+                expected: groups,
+                found: weights.len(),
             });
         }
-        params.norm_weight = weight.as_ptr().cast();
+        for (g, weight) in weights.iter().enumerate() {
+            if weight.len() != shape.k {
+                return Err(DeviceError::LengthMismatch {
+                    arg: "weight",
+                    expected: shape.k,
+                    found: weight.len(),
+                });
+            }
+            match g {
+                0 => params.norm_weight = weight.as_ptr().cast(),
+                _ => params.group_norm_weight[g - 1] = weight.as_ptr().cast(),
+            }
+            retained.push(weight.retain("weight"));
+        }
         params.eps = eps;
-        retained.push(weight.retain("weight"));
     }
     let (m, n) = (shape.m, shape.n);
     // Grid blocks: each holds 8 warps, each warp one pair of W rows.
@@ -349,13 +437,15 @@ pub fn gemv<T: NormElem>(
         return Ok(());
     }
     let cfg = LaunchConfig {
-        grid: [blocks as u32, 1, 1],
+        grid: [blocks as u32, groups as u32, 1],
         block: [THREADS as u32, 1, 1],
-        dynamic_smem_bytes: smem_bytes(m) as u32,
+        dynamic_smem_bytes: smem_bytes(group_rows) as u32,
     };
-    // SAFETY: `x` holds `m × k` and `w` `n × k` elements (checked), `w` is 16-byte aligned and
-    // `k` a whole number of 16-byte vectors, so every 16-byte W load of a row lies inside it;
-    // the norm weight holds `k` floats. Each output covers `m` rows of its width at its stride
+    // SAFETY: `x` holds `m × k` and every group's `w` `n × k` elements (checked), each `w` is
+    // 16-byte aligned and `k` a whole number of 16-byte vectors, so every 16-byte W load of a
+    // row lies inside it; each norm weight holds `k` floats; the grid has one y-block per
+    // group, so the kernel reads only the `groups` pointers set, and group g's rows
+    // g·m/groups.. (m/groups ≤ 16 of them) lie inside every row-indexed operand. Each output covers `m` rows of its width at its stride
     // (checked), the caches every element their layouts address (checked, no two elements at
     // one address), the table `table_positions × head_dim / 2` floats and the index arrays `m`
     // entries; the kernel writes a cache slot only for indices inside those bounds. Outputs
@@ -375,7 +465,7 @@ fn check_shape<T: DeviceElem>(shape: GemvShape) -> Result<()> {
         return Err(DeviceError::invalid(
             "m",
             format!(
-                "{} rows exceed the {MAX_ROWS} one gemv call takes (use linear)",
+                "{} rows (per group) exceed the {MAX_ROWS} one gemv launch takes (use linear)",
                 shape.m
             ),
         ));

@@ -12,8 +12,11 @@
 //! the output rounding alone gives NMSE ≤ 2⁻¹⁶ ≈ 1.53e-5.
 
 use half::bf16;
+use stagformer_kernels::device::DeviceView;
 use stagformer_kernels::device::{DeviceBuffer, Stream};
-use stagformer_kernels::ops::gemv::{gemv, GemvEpilogue, GemvPrologue, GemvShape};
+use stagformer_kernels::ops::gemv::{
+    gemv, gemv_grouped, GemvEpilogue, GemvPrologue, GemvShape, GroupedPrologue,
+};
 use stagformer_kernels::ops::memory_kv_append::CrossCaches;
 use stagformer_kernels::ops::rmsnorm::NormElem;
 use stagformer_kernels::ops::rope_append::{HeadShape, KvCacheLayout, KvCacheMut, RopeTable};
@@ -95,6 +98,29 @@ pub fn cases() -> Vec<Case> {
         cases.push(case::<f32>(Pro::Huge, Epi::Store, m, 1000, 37));
         cases.push(case::<bf16>(Pro::Huge, Epi::Store, m, 1000, 37));
     }
+    // Grouped (one launch, each group of rows its own W and gain): every epilogue the Grouped
+    // decode step uses, 2..4 groups of 1, 3 and 16 rows.
+    let grouped = [
+        (Epi::Store, Pro::RmsNorm, 2, 1),
+        (Epi::Store, Pro::None, 4, 3),
+        (Epi::ResidualAdd, Pro::None, 3, 3),
+        (Epi::ResidualAdd, Pro::RmsNorm, 2, 16),
+        (Epi::SwiGlu, Pro::RmsNorm, 4, 1),
+        (Epi::SwiGlu, Pro::RmsNorm, 2, 3),
+        (Epi::Rope(4, 2, 16, false, false), Pro::RmsNorm, 3, 1),
+        (Epi::Rope(6, 3, 8, true, true), Pro::RmsNorm, 2, 3),
+        (Epi::Cross(2, 2, 8, None), Pro::RmsNorm, 3, 1),
+        (Epi::Cross(3, 1, 16, Some(3)), Pro::RmsNorm, 2, 3),
+    ];
+    for (i, &(epi, pro, groups, rows)) in grouped.iter().enumerate() {
+        let (k, n) = plain[i % plain.len()];
+        let n = match epi {
+            Epi::SwiGlu => 2 * n,
+            _ => n,
+        };
+        cases.push(grouped_case::<f32>(pro, epi, groups, groups * rows, k, n));
+        cases.push(grouped_case::<bf16>(pro, epi, groups, groups * rows, k, n));
+    }
     cases.push(errors_case());
     cases
 }
@@ -150,8 +176,29 @@ fn untouched<T: Float>(
 }
 
 fn case<T: Float + NormElem>(pro: Pro, epi: Epi, m: usize, k: usize, n: usize) -> Case {
+    grouped_case::<T>(pro, epi, 1, m, k, n)
+}
+
+/// `groups` = 1: a plain `gemv` call; more: `gemv_grouped` with `m / groups` rows a group,
+/// each group its own random W and gain (the reference multiplies each group's rows with its
+/// own).
+fn grouped_case<T: Float + NormElem>(
+    pro: Pro,
+    epi: Epi,
+    groups: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Case {
     let n = w_rows(epi, n);
-    let name = format!("gemv {} {pro:?} {epi:?} m={m} k={k} n={n}", T::NAME);
+    let name = match groups {
+        1 => format!("gemv {} {pro:?} {epi:?} m={m} k={k} n={n}", T::NAME),
+        _ => format!(
+            "gemv grouped {} {pro:?} {epi:?} groups={groups} m={m} k={k} n={n}",
+            T::NAME
+        ),
+    };
+    let rows = m / groups;
     Case::new(name, tol::<T>(), move |stream, inputs: &mut Inputs| {
         let scale = 1.0 / (k as f32).sqrt();
         let mut x = inputs.normal(m * k, 0.0, 1.0);
@@ -163,26 +210,49 @@ fn case<T: Float + NormElem>(pro: Pro, epi: Epi, m: usize, k: usize, n: usize) -
             }
         }
         let (xs, x_seen) = stored::<T>(&x);
-        let (ws, w_seen) = stored::<T>(&inputs.normal(n * k, 0.0, scale));
-        let gain = inputs.normal(k, 1.0, 0.2);
+        let mut w_seen = Vec::new();
+        let mut gains = Vec::new();
+        let mut w_devs = Vec::new();
+        let mut gain_devs = Vec::new();
+        for _ in 0..groups {
+            let (ws, seen) = stored::<T>(&inputs.normal(n * k, 0.0, scale));
+            let gain = inputs.normal(k, 1.0, 0.2);
+            w_devs.push(DeviceBuffer::from_host(stream, &ws)?);
+            gain_devs.push(DeviceBuffer::from_host(stream, &gain)?);
+            w_seen.push(seen);
+            gains.push(gain);
+        }
         let x_dev = DeviceBuffer::from_host(stream, &xs)?;
-        let w_dev = DeviceBuffer::from_host(stream, &ws)?;
-        let gain_dev = DeviceBuffer::from_host(stream, &gain)?;
         let h: Vec<f32> = match pro {
             Pro::None => x_seen.clone(),
             Pro::RmsNorm | Pro::Huge => {
                 let mut h = vec![0f32; m * k];
-                for (o, row) in h.chunks_exact_mut(k).zip(x_seen.chunks_exact(k)) {
-                    reference::rmsnorm(row, &gain, f64::from(EPS), o)?;
+                for (r, (o, row)) in h
+                    .chunks_exact_mut(k)
+                    .zip(x_seen.chunks_exact(k))
+                    .enumerate()
+                {
+                    reference::rmsnorm(row, &gains[r / rows], f64::from(EPS), o)?;
                 }
                 h.iter().map(|&v| round::<T>(v)).collect()
             }
         };
-        let g = reference_g::<T>(&h, &w_seen, m, n, k);
+        let mut g = Vec::with_capacity(m * n);
+        for (gi, w) in w_seen.iter().enumerate() {
+            g.extend(reference_g::<T>(
+                &h[gi * rows * k..(gi + 1) * rows * k],
+                w,
+                rows,
+                n,
+                k,
+            ));
+        }
+        let w_views: Vec<DeviceView<'_, T>> = w_devs.iter().map(|w| w.view()).collect();
+        let gain_views: Vec<DeviceView<'_, f32>> = gain_devs.iter().map(|g| g.view()).collect();
         let prologue = || match pro {
-            Pro::None => GemvPrologue::None,
-            _ => GemvPrologue::RmsNorm {
-                weight: gain_dev.view(),
+            Pro::None => GroupedPrologue::None,
+            _ => GroupedPrologue::RmsNorm {
+                weights: &gain_views,
                 eps: EPS,
             },
         };
@@ -216,7 +286,7 @@ fn case<T: Float + NormElem>(pro: Pro, epi: Epi, m: usize, k: usize, n: usize) -
                         row_stride: stride,
                     },
                 };
-                gemv(stream, &x_dev, &w_dev, shape, prologue(), ep)?;
+                gemv_grouped(stream, &x_dev, &w_views, shape, prologue(), ep)?;
                 let got = y_dev.to_host(stream)?;
                 let mut want = y0_seen.clone();
                 let mut written = vec![false; want.len()];
@@ -242,7 +312,7 @@ fn case<T: Float + NormElem>(pro: Pro, epi: Epi, m: usize, k: usize, n: usize) -
                 stream,
                 inputs,
                 &x_dev,
-                &w_dev,
+                &w_views,
                 shape,
                 prologue(),
                 &g,
@@ -254,7 +324,7 @@ fn case<T: Float + NormElem>(pro: Pro, epi: Epi, m: usize, k: usize, n: usize) -
                 stream,
                 inputs,
                 &x_dev,
-                &w_dev,
+                &w_views,
                 shape,
                 prologue(),
                 &g,
@@ -279,9 +349,9 @@ fn rope_case<T: Float + NormElem>(
     stream: &Stream,
     inputs: &mut Inputs,
     x_dev: &DeviceBuffer<T>,
-    w_dev: &DeviceBuffer<T>,
+    ws: &[DeviceView<'_, T>],
     shape: GemvShape,
-    prologue: GemvPrologue<'_>,
+    prologue: GroupedPrologue<'_, '_>,
     g: &[f32],
     (heads, kv_heads, hd): (usize, usize, usize),
     ring: bool,
@@ -319,10 +389,10 @@ fn rope_case<T: Float + NormElem>(
     let table = RopeTable::new(stream, hd, theta, table_positions)?;
     let seq_dev = DeviceBuffer::from_host(stream, &seqs_v)?;
     let pos_dev = DeviceBuffer::from_host(stream, &pos)?;
-    gemv(
+    gemv_grouped(
         stream,
         x_dev,
-        w_dev,
+        ws,
         shape,
         prologue,
         GemvEpilogue::RopeKvAppend {
@@ -428,9 +498,9 @@ fn cross_case<T: Float + NormElem>(
     stream: &Stream,
     inputs: &mut Inputs,
     x_dev: &DeviceBuffer<T>,
-    w_dev: &DeviceBuffer<T>,
+    ws: &[DeviceView<'_, T>],
     shape: GemvShape,
-    prologue: GemvPrologue<'_>,
+    prologue: GroupedPrologue<'_, '_>,
     g: &[f32],
     (layers, kv_heads, hd): (usize, usize, usize),
     window: Option<usize>,
@@ -459,10 +529,10 @@ fn cross_case<T: Float + NormElem>(
     let mut v_dev = DeviceBuffer::from_host(stream, &v0)?;
     let seq_dev = DeviceBuffer::from_host(stream, &seqs_v)?;
     let pos_dev = DeviceBuffer::from_host(stream, &pos)?;
-    gemv(
+    gemv_grouped(
         stream,
         x_dev,
-        w_dev,
+        ws,
         shape,
         prologue,
         GemvEpilogue::CrossKvAppend {
@@ -651,6 +721,43 @@ fn errors_case() -> Case {
                 },
             ),
             "n",
+        )?;
+        let w1 = w.slice(..n * k)?;
+        let five = [w1, w1, w1, w1, w1];
+        let gains = [gain.view()];
+        for (what, groups, rows, arg) in [
+            ("5 groups", 5, 5, "ws"),
+            ("0 groups", 0, 2, "ws"),
+            ("3 rows in 2 groups", 2, 3, "m"),
+            ("17 rows a group", 1, 17, "m"),
+        ] {
+            expect(
+                what,
+                gemv_grouped(
+                    stream,
+                    &x.slice(..rows * k)?,
+                    &five[..groups],
+                    GemvShape { m: rows, n, k },
+                    GroupedPrologue::None,
+                    store_into(&mut y, rows * n, n)?,
+                ),
+                arg,
+            )?;
+        }
+        expect(
+            "1 gain for 2 groups",
+            gemv_grouped(
+                stream,
+                &x.slice(..m * k)?,
+                &five[..2],
+                GemvShape { m, n, k },
+                GroupedPrologue::RmsNorm {
+                    weights: &gains,
+                    eps: EPS,
+                },
+                store_into(&mut y, m * n, n)?,
+            ),
+            "weights",
         )?;
         // Nothing above ran: y is still poisoned. A valid call then writes it.
         if y.to_host(stream)?.iter().any(|v| !v.is_nan()) {

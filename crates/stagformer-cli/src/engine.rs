@@ -65,6 +65,7 @@ pub enum ExecChoice {
     Staggered,
     Sequential,
     Batched,
+    Grouped,
 }
 
 impl ExecChoice {
@@ -73,6 +74,7 @@ impl ExecChoice {
             ExecChoice::Staggered => ExecMode::Staggered,
             ExecChoice::Sequential => ExecMode::Sequential,
             ExecChoice::Batched => ExecMode::Batched,
+            ExecChoice::Grouped => ExecMode::Grouped,
         }
     }
 }

@@ -142,7 +142,14 @@ fn init_inspect_score_generate_bench() {
         "--prompt-len",
         "4",
     ]);
-    for row in ["prefill", "sequential", "staggered", "batched", "recurrent"] {
+    for row in [
+        "prefill",
+        "sequential",
+        "staggered",
+        "batched",
+        "grouped",
+        "recurrent",
+    ] {
         assert!(table.contains(row), "bench table lacks {row}: {table}");
     }
 }
@@ -206,6 +213,7 @@ fn emulated_kernels_match_the_cpu_reference() {
         ("forward", "1", "staggered"),
         ("decode", "3", "staggered"),
         ("decode", "3", "sequential"),
+        ("decode", "3", "grouped"),
     ] {
         let cpu = dir.path().join("cpu.safetensors");
         let emu = dir.path().join("emu.safetensors");
@@ -254,7 +262,14 @@ fn emulated_kernels_match_the_cpu_reference() {
         "--prompt-len",
         "4",
     ]);
-    for row in ["prefill", "sequential", "staggered", "batched", "recurrent"] {
+    for row in [
+        "prefill",
+        "sequential",
+        "staggered",
+        "batched",
+        "grouped",
+        "recurrent",
+    ] {
         assert!(table.contains(row), "emu bench table lacks {row}: {table}");
     }
     assert!(table.contains("step graphs on"), "{table}");
@@ -397,6 +412,7 @@ fn score_on_emu_matches_cpu_over_the_variant_matrix() {
                 if shared || sections == 1 {
                     runs.push(("decode", "batched"));
                 }
+                runs.push(("decode", "grouped"));
                 if shared && sections == 2 {
                     runs.push(("recurrent", "sequential"));
                 }

@@ -15,7 +15,7 @@ use stagformer_kernels::ops::sample::{sample, SampleShape, SampleWorkspace, Samp
 use stagformer_ref::{Checkpoint, Model, RequestError, TensorSource};
 
 use crate::error::{DecoderError, Result};
-use crate::fused::{GemvPath, MAX_ROWS};
+use crate::fused::{GemvPath, MAX_GROUPS, MAX_ROWS};
 use crate::row_inputs::{Row, RowInputs};
 use crate::scratch::Scratch;
 use crate::section::{Caches, CrossKeys, Pass, SelfCache, Shared};
@@ -32,8 +32,16 @@ pub enum ExecMode {
     Staggered,
     /// One stream, sections one after another: the baseline.
     Sequential,
-    /// Shared weights: all passes of a layer as one GEMM of p·B rows.
+    /// Shared weights: all passes of a layer as one GEMM of p·B rows. With the fused GEMV
+    /// path this is the shared-weight case of `Grouped` (the same step).
     Batched,
+    /// One stream, layer j of every section at once: each projection one grouped GEMV over
+    /// all p·B rows (group s: section s's weights), one self- and one cross-attention launch
+    /// per layer index, one launch for every memory hand-over. Separate or shared weights;
+    /// steps the grouped GEMV cannot take (more than 16 rows a section, more than 4
+    /// sections, or `GemvPath::Cublas`) run one section after another instead (cuBLAS
+    /// `Batched` for shared weights).
+    Grouped,
 }
 
 /// Prefill chunk size of [`DecoderOptions::new`].
@@ -256,7 +264,16 @@ impl<T: Activation> Decoder<T> {
         let self_len = self_cache
             .layout(p * opts.max_batch, hkv, hd)
             .required_len()?;
-        let cross_len = ls * KvCacheLayout::dense(opts.max_batch, hkv, ring, hd).required_len()?;
+        // One buffer for every reading section (one element when p = 1 reads none).
+        let cross_len = match (p - 1) * opts.max_batch {
+            0 => 1,
+            readers => KvCacheLayout::dense(readers, hkv, ring, hd)
+                .required_len()?
+                .checked_mul(ls)
+                .ok_or_else(|| {
+                    DecoderError::Unsupported("cross caches too large to address".into())
+                })?,
+        };
         let alloc = |n: usize| DeviceBuffer::<T>::alloc(device, n);
         let caches = Caches {
             self_k: (0..ls)
@@ -265,16 +282,12 @@ impl<T: Activation> Decoder<T> {
             self_v: (0..ls)
                 .map(|_| alloc(self_len))
                 .collect::<Result<Vec<_>, _>>()?,
-            cross_k: (1..p)
-                .map(|_| alloc(cross_len))
-                .collect::<Result<Vec<_>, _>>()?,
-            cross_v: (1..p)
-                .map(|_| alloc(cross_len))
-                .collect::<Result<Vec<_>, _>>()?,
+            cross_k: alloc(cross_len)?,
+            cross_v: alloc(cross_len)?,
         };
-        // Batched steps put every pass's rows into the first scratch.
+        // Batched and Grouped steps put every pass's rows into the first scratch.
         let step_rows = match opts.mode {
-            ExecMode::Batched => p * opts.max_batch,
+            ExecMode::Batched | ExecMode::Grouped => p * opts.max_batch,
             _ => opts.max_batch,
         };
         let scratch = (0..p)
@@ -539,12 +552,12 @@ impl<T: Activation> Decoder<T> {
                 // ever read again).
                 let first = total.saturating_sub(sh.ring).max(chunk.start);
                 if first < chunk.end {
+                    let reader = self.inputs.index((s + 1) * n..(s + 2) * n)?;
                     sh.append_memory(
                         &mut self.caches,
                         memory.slice(first * width..chunk.end * width)?,
                         stream,
-                        &index,
-                        s + 1,
+                        &reader,
                         first - chunk.start..n,
                     )?;
                 }
@@ -707,10 +720,17 @@ impl<T: Activation> Decoder<T> {
     /// The launches of one step over the `n` rows of the uploaded inputs; everything they
     /// read that changes between steps is in device memory, so they can be captured.
     fn launch_step(&mut self, n: usize, sampling: Option<&SamplingConfig>) -> Result<()> {
-        if self.opts.mode == ExecMode::Batched && !self.opts.recurrent {
-            self.launch_batched_step(n)?;
-        } else {
-            self.launch_section_step(n)?;
+        let p = self.shared.cfg.sections();
+        let grouped = self.opts.gemv == GemvPath::Fused && n <= MAX_ROWS && p <= MAX_GROUPS;
+        match self.opts.mode {
+            _ if self.opts.recurrent => self.launch_section_step(n)?,
+            ExecMode::Batched if !grouped || p * n > MAX_ROWS => self.launch_batched_step(n)?,
+            ExecMode::Batched => self.launch_grouped_step(n)?,
+            ExecMode::Grouped if grouped => self.launch_grouped_step(n)?,
+            ExecMode::Grouped if self.shared.cfg.stag_shared_weights => {
+                self.launch_batched_step(n)?
+            }
+            _ => self.launch_section_step(n)?,
         }
         if let Some(config) = sampling {
             let stream = &self.streams[0];
@@ -806,7 +826,9 @@ impl<T: Activation> Decoder<T> {
                     false => (&sh.weights.memory_norms[s], s + 1),
                 };
                 let x = sc.x[0].slice(..n * d)?;
-                sh.fused_memory(&mut self.caches, x, stream, &index, norm, reader, 0..n)?;
+                let slots = self.inputs.index(reader * n..(reader + 1) * n)?;
+                let readers = reader..reader + 1;
+                sh.fused_memory(&mut self.caches, x, stream, &slots, &[norm], readers, 0..n)?;
             } else if recurrent {
                 rmsnorm(
                     stream,
@@ -825,7 +847,8 @@ impl<T: Activation> Decoder<T> {
                     n,
                 )?;
                 let memory = sc.memory_kv.slice(rows_kv)?;
-                sh.append_memory(&mut self.caches, memory, stream, &index, 1, 0..n)?;
+                let slots = self.inputs.index(n..2 * n)?;
+                sh.append_memory(&mut self.caches, memory, stream, &slots, 0..n)?;
             } else if s + 1 < p {
                 let (rows_d, rows_kv) = (..n * d, ..n * sh.memory_width());
                 sh.project_memory(
@@ -836,7 +859,8 @@ impl<T: Activation> Decoder<T> {
                     n,
                 )?;
                 let memory = sc.memory_kv.slice(rows_kv)?;
-                sh.append_memory(&mut self.caches, memory, stream, &index, s + 1, 0..n)?;
+                let slots = self.inputs.index((s + 1) * n..(s + 2) * n)?;
+                sh.append_memory(&mut self.caches, memory, stream, &slots, 0..n)?;
             }
             if fork.is_some() && s > 0 {
                 joins.push(stream.record_event()?);
@@ -868,10 +892,9 @@ impl<T: Activation> Decoder<T> {
         lm_head(stream0, sh, normed.slice(..n * d)?, &mut self.logits, n)
     }
 
-    /// A Batched step: pass s of sequence b is row s·B + b of one scratch; every layer's
-    /// self-attention and MLP run as one GEMM over all p·B rows.
+    /// A Batched step on the cuBLAS path: pass s of sequence b is row s·B + b of one scratch;
+    /// every layer's self-attention and MLP run as one GEMM over all p·B rows.
     fn launch_batched_step(&mut self, n: usize) -> Result<()> {
-        let fused = self.fused_rows(self.shared.cfg.sections() * n);
         let sh = &self.shared;
         let cfg = &sh.cfg;
         let (p, d) = (cfg.sections(), cfg.hidden_size);
@@ -887,28 +910,6 @@ impl<T: Activation> Decoder<T> {
                 }
             })
             .collect();
-        if fused {
-            sh.fused_embed(sc, stream, &index, 0..p * n)?;
-            sh.run_batched_fused(&mut self.caches, sc, stream, &index, n)?;
-            for s in 0..p - 1 {
-                let pass = s * n..(s + 1) * n;
-                let x = sc.x[0].slice(pass.start * d..pass.end * d)?;
-                let norm = &sh.weights.memory_norms[s];
-                sh.fused_memory(&mut self.caches, x, stream, &index, norm, s + 1, pass)?;
-            }
-            let last = (p - 1) * n * d..p * n * d;
-            if self.mix.is_none() {
-                rmsnorm(
-                    stream,
-                    &sc.x[0].slice(last.clone())?,
-                    &sh.weights.final_norm,
-                    &mut sc.h.slice_mut(last)?,
-                    Rows { rows: n, dim: d },
-                    cfg.rms_norm_eps as f32,
-                )?;
-            }
-            return self.finish_batched_step(n, 0);
-        }
         let out = sh.run_batched(&mut self.caches, sc, stream, &index, n, &ends)?;
         for s in 0..p - 1 {
             let pass = s * n..(s + 1) * n;
@@ -922,12 +923,47 @@ impl<T: Activation> Decoder<T> {
                 n,
             )?;
             let memory = sc.memory_kv.slice(rows_kv)?;
-            sh.append_memory(&mut self.caches, memory, stream, &index, s + 1, pass)?;
+            let reader = pass.start + n..pass.end + n;
+            sh.append_memory(&mut self.caches, memory, stream, &index, reader)?;
         }
         self.finish_batched_step(n, out)
     }
 
-    /// The logits of a Batched step whose passes' outputs are in residual buffer `out`: from
+    /// A Grouped step (fused GEMVs, at most 16 rows a section): pass s of sequence b is row
+    /// s·B + b of one scratch; layer j of every section runs as one grouped GEMV per
+    /// projection, one self-attention over all p·B rows and one cross-attention over the rows
+    /// of sections ≥ 1; then one GEMV hands every section's memory to the next.
+    fn launch_grouped_step(&mut self, n: usize) -> Result<()> {
+        let sh = &self.shared;
+        let cfg = &sh.cfg;
+        let (p, d) = (cfg.sections(), cfg.hidden_size);
+        let stream = &self.streams[0];
+        let index = self.inputs.index(0..p * n)?;
+        let sc = &mut self.scratch[0];
+        sh.fused_embed(sc, stream, &index, 0..p * n)?;
+        sh.run_grouped_fused(&mut self.caches, sc, stream, &index, n)?;
+        if p > 1 {
+            // Writer s's rows s·B.. hand over at reader s + 1's rows (s + 1)·B.. (slot i of
+            // step i, which no section reads during step i).
+            let x = sc.x[0].slice(..(p - 1) * n * d)?;
+            let norms: Vec<&DeviceBuffer<f32>> = sh.weights.memory_norms.iter().collect();
+            sh.fused_memory(&mut self.caches, x, stream, &index, &norms, 1..p, n..p * n)?;
+        }
+        let last = (p - 1) * n * d..p * n * d;
+        if self.mix.is_none() {
+            rmsnorm(
+                stream,
+                &sc.x[0].slice(last.clone())?,
+                &sh.weights.final_norm,
+                &mut sc.h.slice_mut(last)?,
+                Rows { rows: n, dim: d },
+                cfg.rms_norm_eps as f32,
+            )?;
+        }
+        self.finish_batched_step(n, 0)
+    }
+
+    /// The logits of a Batched or Grouped step whose passes' outputs are in residual buffer `out`: from
     /// the last pass (its final norm already in `h`), or from the output mix of all passes.
     fn finish_batched_step(&mut self, n: usize, out: usize) -> Result<()> {
         let sh = &self.shared;

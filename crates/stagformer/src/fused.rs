@@ -12,7 +12,9 @@
 //! gemv(x; ln2 | w_gate_up → swiglu) ; gemv(act; w_down → x +=)
 //! ```
 //!
-//! 5 launches (8 with cross-attention) instead of 10 (15). The unfused path (`section.rs`:
+//! 5 launches (8 with cross-attention) instead of 10 (15). [`Shared::run_grouped_fused`] runs
+//! the same launches for layer j of every section at once (`ops::gemv_grouped`: group s of the
+//! rows uses section s's weights), the Grouped (and, with shared weights, Batched) step. The unfused path (`section.rs`:
 //! cuBLAS GEMMs and separate norm, RoPE, SwiGLU and append kernels) stays selectable with
 //! [`GemvPath::Cublas`] and runs every step with more rows. Both round at the same points, so
 //! they agree to the last few bits.
@@ -22,11 +24,11 @@ use std::ops::Range;
 use stagformer_kernels::device::{DeviceBuffer, DeviceView, Stream};
 use stagformer_kernels::ops::attention_decode::{attention_decode, DecodeLayout, DecodeMask};
 use stagformer_kernels::ops::embedding::{embedding, EmbeddingShape};
-use stagformer_kernels::ops::gemv::{gemv, GemvEpilogue, GemvPrologue, GemvShape};
+use stagformer_kernels::ops::gemv::{gemv_grouped, GemvEpilogue, GemvShape, GroupedPrologue};
 use stagformer_kernels::ops::memory_kv_append::CrossCaches;
 use stagformer_kernels::ops::rope_append::KvCacheMut;
 
-pub use stagformer_kernels::ops::gemv::MAX_ROWS;
+pub use stagformer_kernels::ops::gemv::{MAX_GROUPS, MAX_ROWS};
 
 use crate::error::Result;
 use crate::row_inputs::RowIndex;
@@ -82,20 +84,22 @@ impl<T: Activation> Shared<T> {
         n: usize,
     ) -> Result<()> {
         for j in 0..self.cfg.layers_per_section() {
-            let layer = self.layer(s, j);
-            self.fused_self_attention(caches, sc, stream, ix, layer, j, 0..n)?;
+            let layer = [self.layer(s, j)];
+            self.fused_self_attention(caches, sc, stream, ix, &layer, j, 0..n)?;
             if s >= 1 {
-                self.fused_cross_attention(caches, sc, stream, ix, (s, j), 0..n)?;
+                self.fused_cross_attention(caches, sc, stream, ix, (s..s + 1, j), 0..n)?;
             }
-            self.fused_mlp(sc, stream, layer, 0..n)?;
+            self.fused_mlp(sc, stream, &layer, 0..n)?;
         }
         Ok(())
     }
 
-    /// Every pass of a shared-weight model over `p · batch` rows (pass s in rows
-    /// s·batch..(s + 1)·batch), embedding in `sc.x[0]`: one GEMV per projection for all
-    /// passes, the cross sublayer per pass ≥ 1 on its rows. Outputs stay in `sc.x[0]`.
-    pub fn run_batched_fused(
+    /// Every section's pass over `p · batch` rows at once (pass s in rows s·batch..(s + 1)·batch,
+    /// embedding in `sc.x[0]`): layer j of all sections is one grouped GEMV per projection
+    /// (group s: section s's weights and gains), one self-attention launch over all rows and
+    /// one cross-attention launch over the rows of sections ≥ 1. With shared weights the groups
+    /// collapse into one GEMV of p·batch rows (each weight read once). Outputs stay in `sc.x[0]`.
+    pub fn run_grouped_fused(
         &self,
         caches: &mut Caches<T>,
         sc: &mut Scratch<T>,
@@ -106,20 +110,21 @@ impl<T: Activation> Shared<T> {
         let p = self.cfg.sections();
         let all = 0..p * batch;
         for j in 0..self.cfg.layers_per_section() {
-            let layer = self.layer(0, j);
-            self.fused_self_attention(caches, sc, stream, ix, layer, j, all.clone())?;
-            for s in 1..p {
-                let pass = s * batch..(s + 1) * batch;
-                self.fused_cross_attention(caches, sc, stream, ix, (s, j), pass)?;
+            let layers: Vec<&LayerWeights<T>> = (0..p).map(|s| self.layer(s, j)).collect();
+            self.fused_self_attention(caches, sc, stream, ix, &layers, j, all.clone())?;
+            if p > 1 {
+                let readers = batch..p * batch;
+                self.fused_cross_attention(caches, sc, stream, ix, (1..p, j), readers)?;
             }
-            self.fused_mlp(sc, stream, layer, all.clone())?;
+            self.fused_mlp(sc, stream, &layers, all.clone())?;
         }
         Ok(())
     }
 
-    /// Projects the residual rows `x` (normed with `norm` in the GEMV's prologue) with section
-    /// `reader`'s memory k|v weights straight into its cross caches, at the slots of rows
-    /// `rows` of `ix`.
+    /// Projects the residual rows `x` of sections `writers` (`batch` rows each, normed with
+    /// each writer's memory norm in the GEMV's prologue) with the memory k|v weights of the
+    /// section after each straight into the cross caches, at the slots of the readers' rows
+    /// `rows` of `ix` (reader s + 1's cross slots): one launch for every hand-over.
     #[allow(clippy::too_many_arguments)]
     pub fn fused_memory(
         &self,
@@ -127,28 +132,32 @@ impl<T: Activation> Shared<T> {
         x: DeviceView<'_, T>,
         stream: &Stream,
         ix: &RowIndex<'_>,
-        norm: &DeviceBuffer<f32>,
-        reader: usize,
+        norms: &[&DeviceBuffer<f32>],
+        readers: Range<usize>,
         rows: Range<usize>,
     ) -> Result<()> {
         let cfg = &self.cfg;
         let layout = self.cross_layout();
-        gemv(
+        let ws: Vec<&DeviceBuffer<T>> = readers.map(|r| &self.weights.memory_kv[r - 1]).collect();
+        let (ws, norms) = self.collapse(&ws, norms, rows.len());
+        let ws: Vec<DeviceView<'_, T>> = ws.iter().map(|w| w.view()).collect();
+        let gains: Vec<DeviceView<'_, f32>> = norms.iter().map(|g| g.view()).collect();
+        gemv_grouped(
             stream,
             &x,
-            &self.weights.memory_kv[reader - 1],
+            &ws,
             GemvShape {
                 m: rows.len(),
                 n: self.memory_width(),
                 k: cfg.hidden_size,
             },
-            self.prologue(norm),
+            self.prologue(&gains),
             GemvEpilogue::CrossKvAppend {
                 seq_slots: ix.cross_slots.slice(rows.clone())?,
                 positions: ix.positions.slice(rows)?,
                 cache: KvCacheMut {
-                    k: caches.cross_k[reader - 1].view_mut(),
-                    v: caches.cross_v[reader - 1].view_mut(),
+                    k: caches.cross_k.view_mut(),
+                    v: caches.cross_v.view_mut(),
                     layout,
                 },
                 cross: CrossCaches {
@@ -162,14 +171,59 @@ impl<T: Activation> Shared<T> {
         Ok(())
     }
 
-    fn prologue<'a>(&self, gain: &'a DeviceBuffer<f32>) -> GemvPrologue<'a> {
-        GemvPrologue::RmsNorm {
-            weight: gain.view(),
+    /// The groups one launch needs: one per entry, or one for all when every entry is the same
+    /// weight and gain (shared weights) and all `rows` fit one group.
+    fn collapse<'w, W, G>(
+        &self,
+        ws: &[&'w W],
+        gains: &[&'w G],
+        rows: usize,
+    ) -> (Vec<&'w W>, Vec<&'w G>) {
+        let same = ws.iter().all(|w| std::ptr::eq(*w, ws[0]))
+            && gains.iter().all(|g| std::ptr::eq(*g, gains[0]));
+        if same && rows <= MAX_ROWS && !ws.is_empty() {
+            (ws[..1].to_vec(), gains[..gains.len().min(1)].to_vec())
+        } else {
+            (ws.to_vec(), gains.to_vec())
+        }
+    }
+
+    fn prologue<'a, 'b>(&self, gains: &'b [DeviceView<'a, f32>]) -> GroupedPrologue<'a, 'b> {
+        GroupedPrologue::RmsNorm {
+            weights: gains,
             eps: self.cfg.rms_norm_eps as f32,
         }
     }
 
-    /// qkv = rope(ln1(x) · wqkvᵀ) with k, v appended to the self caches; attention; x += o.
+    /// One grouped GEMV over `rows` (`rows.len() / ws.len()` a group) of `x` (width `k`): group
+    /// g multiplies with `ws[g]` after the norm with `gains[g]` (no norm when `gains` is
+    /// empty); collapsed to one group for shared weights.
+    #[allow(clippy::too_many_arguments)]
+    fn grouped(
+        &self,
+        stream: &Stream,
+        x: DeviceView<'_, T>,
+        ws: &[&DeviceBuffer<T>],
+        gains: &[&DeviceBuffer<f32>],
+        n: usize,
+        k: usize,
+        epilogue: GemvEpilogue<'_, T>,
+    ) -> Result<()> {
+        let m = x.len() / k;
+        let (ws, gains) = self.collapse(ws, gains, m);
+        let ws: Vec<DeviceView<'_, T>> = ws.iter().map(|w| w.view()).collect();
+        let gains: Vec<DeviceView<'_, f32>> = gains.iter().map(|g| g.view()).collect();
+        let prologue = match gains.is_empty() {
+            true => GroupedPrologue::None,
+            false => self.prologue(&gains),
+        };
+        gemv_grouped(stream, &x, &ws, GemvShape { m, n, k }, prologue, epilogue)?;
+        Ok(())
+    }
+
+    /// qkv = rope(ln1(x) · wqkvᵀ) with k, v appended to the self caches; attention; x += o,
+    /// over `rows`, split evenly among `layers` (one group each: the same layer j of several
+    /// sections).
     #[allow(clippy::too_many_arguments)]
     fn fused_self_attention(
         &self,
@@ -177,7 +231,7 @@ impl<T: Activation> Shared<T> {
         sc: &mut Scratch<T>,
         stream: &Stream,
         ix: &RowIndex<'_>,
-        layer: &LayerWeights<T>,
+        layers: &[&LayerWeights<T>],
         j: usize,
         rows: Range<usize>,
     ) -> Result<()> {
@@ -185,16 +239,15 @@ impl<T: Activation> Shared<T> {
         let (d, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
         let qkv_dim = qd + 2 * kvd;
         let span = |width: usize| rows.start * width..rows.end * width;
-        gemv(
+        let ws: Vec<&DeviceBuffer<T>> = layers.iter().map(|l| &l.wqkv).collect();
+        let gains: Vec<&DeviceBuffer<f32>> = layers.iter().map(|l| &l.input_norm).collect();
+        self.grouped(
             stream,
-            &sc.x[0].slice(span(d))?,
-            &layer.wqkv,
-            GemvShape {
-                m: rows.len(),
-                n: qkv_dim,
-                k: d,
-            },
-            self.prologue(&layer.input_norm),
+            sc.x[0].slice(span(d))?,
+            &ws,
+            &gains,
+            qkv_dim,
+            d,
             GemvEpilogue::RopeKvAppend {
                 qkv: sc.qkv.slice_mut(span(qkv_dim))?,
                 row_stride: qkv_dim,
@@ -234,57 +287,59 @@ impl<T: Activation> Shared<T> {
             layout,
             self_cache.mask(),
         )?;
-        self.fused_attention_out(sc, stream, &layer.wo, rows)
+        let wo: Vec<&DeviceBuffer<T>> = layers.iter().map(|l| &l.wo).collect();
+        self.fused_attention_out(sc, stream, &wo, rows)
     }
 
     /// q = cross_norm(x) · cwqᵀ; the staggered cross-attention over the cross caches; x += o,
-    /// for section `s`'s layer `j` (`at = (s, j)`) over `rows`.
+    /// for layer `j` of the reading sections `readers` (`at = (readers, j)`) over `rows`, split
+    /// evenly among them (one group each); one attention launch for all of them.
     fn fused_cross_attention(
         &self,
         caches: &mut Caches<T>,
         sc: &mut Scratch<T>,
         stream: &Stream,
         ix: &RowIndex<'_>,
-        at: (usize, usize),
+        at: (Range<usize>, usize),
         rows: Range<usize>,
     ) -> Result<()> {
-        let (s, j) = at;
+        let (readers, j) = at;
         let cfg = &self.cfg;
         let (d, qd) = (cfg.hidden_size, cfg.q_dim());
-        let cross = &self.weights.cross[s - 1][j];
+        let cross: Vec<_> = readers.map(|s| &self.weights.cross[s - 1][j]).collect();
         let span = |width: usize| rows.start * width..rows.end * width;
+        let wq: Vec<&DeviceBuffer<T>> = cross.iter().map(|c| &c.wq).collect();
+        let gains: Vec<&DeviceBuffer<f32>> = cross.iter().map(|c| &c.norm).collect();
         // The cross query reuses `qkv` as a dense [rows, q_dim] tensor.
-        gemv(
+        self.grouped(
             stream,
-            &sc.x[0].slice(span(d))?,
-            &cross.wq,
-            GemvShape {
-                m: rows.len(),
-                n: qd,
-                k: d,
-            },
-            self.prologue(&cross.norm),
+            sc.x[0].slice(span(d))?,
+            &wq,
+            &gains,
+            qd,
+            d,
             GemvEpilogue::Store {
                 y: sc.qkv.slice_mut(span(qd))?,
                 row_stride: qd,
             },
         )?;
-        let layer_len = self.cross_layout().required_len()?;
+        let layout = self.cross_layout();
+        let layer_len = layout.required_len()?;
         let cache = j * layer_len..(j + 1) * layer_len;
         let layout = DecodeLayout::new(
             rows.len(),
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.head_dim,
-            self.max_batch,
+            layout.seqs,
             self.ring,
         )
         .with_max_keys(self.window.unwrap_or(self.capacity));
         attention_decode(
             stream,
             &sc.qkv.slice(span(qd))?,
-            &caches.cross_k[s - 1].slice(cache.clone())?,
-            &caches.cross_v[s - 1].slice(cache)?,
+            &caches.cross_k.slice(cache.clone())?,
+            &caches.cross_v.slice(cache)?,
             &ix.cross_slots.slice(rows.clone())?,
             &ix.positions.slice(rows.clone())?,
             &mut sc.attn.slice_mut(span(qd))?,
@@ -294,76 +349,70 @@ impl<T: Activation> Shared<T> {
                 window: self.window,
             },
         )?;
-        self.fused_attention_out(sc, stream, &cross.wo, rows)
+        let wo: Vec<&DeviceBuffer<T>> = cross.iter().map(|c| &c.wo).collect();
+        self.fused_attention_out(sc, stream, &wo, rows)
     }
 
-    /// x += attn · woᵀ over `rows`.
+    /// x += attn · woᵀ over `rows` (one group per `wo`).
     fn fused_attention_out(
         &self,
         sc: &mut Scratch<T>,
         stream: &Stream,
-        wo: &DeviceBuffer<T>,
+        wo: &[&DeviceBuffer<T>],
         rows: Range<usize>,
     ) -> Result<()> {
         let (d, qd) = (self.cfg.hidden_size, self.cfg.q_dim());
-        gemv(
+        self.grouped(
             stream,
-            &sc.attn.slice(rows.start * qd..rows.end * qd)?,
+            sc.attn.slice(rows.start * qd..rows.end * qd)?,
             wo,
-            GemvShape {
-                m: rows.len(),
-                n: d,
-                k: qd,
-            },
-            GemvPrologue::None,
+            &[],
+            d,
+            qd,
             GemvEpilogue::ResidualAdd {
                 y: sc.x[0].slice_mut(rows.start * d..rows.end * d)?,
                 row_stride: d,
             },
-        )?;
-        Ok(())
+        )
     }
 
-    /// act = swiglu(ln2(x) · w_gate_upᵀ); x += act · w_downᵀ over `rows`.
+    /// act = swiglu(ln2(x) · w_gate_upᵀ); x += act · w_downᵀ over `rows` (one group per layer).
     fn fused_mlp(
         &self,
         sc: &mut Scratch<T>,
         stream: &Stream,
-        layer: &LayerWeights<T>,
+        layers: &[&LayerWeights<T>],
         rows: Range<usize>,
     ) -> Result<()> {
         let (d, f) = (self.cfg.hidden_size, self.cfg.intermediate_size);
         let span = |width: usize| rows.start * width..rows.end * width;
-        gemv(
+        let gate_up: Vec<&DeviceBuffer<T>> = layers.iter().map(|l| &l.w_gate_up).collect();
+        let gains: Vec<&DeviceBuffer<f32>> =
+            layers.iter().map(|l| &l.post_attention_norm).collect();
+        self.grouped(
             stream,
-            &sc.x[0].slice(span(d))?,
-            &layer.w_gate_up,
-            GemvShape {
-                m: rows.len(),
-                n: 2 * f,
-                k: d,
-            },
-            self.prologue(&layer.post_attention_norm),
+            sc.x[0].slice(span(d))?,
+            &gate_up,
+            &gains,
+            2 * f,
+            d,
             GemvEpilogue::SwiGlu {
                 y: sc.act.slice_mut(span(f))?,
                 row_stride: f,
             },
         )?;
-        gemv(
+        let down: Vec<&DeviceBuffer<T>> = layers.iter().map(|l| &l.w_down).collect();
+        self.grouped(
             stream,
-            &sc.act.slice(span(f))?,
-            &layer.w_down,
-            GemvShape {
-                m: rows.len(),
-                n: d,
-                k: f,
-            },
-            GemvPrologue::None,
+            sc.act.slice(span(f))?,
+            &down,
+            &[],
+            d,
+            f,
             GemvEpilogue::ResidualAdd {
                 y: sc.x[0].slice_mut(span(d))?,
                 row_stride: d,
             },
-        )?;
-        Ok(())
+        )
     }
 }

@@ -4,7 +4,9 @@
 //! memory only up to position i − 1, so in [`ExecMode::Staggered`] the p sections run at the
 //! same time on p streams and join only before the logits. [`ExecMode::Sequential`] runs them
 //! one after another on one stream (the baseline); [`ExecMode::Batched`] (shared weights) runs
-//! all passes of a layer as one GEMM with p·B rows. See `docs/ARCHITECTURE.md`.
+//! all passes of a layer as one GEMM with p·B rows; [`ExecMode::Grouped`] runs layer j of every
+//! section (separate or shared weights) as one grouped GEMV per projection and one attention
+//! launch. See `docs/ARCHITECTURE.md`.
 
 mod decoder;
 pub mod error;

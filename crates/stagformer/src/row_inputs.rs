@@ -22,7 +22,9 @@ pub(crate) struct RowIndex<'a> {
     pub positions: DeviceView<'a, i32>,
     /// Slot in the self-attention caches: section s, sequence b → s·max_batch + b.
     pub self_slots: DeviceView<'a, i32>,
-    /// Slot in the cross caches: the sequence.
+    /// Sequence in the cross caches: section s ≥ 1 (a reader), sequence b →
+    /// (s − 1)·max_batch + b; section 0 reads none (its rows hold b, unused). The memory
+    /// section s hands over is written at the slots of section s + 1's rows.
     pub cross_slots: DeviceView<'a, i32>,
 }
 
@@ -72,7 +74,7 @@ impl RowInputs {
         each_pass(&|_, r| r.token as usize, h);
         each_pass(&|_, r| r.position, h);
         each_pass(&|s, r| s * max_batch + r.seq, h);
-        each_pass(&|_, r| r.seq, h);
+        each_pass(&|s, r| s.saturating_sub(1) * max_batch + r.seq, h);
         h.extend(rows.iter().map(|r| r.seq as i32));
         h.extend(rows.iter().map(|_| sample_step as i32));
         self.device
@@ -134,6 +136,10 @@ mod tests {
                 position: 9,
             },
         ];
+        inputs.upload(&stream, 3, 4, &rows, 77).unwrap();
+        let ix = inputs.index(4..6).unwrap();
+        assert_eq!(ix.self_slots.to_host(&stream).unwrap(), vec![11, 8]);
+        assert_eq!(ix.cross_slots.to_host(&stream).unwrap(), vec![7, 4]);
         inputs.upload(&stream, 2, 4, &rows, 77).unwrap();
         let ix = inputs.index(2..4).unwrap();
         assert_eq!(ix.ids.to_host(&stream).unwrap(), vec![11, 12]);

@@ -112,12 +112,15 @@ impl SelfCache {
 }
 
 /// Self-attention caches per layer ([p·max_batch][Hkv][capacity][hd]: section s's sequence b
-/// is slot s·max_batch + b) and cross caches per reading section ([Ls][max_batch][Hkv][ring][hd]).
+/// is slot s·max_batch + b) and the cross caches of every reading section in one buffer each
+/// for k and v ([Ls][(p − 1)·max_batch][Hkv][ring][hd]: reading section s's sequence b is
+/// sequence (s − 1)·max_batch + b of layer j's block), so that one attention launch serves the
+/// cross layer j of every reading section and one GEMV writes every section's memory.
 pub(crate) struct Caches<T: Activation> {
     pub self_k: Vec<DeviceBuffer<T>>,
     pub self_v: Vec<DeviceBuffer<T>>,
-    pub cross_k: Vec<DeviceBuffer<T>>,
-    pub cross_v: Vec<DeviceBuffer<T>>,
+    pub cross_k: DeviceBuffer<T>,
+    pub cross_v: DeviceBuffer<T>,
 }
 
 /// Where a pass's cross-attention reads the prior section's memory.
@@ -164,9 +167,16 @@ impl<T: Activation> Shared<T> {
         )
     }
 
+    /// One cross layer's block of the cross caches: every reading section's sequences.
     pub(crate) fn cross_layout(&self) -> KvCacheLayout {
         let c = &self.cfg;
-        KvCacheLayout::dense(self.max_batch, c.num_key_value_heads, self.ring, c.head_dim)
+        let readers = c.sections().saturating_sub(1);
+        KvCacheLayout::dense(
+            readers * self.max_batch,
+            c.num_key_value_heads,
+            self.ring,
+            c.head_dim,
+        )
     }
 
     fn eps(&self) -> f32 {
@@ -555,22 +565,23 @@ impl<T: Activation> Shared<T> {
         )?;
         match cross_keys {
             CrossKeys::Cache => {
-                let layer_len = self.cross_layout().required_len()?;
+                let cross_layout = self.cross_layout();
+                let layer_len = cross_layout.required_len()?;
                 let cache = j * layer_len..(j + 1) * layer_len;
                 let layout = DecodeLayout::new(
                     n,
                     cfg.num_attention_heads,
                     cfg.num_key_value_heads,
                     cfg.head_dim,
-                    self.max_batch,
+                    cross_layout.seqs,
                     self.ring,
                 )
                 .with_max_keys(self.window.unwrap_or(self.capacity));
                 attention_decode(
                     stream,
                     &sc.qkv.slice(span(qd))?,
-                    &caches.cross_k[s - 1].slice(cache.clone())?,
-                    &caches.cross_v[s - 1].slice(cache)?,
+                    &caches.cross_k.slice(cache.clone())?,
+                    &caches.cross_v.slice(cache)?,
                     &ix.cross_slots.slice(rows.clone())?,
                     &ix.positions.slice(rows.clone())?,
                     &mut sc.attn.slice_mut(span(qd))?,
@@ -699,17 +710,15 @@ impl<T: Activation> Shared<T> {
         Ok(())
     }
 
-    /// Writes the projected memory rows `memory_kv` (row r of them belongs to row `rows.start
-    /// + r` of `ix`) into section `reader`'s cross caches, at the slots of those rows'
-    /// positions.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes the projected memory rows `memory_kv` (row r of them belongs to row
+    /// `rows.start + r` of `ix`, rows of the reading section: their cross slots name its
+    /// sequences) into the cross caches, at the slots of those rows' positions.
     pub fn append_memory(
         &self,
         caches: &mut Caches<T>,
         memory_kv: DeviceView<'_, T>,
         stream: &Stream,
         ix: &RowIndex<'_>,
-        reader: usize,
         rows: std::ops::Range<usize>,
     ) -> Result<()> {
         let cfg = &self.cfg;
@@ -720,8 +729,8 @@ impl<T: Activation> Shared<T> {
             &ix.cross_slots.slice(rows.clone())?,
             &ix.positions.slice(rows)?,
             KvCacheMut {
-                k: caches.cross_k[reader - 1].view_mut(),
-                v: caches.cross_v[reader - 1].view_mut(),
+                k: caches.cross_k.view_mut(),
+                v: caches.cross_v.view_mut(),
                 layout,
             },
             CrossCaches {

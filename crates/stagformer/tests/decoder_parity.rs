@@ -103,6 +103,7 @@ fn modes_for(v: Variant) -> Vec<ExecMode> {
     if v.shared || v.sections == 1 {
         m.push(ExecMode::Batched);
     }
+    m.push(ExecMode::Grouped);
     m
 }
 
@@ -266,16 +267,19 @@ fn recurrent_mode_matches_reference() {
             stagformer_ref::ScoreMode::Recurrent { prompt_len: 3 },
         )
         .unwrap();
-        let opts = DecoderOptions {
-            mode: ExecMode::Sequential,
-            recurrent: true,
-            graphs: true,
-            ..DecoderOptions::new(1, 40)
-        };
-        let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
-        let got = score_one(&mut dec, &toks, 3);
-        let e = rel_err(&got, &want.data);
-        assert!(e <= TOL, "{window:?}: relative error {e:.2e}");
+        // Recurrent steps run section 1 alone, whatever the mode (Grouped included).
+        for mode in [ExecMode::Sequential, ExecMode::Grouped] {
+            let opts = DecoderOptions {
+                mode,
+                recurrent: true,
+                graphs: true,
+                ..DecoderOptions::new(1, 40)
+            };
+            let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+            let got = score_one(&mut dec, &toks, 3);
+            let e = rel_err(&got, &want.data);
+            assert!(e <= TOL, "{window:?} {mode:?}: relative error {e:.2e}");
+        }
     }
 }
 
@@ -457,6 +461,57 @@ fn batched_equals_sequential_token_for_token() {
     }
 }
 
+/// Grouped (every section's layer j in one launch per projection) picks Sequential's tokens,
+/// separate and shared weights, p = 2..4, on the fused path and its cuBLAS fallback, and with
+/// 9 rows a section (p · B = 36 rows: still grouped, 9 rows a group).
+#[test]
+fn grouped_equals_sequential_token_for_token() {
+    let device = Device::emulated();
+    for (sections, shared, batch) in [(2, false, 2), (3, false, 3), (4, true, 2), (4, false, 9)] {
+        let v = Variant {
+            sections,
+            shared,
+            window: Some(2),
+            gqa: true,
+            tied: true,
+            mix: sections == 3,
+        };
+        let model = Model::random(config(v), 23, StorageDtype::F32).unwrap();
+        let greedy = SamplingConfig::GREEDY;
+        let mut runs = Vec::new();
+        for (mode, gemv) in [
+            (ExecMode::Sequential, GemvPath::Fused),
+            (ExecMode::Grouped, GemvPath::Fused),
+            (ExecMode::Grouped, GemvPath::Cublas),
+        ] {
+            let opts = DecoderOptions {
+                mode,
+                recurrent: false,
+                graphs: true,
+                gemv,
+                ..DecoderOptions::new(batch, 40)
+            };
+            let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+            let ids: Vec<usize> = (0..batch)
+                .map(|b| dec.prefill(&tokens(1 + b % 5, b)).unwrap().0)
+                .collect();
+            let mut next: Vec<u32> = (0..batch as u32).map(|b| (b * 5 + 7) % 41).collect();
+            let mut out = Vec::new();
+            for step in 0..12u32 {
+                next = dec.step_sample(&ids, &next, &greedy, step).unwrap();
+                out.extend_from_slice(&next);
+            }
+            runs.push(out);
+        }
+        let what = format!("p={sections} shared {shared} B={batch}");
+        assert_eq!(runs[0], runs[1], "{what}: grouped differs from sequential");
+        assert_eq!(
+            runs[0], runs[2],
+            "{what}: grouped (cuBLAS) differs from sequential"
+        );
+    }
+}
+
 /// A prompt as long as the capacity: the prefill fits exactly, the next step is a request error
 /// that leaves the decoder usable.
 #[test]
@@ -600,6 +655,26 @@ fn a_step_graph_has_the_launches_the_perf_notes_count() {
         assert_eq!(dec.graph_nodes(2, Some(&greedy)).unwrap(), None);
     }
     assert_eq!((fused, cublas), (162, 272));
+
+    // Grouped: per layer index j, the q|k|v GEMV, self attention, o GEMV, cross q GEMV, cross
+    // attention, cross o GEMV, gate|up GEMV and down GEMV for both sections at once
+    // (6 + 2 · attn); per step the embedding of all rows, one memory hand-over GEMV, the final
+    // norm, the lm_head and the sampler: 12 · (6 + 2) + 5 = 101.
+    let grouped = 12 * (6 + 2 * attn) + 1 + 1 + 1 + 1 + 1;
+    let opts = DecoderOptions {
+        mode: ExecMode::Grouped,
+        ..DecoderOptions::new(1, 8)
+    };
+    let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+    let (id, _) = dec.prefill(&[1, 2]).unwrap();
+    let greedy = SamplingConfig::GREEDY;
+    let mut next = vec![3];
+    for step in 0..3 {
+        next = dec.step_sample(&[id], &next, &greedy, step).unwrap();
+    }
+    let nodes = dec.graph_node_counts(1, Some(&greedy)).unwrap().unwrap();
+    assert_eq!((nodes.kernels, nodes.copies, nodes.fills), (grouped, 0, 0));
+    assert_eq!(grouped, 101);
 }
 
 /// Mistral's sliding window (self caches become rings, prefills run in chunks) and the RoPE

@@ -204,6 +204,13 @@ fn cpu_rows(
             launches: None,
         },
         ModeResult {
+            name: "grouped",
+            ms_per_step: not_here(
+                "the cpu reference does not group the sections (use --device emu|cuda)",
+            ),
+            launches: None,
+        },
+        ModeResult {
             name: "recurrent",
             ms_per_step: match cfg.recurrent_unsupported_reason() {
                 None => time_decode(model, prompts, capacity, StepMode::Recurrent, args)
@@ -237,6 +244,7 @@ fn kernel_rows<T: Activation>(
         ("sequential", ExecMode::Sequential, false),
         ("staggered", ExecMode::Staggered, false),
         ("batched", ExecMode::Batched, false),
+        ("grouped", ExecMode::Grouped, false),
         ("recurrent", ExecMode::Sequential, true),
     ];
     let mut rows = Vec::new();
