@@ -81,10 +81,10 @@ type Result<T, E = DeviceError> = std::result::Result<T, E>;
 
 #[path = "kernels/decode_suites.rs"]
 mod decode_suites;
-#[path = "kernels/gemv_suite.rs"]
-mod gemv_suite;
 #[path = "kernels/gemv_grouped_suite.rs"]
 mod gemv_grouped_suite;
+#[path = "kernels/gemv_suite.rs"]
+mod gemv_suite;
 
 /// Bytes one pass over a bench's operand copies must at least touch: 4× the H100's L2.
 const ROTATE_BYTES: u64 = 200_000_000;
