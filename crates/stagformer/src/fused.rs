@@ -22,7 +22,6 @@
 use std::ops::Range;
 
 use stagformer_kernels::device::{DeviceBuffer, DeviceView, Stream};
-use stagformer_kernels::ops::attention_decode::{attention_decode, DecodeLayout, DecodeMask};
 use stagformer_kernels::ops::embedding::{embedding, EmbeddingShape};
 use stagformer_kernels::ops::gemv::{gemv_grouped, GemvEpilogue, GemvShape, GroupedPrologue};
 use stagformer_kernels::ops::memory_kv_append::CrossCaches;
@@ -264,29 +263,7 @@ impl<T: Activation> Shared<T> {
         )?;
         // Every row is a different sequence's (or pass's) cache slot, so a decode step needs no
         // ring chunking: all rows attend in one launch.
-        let self_cache = self.self_cache;
-        let layout = DecodeLayout::new(
-            rows.len(),
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-            cfg.sections() * self.max_batch,
-            self_cache.slots,
-        )
-        .with_row_strides(qkv_dim, qd)
-        .with_max_keys(self_cache.window.unwrap_or(self.capacity));
-        attention_decode(
-            stream,
-            &sc.qkv.slice(span(qkv_dim))?,
-            &caches.self_k[j],
-            &caches.self_v[j],
-            &ix.self_slots.slice(rows.clone())?,
-            &ix.positions.slice(rows.clone())?,
-            &mut sc.attn.slice_mut(span(qd))?,
-            &mut sc.workspace,
-            layout,
-            self_cache.mask(),
-        )?;
+        self.self_attend_decode(caches, sc, stream, ix, j, rows.clone())?;
         let wo: Vec<&DeviceBuffer<T>> = layers.iter().map(|l| &l.wo).collect();
         self.fused_attention_out(sc, stream, &wo, rows)
     }
@@ -323,32 +300,7 @@ impl<T: Activation> Shared<T> {
                 row_stride: qd,
             },
         )?;
-        let layout = self.cross_layout();
-        let layer_len = layout.required_len()?;
-        let cache = j * layer_len..(j + 1) * layer_len;
-        let layout = DecodeLayout::new(
-            rows.len(),
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-            layout.seqs,
-            self.ring,
-        )
-        .with_max_keys(self.window.unwrap_or(self.capacity));
-        attention_decode(
-            stream,
-            &sc.qkv.slice(span(qd))?,
-            &caches.cross_k.slice(cache.clone())?,
-            &caches.cross_v.slice(cache)?,
-            &ix.cross_slots.slice(rows.clone())?,
-            &ix.positions.slice(rows.clone())?,
-            &mut sc.attn.slice_mut(span(qd))?,
-            &mut sc.workspace,
-            layout,
-            DecodeMask::Cross {
-                window: self.window,
-            },
-        )?;
+        self.cross_attend_cache(caches, sc, stream, ix, j, rows.clone())?;
         let wo: Vec<&DeviceBuffer<T>> = cross.iter().map(|c| &c.wo).collect();
         self.fused_attention_out(sc, stream, &wo, rows)
     }

@@ -510,28 +510,7 @@ impl<T: Activation> Shared<T> {
                 start = chunk.end;
                 continue;
             }
-            let layout = DecodeLayout::new(
-                chunk.len(),
-                cfg.num_attention_heads,
-                cfg.num_key_value_heads,
-                cfg.head_dim,
-                cfg.sections() * self.max_batch,
-                sc_self.slots,
-            )
-            .with_row_strides(qkv_dim, qd)
-            .with_max_keys(sc_self.window.unwrap_or(self.capacity));
-            attention_decode(
-                stream,
-                &sc.qkv.slice(part(qkv_dim))?,
-                &caches.self_k[j],
-                &caches.self_v[j],
-                &ix.self_slots.slice(chunk.clone())?,
-                &ix.positions.slice(chunk.clone())?,
-                &mut sc.attn.slice_mut(part(qd))?,
-                &mut sc.workspace,
-                layout,
-                sc_self.mask(),
-            )?;
+            self.self_attend_decode(caches, sc, stream, ix, j, chunk.clone())?;
             start = chunk.end;
         }
         self.attention_out(sc, stream, &layer.wo, rows)
@@ -564,34 +543,7 @@ impl<T: Activation> Shared<T> {
             GemmShape::new(n, qd, d),
         )?;
         match cross_keys {
-            CrossKeys::Cache => {
-                let cross_layout = self.cross_layout();
-                let layer_len = cross_layout.required_len()?;
-                let cache = j * layer_len..(j + 1) * layer_len;
-                let layout = DecodeLayout::new(
-                    n,
-                    cfg.num_attention_heads,
-                    cfg.num_key_value_heads,
-                    cfg.head_dim,
-                    cross_layout.seqs,
-                    self.ring,
-                )
-                .with_max_keys(self.window.unwrap_or(self.capacity));
-                attention_decode(
-                    stream,
-                    &sc.qkv.slice(span(qd))?,
-                    &caches.cross_k.slice(cache.clone())?,
-                    &caches.cross_v.slice(cache)?,
-                    &ix.cross_slots.slice(rows.clone())?,
-                    &ix.positions.slice(rows.clone())?,
-                    &mut sc.attn.slice_mut(span(qd))?,
-                    &mut sc.workspace,
-                    layout,
-                    DecodeMask::Cross {
-                        window: self.window,
-                    },
-                )?;
-            }
+            CrossKeys::Cache => self.cross_attend_cache(caches, sc, stream, ix, j, rows.clone())?,
             CrossKeys::Prompt { batch, memory } => {
                 // Layer j's k and v inside each projected memory row [k_0|v_0|k_1|v_1|...].
                 let stride = ls * 2 * kvd;
@@ -627,6 +579,88 @@ impl<T: Activation> Shared<T> {
             }
         }
         self.attention_out(sc, stream, &cross.wo, rows)
+    }
+
+    /// Decode attention of rows `rows` (queries in `sc.qkv` at the q|k|v stride; each row its
+    /// own sequence slot and position) over layer `j`'s self cache, into `sc.attn`.
+    pub(crate) fn self_attend_decode(
+        &self,
+        caches: &Caches<T>,
+        sc: &mut Scratch<T>,
+        stream: &Stream,
+        ix: &RowIndex<'_>,
+        j: usize,
+        rows: Range<usize>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let qd = cfg.q_dim();
+        let qkv_dim = qd + 2 * cfg.kv_dim();
+        let self_cache = self.self_cache;
+        let layout = DecodeLayout::new(
+            rows.len(),
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.sections() * self.max_batch,
+            self_cache.slots,
+        )
+        .with_row_strides(qkv_dim, qd)
+        .with_max_keys(self_cache.window.unwrap_or(self.capacity));
+        attention_decode(
+            stream,
+            &sc.qkv.slice(rows.start * qkv_dim..rows.end * qkv_dim)?,
+            &caches.self_k[j],
+            &caches.self_v[j],
+            &ix.self_slots.slice(rows.clone())?,
+            &ix.positions.slice(rows.clone())?,
+            &mut sc.attn.slice_mut(rows.start * qd..rows.end * qd)?,
+            &mut sc.workspace,
+            layout,
+            self_cache.mask(),
+        )?;
+        Ok(())
+    }
+
+    /// The staggered cross-attention of rows `rows` (dense queries in `sc.qkv`) over layer
+    /// `j` of the cross caches (each row its reader's sequence slot), into `sc.attn`.
+    pub(crate) fn cross_attend_cache(
+        &self,
+        caches: &Caches<T>,
+        sc: &mut Scratch<T>,
+        stream: &Stream,
+        ix: &RowIndex<'_>,
+        j: usize,
+        rows: Range<usize>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let qd = cfg.q_dim();
+        let cross_layout = self.cross_layout();
+        let layer_len = cross_layout.required_len()?;
+        let cache = j * layer_len..(j + 1) * layer_len;
+        let layout = DecodeLayout::new(
+            rows.len(),
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cross_layout.seqs,
+            self.ring,
+        )
+        .with_max_keys(self.window.unwrap_or(self.capacity));
+        attention_decode(
+            stream,
+            &sc.qkv.slice(rows.start * qd..rows.end * qd)?,
+            &caches.cross_k.slice(cache.clone())?,
+            &caches.cross_v.slice(cache)?,
+            &ix.cross_slots.slice(rows.clone())?,
+            &ix.positions.slice(rows.clone())?,
+            &mut sc.attn.slice_mut(rows.start * qd..rows.end * qd)?,
+            &mut sc.workspace,
+            layout,
+            DecodeMask::Cross {
+                window: self.window,
+            },
+        )?;
+        Ok(())
     }
 
     /// o = attn · woᵀ over `rows`: the output projection of either attention sublayer.
