@@ -147,6 +147,13 @@ pub fn run(args: Args) -> Result<()> {
             source,
         } => kernel_rows::<half::bf16>(device, source, &prompts, capacity, &args)?,
     };
+    let model = match &engine {
+        Engine::Kernels { bf16, .. } => Some(PerfModel {
+            weight_bytes: params as f64 * if *bf16 { 2.0 } else { 4.0 },
+            bandwidth: MODEL_BANDWIDTH,
+        }),
+        Engine::Cpu(_) => None,
+    };
     let floor = match &engine {
         Engine::Kernels { device, bf16, .. } if device.kind() == DeviceKind::Cuda => {
             let bytes = params as f64 * if *bf16 { 2.0 } else { 4.0 };
@@ -161,12 +168,19 @@ pub fn run(args: Args) -> Result<()> {
         }
         _ => None,
     };
-    print_table(&rows, args.batch, floor)?;
+    print_table(&rows, args.batch, floor, model.as_ref())?;
     if floor.is_none() {
         outln!("note: the weight-bytes floor is measured on CUDA devices only");
     }
+    if model.is_some() {
+        outln!(
+            "note: predicted = weight bytes / {:.1} TB/s + {:.1} us per graph node (the H200 model of docs/perf-notes.md), a prediction, not a measurement",
+            MODEL_BANDWIDTH / 1e12,
+            MODEL_NODE_US
+        );
+    }
     if let Some(path) = &args.json {
-        write_json(path, &describe(cfg), &rows, &args, floor)?;
+        write_json(path, &describe(cfg), &rows, &args, floor, model.as_ref())?;
     }
     Ok(())
 }
@@ -380,19 +394,40 @@ fn copy_bandwidth(device: &Device) -> Result<f64> {
     Ok((2 * n * 4 * copies) as f64 / (ms / 1e3))
 }
 
+/// Device copy bandwidth (bytes read + written per second) and dead time per graph node of the
+/// performance model that `docs/perf-notes.md` predicts with (an H200).
+const MODEL_BANDWIDTH: f64 = 4.3e12;
+const MODEL_NODE_US: f64 = 1.3;
+
+/// A decode step predicted from its weight bytes and its launches: every weight read once at
+/// the model's bandwidth, plus the dead time of every kernel node of the step graph.
+struct PerfModel {
+    weight_bytes: f64,
+    bandwidth: f64,
+}
+
+impl PerfModel {
+    fn step_ms(&self, launches: Option<GraphNodes>) -> Option<f64> {
+        let nodes = launches?;
+        let nodes = (nodes.kernels + nodes.copies + nodes.fills) as f64;
+        Some(self.weight_bytes / self.bandwidth * 1e3 + nodes * MODEL_NODE_US * 1e-3)
+    }
+}
+
 fn write_json(
     path: &std::path::Path,
-    model: &str,
+    model_name: &str,
     rows: &[ModeResult],
     args: &Args,
     floor_ms: Option<f64>,
+    perf: Option<&PerfModel>,
 ) -> Result<()> {
     let decode: Vec<serde_json::Value> = rows
         .iter()
         .filter_map(|r| r.ms_per_step.as_ref().ok().map(|ms| (r, *ms)))
         .map(|(r, ms)| {
             serde_json::json!({
-                "model": model,
+                "model": model_name,
                 "mode": r.name,
                 "batch": args.batch,
                 "context": args.prompt_len,
@@ -403,6 +438,8 @@ fn write_json(
                 // separately (null without a graph).
                 "launches_per_step": r.launches.map(|n| n.kernels),
                 "copies_per_step": r.launches.map(|n| n.copies + n.fills),
+                // The perf model's step time for this mode (a prediction, null without a graph).
+                "predicted_ms_per_step": perf.and_then(|m| m.step_ms(r.launches)),
             })
         })
         .collect();
@@ -412,33 +449,41 @@ fn write_json(
     Ok(())
 }
 
-fn print_table(rows: &[ModeResult], batch: usize, floor_ms: Option<f64>) -> Result<()> {
+fn print_table(
+    rows: &[ModeResult],
+    batch: usize,
+    floor_ms: Option<f64>,
+    perf: Option<&PerfModel>,
+) -> Result<()> {
     let base = rows
         .iter()
         .find(|r| r.name == "sequential")
         .and_then(|r| r.ms_per_step.as_ref().ok().copied());
     outln!();
     outln!(
-        "{:<12} {:>10} {:>12} {:>22} {:>16} {:>10}",
+        "{:<12} {:>10} {:>12} {:>22} {:>16} {:>10} {:>14}",
         "mode",
         "ms/step",
         "tokens/s",
         "speedup vs sequential",
         "% weight floor",
-        "launches"
+        "launches",
+        "predicted ms"
     );
     for r in rows {
         match &r.ms_per_step {
             Ok(ms) => {
                 let speedup = base.map_or("-".into(), |b| format!("{:.2}x", b / ms));
                 outln!(
-                    "{:<12} {:>10.3} {:>12.1} {:>22} {:>16} {:>10}",
+                    "{:<12} {:>10.3} {:>12.1} {:>22} {:>16} {:>10} {:>14}",
                     r.name,
                     ms,
                     batch as f64 * 1e3 / ms,
                     speedup,
                     floor_ms.map_or("-".into(), |f| format!("{:.0}%", 100.0 * f / ms)),
-                    r.launches.map_or("-".into(), |n| n.kernels.to_string())
+                    r.launches.map_or("-".into(), |n| n.kernels.to_string()),
+                    perf.and_then(|m| m.step_ms(r.launches))
+                        .map_or("-".into(), |ms| format!("{ms:.3}"))
                 );
             }
             Err(why) => outln!("{:<12} {why}", r.name),
