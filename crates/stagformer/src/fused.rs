@@ -12,11 +12,11 @@
 //! gemv(x; ln2 | w_gate_up → swiglu) ; gemv(act; w_down → x +=)
 //! ```
 //!
-//! 5 launches (8 with cross-attention) instead of 10 (15). [`Shared::run_grouped_fused`] runs
+//! 5 launches (8 with cross-attention) instead of 9 (13). [`Shared::run_grouped_fused`] runs
 //! the same launches for layer j of every section at once (`ops::gemv_grouped`: group s of the
-//! rows uses section s's weights), the Grouped (and, with shared weights, Batched) step. The unfused path (`section.rs`:
-//! cuBLAS GEMMs and separate norm, RoPE, SwiGLU and append kernels) stays selectable with
-//! [`GemvPath::Cublas`] and runs every step with more rows. Both round at the same points, so
+//! rows uses section s's weights), the Grouped (and, with shared weights, Batched) step. The
+//! unfused path (`section.rs`: cuBLAS GEMMs and separate norm, RoPE, SwiGLU and append kernels)
+//! stays selectable with [`GemvPath::Cublas`] and runs every step with more rows. Both round at the same points, so
 //! they agree to the last few bits.
 
 use std::ops::Range;
