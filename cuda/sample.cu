@@ -154,6 +154,14 @@ __device__ __forceinline__ float key_value(uint32_t k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+/// True for NaN and ±inf: a logit no sampler may silently use (the caller's `nonfinite` flag).
+__device__ __forceinline__ bool not_finite(float x) { return !(fabsf(x) <= 3.402823466e38f); }
+
+/// Thread 0 of a row's finishing block: reports whether the row held a non-finite logit.
+__device__ __forceinline__ void report_nonfinite(const SampleParams &p, uint32_t row, bool bad) {
+    if (p.nonfinite != nullptr) p.nonfinite[row] = bad ? 1 : 0;
+}
+
 /// The greedy order is `>` on floats, as the reference's argmax: -0 equals +0, NaN loses to
 /// everything.
 __device__ __forceinline__ uint32_t greedy_key(float x) {
@@ -498,15 +506,19 @@ __device__ void sample_row(const SampleParams &p) {
 
     if (p.temperature == 0.0f || p.top_k == 1 || vocab == 1) {
         u64 best = 0;
+        int bad = 0;
         for_each_logit(logits, vocab, [&](uint32_t id, float x) {
             const u64 k = (u64(greedy_key(x)) << 32) | u64(~id);
             best = k > best ? k : best;
+            bad |= not_finite(x) ? 1 : 0;
         });
         best = block_max(best, s.scratch);
+        bad = __syncthreads_or(bad);
         if (threadIdx.x == 0) {
             // The reference's argmax keeps index 0 when it holds a NaN (nothing compares above).
             const float first = logits[0];
             p.tokens[row] = first != first ? 0 : int32_t(~uint32_t(best));
+            report_nonfinite(p, row, bad != 0);
         }
         return;
     }
@@ -518,11 +530,15 @@ __device__ void sample_row(const SampleParams &p) {
                       reinterpret_cast<uint32_t *>(smem + OFF_COUNT)};
 
     u64 max_key = 0;
+    int bad = 0;
     for_each_logit(logits, vocab, [&](uint32_t, float x) {
         const u64 k = order_key(x);
         max_key = k > max_key ? k : max_key;
+        bad |= not_finite(x) ? 1 : 0;
     });
     max_key = block_max(max_key, s.scratch);
+    bad = __syncthreads_or(bad);
+    if (threadIdx.x == 0) report_nonfinite(p, row, bad != 0);
 
     Candidates c{logits,
                  nullptr,
@@ -613,6 +629,7 @@ struct RowState {
     uint32_t select;     // index of the current select in the row's plan
     uint32_t remaining;  // composite bits the current select has not chosen yet
     uint32_t list_len;   // compaction: slots taken
+    uint32_t nonfinite;  // a block saw a NaN or inf logit (atomicOr), reset by the last block
 };
 
 /// The row's global histogram of one digit: counts, the largest composite per bucket (the
@@ -758,14 +775,22 @@ __device__ void mb_greedy(const SampleParams &p) {
     MbRow r;
     if (!mb_row(p, r)) return;
     u64 best = 0;
+    int bad = 0;
     for (uint32_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
-        const u64 k = (u64(greedy_key(r.logits[i])) << 32) | u64(~i);
+        const float x = r.logits[i];
+        const u64 k = (u64(greedy_key(x)) << 32) | u64(~i);
         best = k > best ? k : best;
+        bad |= not_finite(x) ? 1 : 0;
     }
     best = block_max(best, scratch);
-    if (threadIdx.x == 0) atomicMax(&r.st->best, best);
+    bad = __syncthreads_or(bad);
+    if (threadIdx.x == 0) {
+        atomicMax(&r.st->best, best);
+        if (bad) atomicOr(&r.st->nonfinite, 1u);
+    }
     if (!stag::last_block_arrive(&r.st->arrive, r.blocks)) return;
     if (threadIdx.x == 0) {
+        report_nonfinite(p, r.row, atomicExch(&r.st->nonfinite, 0u) != 0);
         const u64 b = atomicExch(&r.st->best, u64(0));
         // The reference's argmax keeps index 0 when it holds a NaN (nothing compares above).
         const float first = r.logits[0];
@@ -779,12 +804,19 @@ __device__ void mb_prepare(const SampleParams &p) {
     MbRow r;
     if (!mb_row(p, r) || is_greedy(p)) return;
     u64 max_key = 0;
+    int bad = 0;
     for (uint32_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
-        const u64 k = order_key(r.logits[i]);
+        const float x = r.logits[i];
+        const u64 k = order_key(x);
         max_key = k > max_key ? k : max_key;
+        bad |= not_finite(x) ? 1 : 0;
     }
     max_key = block_max(max_key, scratch);
-    if (threadIdx.x == 0) atomicMax(&r.st->max_key, uint32_t(max_key));
+    bad = __syncthreads_or(bad);
+    if (threadIdx.x == 0) {
+        atomicMax(&r.st->max_key, uint32_t(max_key));
+        if (bad) atomicOr(&r.st->nonfinite, 1u);
+    }
     // Nothing reads the histogram in this launch; the blocks share clearing it.
     uint32_t *words = reinterpret_cast<uint32_t *>(r.hist);
     const uint32_t n = uint32_t(sizeof(GlobalHist) / 4);
@@ -794,6 +826,7 @@ __device__ void mb_prepare(const SampleParams &p) {
     if (!stag::last_block_arrive(&r.st->arrive, r.blocks)) return;
     if (threadIdx.x == 0) {
         RowState *st = r.st;
+        report_nonfinite(p, r.row, atomicExch(&st->nonfinite, 0u) != 0);
         st->lmax = key_value(atomicExch(&st->max_key, 0u));
         st->cut = 0;
         st->status = STATUS_SELECTING;

@@ -10,7 +10,7 @@ use rand_distr::StandardNormal;
 use stagformer_kernels::device::{Device, DeviceBuffer, EmuOptions, Stream};
 use stagformer_kernels::error::DeviceError;
 use stagformer_kernels::ops::sample::{
-    sample, SampleKernel, SampleShape, SampleWorkspace, SamplingConfig,
+    sample, sample_checked, SampleKernel, SampleShape, SampleWorkspace, SamplingConfig,
 };
 use stagformer_ref::sample::{self as reference, SamplingParams};
 
@@ -283,6 +283,77 @@ fn ids_stay_in_range_for_non_finite_logits() -> TestResult {
     // Greedy follows the reference's argmax even here (NaN never wins unless at index 0).
     let greedy = batch.run(&stream, &SamplingConfig::GREEDY)?;
     assert_eq!(greedy, batch.reference(&SamplingConfig::GREEDY));
+    Ok(())
+}
+
+/// `sample_checked` flags exactly the rows holding a NaN or an infinity (anywhere: first,
+/// last, middle of a row wider than one block's chunk), on both kernels and for greedy and
+/// sampling settings, picks the same tokens as `sample`, and leaves the flag of a clean row 0
+/// on a reused workspace.
+#[test]
+fn non_finite_rows_are_flagged() -> TestResult {
+    let dev = Device::emulated();
+    let stream = dev.new_stream()?;
+    let mut rng = StdRng::seed_from_u64(9);
+    let (rows, vocab) = (6, 3000);
+    let mut batch = Batch::random(&mut rng, rows, vocab, 1.0);
+    let bad: [(usize, usize, f32); 4] = [
+        (1, 0, f32::NAN),
+        (2, vocab - 1, f32::INFINITY),
+        (3, 2047, f32::NEG_INFINITY),
+        (5, 1500, -f32::NAN),
+    ];
+    for &(r, i, v) in &bad {
+        batch.logits[r * vocab + i] = v;
+    }
+    let want: Vec<i32> = (0..rows)
+        .map(|r| i32::from(bad.iter().any(|b| b.0 == r)))
+        .collect();
+    let logits = DeviceBuffer::from_host(&stream, &batch.logits)?;
+    let sequences = DeviceBuffer::from_host(&stream, &batch.sequences)?;
+    let steps = DeviceBuffer::from_host(&stream, &batch.steps)?;
+    let shape = SampleShape::contiguous(rows, vocab);
+    let mut multi = SampleWorkspace::new(&stream, rows, vocab)?;
+    for cfg in [SamplingConfig::GREEDY, config(0.8, 40, 0.9, 3)] {
+        let unchecked = batch.run_with(&stream, &cfg, &mut multi)?;
+        for ws in [&mut multi, &mut SampleWorkspace::one_block()] {
+            for round in 0..2 {
+                let mut tokens = DeviceBuffer::<i32>::alloc(&dev, rows)?;
+                let mut flags = DeviceBuffer::from_host(&stream, &vec![7i32; rows])?;
+                sample_checked(
+                    &stream,
+                    &logits,
+                    &mut tokens,
+                    &mut flags,
+                    &sequences,
+                    &steps,
+                    shape,
+                    &cfg,
+                    ws,
+                )?;
+                assert_eq!(flags.to_host(&stream)?, want, "{cfg:?} round {round}");
+                assert_eq!(tokens.to_host(&stream)?, unchecked, "{cfg:?} round {round}");
+            }
+        }
+    }
+    // The same workspace on clean logits: nothing flagged (no flag left over).
+    let clean = DeviceBuffer::from_host(&stream, &normal_logits(&mut rng, rows * vocab, 1.0))?;
+    let mut tokens = DeviceBuffer::<i32>::alloc(&dev, rows)?;
+    let mut flags = DeviceBuffer::from_host(&stream, &vec![7i32; rows])?;
+    for cfg in [SamplingConfig::GREEDY, config(0.8, 40, 0.9, 3)] {
+        sample_checked(
+            &stream,
+            &clean,
+            &mut tokens,
+            &mut flags,
+            &sequences,
+            &steps,
+            shape,
+            &cfg,
+            &mut multi,
+        )?;
+        assert_eq!(flags.to_host(&stream)?, vec![0; rows], "{cfg:?}");
+    }
     Ok(())
 }
 

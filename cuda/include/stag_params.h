@@ -286,6 +286,9 @@ typedef struct SampleParams {
     const uint32_t *sequences;
     const uint32_t *steps;
     void *workspace;
+    /* Optional (null: not reported): nonfinite[r] = 1 when row r holds a NaN or inf logit, else
+     * 0; the token is still chosen as without it. */
+    int32_t *nonfinite;
     uint64_t workspace_bytes;
     uint64_t seed;
     uint32_t rows;
@@ -427,7 +430,7 @@ STAG_LAYOUT_ASSERT(sizeof(MemoryKvAppendParams) == 88, "MemoryKvAppendParams siz
 STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 112, "AttentionPrefillParams size");
 STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillMmaParams) == 152, "AttentionPrefillMmaParams size");
 STAG_LAYOUT_ASSERT(sizeof(SwigluParams) == 32, "SwigluParams size");
-STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 88, "SampleParams size");
+STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 96, "SampleParams size");
 STAG_LAYOUT_ASSERT(sizeof(AxpbyParams) == 32, "AxpbyParams size");
 STAG_LAYOUT_ASSERT(sizeof(GemvParams) == 208, "GemvParams size");
 

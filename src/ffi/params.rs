@@ -830,6 +830,9 @@ pub struct SampleParams {
     pub sequences: *const u32,
     pub steps: *const u32,
     pub workspace: *mut ::core::ffi::c_void,
+    /** Optional (null: not reported): nonfinite[r] = 1 when row r holds a NaN or inf logit, else
+ 0; the token is still chosen as without it.*/
+    pub nonfinite: *mut i32,
     pub workspace_bytes: u64,
     pub seed: u64,
     pub rows: u32,
@@ -843,7 +846,7 @@ pub struct SampleParams {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SampleParams"][::core::mem::size_of::<SampleParams>() - 88usize];
+    ["Size of SampleParams"][::core::mem::size_of::<SampleParams>() - 96usize];
     ["Alignment of SampleParams"][::core::mem::align_of::<SampleParams>() - 8usize];
     [
         "Offset of field: SampleParams::logits",
@@ -861,35 +864,38 @@ const _: () = {
         "Offset of field: SampleParams::workspace",
     ][::core::mem::offset_of!(SampleParams, workspace) - 32usize];
     [
+        "Offset of field: SampleParams::nonfinite",
+    ][::core::mem::offset_of!(SampleParams, nonfinite) - 40usize];
+    [
         "Offset of field: SampleParams::workspace_bytes",
-    ][::core::mem::offset_of!(SampleParams, workspace_bytes) - 40usize];
+    ][::core::mem::offset_of!(SampleParams, workspace_bytes) - 48usize];
     [
         "Offset of field: SampleParams::seed",
-    ][::core::mem::offset_of!(SampleParams, seed) - 48usize];
+    ][::core::mem::offset_of!(SampleParams, seed) - 56usize];
     [
         "Offset of field: SampleParams::rows",
-    ][::core::mem::offset_of!(SampleParams, rows) - 56usize];
+    ][::core::mem::offset_of!(SampleParams, rows) - 64usize];
     [
         "Offset of field: SampleParams::vocab",
-    ][::core::mem::offset_of!(SampleParams, vocab) - 60usize];
+    ][::core::mem::offset_of!(SampleParams, vocab) - 68usize];
     [
         "Offset of field: SampleParams::logits_row_stride",
-    ][::core::mem::offset_of!(SampleParams, logits_row_stride) - 64usize];
+    ][::core::mem::offset_of!(SampleParams, logits_row_stride) - 72usize];
     [
         "Offset of field: SampleParams::top_k",
-    ][::core::mem::offset_of!(SampleParams, top_k) - 68usize];
+    ][::core::mem::offset_of!(SampleParams, top_k) - 76usize];
     [
         "Offset of field: SampleParams::temperature",
-    ][::core::mem::offset_of!(SampleParams, temperature) - 72usize];
+    ][::core::mem::offset_of!(SampleParams, temperature) - 80usize];
     [
         "Offset of field: SampleParams::top_p",
-    ][::core::mem::offset_of!(SampleParams, top_p) - 76usize];
+    ][::core::mem::offset_of!(SampleParams, top_p) - 84usize];
     [
         "Offset of field: SampleParams::workspace_rows",
-    ][::core::mem::offset_of!(SampleParams, workspace_rows) - 80usize];
+    ][::core::mem::offset_of!(SampleParams, workspace_rows) - 88usize];
     [
         "Offset of field: SampleParams::chunk",
-    ][::core::mem::offset_of!(SampleParams, chunk) - 84usize];
+    ][::core::mem::offset_of!(SampleParams, chunk) - 92usize];
 };
 impl Default for SampleParams {
     fn default() -> Self {

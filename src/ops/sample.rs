@@ -15,7 +15,9 @@
 //! through one block and needs no workspace memory.
 
 use crate::device::kernel::{stag_kernel, LaunchConfig};
-use crate::device::{AsDeviceView, AsDeviceViewMut, DeviceBuffer, Stream};
+use crate::device::{
+    AsDeviceView, AsDeviceViewMut, DeviceBuffer, DeviceView, DeviceViewMut, Stream,
+};
 use crate::error::{DeviceError, Result};
 use crate::ffi::SampleParams;
 
@@ -251,7 +253,55 @@ pub fn sample(
     workspace: &mut SampleWorkspace,
 ) -> Result<()> {
     let (logits, sequences, steps) = (logits.view(), sequences.view(), steps.view());
-    let mut tokens = tokens.view_mut();
+    let tokens = tokens.view_mut();
+    sample_into(
+        stream, logits, tokens, None, sequences, steps, shape, config, workspace,
+    )
+}
+
+/// [`sample`], also writing `nonfinite[r]` = 1 when row r of the logits holds a NaN or an
+/// infinity (else 0), so that a caller sampling on the device can refuse such a token instead
+/// of using it silently. The tokens are the same as [`sample`]'s.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_checked(
+    stream: &Stream,
+    logits: &impl AsDeviceView<f32>,
+    tokens: &mut impl AsDeviceViewMut<i32>,
+    nonfinite: &mut impl AsDeviceViewMut<i32>,
+    sequences: &impl AsDeviceView<u32>,
+    steps: &impl AsDeviceView<u32>,
+    shape: SampleShape,
+    config: &SamplingConfig,
+    workspace: &mut SampleWorkspace,
+) -> Result<()> {
+    let (logits, sequences, steps) = (logits.view(), sequences.view(), steps.view());
+    let (tokens, flags) = (tokens.view_mut(), nonfinite.view_mut());
+    check_len("nonfinite", flags.len(), shape.rows)?;
+    sample_into(
+        stream,
+        logits,
+        tokens,
+        Some(flags),
+        sequences,
+        steps,
+        shape,
+        config,
+        workspace,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sample_into(
+    stream: &Stream,
+    logits: DeviceView<'_, f32>,
+    mut tokens: DeviceViewMut<'_, i32>,
+    mut nonfinite: Option<DeviceViewMut<'_, i32>>,
+    sequences: DeviceView<'_, u32>,
+    steps: DeviceView<'_, u32>,
+    shape: SampleShape,
+    config: &SamplingConfig,
+    workspace: &mut SampleWorkspace,
+) -> Result<()> {
     config.validate()?;
     let (rows, vocab, stride) = check_shape(shape)?;
     check_logits_len(logits.len(), shape)?;
@@ -285,6 +335,9 @@ pub fn sample(
         sequences: sequences.as_ptr().cast(),
         steps: steps.as_ptr().cast(),
         workspace: std::ptr::null_mut(),
+        nonfinite: nonfinite
+            .as_mut()
+            .map_or(std::ptr::null_mut(), |f| f.as_mut_ptr().cast()),
         workspace_bytes: 0,
         seed: config.seed,
         rows,
@@ -303,6 +356,9 @@ pub fn sample(
         sequences.retain("sequences"),
         steps.retain("steps"),
     ];
+    if let Some(flags) = &nonfinite {
+        retained.push(flags.retain("nonfinite"));
+    }
     let Some(buffer) = workspace.buffer.as_mut() else {
         // SAFETY: every pointer comes from a view retained above whose length was checked: the
         // kernel reads row r's `vocab` logits from r · stride (all within `logits`), and

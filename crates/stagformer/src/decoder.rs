@@ -11,7 +11,9 @@ use stagformer_kernels::ops::axpby::axpby;
 use stagformer_kernels::ops::gemm::{linear, GemmShape};
 use stagformer_kernels::ops::rmsnorm::{rmsnorm, Rows};
 use stagformer_kernels::ops::rope_append::{KvCacheLayout, RopeTable};
-use stagformer_kernels::ops::sample::{sample, SampleShape, SampleWorkspace, SamplingConfig};
+use stagformer_kernels::ops::sample::{
+    sample_checked, SampleShape, SampleWorkspace, SamplingConfig,
+};
 use stagformer_ref::{Checkpoint, Model, RequestError, TensorSource};
 
 use crate::error::{DecoderError, Result};
@@ -318,7 +320,8 @@ impl<T: Activation> Decoder<T> {
             inputs: RowInputs::new(device, p * buffer_rows, buffer_rows)?,
             logits: DeviceBuffer::alloc(device, buffer_rows * cfg.vocab_size)?,
             prompt_memory,
-            tokens: DeviceBuffer::alloc(device, rows)?,
+            // Sampled ids, then one non-finite-logits flag per row: one copy back per step.
+            tokens: DeviceBuffer::alloc(device, 2 * rows)?,
             sample_workspace: SampleWorkspace::new(stream, rows, cfg.vocab_size)?,
             shared: Shared {
                 cfg,
@@ -583,7 +586,7 @@ impl<T: Activation> Decoder<T> {
 
     /// One decode step: feeds `tokens[r]` to sequence `seqs[r]` and returns the logits [B, V].
     /// A non-finite logit is an error naming its row (the step is taken all the same).
-    /// [`Decoder::step_sample`] samples on the device and does not check.
+    /// [`Decoder::step_sample`] checks on the device (the sampler flags such rows).
     pub fn step(&mut self, seqs: &[SeqId], tokens: &[u32]) -> Result<Vec<f32>> {
         let positions = self.validate_step(seqs, tokens)?;
         let vocab = self.shared.cfg.vocab_size;
@@ -600,7 +603,9 @@ impl<T: Activation> Decoder<T> {
     }
 
     /// One decode step that samples on the device; only the chosen ids reach the host.
-    /// `step_index` feeds the counter-based sampler (same seed and index → same token).
+    /// `step_index` feeds the counter-based sampler (same seed and index → same token). A row
+    /// whose logits hold a NaN or an infinity (flagged by the sampler, copied back with the
+    /// ids) is [`DecoderError::NonFiniteLogits`]; the step is taken all the same.
     pub fn step_sample(
         &mut self,
         seqs: &[SeqId],
@@ -613,11 +618,20 @@ impl<T: Activation> Decoder<T> {
         sampling.validate()?;
         let picked = self.guarded(|d| {
             d.run_step(seqs, tokens, &positions, Some((sampling, step_index)))?;
-            let ids = d.tokens.slice(..seqs.len())?.to_host(&d.streams[0])?;
-            Ok(ids.into_iter().map(|t| t as u32).collect())
+            let n = seqs.len();
+            let max = d.opts.max_batch;
+            let both = d.tokens.to_host(&d.streams[0])?;
+            let ids: Vec<u32> = both[..n].iter().map(|&t| t as u32).collect();
+            Ok((ids, both[max..max + n].iter().position(|&f| f != 0)))
         })?;
         self.advance(seqs);
-        Ok(picked)
+        let (ids, bad_row) = picked;
+        if let Some(row) = bad_row {
+            // The sampler saw a NaN or an infinity: its token means nothing (the step is taken
+            // all the same, as in `step`).
+            return Err(DecoderError::NonFiniteLogits { row });
+        }
+        Ok(ids)
     }
 
     fn advance(&mut self, seqs: &[SeqId]) {
@@ -736,10 +750,13 @@ impl<T: Activation> Decoder<T> {
             let stream = &self.streams[0];
             let vocab = self.shared.cfg.vocab_size;
             let (sequences, steps) = self.inputs.sampler()?;
-            sample(
+            let max = self.opts.max_batch;
+            let (mut ids, mut flags) = self.tokens.slice_mut(..)?.split_at_mut(max)?;
+            sample_checked(
                 stream,
                 &self.logits.slice(..n * vocab)?,
-                &mut self.tokens.slice_mut(..n)?,
+                &mut ids.slice_mut(..n)?,
+                &mut flags.slice_mut(..n)?,
                 &sequences,
                 &steps,
                 SampleShape::contiguous(n, vocab),

@@ -13,6 +13,14 @@ pub enum DecoderError {
     Model(#[from] stagformer_ref::Error),
     #[error(transparent)]
     Request(#[from] stagformer_ref::RequestError),
+    /// The logits of row `row` of a step sampled on the device held a NaN or an infinity (an
+    /// activation overflowed), so its token means nothing. The step was taken; the request may
+    /// go on only with other logits.
+    #[error(
+        "the model's logits are not finite (row {row} of the step); an activation overflowed, \
+         so no token is sampled from them"
+    )]
+    NonFiniteLogits { row: usize },
     /// The decoder cannot run this configuration (mode, dtype, variant).
     #[error("unsupported: {0}")]
     Unsupported(String),
