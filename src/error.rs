@@ -21,24 +21,23 @@ pub enum DeviceError {
     #[error("CUDA device {ordinal} could not be initialised: {reason}")]
     CudaInit { ordinal: usize, reason: String },
 
-    /// A CUDA driver call failed.
-    #[error("CUDA driver call {call} failed: {source}")]
+    /// A CUDA driver call failed. The driver's error is in the message (and not also the
+    /// error's source), so a report that prints the chain says it once.
+    #[error("CUDA driver call {call} failed: {cause}")]
     Driver {
         call: &'static str,
-        #[source]
-        source: DriverError,
+        cause: DriverError,
     },
 
     /// cuBLAS could not be loaded.
     #[error("cuBLAS is not available: {reason}")]
     NoCublas { reason: String },
 
-    /// A cuBLAS call failed.
-    #[error("cuBLAS call {call} failed: {source}")]
+    /// A cuBLAS call failed (its error in the message only, as for `Driver`).
+    #[error("cuBLAS call {call} failed: {cause}")]
     Cublas {
         call: &'static str,
-        #[source]
-        source: CublasError,
+        cause: CublasError,
     },
 
     /// A range does not fit in the buffer or view it was taken from.
@@ -141,11 +140,11 @@ pub enum DeviceError {
 
 impl DeviceError {
     pub(crate) fn driver(call: &'static str) -> impl FnOnce(DriverError) -> DeviceError {
-        move |source| DeviceError::Driver { call, source }
+        move |cause| DeviceError::Driver { call, cause }
     }
 
     pub(crate) fn cublas(call: &'static str) -> impl FnOnce(CublasError) -> DeviceError {
-        move |source| DeviceError::Cublas { call, source }
+        move |cause| DeviceError::Cublas { call, cause }
     }
 
     pub(crate) fn invalid(arg: &'static str, reason: impl Into<String>) -> DeviceError {
