@@ -571,9 +571,9 @@ __device__ void sample_row(const SampleParams &p) {
 //
 // Grid (rows, chunks): block (r, j) owns logits [j · chunk, (j + 1) · chunk) of row r. A row's
 // blocks meet in the workspace (global memory): each block builds its histogram of the current
-// digit in shared memory with 32-bit atomics, adds it to the row's global histogram, and the
-// last block to arrive (stag::last_block_arrive) scans it with the one-block kernel's
-// scan_level and records the choice in the row's state for the next launch. The host launches a
+// digit in shared memory with warp-aggregated 32-bit atomics (add_to_bucket), adds it to the
+// row's global histogram, and the last block to arrive (stag::last_block_arrive) scans it with
+// the one-block kernel's scan_level and records the choice in the row's state for the next launch. The host launches a
 // fixed sequence (graph-capturable): greedy is one launch; sampling is `prepare` (the maximum),
 // then levels_per_select · selects `step` launches, each of which does whatever the row's state
 // says is next and returns at once when nothing is left, then one `tail` launch:
@@ -838,6 +838,42 @@ __device__ void mb_prepare(const SampleParams &p) {
     }
 }
 
+/// Adds this lane's candidate (bucket `b`, composite `c`, fixed-point weight `w`; b == BUCKETS:
+/// none) to the block's histogram, one atomic per bucket per warp: the lanes holding one bucket
+/// (__match_any_sync) sum their weight pieces (__reduce_add_sync; at most 32 pieces below 2^21,
+/// so < 2^26) and their lowest lane adds the count and the sums. Every lane of the warp calls it.
+__device__ __forceinline__ void add_to_bucket(uint32_t *count, uint32_t *piece, u64 *first,
+                                              uint32_t b, u64 c, u64 w, bool by_mass,
+                                              uint32_t lane) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    // No redux.sync before sm_80: one atomic per lane.
+    (void)lane;
+    if (b == BUCKETS) return;
+    if (atomicAdd(&count[b], 1u) == 0) first[b] = c;
+    if (!by_mass) return;
+    for (uint32_t q = 0; q < PIECES; ++q) {
+        const uint32_t v = uint32_t((w >> (q * PIECE_BITS)) & PIECE_MASK);
+        if (v != 0) atomicAdd(&piece[q * BUCKETS + b], v);
+    }
+#else
+    const uint32_t peers = __match_any_sync(0xffffffffu, b);
+    const bool leader = (peers & ((1u << lane) - 1u)) == 0;
+    uint32_t sums[PIECES] = {};
+    if (by_mass) {  // uniform over the block
+#pragma unroll
+        for (uint32_t q = 0; q < PIECES; ++q) {
+            sums[q] = __reduce_add_sync(peers, uint32_t((w >> (q * PIECE_BITS)) & PIECE_MASK));
+        }
+    }
+    if (!leader || b == BUCKETS) return;
+    if (atomicAdd(&count[b], uint32_t(__popc(peers))) == 0) first[b] = c;
+#pragma unroll
+    for (uint32_t q = 0; q < PIECES; ++q) {
+        if (sums[q] != 0) atomicAdd(&piece[q * BUCKETS + b], sums[q]);
+    }
+#endif
+}
+
 /// One digit of the current select over the row.
 __device__ __forceinline__ void mb_level(const SampleParams &p, const MbRow &r, unsigned char *smem,
                          SelectState &s) {
@@ -864,26 +900,31 @@ __device__ __forceinline__ void mb_level(const SampleParams &p, const MbRow &r, 
     const float lmax = st->lmax;
     const float temperature = p.temperature;
     __syncthreads();
-    for (uint32_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
-        const float x = r.logits[i];
-        u64 w = 0;
-        if (store) {
-            w = fixed_weight(order_key(x), lmax, temperature);
-            r.weights[i] = w;
-        }
-        const u64 c = composite(x, i, vocab, id_bits);
-        if (c < cut || (c >> remaining) != (prefix >> remaining)) continue;
-        const uint32_t b = uint32_t(c >> shift) & digit_mask;
-        if (atomicAdd(&count[b], 1u) == 0) first[b] = c;
-        if (by_mass) {
-            if (!store) w = r.weights[i];
-            if (w != 0) {
-                for (uint32_t q = 0; q < PIECES; ++q) {
-                    const uint32_t v = uint32_t((w >> (q * PIECE_BITS)) & PIECE_MASK);
-                    if (v != 0) atomicAdd(&piece[q * BUCKETS + b], v);
-                }
+    // Warp-aggregated: the lanes of a warp whose logits fall into one bucket (the top digit's
+    // few dozen hot buckets take most of a row) add to it once, through the lowest lane of their
+    // group, instead of one contended shared atomic each. The loop runs warp-uniformly (i0 is
+    // the warp's first index; blockDim.x is MB_THREADS, a multiple of 32), so every lane takes
+    // part in every collective.
+    const uint32_t lane = threadIdx.x & 31u;
+    for (uint32_t i0 = r.begin + (threadIdx.x & ~31u); i0 < r.end; i0 += blockDim.x) {
+        const uint32_t i = i0 + lane;
+        uint32_t b = BUCKETS;  // not a candidate of this digit
+        u64 c = 0, w = 0;
+        if (i < r.end) {
+            const float x = r.logits[i];
+            if (store) {
+                w = fixed_weight(order_key(x), lmax, temperature);
+                r.weights[i] = w;
+            }
+            c = composite(x, i, vocab, id_bits);
+            if (c >= cut && (c >> remaining) == (prefix >> remaining)) {
+                b = uint32_t(c >> shift) & digit_mask;
+                if (by_mass && !store) w = r.weights[i];
+            } else {
+                w = 0;
             }
         }
+        add_to_bucket(count, piece, first, b, c, w, by_mass, lane);
     }
     __syncthreads();
     GlobalHist *g = r.hist;

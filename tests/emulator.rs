@@ -31,6 +31,11 @@ extern "C" {
         input: *const i32,
         out: *mut i32,
     ) -> c_int;
+    fn stag_emu_selftest_warp_match(
+        cfg: *const StagEmuLaunch,
+        input: *const i32,
+        out: *mut i32,
+    ) -> c_int;
     fn stag_emu_selftest_atomics(cfg: *const StagEmuLaunch, out: *mut u64) -> c_int;
     fn stag_emu_selftest_last_block(
         cfg: *const StagEmuLaunch,
@@ -213,6 +218,54 @@ fn broken_barriers_and_collectives_are_errors_not_hangs() {
                 msg.contains(needle),
                 "scenario {scenario}: {msg:?} lacks {needle:?}"
             );
+        }
+    }
+}
+
+/// `__match_any_sync` and `__reduce_add_sync` (`selftest.h` documents the columns): full and
+/// partial warps, shuffled schedules, disjoint peer groups reducing at one call site.
+#[test]
+fn warp_match_and_reduce() {
+    const COLUMNS: usize = 5;
+    for (blocks, threads, seed) in [(2u32, 64u32, 0u32), (1, 64, 7), (1, 48, 0), (3, 37, 5)] {
+        let cfg = launch([blocks, 1, 1], [threads, 1, 1], 0, seed, 2);
+        let n = (blocks * threads) as usize;
+        let input: Vec<i32> = (0..n as i32).map(|i| (i * 7919) % 1013 - 50).collect();
+        let mut out = vec![i32::MIN; n * COLUMNS];
+        // SAFETY: `out` holds COLUMNS values per thread, `input` one value per thread.
+        let rc = unsafe { stag_emu_selftest_warp_match(&cfg, input.as_ptr(), out.as_mut_ptr()) };
+        assert_eq!(rc, OK, "{}", last_error());
+        let t_per = threads as usize;
+        for g in 0..n {
+            let (b, t) = (g / t_per, g % t_per);
+            let (base, lane) = (t / 32 * 32, t % 32);
+            let lanes = (t_per - base).min(32);
+            let get = |j: usize| input[b * t_per + base + j];
+            let v = input[g];
+            let mask_of = |f: &dyn Fn(usize) -> bool| {
+                (0..lanes).filter(|&j| f(j)).fold(0u32, |m, j| m | 1 << j)
+            };
+            let col = |c: usize| out[g * COLUMNS + c] as u32;
+            let peers = mask_of(&|j| get(j) % 5 == v % 5);
+            assert_eq!(col(0), peers, "match_any 32-bit, thread {g}");
+            let sum = (0..lanes).fold(0u32, |s, j| s.wrapping_add(get(j) as u32));
+            assert_eq!(col(1), sum, "reduce_add over the warp, thread {g}");
+            let group_sum = (0..lanes)
+                .filter(|&j| peers >> j & 1 == 1)
+                .fold(0u32, |s, j| s.wrapping_add(get(j) as u32));
+            assert_eq!(col(2), group_sum, "reduce_add over the peers, thread {g}");
+            assert_eq!(
+                col(3),
+                mask_of(&|j| get(j) % 3 == v % 3),
+                "match_any 64-bit, thread {g}"
+            );
+            let w = |j: usize| if get(j) % 2 == 0 { 7 } else { get(j) };
+            let odd = if lane % 2 == 1 {
+                mask_of(&|j| j % 2 == 1 && w(j) == w(lane))
+            } else {
+                0
+            };
+            assert_eq!(col(4), odd, "match_any on the odd lanes, thread {g}");
         }
     }
 }

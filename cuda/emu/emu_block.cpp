@@ -90,6 +90,8 @@ const char *warp_op_name(WarpOp op) {
         case WarpOp::Any: return "__any_sync";
         case WarpOp::All: return "__all_sync";
         case WarpOp::SyncWarp: return "__syncwarp";
+        case WarpOp::MatchAny: return "__match_any_sync";
+        case WarpOp::ReduceAdd: return "__reduce_add_sync";
     }
     return "?";
 }
@@ -510,6 +512,26 @@ void Worker::complete_warp_op(uint32_t warp, uint32_t group, const Fiber &caller
                 std::memset(g.result, 0xFF, sizeof g.result);  // undefined on a GPU: poison
             }
         }
+    } else if (caller.op == WarpOp::MatchAny) {
+        for (uint32_t m = group; m != 0; m &= m - 1) {
+            Fiber &g = lanes[std::countr_zero(m)];
+            uint32_t same = 0;
+            for (uint32_t k = group; k != 0; k &= k - 1) {
+                const uint32_t lane = static_cast<uint32_t>(std::countr_zero(k));
+                same |= std::memcmp(lanes[lane].value, g.value, g.size) == 0 ? 1u << lane : 0u;
+            }
+            std::memcpy(g.result, &same, sizeof same);
+        }
+    } else if (caller.op == WarpOp::ReduceAdd) {
+        uint32_t sum = 0;
+        for (uint32_t m = group; m != 0; m &= m - 1) {
+            uint32_t v;
+            std::memcpy(&v, lanes[std::countr_zero(m)].value, sizeof v);
+            sum += v;
+        }
+        for (uint32_t m = group; m != 0; m &= m - 1) {
+            std::memcpy(lanes[std::countr_zero(m)].result, &sum, sizeof sum);
+        }
     } else if (caller.op != WarpOp::SyncWarp) {
         uint32_t ballot = 0;
         for (uint32_t m = group; m != 0; m &= m - 1) {
@@ -675,6 +697,27 @@ unsigned warp_vote(WarpOp op, unsigned mask, int pred, std::source_location loc)
     std::memcpy(in, &pred, sizeof pred);
     running_worker("a warp vote", loc)
         .warp_collective(op, mask, in, sizeof pred, 0, warpSize, out, loc);
+    unsigned r;
+    std::memcpy(&r, out, sizeof r);
+    return r;
+}
+
+unsigned warp_match_any(unsigned mask, const unsigned char *value, unsigned size,
+                        std::source_location loc) {
+    alignas(16) unsigned char out[16];
+    running_worker("__match_any_sync", loc)
+        .warp_collective(WarpOp::MatchAny, mask, value, size, 0, warpSize, out, loc);
+    unsigned r;
+    std::memcpy(&r, out, sizeof r);
+    return r;
+}
+
+unsigned warp_reduce_add(unsigned mask, unsigned value, std::source_location loc) {
+    alignas(16) unsigned char in[16] = {};
+    alignas(16) unsigned char out[16];
+    std::memcpy(in, &value, sizeof value);
+    running_worker("__reduce_add_sync", loc)
+        .warp_collective(WarpOp::ReduceAdd, mask, in, sizeof value, 0, warpSize, out, loc);
     unsigned r;
     std::memcpy(&r, out, sizeof r);
     return r;

@@ -38,6 +38,8 @@ enum class WarpOp : uint8_t {
     Any,
     All,
     SyncWarp,
+    MatchAny,
+    ReduceAdd,
 };
 
 // Blocks until every thread of the block reaches the same barrier; returns the reduction of
@@ -49,6 +51,11 @@ int block_barrier(BarrierOp op, int pred, std::source_location loc);
 void warp_shuffle(WarpOp op, unsigned mask, const unsigned char *value, unsigned size, int arg,
                   int width, unsigned char *out, std::source_location loc);
 unsigned warp_vote(WarpOp op, unsigned mask, int pred, std::source_location loc);
+// __match_any_sync: the lanes of `mask` whose `size` bytes of `value` equal the caller's.
+unsigned warp_match_any(unsigned mask, const unsigned char *value, unsigned size,
+                        std::source_location loc);
+// __reduce_add_sync: the sum (modulo 2^32) of `value` over the lanes of `mask`.
+unsigned warp_reduce_add(unsigned mask, unsigned value, std::source_location loc);
 void warp_sync(unsigned mask, std::source_location loc);
 unsigned active_mask(std::source_location loc);
 // Fails the launch with `what` (device-side trap, failed assert). Outside a kernel it aborts.
@@ -136,6 +143,30 @@ inline int __any_sync(unsigned mask, int pred,
 inline int __all_sync(unsigned mask, int pred,
                       std::source_location loc = std::source_location::current()) {
     return static_cast<int>(stag_emu::warp_vote(stag_emu::WarpOp::All, mask, pred, loc));
+}
+
+// PTX match.any.sync.b32 / .b64: the lanes of `mask` whose `value` is bitwise equal to the
+// caller's. Every lane of `mask` must take part with the same mask and value width; lanes of a
+// warp may call it at the same site with disjoint masks (each mask is its own group).
+template <class T>
+inline unsigned __match_any_sync(unsigned mask, T value,
+                                 std::source_location loc = std::source_location::current()) {
+    static_assert(std::is_arithmetic_v<T> && (sizeof(T) == 4 || sizeof(T) == 8),
+                  "__match_any_sync takes a 32- or 64-bit int or float");
+    alignas(16) unsigned char in[16] = {};
+    std::memcpy(in, &value, sizeof(T));
+    return stag_emu::warp_match_any(mask, in, sizeof(T), loc);
+}
+
+// PTX redux.sync.add.u32 / .s32 (sm_80+): the sum over the lanes of `mask`, wrapping modulo
+// 2^32. Same participation rules as the other collectives.
+inline unsigned __reduce_add_sync(unsigned mask, unsigned value,
+                                  std::source_location loc = std::source_location::current()) {
+    return stag_emu::warp_reduce_add(mask, value, loc);
+}
+inline int __reduce_add_sync(unsigned mask, int value,
+                             std::source_location loc = std::source_location::current()) {
+    return static_cast<int>(stag_emu::warp_reduce_add(mask, static_cast<unsigned>(value), loc));
 }
 
 // The lanes of the warp that are executing this same call site together: the emulator waits

@@ -122,6 +122,19 @@ enum { STAG_EMU_SELFTEST_WARP_COLUMNS = 16 };
 int stag_emu_selftest_warp_ops(const StagEmuLaunch *cfg, const int32_t *in, int32_t *out);
 
 /*
+ * __match_any_sync and __reduce_add_sync, one-dimensional blocks. in: blocks * threads values
+ * v; out: blocks * threads * 5 values. With get(j), lane and full as above, existing lanes only:
+ *   0  __match_any_sync(full, v % 5)                    lanes j with get(j) % 5 == v % 5
+ *   1  __reduce_add_sync(full, (unsigned)v)             sum of get(j) over the warp (mod 2^32)
+ *   2  __reduce_add_sync(column 0's mask, (unsigned)v)  sum of get(j) over those lanes
+ *   3  __match_any_sync(full, (u64)(v % 3) << 40)       lanes j with get(j) % 3 == v % 3
+ *   4  odd lanes: __match_any_sync(0xaaaaaaaa, w) with w = v % 2 == 0 ? 7 : v: the odd lanes j
+ *      whose w equals the caller's; even lanes: 0
+ */
+enum { STAG_EMU_SELFTEST_MATCH_COLUMNS = 5 };
+int stag_emu_selftest_warp_match(const StagEmuLaunch *cfg, const int32_t *in, int32_t *out);
+
+/*
  * Atomics from every thread of the grid (run it with cfg->workers > 1 so blocks race on
  * several host threads). n = blocks * threads, g = global index. out (8 values):
  *   0 atomicAdd(unsigned *, 1u) counter                      == n

@@ -66,3 +66,34 @@ extern "C" int stag_emu_selftest_warp_ops(const StagEmuLaunch *cfg, const int32_
     const SelftestWarpParams params{in, out};
     return stag_emu_launch_selftest_warp_ops(cfg, &params);
 }
+
+STAG_KERNEL(selftest_warp_match, SelftestWarpParams) {
+    constexpr unsigned full = 0xFFFFFFFFu;
+    const unsigned n = blockDim.x;
+    const unsigned g = blockIdx.x * n + threadIdx.x;
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    const int v = p.in[g];
+    int32_t *out = p.out + static_cast<size_t>(g) * STAG_EMU_SELFTEST_MATCH_COLUMNS;
+
+    const unsigned peers = __match_any_sync(full, v % 5);
+    out[0] = static_cast<int32_t>(peers);
+    out[1] = static_cast<int32_t>(__reduce_add_sync(full, static_cast<unsigned>(v)));
+    // Disjoint groups reducing at one call site at once (the warp-aggregation pattern).
+    out[2] = static_cast<int32_t>(__reduce_add_sync(peers, static_cast<unsigned>(v)));
+    const unsigned long long wide = static_cast<unsigned long long>(v % 3) << 40;
+    out[3] = static_cast<int32_t>(__match_any_sync(full, wide));
+    // A subset of the warp: the odd lanes match among themselves.
+    out[4] = 0;
+    if (lane % 2 == 1) {
+        out[4] = static_cast<int32_t>(__match_any_sync(0xAAAAAAAAu, v % 2 == 0 ? 7 : v));
+    }
+}
+
+extern "C" int stag_emu_selftest_warp_match(const StagEmuLaunch *cfg, const int32_t *in,
+                                            int32_t *out) {
+    if (cfg == nullptr || in == nullptr || out == nullptr) {
+        return -1;
+    }
+    const SelftestWarpParams params{in, out};
+    return stag_emu_launch_selftest_warp_match(cfg, &params);
+}
