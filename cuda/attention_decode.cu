@@ -57,8 +57,10 @@ constexpr float LOG2E = 1.4426950408889634f;
 
 // ---- The mask rule: which keys a row sees and where they live -------------------------------
 
-// The visible keys of one row, oldest first: key i (0 <= i < count) is in cache slot
-// first_slot + i, wrapped modulo `ring`.
+// The visible keys of one row, oldest first: key i (0 <= i < count) is position first + i, in
+// cache slot stag::slot_of(first + i, ring) of sequence `seq`. The slots are walked from
+// first_slot = slot_of(first, ring) by adding and wrapping once, the same rule without a
+// division per key; a dense cache has ring = cache_slots (its keys never reach the end).
 struct KeySet {
     uint32_t count;
     uint32_t first_slot;
@@ -88,7 +90,7 @@ __device__ __forceinline__ KeySet visible_keys(const AttentionDecodeParams &p, u
     if (p.window == 0) {
         // Dense: the newest visible key must have a slot.
         if (keys.hi > int64_t(p.cache_slots)) return none;
-        return KeySet{count, 0, p.cache_slots, uint32_t(seq)};
+        return KeySet{count, stag::slot_of(uint32_t(keys.lo), 0u), p.cache_slots, uint32_t(seq)};
     }
     // A ring (slot k mod cache_slots) holds the window only when it has W slots or more; the
     // decoder gives cross caches W + 1 so that the slot written at step i is never one read at
@@ -299,7 +301,7 @@ __device__ void split_pass(const AttentionDecodeParams &p) {
     const bool direct = fused && shape.count == 1;
 
     const T *q_row = static_cast<const T *>(p.q) + size_t(row) * p.q_row_stride;
-    const size_t head_base = size_t(keys.seq) * p.cache_seq_stride + size_t(kvh) * p.cache_head_stride;
+    const size_t head_base = stag::cache_head(keys.seq, kvh, p.cache_seq_stride, p.cache_head_stride);
     const T *k_head = static_cast<const T *>(p.k_cache) + head_base;
     const T *v_head = static_cast<const T *>(p.v_cache) + head_base;
     const bool vec = !GENERIC && stag::aligned16(p.q) && stag::aligned16(p.k_cache) &&
@@ -338,7 +340,7 @@ __device__ void split_pass(const AttentionDecodeParams &p) {
             k[u].clear();
             v[u].clear();
             if (key < end) {
-                const size_t offset = size_t(keys.slot(key)) * hd;
+                const size_t offset = stag::cache_slot_offset(keys.slot(key), hd);
                 k[u].load(k_head + offset, lane, lanes, hd, vec);
                 v[u].load(v_head + offset, lane, lanes, hd, vec);
             }

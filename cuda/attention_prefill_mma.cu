@@ -40,14 +40,29 @@ __device__ __forceinline__ int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
-// Where key position j of the block's sequence and kv head lies.
+// Where key position j of the block's sequence and kv head lies: in a cache, the row
+// stag::cache_row(seq, kv_head, slot_of(j, wrap)) (wrap 0: dense); packed, row j of k / v
+// (already offset to the sequence's first key and the kv head).
 struct KeyRows {
     const __nv_bfloat16 *k;
     const __nv_bfloat16 *v;
-    int64_t k_stride;  // elements between consecutive rows
+    bool cache;
+    int64_t k_stride;  // packed: elements between consecutive rows
     int64_t v_stride;
-    int64_t wrap;  // 0: row j; else row j mod wrap (a ring cache)
-    __device__ __forceinline__ int64_t row(int64_t j) const { return stag::slot_of(j, wrap); }
+    uint32_t seq, kv_head;  // cache
+    size_t seq_stride, head_stride;
+    uint32_t head_dim;
+    int64_t wrap;  // cache: 0, or the ring's length
+    __device__ __forceinline__ const __nv_bfloat16 *k_row(int64_t j) const {
+        return k + (cache ? cache_offset(j) : size_t(j) * k_stride);
+    }
+    __device__ __forceinline__ const __nv_bfloat16 *v_row(int64_t j) const {
+        return v + (cache ? cache_offset(j) : size_t(j) * v_stride);
+    }
+    __device__ __forceinline__ size_t cache_offset(int64_t j) const {
+        return stag::cache_row(seq, kv_head, uint32_t(stag::slot_of(j, wrap)), seq_stride,
+                               head_stride, head_dim);
+    }
 };
 
 // Stages `rows` rows of hd bf16 into a [rows][LD] tile: 16-byte cp.async chunks when `vec`
@@ -113,9 +128,17 @@ __device__ void prefill_mma_block(const AttentionPrefillMmaParams &p) {
     int64_t nk;  // key positions that exist
     if (cache) {
         const int64_t slot = clamp64(p.q_slots[q_start], 0, int64_t(p.cache_seqs) - 1);
-        const size_t base = size_t(slot) * p.cache_seq_stride + size_t(kvh) * p.cache_head_stride;
-        keys = KeyRows{static_cast<const bf16 *>(p.k) + base, static_cast<const bf16 *>(p.v) + base,
-                       hd, hd, p.cache_ring != 0 ? int64_t(p.cache_slots) : 0};
+        keys = KeyRows{static_cast<const bf16 *>(p.k),
+                       static_cast<const bf16 *>(p.v),
+                       true,
+                       0,
+                       0,
+                       uint32_t(slot),
+                       kvh,
+                       p.cache_seq_stride,
+                       p.cache_head_stride,
+                       uint32_t(hd),
+                       p.cache_ring != 0 ? int64_t(p.cache_slots) : 0};
         nk = p.cache_ring != 0 ? INT64_MAX : int64_t(p.cache_slots);
     } else {
         const int64_t k_start = clamp64(p.k_offsets[b], 0, p.k_rows);
@@ -124,7 +147,15 @@ __device__ void prefill_mma_block(const AttentionPrefillMmaParams &p) {
                            size_t(kvh) * hd,
                        static_cast<const bf16 *>(p.v) + size_t(k_start) * p.v_row_stride +
                            size_t(kvh) * hd,
-                       p.k_row_stride, p.v_row_stride, 0};
+                       false,
+                       p.k_row_stride,
+                       p.v_row_stride,
+                       0,
+                       0,
+                       0,
+                       0,
+                       0,
+                       0};
         nk = k_end - k_start;
     }
 
@@ -186,10 +217,10 @@ __device__ void prefill_mma_block(const AttentionPrefillMmaParams &p) {
         });
         auto stage_kv = [&](int buf, int64_t n0) {
             stage<DP>(ks + buf * BN * LD, BN, hd, vec, q, [&](int n) -> const bf16 * {
-                return n0 + n < hi ? keys.k + size_t(keys.row(n0 + n)) * keys.k_stride : nullptr;
+                return n0 + n < hi ? keys.k_row(n0 + n) : nullptr;
             });
             stage<DP>(vs + buf * BN * LD, BN, hd, vec, q, [&](int n) -> const bf16 * {
-                return n0 + n < hi ? keys.v + size_t(keys.row(n0 + n)) * keys.v_stride : nullptr;
+                return n0 + n < hi ? keys.v_row(n0 + n) : nullptr;
             });
         };
         stage_kv(0, lo);
