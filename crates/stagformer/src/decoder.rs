@@ -14,7 +14,7 @@ use stagformer_kernels::ops::rope_append::{KvCacheLayout, RopeTable};
 use stagformer_kernels::ops::sample::{
     sample_checked, SampleShape, SampleWorkspace, SamplingConfig,
 };
-use stagformer_ref::{Checkpoint, Model, RequestError, TensorSource};
+use stagformer_ref::{Checkpoint, Model, RequestError, SamplingParams, SeqId, TensorSource};
 
 use crate::error::{DecoderError, Result};
 use crate::fused::{GemvPath, MAX_GROUPS, MAX_ROWS};
@@ -23,9 +23,6 @@ use crate::scratch::Scratch;
 use crate::section::{Caches, CrossKeys, Pass, SelfCache, Shared};
 use crate::weights::DeviceWeights;
 use crate::Activation;
-
-/// Identifies a sequence of the batch (its slot, `0..max_batch`).
-pub type SeqId = usize;
 
 /// How a decode step is scheduled. Every mode computes the same logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +100,7 @@ struct GraphKey {
 }
 
 impl GraphKey {
-    fn new(rows: usize, sampling: Option<&SamplingConfig>) -> Self {
+    fn new(rows: usize, sampling: Option<&SamplingParams>) -> Self {
         GraphKey {
             rows,
             sampling: sampling.map(|c| {
@@ -115,6 +112,18 @@ impl GraphKey {
                 ]
             }),
         }
+    }
+}
+
+/// The sampling kernel's settings for `params`, field for field. The kernel crate does not
+/// depend on the reference, so its launch takes its own copy of the settings; this is the one
+/// place the decoder crosses from one to the other.
+fn kernel_sampling(params: &SamplingParams) -> SamplingConfig {
+    SamplingConfig {
+        temperature: params.temperature,
+        top_k: params.top_k,
+        top_p: params.top_p,
+        seed: params.seed,
     }
 }
 
@@ -353,8 +362,8 @@ impl<T: Activation> Decoder<T> {
     /// logits, and the last section's stream first sleeps `delay`. The logits are then wrong:
     /// proof that cross-stream ordering is really enforced (also on the emulated device).
     /// Steps run without graphs then (a capture would refuse the unjoined stream).
-    #[doc(hidden)]
-    pub fn break_join_for_test(&mut self, delay: std::time::Duration) {
+    #[cfg(test)]
+    pub(crate) fn break_join_for_test(&mut self, delay: std::time::Duration) {
         self.broken_join = Some(delay);
     }
 
@@ -379,7 +388,7 @@ impl<T: Activation> Decoder<T> {
     pub fn graph_nodes(
         &self,
         rows: usize,
-        sampling: Option<&SamplingConfig>,
+        sampling: Option<&SamplingParams>,
     ) -> Result<Option<usize>> {
         match self.graphs.get(&GraphKey::new(rows, sampling)) {
             Some(graph) => Ok(Some(graph.nodes()?)),
@@ -392,7 +401,7 @@ impl<T: Activation> Decoder<T> {
     pub fn graph_node_counts(
         &self,
         rows: usize,
-        sampling: Option<&SamplingConfig>,
+        sampling: Option<&SamplingParams>,
     ) -> Result<Option<GraphNodes>> {
         match self.graphs.get(&GraphKey::new(rows, sampling)) {
             Some(graph) => Ok(Some(graph.node_counts()?)),
@@ -610,7 +619,7 @@ impl<T: Activation> Decoder<T> {
         &mut self,
         seqs: &[SeqId],
         tokens: &[u32],
-        sampling: &SamplingConfig,
+        sampling: &SamplingParams,
         step_index: u32,
     ) -> Result<Vec<u32>> {
         let positions = self.validate_step(seqs, tokens)?;
@@ -691,7 +700,7 @@ impl<T: Activation> Decoder<T> {
         seqs: &[SeqId],
         tokens: &[u32],
         positions: &[usize],
-        sampling: Option<(&SamplingConfig, u32)>,
+        sampling: Option<(&SamplingParams, u32)>,
     ) -> Result<()> {
         let rows: Vec<Row> = seqs
             .iter()
@@ -733,7 +742,7 @@ impl<T: Activation> Decoder<T> {
 
     /// The launches of one step over the `n` rows of the uploaded inputs; everything they
     /// read that changes between steps is in device memory, so they can be captured.
-    fn launch_step(&mut self, n: usize, sampling: Option<&SamplingConfig>) -> Result<()> {
+    fn launch_step(&mut self, n: usize, sampling: Option<&SamplingParams>) -> Result<()> {
         let p = self.shared.cfg.sections();
         let grouped = self.opts.gemv == GemvPath::Fused && n <= MAX_ROWS && p <= MAX_GROUPS;
         match self.opts.mode {
@@ -746,7 +755,8 @@ impl<T: Activation> Decoder<T> {
             }
             _ => self.launch_section_step(n)?,
         }
-        if let Some(config) = sampling {
+        if let Some(params) = sampling {
+            let config = kernel_sampling(params);
             let stream = &self.streams[0];
             let vocab = self.shared.cfg.vocab_size;
             let (sequences, steps) = self.inputs.sampler()?;
@@ -760,7 +770,7 @@ impl<T: Activation> Decoder<T> {
                 &sequences,
                 &steps,
                 SampleShape::contiguous(n, vocab),
-                config,
+                &config,
                 &mut self.sample_workspace,
             )?;
         }
