@@ -26,7 +26,8 @@
 //!   `max(0, i − W) ..= i − 1` (`W` unbounded for `window: None`). A query that sees nothing
 //!   (position 0) gets an exact zero output row.
 //!
-//! Query head `h` reads kv head `h / (heads / kv_heads)` (GQA). Scores are `scale · q·k`.
+//! Query head `h` reads kv head `h / (heads / kv_heads)` (GQA; see [`HeadShape`]). Scores are
+//! `scale · q·k`. `head_dim` is 1 ..= [`MAX_HEAD_DIM`]; 64 and 128 have dedicated kernels.
 
 use half::bf16;
 
@@ -39,6 +40,7 @@ use crate::ffi::{
     STAG_KV_CACHE, STAG_KV_PACKED,
 };
 use crate::ops::rope_append::{check_layout, KvCacheLayout};
+use crate::ops::HeadShape;
 
 stag_kernel!(static PREFILL_F32_HD64: AttentionPrefillParams = attention_prefill_f32_hd64 in ATTENTION_PREFILL);
 stag_kernel!(static PREFILL_F32_HD128: AttentionPrefillParams = attention_prefill_f32_hd128 in ATTENTION_PREFILL);
@@ -327,16 +329,6 @@ fn offsets(arg: &'static str, lens: &[usize]) -> Result<Vec<i32>> {
         out.push(total as i32);
     }
     Ok(out)
-}
-
-/// Query heads, kv heads and their dimension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeadShape {
-    pub heads: usize,
-    /// Divides `heads`; query head `h` reads kv head `h / (heads / kv_heads)`.
-    pub kv_heads: usize,
-    /// 1 ..= [`MAX_HEAD_DIM`]; 64 and 128 have dedicated kernels.
-    pub head_dim: usize,
 }
 
 /// Elements between the starts of consecutive rows of each tensor.

@@ -59,7 +59,8 @@ use crate::ffi::{
 };
 use crate::ops::memory_kv_append::{check_caches, CrossCaches};
 use crate::ops::rmsnorm::NormElem;
-use crate::ops::rope_append::{check_cache, check_rows, HeadShape, KvCacheMut, RopeTable};
+use crate::ops::rope_append::{check_cache, check_rows, KvCacheMut, RopeTable};
+use crate::ops::HeadShape;
 
 stag_kernel!(static GEMV_F32: GemvParams = gemv_f32 in GEMV);
 stag_kernel!(static GEMV_BF16: GemvParams = gemv_bf16 in GEMV);

@@ -26,6 +26,7 @@ use crate::dtype::{DType, DeviceElem};
 use crate::error::{DeviceError, Result};
 use crate::ffi::RopeAppendParams;
 use crate::ops::rmsnorm::NormElem;
+use crate::ops::HeadShape;
 
 stag_kernel!(static ROPE_APPEND_F32: RopeAppendParams = rope_append_f32 in ROPE_APPEND);
 stag_kernel!(static ROPE_APPEND_BF16: RopeAppendParams = rope_append_bf16 in ROPE_APPEND);
@@ -143,26 +144,6 @@ impl RopeTable {
     /// sin of the angles, `[positions, head_dim / 2]`.
     pub fn sin(&self) -> DeviceView<'_, f32> {
         self.sin.view()
-    }
-}
-
-/// Attention head counts and width.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeadShape {
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-}
-
-impl HeadShape {
-    /// Width of a q row, `heads · head_dim` (saturating; the ops reject sizes that overflow).
-    pub fn q_dim(&self) -> usize {
-        self.heads.saturating_mul(self.head_dim)
-    }
-
-    /// Width of a k or v row, `kv_heads · head_dim` (saturating, as [`q_dim`](Self::q_dim)).
-    pub fn kv_dim(&self) -> usize {
-        self.kv_heads.saturating_mul(self.head_dim)
     }
 }
 
