@@ -49,9 +49,13 @@ pub const DEFAULT_PREFILL_ROWS: usize = 512;
 /// Fixed capacity and schedule of a decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderOptions {
+    /// Sequences the decoder holds at once (≥ 1): the slots [`Decoder::prefill`] hands out
+    /// and the most rows a step may have. Caches, scratch and the sampler are sized for it.
     pub max_batch: usize,
     /// Positions per sequence (prompt plus generated tokens).
     pub capacity: usize,
+    /// How a decode step is scheduled across streams ([`ExecMode`]); prefills run the same
+    /// way in every mode.
     pub mode: ExecMode,
     /// Recurrent mode after the prompt (shared weights, p = 2).
     pub recurrent: bool,
@@ -173,6 +177,16 @@ impl<T: Activation> OutputMix<T> {
 /// Splits used by the prefill's self-attention, whose many query rows fill the GPU already.
 const PREFILL_SPLITS: usize = 4;
 
+/// A StagFormer model on a device with the caches of up to `max_batch` sequences: prefills
+/// add sequences, decode steps feed each listed sequence one token, and `T` (f32 or bf16) is
+/// the type of weights and activations.
+///
+/// Every buffer is allocated by the constructor for its [`DecoderOptions`]; nothing grows
+/// afterwards. Requests that cannot run (an unknown or duplicate sequence, a token outside the
+/// vocabulary, a prompt or step past `capacity`, a full batch, bad sampling settings) are
+/// refused before anything is launched and leave the decoder as it was. A device error during
+/// a prefill or step leaves the caches half written: the decoder is then poisoned and every
+/// later call returns [`DecoderError::Poisoned`].
 pub struct Decoder<T: Activation> {
     shared: Shared<T>,
     caches: Caches<T>,
@@ -374,6 +388,7 @@ impl<T: Activation> Decoder<T> {
         self.shared.prefill_self_mma = kernel == PrefillSelfAttention::TensorCore;
     }
 
+    /// The options the decoder was built with.
     pub fn options(&self) -> DecoderOptions {
         self.opts
     }
@@ -612,9 +627,12 @@ impl<T: Activation> Decoder<T> {
     }
 
     /// One decode step that samples on the device; only the chosen ids reach the host.
-    /// `step_index` feeds the counter-based sampler (same seed and index → same token). A row
-    /// whose logits hold a NaN or an infinity (flagged by the sampler, copied back with the
-    /// ids) is [`DecoderError::NonFiniteLogits`]; the step is taken all the same.
+    /// Row r's token is drawn with `uniform(sampling.seed, seqs[r], step_index)` as
+    /// [`stagformer_ref::sample::sample`] defines it (same seed and index → same token).
+    /// Settings that [`SamplingParams::validate`] refuses are [`DecoderError::Request`] before
+    /// anything runs. A row whose logits hold a NaN or an infinity (flagged by the sampler,
+    /// copied back with the ids) is [`DecoderError::NonFiniteLogits`]; the step is taken all
+    /// the same.
     pub fn step_sample(
         &mut self,
         seqs: &[SeqId],

@@ -8,6 +8,8 @@
 //! section (separate or shared weights) as one grouped GEMV per projection and one attention
 //! launch. See `docs/ARCHITECTURE.md`.
 
+#![warn(missing_docs)]
+
 mod decoder;
 pub mod error;
 mod fused;
