@@ -19,7 +19,7 @@ pub mod swiglu;
 /// With grouped-query attention (`kv_heads` < `heads`) query head `h` reads kv head
 /// `h / (heads / kv_heads)`. The type checks nothing itself; each op refuses the shapes it
 /// cannot run, with [`DeviceError::InvalidArgument`](crate::DeviceError::InvalidArgument) or
-/// [`DeviceError::Overflow`](crate::DeviceError::Overflow) naming the field: every op needs
+/// [`DeviceError::SizeOverflow`](crate::DeviceError::SizeOverflow) naming the field: every op needs
 /// `heads` and `kv_heads` ≥ 1 and row widths below 2³¹; the prefill attention also needs
 /// `kv_heads` to divide `heads` and `head_dim` in 1 ..=
 /// [`MAX_HEAD_DIM`](attention_prefill::MAX_HEAD_DIM); RoPE needs `head_dim` to match its

@@ -127,6 +127,7 @@ impl RopeTable {
         })
     }
 
+    /// The head width the table was built for (twice the frequencies it holds).
     pub fn head_dim(&self) -> usize {
         self.head_dim
     }
@@ -158,12 +159,19 @@ impl RopeTable {
 /// `CrossCaches::window` instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvCacheLayout {
+    /// Sequences the cache holds.
     pub seqs: usize,
+    /// Key/value heads per sequence.
     pub kv_heads: usize,
+    /// Slots per head: positions, or the ring's size.
     pub slots: usize,
+    /// Elements per slot.
     pub head_dim: usize,
+    /// Elements from the start of one sequence to the start of the next.
     pub seq_stride: usize,
+    /// Elements from the start of one head's slots to the start of the next head's.
     pub head_stride: usize,
+    /// Whether position `k` is in slot `k mod slots` (else in slot `k`).
     pub ring: bool,
 }
 
@@ -205,8 +213,11 @@ impl KvCacheLayout {
 
 /// The K and V caches one call writes, with their (shared) layout.
 pub struct KvCacheMut<'a, T: DeviceElem> {
+    /// The key cache, at least `layout.required_len()` elements.
     pub k: DeviceViewMut<'a, T>,
+    /// The value cache, laid out as `k`.
     pub v: DeviceViewMut<'a, T>,
+    /// Where each element of both lies.
     pub layout: KvCacheLayout,
 }
 
@@ -215,14 +226,19 @@ pub enum QkvRows<'a, T: DeviceElem> {
     /// One fused projection output: row `r` is `[q (heads·hd) | k (kv_heads·hd) | v
     /// (kv_heads·hd)]`, starting `r · row_stride` elements into `qkv`.
     Fused {
+        /// The projection output; q and k are roped in place.
         qkv: DeviceViewMut<'a, T>,
+        /// Elements between its rows (at least the row's width).
         row_stride: usize,
     },
     /// Separate dense tensors `[rows, heads·hd]`, `[rows, kv_heads·hd]` and
     /// `[rows, kv_heads·hd]`.
     Separate {
+        /// The queries, roped in place.
         q: DeviceViewMut<'a, T>,
+        /// The new keys, roped in place.
         k: DeviceViewMut<'a, T>,
+        /// The new values, copied as they are.
         v: DeviceView<'a, T>,
     },
 }
