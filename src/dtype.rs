@@ -11,10 +11,15 @@ use half::{bf16, f16};
 /// The element type of a device buffer, as a runtime value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// `f32`: IEEE single precision.
     F32,
+    /// [`bf16`]: bfloat16 (f32's exponent, 8 significant bits).
     BF16,
+    /// [`f16`](struct@f16): IEEE half precision.
     F16,
+    /// `i32` (token ids, row indices).
     I32,
+    /// `u32` (counters, sampler inputs).
     U32,
 }
 

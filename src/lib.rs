@@ -4,9 +4,11 @@
 //! launched through cudarc) and on the CPU by host emulation (the default build: the sources
 //! compiled as C++ against `cuda/emu/`), so every kernel is tested on machines without a GPU.
 //!
-//! - [`device`]: [`Device`](device::Device) (CUDA or emulated), streams, events, typed buffers.
+//! - [`device`]: [`Device`] (CUDA or emulated), streams, events, typed buffers.
 //! - [`ops`]: the kernel wrappers ([`ops::rmsnorm`], [`ops::gemm`]).
 //! - [`ffi`]: the kernels' params structs, generated from `cuda/include/stag_params.h`.
+
+#![warn(missing_docs)]
 
 pub mod device;
 pub mod dtype;

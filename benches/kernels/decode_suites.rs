@@ -11,19 +11,19 @@ use stagformer_kernels::ops::attention_decode::{
     MIN_KEYS_PER_SPLIT, RECOMMENDED_MAX_SPLITS,
 };
 use stagformer_kernels::ops::attention_prefill::{
-    attention_prefill_with, HeadShape as PrefillHeads, PrefillBatch, PrefillConfig, PrefillKernel,
-    PrefillMask,
+    attention_prefill_with, PrefillBatch, PrefillConfig, PrefillKernel, PrefillMask,
 };
 use stagformer_kernels::ops::axpby::axpby;
 use stagformer_kernels::ops::embedding::{embedding, EmbeddingShape};
 use stagformer_kernels::ops::memory_kv_append::{memory_kv_append, CrossCaches};
 use stagformer_kernels::ops::rope_append::{
-    rope_append, HeadShape, KvCacheLayout, KvCacheMut, QkvRows, RopeTable,
+    rope_append, KvCacheLayout, KvCacheMut, QkvRows, RopeTable,
 };
 use stagformer_kernels::ops::sample::{
     sample, SampleKernel, SampleShape, SampleWorkspace, SamplingConfig,
 };
 use stagformer_kernels::ops::swiglu::{swiglu, SwigluShape};
+use stagformer_kernels::ops::HeadShape;
 
 use super::{copies_for, output_copies, random_copies, KernelBench, Launcher, Result};
 
@@ -598,7 +598,7 @@ pub(crate) fn attention_prefill_benches() -> Vec<KernelBench> {
     let mut benches = Vec::new();
     for (mask, p, hd) in configs {
         for kernel in [PrefillKernel::Simt, PrefillKernel::TensorCore] {
-            let heads = PrefillHeads {
+            let heads = HeadShape {
                 heads: HEADS as usize,
                 kv_heads: KV_HEADS as usize,
                 head_dim: hd as usize,

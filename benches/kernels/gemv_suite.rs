@@ -13,7 +13,8 @@ use stagformer_kernels::device::{DeviceBuffer, Stream};
 use stagformer_kernels::ops::gemm::{linear, GemmShape};
 use stagformer_kernels::ops::gemv::{gemv, GemvEpilogue, GemvPrologue, GemvShape};
 use stagformer_kernels::ops::memory_kv_append::CrossCaches;
-use stagformer_kernels::ops::rope_append::{HeadShape, KvCacheLayout, KvCacheMut, RopeTable};
+use stagformer_kernels::ops::rope_append::{KvCacheLayout, KvCacheMut, RopeTable};
+use stagformer_kernels::ops::HeadShape;
 
 use super::{copies_for, output_copies, random_copies, KernelBench, Launcher, Result, EPS};
 

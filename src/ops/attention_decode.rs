@@ -133,12 +133,18 @@ pub enum DecodeMask {
     SelfCausal,
     /// Causal self-attention over a sliding window: positions `max(0, pos − W + 1)..=pos` in a
     /// ring of `cache_slots` slots, slot `k mod cache_slots` (`1 ≤ window ≤ cache_slots`).
-    SelfSliding { window: usize },
+    SelfSliding {
+        /// W: positions each row sees, its own included.
+        window: usize,
+    },
     /// The staggered cross-attention: memory positions `max(0, pos − W)..pos` in a ring of
     /// `cache_slots` slots, slot `k mod cache_slots` (`window: Some(W)`, `1 ≤ W ≤ cache_slots`;
     /// `W + 1` slots let the next memory be written during the step), or `0..pos` in slot `k`
     /// (`None`).
-    Cross { window: Option<usize> },
+    Cross {
+        /// W: memory positions each row sees; `None` is unbounded.
+        window: Option<usize>,
+    },
 }
 
 /// How the split partials are combined into the output.

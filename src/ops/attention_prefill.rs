@@ -26,7 +26,8 @@
 //!   `max(0, i − W) ..= i − 1` (`W` unbounded for `window: None`). A query that sees nothing
 //!   (position 0) gets an exact zero output row.
 //!
-//! Query head `h` reads kv head `h / (heads / kv_heads)` (GQA). Scores are `scale · q·k`.
+//! Query head `h` reads kv head `h / (heads / kv_heads)` (GQA; see [`HeadShape`]). Scores are
+//! `scale · q·k`. `head_dim` is 1 ..= [`MAX_HEAD_DIM`]; 64 and 128 have dedicated kernels.
 
 use half::bf16;
 
@@ -39,6 +40,7 @@ use crate::ffi::{
     STAG_KV_CACHE, STAG_KV_PACKED,
 };
 use crate::ops::rope_append::{check_layout, KvCacheLayout};
+use crate::ops::HeadShape;
 
 stag_kernel!(static PREFILL_F32_HD64: AttentionPrefillParams = attention_prefill_f32_hd64 in ATTENTION_PREFILL);
 stag_kernel!(static PREFILL_F32_HD128: AttentionPrefillParams = attention_prefill_f32_hd128 in ATTENTION_PREFILL);
@@ -329,31 +331,25 @@ fn offsets(arg: &'static str, lens: &[usize]) -> Result<Vec<i32>> {
     Ok(out)
 }
 
-/// Query heads, kv heads and their dimension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeadShape {
-    pub heads: usize,
-    /// Divides `heads`; query head `h` reads kv head `h / (heads / kv_heads)`.
-    pub kv_heads: usize,
-    /// 1 ..= [`MAX_HEAD_DIM`]; 64 and 128 have dedicated kernels.
-    pub head_dim: usize,
-}
-
-/// Elements between the starts of consecutive rows of each tensor.
+/// Elements between the starts of consecutive rows of each tensor; each must fit a `u32`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowStrides {
+    /// Of `q`: at least `heads · head_dim` (the rows must not overlap).
     pub q: usize,
+    /// Of `k`: at least `kv_heads · head_dim` (unused by [`attention_prefill_cached`]).
     pub k: usize,
+    /// Of `v`: at least `kv_heads · head_dim` (unused by [`attention_prefill_cached`]).
     pub v: usize,
+    /// Of `out`: at least `heads · head_dim`.
     pub out: usize,
 }
 
 impl RowStrides {
     /// Separate, densely packed tensors: `heads × head_dim` (q, out) and
-    /// `kv_heads × head_dim` (k, v) elements per row.
+    /// `kv_heads × head_dim` (k, v) elements per row (saturating, as [`HeadShape::q_dim`]).
     pub fn packed(shape: HeadShape) -> Self {
-        let q = shape.heads * shape.head_dim;
-        let kv = shape.kv_heads * shape.head_dim;
+        let q = shape.q_dim();
+        let kv = shape.kv_dim();
         RowStrides {
             q,
             k: kv,
@@ -369,10 +365,16 @@ pub enum PrefillMask {
     /// Query position `i` sees keys `0..=i`.
     Causal,
     /// Query position `i` sees keys `max(0, i − W + 1) ..= i` (`window` = W ≥ 1).
-    SlidingCausal { window: usize },
+    SlidingCausal {
+        /// W: keys each query sees, its own included.
+        window: usize,
+    },
     /// Query position `i` sees memory positions `max(0, i − W) ..= i − 1`; `window: None` is
     /// unbounded. `Some(0)` is rejected.
-    StaggeredCross { window: Option<usize> },
+    StaggeredCross {
+        /// W: memory positions each query sees; `None` is unbounded.
+        window: Option<usize>,
+    },
 }
 
 impl PrefillMask {
@@ -388,8 +390,12 @@ impl PrefillMask {
 /// Everything about one prefill attention call except its tensors and batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PrefillConfig {
+    /// The heads of q, k, v and out (`kv_heads` divides `heads`; `head_dim` 1 ..=
+    /// [`MAX_HEAD_DIM`]).
     pub shape: HeadShape,
+    /// Elements between consecutive rows of each tensor.
     pub strides: RowStrides,
+    /// Which keys each query sees.
     pub mask: PrefillMask,
     /// Multiplies q·k; finite and > 0 (usually `1 / sqrt(head_dim)`).
     pub scale: f32,
@@ -606,7 +612,9 @@ pub fn attention_prefill_with<T: PrefillElem>(
 
 /// The keys of a prefill read from a self-attention KV cache (the one `rope_append` fills).
 pub struct CacheKeys<'a, T: DeviceElem> {
+    /// The key cache, `layout.required_len()` elements or more.
     pub k: DeviceView<'a, T>,
+    /// The value cache, laid out as `k`.
     pub v: DeviceView<'a, T>,
     /// The caches' layout; a ring holds position `j` in slot `j mod slots`.
     pub layout: KvCacheLayout,

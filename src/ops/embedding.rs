@@ -32,7 +32,9 @@ fn kernel_for<T: NormElem>() -> &'static Kernel<EmbeddingParams> {
 /// An embedding table of `vocab` rows of `dim` contiguous elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EmbeddingShape {
+    /// Rows of the table: valid ids are `0..vocab`.
     pub vocab: usize,
+    /// Elements per row (the model width).
     pub dim: usize,
 }
 

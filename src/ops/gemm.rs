@@ -27,12 +27,16 @@ use crate::error::{DeviceError, Result};
 /// Matrix dimensions of a product: `X` is `[m, k]`, `W` is `[n, k]`, `Y` is `[m, n]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmShape {
+    /// Rows of `X` and `Y` (tokens).
     pub m: usize,
+    /// Rows of `W`, columns of `Y` (output features).
     pub n: usize,
+    /// Columns of `X` and `W` (input features).
     pub k: usize,
 }
 
 impl GemmShape {
+    /// `[m, k] × [n, k]ᵀ → [m, n]`.
     pub const fn new(m: usize, n: usize, k: usize) -> Self {
         GemmShape { m, n, k }
     }
@@ -69,9 +73,13 @@ impl Default for LinearOptions {
 /// operand's start. A stride of 0 shares one matrix across the batch (not allowed for `y`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchStrides {
+    /// Products in the batch.
     pub count: usize,
+    /// Elements from one `X` to the next (0: one `X` for all).
     pub x: usize,
+    /// Elements from one `W` to the next (0: one `W` for all).
     pub w: usize,
+    /// Elements from one `Y` to the next (non-zero, so the outputs do not overlap).
     pub y: usize,
 }
 

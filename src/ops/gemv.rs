@@ -59,7 +59,8 @@ use crate::ffi::{
 };
 use crate::ops::memory_kv_append::{check_caches, CrossCaches};
 use crate::ops::rmsnorm::NormElem;
-use crate::ops::rope_append::{check_cache, check_rows, HeadShape, KvCacheMut, RopeTable};
+use crate::ops::rope_append::{check_cache, check_rows, KvCacheMut, RopeTable};
+use crate::ops::HeadShape;
 
 stag_kernel!(static GEMV_F32: GemvParams = gemv_f32 in GEMV);
 stag_kernel!(static GEMV_BF16: GemvParams = gemv_bf16 in GEMV);
@@ -87,8 +88,11 @@ fn kernel_for<T: NormElem>() -> &'static Kernel<GemvParams> {
 /// `SwiGlu` is 2F and for the KV epilogues the stacked projection's width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemvShape {
+    /// Rows of `x` (tokens; at most 16 a group).
     pub m: usize,
+    /// Rows of `W`: the outputs per row before the epilogue.
     pub n: usize,
+    /// Columns of `x` and `W`.
     pub k: usize,
 }
 
@@ -99,7 +103,9 @@ pub enum GemvPrologue<'a> {
     /// `h = round_T(x · inv_rms · weight)`, `inv_rms = 1/sqrt(mean(x²) + eps)` per row, as the
     /// `rmsnorm` kernel computes it; `weight` is the f32 gain `[k]`.
     RmsNorm {
+        /// The gain, `k` elements.
         weight: DeviceView<'a, f32>,
+        /// ε added to the mean square of each row.
         eps: f32,
     },
 }
@@ -109,18 +115,24 @@ pub enum GemvPrologue<'a> {
 pub enum GemvEpilogue<'a, T: DeviceElem> {
     /// `y[m][n] = g`; `y` covers `[m, n]` at `row_stride ≥ n`.
     Store {
+        /// The output.
         y: DeviceViewMut<'a, T>,
+        /// Elements between its rows.
         row_stride: usize,
     },
     /// `y[m][n] = round_T(y[m][n] + g)`, in place (the residual stream).
     ResidualAdd {
+        /// The residual stream, `[m, n]` at `row_stride ≥ n`, added to in place.
         y: DeviceViewMut<'a, T>,
+        /// Elements between its rows.
         row_stride: usize,
     },
     /// W is `[gate; up]` (`n = 2F`, gate rows first); `y[m][j] = silu(g_j) · g_{F+j}` rounded,
     /// exactly as `swiglu`; `y` covers `[m, F]` at `row_stride ≥ F`.
     SwiGlu {
+        /// The activation, `[m, F]`.
         y: DeviceViewMut<'a, T>,
+        /// Elements between its rows.
         row_stride: usize,
     },
     /// W is `[q; k; v]` (`n = (heads + 2 · kv_heads) · head_dim`). `qkv` (`[m, n]` at
@@ -129,21 +141,32 @@ pub enum GemvEpilogue<'a, T: DeviceElem> {
     /// bytes as `linear` followed by `rope_append` with `QkvRows::Fused`. A row whose indices
     /// name no slot or table row keeps `g` unroped and writes no cache.
     RopeKvAppend {
+        /// The projected rows, q and k roped.
         qkv: DeviceViewMut<'a, T>,
+        /// Elements between the rows of `qkv`.
         row_stride: usize,
+        /// The heads of q, k and v (`head_dim` that of `table`).
         heads: HeadShape,
+        /// Cache sequence of each row, `m` entries.
         seq_slots: DeviceView<'a, i32>,
+        /// Position of each row, `m` entries: its RoPE angle and cache slot.
         positions: DeviceView<'a, i32>,
+        /// cos and sin of every position.
         table: &'a RopeTable,
+        /// The self-attention K and V caches.
         cache: KvCacheMut<'a, T>,
     },
     /// W is `[Wk_0; Wv_0; Wk_1; Wv_1; …]` (`n = layers · 2 · kv_heads · head_dim`); `g` goes
     /// straight into every layer's cross caches at `(seq_slots[r], positions[r])`, exactly as
     /// `linear` followed by `memory_kv_append`.
     CrossKvAppend {
+        /// Cross-cache sequence of each row, `m` entries.
         seq_slots: DeviceView<'a, i32>,
+        /// Memory position of each row, `m` entries.
         positions: DeviceView<'a, i32>,
+        /// The cross K and V caches of every layer.
         cache: KvCacheMut<'a, T>,
+        /// Their geometry: layers, stride between layers, ring size.
         cross: CrossCaches,
     },
 }
@@ -185,7 +208,9 @@ pub enum GroupedPrologue<'a, 'b> {
     None,
     /// Rows of group g are normed with `weights[g]` (`[k]` each), as [`GemvPrologue::RmsNorm`].
     RmsNorm {
+        /// One gain per group, `k` elements each.
         weights: &'b [DeviceView<'a, f32>],
+        /// ε added to the mean square of each row.
         eps: f32,
     },
 }

@@ -45,8 +45,11 @@ fn kernel_for<T: NormElem>() -> &'static Kernel<MemoryKvAppendParams> {
 /// position has its own slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CrossCaches {
+    /// Cross-attention layers whose caches are filled (≥ 1).
     pub layers: usize,
+    /// Elements from one layer's cache to the next's.
     pub layer_stride: usize,
+    /// W: the ring size (slot = position mod W), or `None` for one slot per position.
     pub window: Option<usize>,
 }
 

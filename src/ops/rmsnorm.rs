@@ -38,7 +38,9 @@ fn kernel_for<T: NormElem>() -> &'static Kernel<RmsNormParams> {
 /// `rows` rows of `dim` contiguous elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rows {
+    /// Number of rows (tokens).
     pub rows: usize,
+    /// Elements per row (the width normed over).
     pub dim: usize,
 }
 

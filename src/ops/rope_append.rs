@@ -26,6 +26,7 @@ use crate::dtype::{DType, DeviceElem};
 use crate::error::{DeviceError, Result};
 use crate::ffi::RopeAppendParams;
 use crate::ops::rmsnorm::NormElem;
+use crate::ops::HeadShape;
 
 stag_kernel!(static ROPE_APPEND_F32: RopeAppendParams = rope_append_f32 in ROPE_APPEND);
 stag_kernel!(static ROPE_APPEND_BF16: RopeAppendParams = rope_append_bf16 in ROPE_APPEND);
@@ -126,6 +127,7 @@ impl RopeTable {
         })
     }
 
+    /// The head width the table was built for (twice the frequencies it holds).
     pub fn head_dim(&self) -> usize {
         self.head_dim
     }
@@ -146,26 +148,6 @@ impl RopeTable {
     }
 }
 
-/// Attention head counts and width.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeadShape {
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-}
-
-impl HeadShape {
-    /// Width of a q row, `heads · head_dim` (saturating; the ops reject sizes that overflow).
-    pub fn q_dim(&self) -> usize {
-        self.heads.saturating_mul(self.head_dim)
-    }
-
-    /// Width of a k or v row, `kv_heads · head_dim` (saturating, as [`q_dim`](Self::q_dim)).
-    pub fn kv_dim(&self) -> usize {
-        self.kv_heads.saturating_mul(self.head_dim)
-    }
-}
-
 /// Where a KV cache's elements lie: element `[seq][kv_head][slot][d]` at
 /// `seq · seq_stride + kv_head · head_stride + slot · head_dim + d`, for `seqs` sequences,
 /// `kv_heads` heads and `slots` slots per head. The strides may pad, but distinct elements must
@@ -177,12 +159,19 @@ impl HeadShape {
 /// `CrossCaches::window` instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvCacheLayout {
+    /// Sequences the cache holds.
     pub seqs: usize,
+    /// Key/value heads per sequence.
     pub kv_heads: usize,
+    /// Slots per head: positions, or the ring's size.
     pub slots: usize,
+    /// Elements per slot.
     pub head_dim: usize,
+    /// Elements from the start of one sequence to the start of the next.
     pub seq_stride: usize,
+    /// Elements from the start of one head's slots to the start of the next head's.
     pub head_stride: usize,
+    /// Whether position `k` is in slot `k mod slots` (else in slot `k`).
     pub ring: bool,
 }
 
@@ -224,8 +213,11 @@ impl KvCacheLayout {
 
 /// The K and V caches one call writes, with their (shared) layout.
 pub struct KvCacheMut<'a, T: DeviceElem> {
+    /// The key cache, at least `layout.required_len()` elements.
     pub k: DeviceViewMut<'a, T>,
+    /// The value cache, laid out as `k`.
     pub v: DeviceViewMut<'a, T>,
+    /// Where each element of both lies.
     pub layout: KvCacheLayout,
 }
 
@@ -234,14 +226,19 @@ pub enum QkvRows<'a, T: DeviceElem> {
     /// One fused projection output: row `r` is `[q (heads·hd) | k (kv_heads·hd) | v
     /// (kv_heads·hd)]`, starting `r · row_stride` elements into `qkv`.
     Fused {
+        /// The projection output; q and k are roped in place.
         qkv: DeviceViewMut<'a, T>,
+        /// Elements between its rows (at least the row's width).
         row_stride: usize,
     },
     /// Separate dense tensors `[rows, heads·hd]`, `[rows, kv_heads·hd]` and
     /// `[rows, kv_heads·hd]`.
     Separate {
+        /// The queries, roped in place.
         q: DeviceViewMut<'a, T>,
+        /// The new keys, roped in place.
         k: DeviceViewMut<'a, T>,
+        /// The new values, copied as they are.
         v: DeviceView<'a, T>,
     },
 }

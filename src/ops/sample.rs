@@ -126,6 +126,7 @@ impl SampleWorkspace {
         }
     }
 
+    /// The kernel calls with this workspace run.
     pub fn kernel(&self) -> SampleKernel {
         self.kernel
     }
@@ -173,19 +174,25 @@ pub fn multi_block_launches(vocab: usize, config: &SamplingConfig) -> usize {
     1 + selects * levels + 1
 }
 
-/// How the next token is chosen (the kernel-side twin of `stagformer_ref::sample::SamplingParams`).
+/// How the next token is chosen, as the sampling kernels take it.
+///
+/// The same four numbers as `stagformer_ref::sample::SamplingParams`, whose `sample` defines
+/// the token these kernels pick. This crate does not depend on the reference, so its launches
+/// take this type; the decoder converts its settings into it in one place.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplingConfig {
-    /// 0 = greedy.
+    /// Divides the logits before the softmax; 0 = greedy. Finite and ≥ 0.
     pub temperature: f32,
     /// Keep the k most likely tokens; 0 = all.
     pub top_k: usize,
-    /// Keep the smallest most-likely set whose probability reaches p; 1 = all.
+    /// Keep the smallest most-likely set whose probability reaches p; 1 = all. In (0, 1].
     pub top_p: f32,
+    /// Seed of the counter-based draw: row r uses `uniform(seed, sequences[r], steps[r])`.
     pub seed: u64,
 }
 
 impl SamplingConfig {
+    /// Always the most likely token (lowest id among ties).
     pub const GREEDY: SamplingConfig = SamplingConfig {
         temperature: 0.0,
         top_k: 0,
@@ -210,6 +217,8 @@ impl SamplingConfig {
         Ok(())
     }
 
+    /// Whether these settings always pick the arg-max (temperature 0 or top_k 1): one launch,
+    /// no random number.
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0 || self.top_k == 1
     }
@@ -218,8 +227,11 @@ impl SamplingConfig {
 /// `rows` rows of `vocab` logits, row r starting at element `r · row_stride`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SampleShape {
+    /// Rows sampled (one token each).
     pub rows: usize,
+    /// Logits per row: token ids are `0..vocab`.
     pub vocab: usize,
+    /// Elements from one row's first logit to the next's (≥ `vocab`).
     pub row_stride: usize,
 }
 

@@ -30,7 +30,9 @@ fn kernel_for<T: NormElem>() -> &'static Kernel<SwigluParams> {
 /// `rows` rows of the MLP's intermediate width `ffn` (F).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SwigluShape {
+    /// Number of rows (tokens).
     pub rows: usize,
+    /// F: elements of `out` per row (`gate_up` has 2F).
     pub ffn: usize,
 }
 

@@ -36,10 +36,11 @@
 
 use stagformer_kernels::device::{DeviceBuffer, Stream};
 use stagformer_kernels::ops::attention_prefill::{
-    attention_prefill_cached, attention_prefill_with, CacheKeys, HeadShape, PrefillBatch,
-    PrefillConfig, PrefillElem, PrefillKernel, PrefillMask, RowStrides,
+    attention_prefill_cached, attention_prefill_with, CacheKeys, PrefillBatch, PrefillConfig,
+    PrefillElem, PrefillKernel, PrefillMask, RowStrides,
 };
 use stagformer_kernels::ops::rope_append::KvCacheLayout;
+use stagformer_kernels::ops::HeadShape;
 use stagformer_ref::ops::{self as reference, HeadLayout};
 
 use crate::table::{poisoned, stored, widen, widen_f32, Case, Compared, Float, Inputs};

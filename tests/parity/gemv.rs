@@ -19,7 +19,8 @@ use stagformer_kernels::ops::gemv::{
 };
 use stagformer_kernels::ops::memory_kv_append::CrossCaches;
 use stagformer_kernels::ops::rmsnorm::NormElem;
-use stagformer_kernels::ops::rope_append::{HeadShape, KvCacheLayout, KvCacheMut, RopeTable};
+use stagformer_kernels::ops::rope_append::{KvCacheLayout, KvCacheMut, RopeTable};
+use stagformer_kernels::ops::HeadShape;
 use stagformer_ref::ops as reference;
 
 use crate::embedding::random_indices;

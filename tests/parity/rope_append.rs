@@ -13,8 +13,9 @@ use half::bf16;
 use stagformer_kernels::device::{DeviceBuffer, Stream};
 use stagformer_kernels::ops::rmsnorm::NormElem;
 use stagformer_kernels::ops::rope_append::{
-    rope_append, rope_append_host_rows, HeadShape, KvCacheLayout, KvCacheMut, QkvRows, RopeTable,
+    rope_append, rope_append_host_rows, KvCacheLayout, KvCacheMut, QkvRows, RopeTable,
 };
+use stagformer_kernels::ops::HeadShape;
 use stagformer_ref::ops as reference;
 use stagformer_ref::RopeScaling;
 

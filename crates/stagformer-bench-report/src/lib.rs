@@ -11,6 +11,8 @@
 //!
 //! Outputs: a markdown summary ([`markdown`]) and a roofline plot ([`plot::roofline_png`]).
 
+#![warn(missing_docs)]
+
 pub mod plot;
 
 use std::collections::BTreeMap;
@@ -32,6 +34,7 @@ impl fmt::Display for ReportError {
 
 impl std::error::Error for ReportError {}
 
+/// The result of the report's fallible functions.
 pub type Result<T, E = ReportError> = std::result::Result<T, E>;
 
 fn err(msg: impl Into<String>) -> ReportError {
@@ -53,10 +56,13 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 pub struct Measurement {
     /// `group/function/parameter`, as criterion writes it in `full_id`.
     pub id: String,
+    /// Criterion's group: the kernel's name (`rmsnorm`, `linear`, ...).
     pub group: String,
     /// Median time per iteration, with its confidence interval, in nanoseconds.
     pub median_ns: f64,
+    /// Lower bound of the median's confidence interval, ns.
     pub median_lo_ns: f64,
+    /// Upper bound of the median's confidence interval, ns.
     pub median_hi_ns: f64,
     /// Bytes per iteration declared with `Throughput::Bytes`, if any.
     pub throughput_bytes: Option<u64>,
@@ -145,39 +151,54 @@ fn load_one(bench: &Path, estimates: &Path) -> Result<Measurement> {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Roofline {
     #[serde(default)]
+    /// The device's name, as the benches saw it (empty when not written).
     pub device: String,
+    /// The measured memory roof.
     pub copy: CopyCeiling,
+    /// The measured compute roof.
     pub gemm: GemmCeiling,
     #[serde(default)]
+    /// The work of every bench, in the order the benches ran.
     pub benches: Vec<BenchWork>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+/// The memory roof: the device-to-device copy bandwidth measured by the benches.
 pub struct CopyCeiling {
     /// Bytes read plus bytes written per second.
     pub bytes_per_s: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+/// The compute roof: the bf16 GEMM rate measured by the benches.
 pub struct GemmCeiling {
+    /// Floating-point operations per second.
     pub flops_per_s: f64,
 }
 
 /// What one bench must do per call.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BenchWork {
+    /// Criterion's full id, `kernel/variant/parameter`.
     pub id: String,
+    /// The kernel's name (criterion's group).
     pub kernel: String,
     #[serde(default)]
+    /// Element types and what tells benches of one shape apart (`bf16`, `bf16.q_o`).
     pub variant: String,
     #[serde(default)]
+    /// The shape's named sizes (`rows`, `d`, `heads`, `context`, ...).
     pub shape: BTreeMap<String, u64>,
+    /// Bytes the kernel must move per call (inputs read once, outputs written once).
     pub bytes: u64,
     #[serde(default)]
+    /// Floating-point operations per call (0 when not counted).
     pub flops: u64,
 }
 
 impl Roofline {
+    /// Reads `roofline.json`; both ceilings must be positive. Unreadable or malformed files are
+    /// errors naming the path.
     pub fn load(path: &Path) -> Result<Roofline> {
         let r: Roofline = read_json(path)?;
         if !(r.copy.bytes_per_s > 0.0 && r.gemm.flops_per_s > 0.0) {
@@ -211,7 +232,9 @@ impl Roofline {
 /// Which roof limits a kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {
+    /// Moving the bytes at the copy rate takes at least as long as the FLOPs at the GEMM rate.
     Memory,
+    /// The FLOPs at the GEMM rate take longer than moving the bytes.
     Compute,
 }
 
@@ -232,22 +255,28 @@ impl fmt::Display for Bound {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TorchResults {
     #[serde(default)]
+    /// The device's name (empty when not written).
     pub device: String,
     #[serde(default)]
+    /// PyTorch's version.
     pub torch: String,
     #[serde(default)]
+    /// One entry per kernel bench PyTorch ran.
     pub kernels: Vec<TorchKernel>,
     #[serde(default)]
+    /// PyTorch's decode steps.
     pub decode: Vec<DecodeEntry>,
 }
 
 /// PyTorch's time for the bench with the same id.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TorchKernel {
+    /// Criterion's full id of our bench it pairs with.
     pub id: String,
     /// What was timed, e.g. `F.rms_norm`.
     #[serde(default)]
     pub op: String,
+    /// Median time per call, in microseconds.
     pub median_us: f64,
 }
 
@@ -257,27 +286,35 @@ pub struct TorchKernel {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DecodeEntry {
     #[serde(default)]
+    /// The model measured (a preset name, or empty).
     pub model: String,
     /// `eager`, `cuda_graph`, `compile`, ...
     pub mode: String,
+    /// Sequences decoded together.
     pub batch: u64,
+    /// Tokens of history per sequence.
     pub context: u64,
+    /// Milliseconds per decode step.
     pub ms_per_step: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+/// Our decode numbers (`--decode FILE`: `{"decode": [...]}`).
 pub struct DecodeResults {
     #[serde(default)]
+    /// One entry per (batch, context, mode) measured.
     pub decode: Vec<DecodeEntry>,
 }
 
 impl TorchResults {
+    /// Reads `python/torch_compare.py`'s JSON; errors name the path.
     pub fn load(path: &Path) -> Result<TorchResults> {
         read_json(path)
     }
 }
 
 impl DecodeResults {
+    /// Reads a `{"decode": [...]}` file; errors name the path.
     pub fn load(path: &Path) -> Result<DecodeResults> {
         read_json(path)
     }
@@ -290,24 +327,33 @@ impl DecodeResults {
 /// One bench, joined with its work and the device ceilings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
+    /// Criterion's full id.
     pub id: String,
+    /// The kernel's name.
     pub kernel: String,
     /// The id without the kernel: `bf16/rows=1,d=768`.
     pub case: String,
+    /// Median time per call, in seconds.
     pub seconds: f64,
+    /// Lower bound of its confidence interval, in seconds.
     pub lo_seconds: f64,
+    /// Upper bound, in seconds.
     pub hi_seconds: f64,
+    /// Bytes per call, from the roofline or else from criterion's throughput.
     pub bytes: Option<u64>,
+    /// FLOPs per call, from the roofline.
     pub flops: Option<u64>,
     /// Least possible time and the roof that sets it (needs the ceilings and the bytes).
     pub floor: Option<(f64, Bound)>,
 }
 
 impl Row {
+    /// Achieved bandwidth, bytes per second (with the bytes known).
     pub fn bytes_per_s(&self) -> Option<f64> {
         self.bytes.map(|b| b as f64 / self.seconds)
     }
 
+    /// Achieved FLOP rate (with a non-zero FLOP count known).
     pub fn flops_per_s(&self) -> Option<f64> {
         self.flops
             .filter(|&f| f > 0)
@@ -384,9 +430,13 @@ pub fn rows(measurements: &[Measurement], roofline: Option<&Roofline>) -> Vec<Ro
 /// Everything the report is made of.
 #[derive(Debug, Default)]
 pub struct Inputs {
+    /// Criterion's results.
     pub measurements: Vec<Measurement>,
+    /// The ceilings and work, if `roofline.json` was found.
     pub roofline: Option<Roofline>,
+    /// PyTorch's numbers, if given and present.
     pub torch: Option<TorchResults>,
+    /// Our decode numbers, if given and present.
     pub decode: Option<DecodeResults>,
     /// Lines added under the title (where the numbers came from, what did not run).
     pub notes: Vec<String>,
@@ -607,12 +657,19 @@ fn decode_section(md: &mut String, torch: &[DecodeEntry], ours: &[DecodeEntry]) 
 /// Paths the tool reads and writes.
 #[derive(Debug, Clone)]
 pub struct Paths {
+    /// Criterion's output directory (read).
     pub criterion: PathBuf,
+    /// `roofline.json` (read; default `<criterion>/roofline.json`, optional there).
     pub roofline: Option<PathBuf>,
+    /// PyTorch's results (read; a missing file becomes a note).
     pub torch: Option<PathBuf>,
+    /// Our decode numbers (read; a missing file becomes a note).
     pub decode: Option<PathBuf>,
+    /// The markdown report (written; its directory is created).
     pub markdown: PathBuf,
+    /// The roofline plot (written when the roofline is known).
     pub png: Option<PathBuf>,
+    /// A TrueType font for the plot's text (else one is searched for).
     pub font: Option<PathBuf>,
 }
 

@@ -20,14 +20,19 @@ use crate::weights::{expected_tensors, is_ignorable, TensorSpec};
 use half::{bf16, f16};
 use memmap2::Mmap;
 
+/// The model's config in a checkpoint directory.
 pub const CONFIG_FILE: &str = "config.json";
+/// The weights of an unsharded checkpoint.
 pub const SINGLE_FILE: &str = "model.safetensors";
+/// The index of a sharded checkpoint: its `weight_map` names each tensor's shard.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// One tensor read from a checkpoint, widened to f32.
 #[derive(Debug, Clone)]
 pub struct LoadedTensor {
+    /// Dimensions, outermost first (`[out, in]` for a linear weight).
     pub shape: Vec<usize>,
+    /// The values, row-major: the product of `shape` of them.
     pub data: Vec<f32>,
     /// The file it came from, for error messages.
     pub file: PathBuf,
@@ -36,12 +41,16 @@ pub struct LoadedTensor {
 /// Storage dtype of a written checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageDtype {
+    /// IEEE single precision, 4 bytes.
     F32,
+    /// bfloat16 (f32's exponent, 8 significant bits), 2 bytes.
     Bf16,
+    /// IEEE half precision, 2 bytes.
     F16,
 }
 
 impl StorageDtype {
+    /// Bytes per element.
     pub fn bytes(self) -> usize {
         match self {
             StorageDtype::F32 => 4,
@@ -51,6 +60,7 @@ impl StorageDtype {
 }
 
 impl StorageDtype {
+    /// The lower-case name used in messages and on the command line (`f32`, `bf16`, `f16`).
     pub fn name(self) -> &'static str {
         match self {
             StorageDtype::F32 => "f32",
@@ -63,8 +73,11 @@ impl StorageDtype {
 /// An element type stored tensors convert into. Each conversion rounds at most once: bf16 to
 /// bf16 is a copy, f16 to bf16 goes through f32 (exact) and rounds once.
 pub trait Element: Copy + Send + Sync + 'static {
+    /// `v` rounded to the nearest `Self`, ties to even (f32 keeps it as it is).
     fn from_f32(v: f32) -> Self;
+    /// `v` exactly (bf16 widens into f32 and into itself without rounding).
     fn from_bf16(v: bf16) -> Self;
+    /// `v` widened to f32 (exact), then rounded once to `Self` as [`Element::from_f32`] does.
     fn from_f16(v: f16) -> Self;
 }
 
@@ -124,9 +137,13 @@ struct Entry {
 /// What the directory says about one tensor (no data is read).
 #[derive(Debug, Clone, Copy)]
 pub struct TensorInfo<'a> {
+    /// The tensor's checkpoint name.
     pub name: &'a str,
+    /// The safetensors file storing it.
     pub file: &'a Path,
+    /// Its stored dtype.
     pub dtype: StorageDtype,
+    /// Its dimensions, outermost first.
     pub shape: &'a [usize],
     /// Bytes of data in the file.
     pub bytes: usize,
@@ -268,6 +285,7 @@ impl Checkpoint {
         same
     }
 
+    /// The checkpoint directory it was opened from.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -287,6 +305,7 @@ impl Checkpoint {
         self.tensors.iter().map(|(name, e)| self.info(name, e))
     }
 
+    /// The directory entry of tensor `name` (`None` if the checkpoint does not store it).
     pub fn tensor(&self, name: &str) -> Option<TensorInfo<'_>> {
         let (name, e) = self.tensors.get_key_value(name)?;
         Some(self.info(name, e))
@@ -730,9 +749,14 @@ pub fn encode(values: &[f32], dtype: StorageDtype) -> Vec<u8> {
 
 /// A tensor ready to be written: name, shape and encoded bytes.
 pub struct EncodedTensor {
+    /// The tensor's checkpoint name.
     pub name: String,
+    /// Its dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// The dtype `bytes` are encoded in.
     pub dtype: StorageDtype,
+    /// The values, little-endian, row-major: the product of `shape` times
+    /// [`StorageDtype::bytes`] bytes.
     pub bytes: Vec<u8>,
 }
 

@@ -3,8 +3,8 @@
 //!
 //! Parsed field by field from a JSON object (not through a derive) so that every error names the
 //! field at fault. A field this implementation does not know is refused unless it is on the list
-//! of fields known not to change the math ([`config_keys`](crate::config_keys)): a config that
-//! loads computes what transformers would compute, or it does not load.
+//! of fields known not to change the math (`config_keys.rs`, listed in docs/MODEL.md): a config
+//! that loads computes what transformers would compute, or it does not load.
 
 use std::path::Path;
 
@@ -27,21 +27,34 @@ pub const MAX_POSITIONS: u64 = 1 << 24;
 /// A validated model configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// V: token ids are `0..V`; rows of the embedding and the lm_head.
     pub vocab_size: usize,
+    /// D: width of the residual stream.
     pub hidden_size: usize,
+    /// F: width of the MLP (gate and up project D → F, down F → D).
     pub intermediate_size: usize,
+    /// Stored self-attention + MLP layers: p · Ls with separate weights, Ls with shared
+    /// weights (see [`Config::layers_per_section`]).
     pub num_hidden_layers: usize,
+    /// H: query heads.
     pub num_attention_heads: usize,
+    /// Hkv: key/value heads (GQA), dividing H; H when the file does not say.
     pub num_key_value_heads: usize,
+    /// hd: width of one head, even (RoPE turns pairs); D / H when the file does not say.
     pub head_dim: usize,
+    /// ε added to the mean square in every RMSNorm (> 0).
     pub rms_norm_eps: f64,
+    /// θ: RoPE base of the frequencies θ^(−2m / hd) (> 0).
     pub rope_theta: f64,
     /// How the RoPE frequencies derive from θ (`rope_scaling`, or `rope_parameters.rope_type`).
     pub rope_scaling: RopeScaling,
     /// Sliding window W of the self-attention (Mistral's `sliding_window`): position i sees
     /// keys max(0, i − W + 1)..=i; `None` = every earlier key.
     pub sliding_window: Option<usize>,
+    /// Longest sequence served, in positions (prompt plus generated tokens); at most
+    /// [`MAX_POSITIONS`].
     pub max_position_embeddings: usize,
+    /// The lm_head is the embedding matrix (a stored `lm_head.weight` is then ignored).
     pub tie_word_embeddings: bool,
     /// p: number of sections.
     pub stag_sections: usize,
@@ -405,7 +418,7 @@ impl Config {
         self.num_hidden_layers
     }
 
-    /// inv_freq[m] (m < head_dim / 2) of this model's RoPE, scaling applied: the one source of
+    /// `inv_freq[m]` (m < head_dim / 2) of this model's RoPE, scaling applied: the one source of
     /// the frequencies for the reference and the kernel decoder alike.
     pub fn rope_inv_freq(&self) -> Vec<f64> {
         self.rope_scaling

@@ -8,7 +8,10 @@ use crate::error::{Error, RequestError, ShapeError};
 use crate::model::Model;
 use crate::ops::{self, Matrix};
 
-/// Identifies a sequence in a [`DecodeBatch`].
+/// A sequence's slot in a batch: [`DecodeBatch::prefill`] (and the kernel decoder's `prefill`)
+/// hands out the lowest free slot, in `0..max_batch`; `remove` frees it for the next prompt. An
+/// id is only meaningful to the batch that issued it; one no live sequence holds is
+/// [`RequestError::UnknownSequence`].
 pub type SeqId = usize;
 
 /// What a decode step runs.

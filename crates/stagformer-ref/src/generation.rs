@@ -21,9 +21,13 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 pub struct GenerationConfig {
     /// Generation ends when one of these is produced (`eos_token_id`, an int or a list).
     pub eos_token_ids: Vec<u32>,
+    /// The id a tokenizer may put before a prompt (`bos_token_id`).
     pub bos_token_id: Option<u32>,
+    /// Default sampling temperature (`temperature`, finite and ≥ 0; 0 is greedy).
     pub temperature: Option<f64>,
+    /// Default top-k (`top_k`; 0 keeps every token).
     pub top_k: Option<usize>,
+    /// Default nucleus mass (`top_p`, in (0, 1]).
     pub top_p: Option<f64>,
     /// `false` means greedy decoding whatever the other settings say (Hugging Face's rule).
     pub do_sample: Option<bool>,
@@ -33,27 +37,52 @@ pub struct GenerationConfig {
 /// is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerationConfigError {
+    /// The file exists but could not be opened or read.
     #[error("{path}: cannot read: {error}")]
     Io {
+        /// The file at fault.
         path: PathBuf,
+        /// The I/O error.
         error: std::io::Error,
     },
+    /// The path names a directory, FIFO, socket or device.
     #[error("{path}: not a regular file")]
-    NotAFile { path: PathBuf },
+    NotAFile {
+        /// The path at fault.
+        path: PathBuf,
+    },
+    /// The file is larger than [`MAX_FILE_BYTES`].
     #[error("{path}: larger than {limit} bytes; not a generation config")]
-    TooLarge { path: PathBuf, limit: u64 },
+    TooLarge {
+        /// The file at fault.
+        path: PathBuf,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The file is not valid JSON.
     #[error("{path}: invalid JSON: {error}")]
     Json {
+        /// The file at fault.
         path: PathBuf,
+        /// The parser's error, with line and column.
         error: serde_json::Error,
     },
+    /// The file is JSON but not an object.
     #[error("{path}: the top level is not a JSON object")]
-    NotAnObject { path: PathBuf },
+    NotAnObject {
+        /// The file at fault.
+        path: PathBuf,
+    },
+    /// A field of the wrong type or outside its range.
     #[error("{path}: field `{field}` = {value}: {reason}")]
     InvalidField {
+        /// The file at fault.
         path: PathBuf,
+        /// The field's JSON key.
         field: &'static str,
+        /// Its value, as JSON.
         value: String,
+        /// What it must be.
         reason: &'static str,
     },
 }

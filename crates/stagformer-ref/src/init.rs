@@ -85,6 +85,9 @@ pub struct RandomWeights {
 }
 
 impl RandomWeights {
+    /// The weights [`write_random_checkpoint`] would write for `config`, `seed` and `dtype`,
+    /// drawn tensor by tensor when read (each tensor from its own stream, so any order gives
+    /// the same values). An invalid `config` is [`Error::Config`].
     pub fn new(config: Config, seed: u64, dtype: StorageDtype) -> Result<Self, Error> {
         config.validate()?;
         let specs = expected_tensors(&config)
@@ -194,14 +197,20 @@ pub fn preset(name: &str) -> Option<Config> {
 /// Parameter count per part of the model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParamCounts {
+    /// `model.embed_tokens.weight`: V · D.
     pub embedding: usize,
+    /// Every stored self-attention + MLP layer, its norms included (`model.layers.*`).
     pub self_layers: usize,
+    /// Every cross-attention layer, its norm included (`model.cross_layers.*`).
     pub cross_layers: usize,
+    /// The final norm, the memory norms and the output mix.
     pub norms_and_mix: usize,
+    /// `lm_head.weight` (0 when tied to the embedding).
     pub lm_head: usize,
 }
 
 impl ParamCounts {
+    /// The counts of the tensors [`expected_tensors`] lists for `cfg`.
     pub fn of(cfg: &Config) -> Self {
         let mut c = ParamCounts::default();
         for spec in expected_tensors(cfg) {
@@ -222,6 +231,7 @@ impl ParamCounts {
         c
     }
 
+    /// Every parameter of the model.
     pub fn total(&self) -> usize {
         self.embedding + self.self_layers + self.cross_layers + self.norms_and_mix + self.lm_head
     }

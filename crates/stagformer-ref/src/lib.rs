@@ -9,9 +9,11 @@
 //! - [`ops`]: the building blocks (RMSNorm, RoPE, attention with masks, SwiGLU, linear) that
 //!   kernel tests compare against.
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod config;
-pub mod config_keys;
+mod config_keys;
 pub mod decode;
 pub mod error;
 pub mod files;

@@ -13,7 +13,9 @@ use crate::weights::{CrossWeights, LayerWeights, Weights};
 /// A loaded StagFormer model (f32 weights).
 #[derive(Debug, Clone)]
 pub struct Model {
+    /// The validated configuration the weights belong to.
     pub config: Config,
+    /// Every tensor, f32, in the shapes [`crate::weights::expected_tensors`] lists.
     pub weights: Weights,
     pub(crate) inv_freq: Vec<f64>,
     pub(crate) warnings: Vec<LoadWarning>,
@@ -29,6 +31,8 @@ pub(crate) struct LayerKv {
 }
 
 impl Model {
+    /// A model of `weights` for `config`, which must already be valid and match them (as
+    /// [`Weights::from_tensors`] and [`Model::load`] ensure); nothing is checked here.
     pub fn new(config: Config, weights: Weights) -> Self {
         let inv_freq = config.rope_inv_freq();
         Model {
@@ -87,6 +91,7 @@ impl Model {
         Ok(Self::new(config, weights))
     }
 
+    /// The model's attention heads (H, Hkv, hd) for the [`ops`] attention functions.
     pub fn head_layout(&self) -> HeadLayout {
         HeadLayout {
             heads: self.config.num_attention_heads,

@@ -14,17 +14,30 @@ use crate::error::ShapeError;
 /// A row-major f32 matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns: the elements of one row.
     pub cols: usize,
+    /// The elements, row after row: exactly `rows · cols` of them (the blocks check; see
+    /// [`Matrix::from_vec`]).
     pub data: Vec<f32>,
 }
 
 impl Matrix {
+    /// A `rows × cols` matrix of zeros.
+    ///
+    /// # Panics
+    ///
+    /// If `rows · cols` overflows `usize`, or the allocation fails.
     pub fn zeros(rows: usize, cols: usize) -> Self {
         Matrix {
             rows,
             cols,
-            data: vec![0.0; rows * cols],
+            data: vec![
+                0.0;
+                rows.checked_mul(cols)
+                    .expect("Matrix::zeros: rows × cols overflows")
+            ],
         }
     }
 
@@ -268,7 +281,7 @@ pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f64> {
 }
 
 /// Rotates every head of `v` (heads × head_dim, contiguous) to position `pos` with
-/// `rotate_half`: the pair (v[m], v[m + head_dim/2]) turns by the angle `pos · inv_freq[m]`.
+/// `rotate_half`: the pair `(v[m], v[m + head_dim/2])` turns by the angle `pos · inv_freq[m]`.
 pub fn rope_inplace(
     v: &mut [f32],
     head_dim: usize,
@@ -299,22 +312,33 @@ pub fn rope_inplace(
 }
 
 /// How query heads map onto key/value heads (GQA: query head h reads kv head h / group).
+///
+/// The reference's head shape; the kernels take the same three numbers as
+/// `stagformer_kernels::ops::HeadShape` (that crate does not depend on this one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeadLayout {
+    /// H: query heads.
     pub heads: usize,
+    /// Hkv: key/value heads, a divisor of `heads`.
     pub kv_heads: usize,
+    /// hd: elements per head.
     pub head_dim: usize,
 }
 
 impl HeadLayout {
+    /// Query heads per kv head, `heads / kv_heads` (0 when `kv_heads` is 0, which
+    /// [`attention_row`] refuses).
     pub fn group(&self) -> usize {
-        self.heads / self.kv_heads
+        self.heads.checked_div(self.kv_heads).unwrap_or(0)
     }
+    /// Width of a q row, `heads · head_dim` (saturating; the blocks refuse sizes that do not
+    /// fit their operands).
     pub fn q_dim(&self) -> usize {
-        self.heads * self.head_dim
+        self.heads.saturating_mul(self.head_dim)
     }
+    /// Width of a k or v row, `kv_heads · head_dim` (saturating, as [`q_dim`](Self::q_dim)).
     pub fn kv_dim(&self) -> usize {
-        self.kv_heads * self.head_dim
+        self.kv_heads.saturating_mul(self.head_dim)
     }
 }
 

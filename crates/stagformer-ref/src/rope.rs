@@ -8,21 +8,33 @@
 /// How the RoPE frequencies are derived from θ (`rope_type` in a Hugging Face config).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RopeScaling {
-    /// `default`: inv_freq[m] = θ^(−2m/hd).
+    /// `default`: `inv_freq[m] = θ^(−2m/hd)`.
     Default,
     /// `linear` (position interpolation): every frequency divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        /// The divisor (finite, ≥ 1): positions are interpolated `factor` times more densely.
+        factor: f64,
+    },
     /// `llama3` (Llama 3.1/3.2): long wavelengths divided by `factor`, short ones kept, the band
     /// between interpolated smoothly.
     Llama3 {
+        /// Divisor of the long-wavelength frequencies (finite, ≥ 1).
         factor: f64,
+        /// Wavelengths above L₀ / `low_freq_factor` are divided by `factor` (finite, > 0).
         low_freq_factor: f64,
+        /// Wavelengths below L₀ / `high_freq_factor` are kept (greater than
+        /// `low_freq_factor`).
         high_freq_factor: f64,
+        /// L₀: the context length the model was trained with before the extension.
         original_max_position_embeddings: usize,
     },
     /// `dynamic` (NTK-aware): θ grows with the sequence length once it exceeds
     /// `max_position_embeddings`; below that it is `default`.
-    Dynamic { factor: f64 },
+    Dynamic {
+        /// How fast θ grows past `max_position_embeddings` (finite, ≥ 1; see
+        /// [`RopeScaling::inv_freq_for_length`]).
+        factor: f64,
+    },
 }
 
 impl RopeScaling {
@@ -36,7 +48,7 @@ impl RopeScaling {
         }
     }
 
-    /// inv_freq[m] for m < head_dim / 2, for a model serving sequences of up to
+    /// `inv_freq[m]` for m < head_dim / 2, for a model serving sequences of up to
     /// `max_position_embeddings` positions (the contract's limit).
     ///
     /// `dynamic` only changes θ for a sequence longer than `max_position_embeddings`, which is
@@ -56,7 +68,7 @@ impl RopeScaling {
         )
     }
 
-    /// inv_freq[m] as transformers computes it for a sequence of `seq_len` positions (only
+    /// `inv_freq[m]` as transformers computes it for a sequence of `seq_len` positions (only
     /// `dynamic` depends on the length).
     pub fn inv_freq_for_length(
         &self,

@@ -3,19 +3,25 @@
 
 use crate::error::{NonFiniteLogits, RequestError};
 
-/// How the next token is chosen.
+/// How the next token is chosen (the algorithm is [`sample`]'s).
+///
+/// The one sampling-settings type above the kernels: the reference's [`sample`], the kernel
+/// decoder's `step_sample` (`stagformer` re-exports it) and the command line all take it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplingParams {
-    /// 0 = greedy.
+    /// Divides the logits before the softmax; 0 = greedy. Finite and ≥ 0.
     pub temperature: f32,
     /// Keep the k most likely tokens; 0 = all.
     pub top_k: usize,
-    /// Keep the smallest most-likely set whose probability reaches p; 1 = all.
+    /// Keep the smallest most-likely set whose probability reaches p; 1 = all. In (0, 1].
     pub top_p: f32,
+    /// Seed of the counter-based random numbers: the draw for (sequence, step) is
+    /// [`uniform`]`(seed, sequence, step)`, so equal settings pick equal tokens on every run.
     pub seed: u64,
 }
 
 impl SamplingParams {
+    /// Always the most likely token (lowest id among ties).
     pub const GREEDY: SamplingParams = SamplingParams {
         temperature: 0.0,
         top_k: 0,
@@ -23,6 +29,8 @@ impl SamplingParams {
         seed: 0,
     };
 
+    /// Checks the ranges: temperature finite and ≥ 0, top_p in (0, 1]; anything else is
+    /// [`RequestError::BadSampling`] naming the field.
     pub fn validate(&self) -> Result<(), RequestError> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(RequestError::BadSampling {
@@ -41,6 +49,8 @@ impl SamplingParams {
         Ok(())
     }
 
+    /// Whether these settings always pick the arg-max (temperature 0 or top_k 1), so no
+    /// random number is drawn.
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0 || self.top_k == 1
     }

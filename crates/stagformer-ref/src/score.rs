@@ -11,9 +11,15 @@ pub enum ScoreMode {
     /// The definition: each section over the whole sequence.
     Forward,
     /// Prefill `prompt_len` tokens, then one decode step per remaining token.
-    Decode { prompt_len: usize },
+    Decode {
+        /// Tokens prefilled at once (1 ..= the sequence's length).
+        prompt_len: usize,
+    },
     /// Prefill `prompt_len` tokens, then recurrent steps (shared weights, p = 2).
-    Recurrent { prompt_len: usize },
+    Recurrent {
+        /// Tokens prefilled at once (1 ..= the sequence's length).
+        prompt_len: usize,
+    },
 }
 
 /// Logits [T, V]: row i holds the logits after token i. A NaN or infinite logit is an

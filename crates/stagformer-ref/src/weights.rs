@@ -16,19 +16,24 @@ pub(crate) fn is_ignorable(name: &str) -> bool {
 /// What a tensor is, which decides its random initialisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorRole {
+    /// The token embedding `[V, D]`.
     Embedding,
     /// A norm's gain vector.
     Norm,
     /// A projection `[out, in]`.
     Linear,
+    /// The output mix's weights `[p]`, one per section.
     OutputMix,
 }
 
 /// One tensor the config calls for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorSpec {
+    /// The tensor's checkpoint name (`model.layers.0.self_attn.q_proj.weight`, ...).
     pub name: String,
+    /// Its dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// What it is.
     pub role: TensorRole,
 }
 
@@ -146,30 +151,45 @@ pub fn expected_tensors(cfg: &Config) -> Vec<TensorSpec> {
 /// Self-attention + MLP weights of one stored layer.
 #[derive(Debug, Clone)]
 pub struct LayerWeights {
+    /// Gain of the RMSNorm before self-attention `[D]`.
     pub input_norm: Vec<f32>,
+    /// Query projection `[H·hd, D]`.
     pub wq: Matrix,
+    /// Key projection `[Hkv·hd, D]`.
     pub wk: Matrix,
+    /// Value projection `[Hkv·hd, D]`.
     pub wv: Matrix,
+    /// Output projection of the attention `[D, H·hd]`.
     pub wo: Matrix,
+    /// Gain of the RMSNorm before the MLP `[D]`.
     pub post_attention_norm: Vec<f32>,
+    /// MLP gate projection `[F, D]`.
     pub w_gate: Matrix,
+    /// MLP up projection `[F, D]`.
     pub w_up: Matrix,
+    /// MLP down projection `[D, F]`.
     pub w_down: Matrix,
 }
 
 /// Cross-attention weights of one layer of a later section.
 #[derive(Debug, Clone)]
 pub struct CrossWeights {
+    /// Gain of the RMSNorm before cross-attention `[D]`.
     pub norm: Vec<f32>,
+    /// Query projection of the section's residual stream `[H·hd, D]`.
     pub wq: Matrix,
+    /// Key projection of the memory `[Hkv·hd, D]`.
     pub wk: Matrix,
+    /// Value projection of the memory `[Hkv·hd, D]`.
     pub wv: Matrix,
+    /// Output projection `[D, H·hd]`.
     pub wo: Matrix,
 }
 
 /// All weights of a model, f32.
 #[derive(Debug, Clone)]
 pub struct Weights {
+    /// Token embedding `[V, D]` (also the lm_head when tied).
     pub embed: Matrix,
     /// Stored layers: p·Ls with separate weights, Ls with shared ones.
     pub layers: Vec<LayerWeights>,
@@ -177,7 +197,9 @@ pub struct Weights {
     pub cross: Vec<Vec<CrossWeights>>,
     /// `memory_norms[s]` normalises section s's output into the memory of section s + 1.
     pub memory_norms: Vec<Vec<f32>>,
+    /// α_s of the output mix, one per section (`stag_output_mix`), else `None`.
     pub output_mix: Option<Vec<f32>>,
+    /// Gain of the RMSNorm before the lm_head `[D]`.
     pub final_norm: Vec<f32>,
     /// `None` when tied to `embed`.
     pub lm_head: Option<Matrix>,

@@ -14,7 +14,7 @@ use stagformer_kernels::ops::rope_append::{KvCacheLayout, RopeTable};
 use stagformer_kernels::ops::sample::{
     sample_checked, SampleShape, SampleWorkspace, SamplingConfig,
 };
-use stagformer_ref::{Checkpoint, Model, RequestError, TensorSource};
+use stagformer_ref::{Checkpoint, Model, RequestError, SamplingParams, SeqId, TensorSource};
 
 use crate::error::{DecoderError, Result};
 use crate::fused::{GemvPath, MAX_GROUPS, MAX_ROWS};
@@ -23,9 +23,6 @@ use crate::scratch::Scratch;
 use crate::section::{Caches, CrossKeys, Pass, SelfCache, Shared};
 use crate::weights::DeviceWeights;
 use crate::Activation;
-
-/// Identifies a sequence of the batch (its slot, `0..max_batch`).
-pub type SeqId = usize;
 
 /// How a decode step is scheduled. Every mode computes the same logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +49,13 @@ pub const DEFAULT_PREFILL_ROWS: usize = 512;
 /// Fixed capacity and schedule of a decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderOptions {
+    /// Sequences the decoder holds at once (≥ 1): the slots [`Decoder::prefill`] hands out
+    /// and the most rows a step may have. Caches, scratch and the sampler are sized for it.
     pub max_batch: usize,
     /// Positions per sequence (prompt plus generated tokens).
     pub capacity: usize,
+    /// How a decode step is scheduled across streams ([`ExecMode`]); prefills run the same
+    /// way in every mode.
     pub mode: ExecMode,
     /// Recurrent mode after the prompt (shared weights, p = 2).
     pub recurrent: bool,
@@ -103,7 +104,7 @@ struct GraphKey {
 }
 
 impl GraphKey {
-    fn new(rows: usize, sampling: Option<&SamplingConfig>) -> Self {
+    fn new(rows: usize, sampling: Option<&SamplingParams>) -> Self {
         GraphKey {
             rows,
             sampling: sampling.map(|c| {
@@ -115,6 +116,18 @@ impl GraphKey {
                 ]
             }),
         }
+    }
+}
+
+/// The sampling kernel's settings for `params`, field for field. The kernel crate does not
+/// depend on the reference, so its launch takes its own copy of the settings; this is the one
+/// place the decoder crosses from one to the other.
+fn kernel_sampling(params: &SamplingParams) -> SamplingConfig {
+    SamplingConfig {
+        temperature: params.temperature,
+        top_k: params.top_k,
+        top_p: params.top_p,
+        seed: params.seed,
     }
 }
 
@@ -164,6 +177,16 @@ impl<T: Activation> OutputMix<T> {
 /// Splits used by the prefill's self-attention, whose many query rows fill the GPU already.
 const PREFILL_SPLITS: usize = 4;
 
+/// A StagFormer model on a device with the caches of up to `max_batch` sequences: prefills
+/// add sequences, decode steps feed each listed sequence one token, and `T` (f32 or bf16) is
+/// the type of weights and activations.
+///
+/// Every buffer is allocated by the constructor for its [`DecoderOptions`]; nothing grows
+/// afterwards. Requests that cannot run (an unknown or duplicate sequence, a token outside the
+/// vocabulary, a prompt or step past `capacity`, a full batch, bad sampling settings) are
+/// refused before anything is launched and leave the decoder as it was. A device error during
+/// a prefill or step leaves the caches half written: the decoder is then poisoned and every
+/// later call returns [`DecoderError::Poisoned`].
 pub struct Decoder<T: Activation> {
     shared: Shared<T>,
     caches: Caches<T>,
@@ -353,8 +376,8 @@ impl<T: Activation> Decoder<T> {
     /// logits, and the last section's stream first sleeps `delay`. The logits are then wrong:
     /// proof that cross-stream ordering is really enforced (also on the emulated device).
     /// Steps run without graphs then (a capture would refuse the unjoined stream).
-    #[doc(hidden)]
-    pub fn break_join_for_test(&mut self, delay: std::time::Duration) {
+    #[cfg(test)]
+    pub(crate) fn break_join_for_test(&mut self, delay: std::time::Duration) {
         self.broken_join = Some(delay);
     }
 
@@ -365,6 +388,7 @@ impl<T: Activation> Decoder<T> {
         self.shared.prefill_self_mma = kernel == PrefillSelfAttention::TensorCore;
     }
 
+    /// The options the decoder was built with.
     pub fn options(&self) -> DecoderOptions {
         self.opts
     }
@@ -379,7 +403,7 @@ impl<T: Activation> Decoder<T> {
     pub fn graph_nodes(
         &self,
         rows: usize,
-        sampling: Option<&SamplingConfig>,
+        sampling: Option<&SamplingParams>,
     ) -> Result<Option<usize>> {
         match self.graphs.get(&GraphKey::new(rows, sampling)) {
             Some(graph) => Ok(Some(graph.nodes()?)),
@@ -392,7 +416,7 @@ impl<T: Activation> Decoder<T> {
     pub fn graph_node_counts(
         &self,
         rows: usize,
-        sampling: Option<&SamplingConfig>,
+        sampling: Option<&SamplingParams>,
     ) -> Result<Option<GraphNodes>> {
         match self.graphs.get(&GraphKey::new(rows, sampling)) {
             Some(graph) => Ok(Some(graph.node_counts()?)),
@@ -603,14 +627,17 @@ impl<T: Activation> Decoder<T> {
     }
 
     /// One decode step that samples on the device; only the chosen ids reach the host.
-    /// `step_index` feeds the counter-based sampler (same seed and index → same token). A row
-    /// whose logits hold a NaN or an infinity (flagged by the sampler, copied back with the
-    /// ids) is [`DecoderError::NonFiniteLogits`]; the step is taken all the same.
+    /// Row r's token is drawn with `uniform(sampling.seed, seqs[r], step_index)` as
+    /// [`stagformer_ref::sample::sample`] defines it (same seed and index → same token).
+    /// Settings that [`SamplingParams::validate`] refuses are [`DecoderError::Request`] before
+    /// anything runs. A row whose logits hold a NaN or an infinity (flagged by the sampler,
+    /// copied back with the ids) is [`DecoderError::NonFiniteLogits`]; the step is taken all
+    /// the same.
     pub fn step_sample(
         &mut self,
         seqs: &[SeqId],
         tokens: &[u32],
-        sampling: &SamplingConfig,
+        sampling: &SamplingParams,
         step_index: u32,
     ) -> Result<Vec<u32>> {
         let positions = self.validate_step(seqs, tokens)?;
@@ -691,7 +718,7 @@ impl<T: Activation> Decoder<T> {
         seqs: &[SeqId],
         tokens: &[u32],
         positions: &[usize],
-        sampling: Option<(&SamplingConfig, u32)>,
+        sampling: Option<(&SamplingParams, u32)>,
     ) -> Result<()> {
         let rows: Vec<Row> = seqs
             .iter()
@@ -733,7 +760,7 @@ impl<T: Activation> Decoder<T> {
 
     /// The launches of one step over the `n` rows of the uploaded inputs; everything they
     /// read that changes between steps is in device memory, so they can be captured.
-    fn launch_step(&mut self, n: usize, sampling: Option<&SamplingConfig>) -> Result<()> {
+    fn launch_step(&mut self, n: usize, sampling: Option<&SamplingParams>) -> Result<()> {
         let p = self.shared.cfg.sections();
         let grouped = self.opts.gemv == GemvPath::Fused && n <= MAX_ROWS && p <= MAX_GROUPS;
         match self.opts.mode {
@@ -746,7 +773,8 @@ impl<T: Activation> Decoder<T> {
             }
             _ => self.launch_section_step(n)?,
         }
-        if let Some(config) = sampling {
+        if let Some(params) = sampling {
+            let config = kernel_sampling(params);
             let stream = &self.streams[0];
             let vocab = self.shared.cfg.vocab_size;
             let (sequences, steps) = self.inputs.sampler()?;
@@ -760,7 +788,7 @@ impl<T: Activation> Decoder<T> {
                 &sequences,
                 &steps,
                 SampleShape::contiguous(n, vocab),
-                config,
+                &config,
                 &mut self.sample_workspace,
             )?;
         }

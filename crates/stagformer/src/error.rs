@@ -2,15 +2,26 @@
 
 use stagformer_kernels::DeviceError;
 
+/// Why a decoder call failed. Only a [`DecoderError::Device`] raised inside a prefill or step
+/// poisons the decoder. Requests are checked before anything runs; non-finite logits are
+/// found after the work that produced them. Either way the decoder stays usable.
 #[derive(Debug, thiserror::Error)]
 pub enum DecoderError {
     /// A kernel, copy or allocation failed. If it happened inside a step the decoder is
     /// poisoned (see [`DecoderError::Poisoned`]).
     #[error(transparent)]
     Device(#[from] DeviceError),
-    /// The model or request is invalid (checked before anything runs: the decoder stays usable).
+    /// The weights cannot be uploaded (a tensor the source cannot give, a non-finite weight:
+    /// [`stagformer_ref::Error::Load`]), or the logits of a prefill or [`Decoder::step`] hold a
+    /// NaN or an infinity ([`stagformer_ref::Error::NonFiniteLogits`]: the prefill adds no
+    /// sequence, the step is taken).
+    ///
+    /// [`Decoder::step`]: crate::Decoder::step
     #[error(transparent)]
     Model(#[from] stagformer_ref::Error),
+    /// A request the decoder refuses (unknown or duplicate sequence, token outside the
+    /// vocabulary, past the capacity, full batch, bad sampling settings), the same errors the
+    /// CPU reference returns; checked before anything runs, so the decoder stays usable.
     #[error(transparent)]
     Request(#[from] stagformer_ref::RequestError),
     /// The logits of row `row` of a step sampled on the device held a NaN or an infinity (an
@@ -20,7 +31,10 @@ pub enum DecoderError {
         "the model's logits are not finite (row {row} of the step); an activation overflowed, \
          so no token is sampled from them"
     )]
-    NonFiniteLogits { row: usize },
+    NonFiniteLogits {
+        /// Index of the row in the step's `seqs`.
+        row: usize,
+    },
     /// The decoder cannot run this configuration (mode, dtype, variant).
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -29,4 +43,5 @@ pub enum DecoderError {
     Poisoned(String),
 }
 
+/// The result of a decoder call.
 pub type Result<T, E = DecoderError> = std::result::Result<T, E>;

@@ -8,17 +8,18 @@ use stagformer_kernels::device::{DeviceBuffer, DeviceView, DeviceViewMut, Stream
 use stagformer_kernels::dtype::DType;
 use stagformer_kernels::ops::attention_decode::{attention_decode, DecodeLayout, DecodeMask};
 use stagformer_kernels::ops::attention_prefill::{
-    attention_prefill, attention_prefill_cached, CacheKeys, HeadShape as PrefillHeads,
-    PrefillBatch, PrefillConfig, PrefillMask, RowStrides,
+    attention_prefill, attention_prefill_cached, CacheKeys, PrefillBatch, PrefillConfig,
+    PrefillMask, RowStrides,
 };
 use stagformer_kernels::ops::embedding::{embedding, EmbeddingShape};
 use stagformer_kernels::ops::gemm::{linear, GemmShape};
 use stagformer_kernels::ops::memory_kv_append::{memory_kv_append, CrossCaches};
 use stagformer_kernels::ops::rmsnorm::{add_rmsnorm, rmsnorm, Rows};
 use stagformer_kernels::ops::rope_append::{
-    rope_append, HeadShape, KvCacheLayout, KvCacheMut, QkvRows, RopeTable,
+    rope_append, KvCacheLayout, KvCacheMut, QkvRows, RopeTable,
 };
 use stagformer_kernels::ops::swiglu::{swiglu, SwigluShape};
+use stagformer_kernels::ops::HeadShape;
 use stagformer_ref::Config;
 
 use crate::error::Result;
@@ -479,11 +480,7 @@ impl<T: Activation> Shared<T> {
                     }
                 };
                 let config = PrefillConfig {
-                    shape: PrefillHeads {
-                        heads: cfg.num_attention_heads,
-                        kv_heads: cfg.num_key_value_heads,
-                        head_dim: cfg.head_dim,
-                    },
+                    shape: self.heads(),
                     strides: RowStrides {
                         q: qkv_dim,
                         k: 0,
@@ -549,11 +546,7 @@ impl<T: Activation> Shared<T> {
                 let stride = ls * 2 * kvd;
                 let base = j * 2 * kvd;
                 let config = PrefillConfig {
-                    shape: PrefillHeads {
-                        heads: cfg.num_attention_heads,
-                        kv_heads: cfg.num_key_value_heads,
-                        head_dim: cfg.head_dim,
-                    },
+                    shape: self.heads(),
                     strides: RowStrides {
                         q: qd,
                         k: stride,

@@ -7,13 +7,13 @@ use std::collections::HashMap;
 
 use stagformer_kernels::device::{DeviceBuffer, Stream};
 use stagformer_ref::weights::expected_tensors;
-use stagformer_ref::{Element, Model, TensorSource};
+use stagformer_ref::{Element, TensorSource};
 
 use crate::error::{DecoderError, Result};
 use crate::Activation;
 
 /// Self-attention + MLP weights of one stored layer.
-pub struct LayerWeights<T: Activation> {
+pub(crate) struct LayerWeights<T: Activation> {
     pub input_norm: DeviceBuffer<f32>,
     /// [(H + 2·Hkv)·hd, D]
     pub wqkv: DeviceBuffer<T>,
@@ -25,13 +25,14 @@ pub struct LayerWeights<T: Activation> {
 }
 
 /// Cross-attention weights of one layer of a reading section (its k/v live in `memory_kv`).
-pub struct CrossWeights<T: Activation> {
+pub(crate) struct CrossWeights<T: Activation> {
     pub norm: DeviceBuffer<f32>,
     pub wq: DeviceBuffer<T>,
     pub wo: DeviceBuffer<T>,
 }
 
-pub struct DeviceWeights<T: Activation> {
+/// Every weight of the model on the device, uploaded once by [`DeviceWeights::upload_from`].
+pub(crate) struct DeviceWeights<T: Activation> {
     pub embed: DeviceBuffer<T>,
     pub layers: Vec<LayerWeights<T>>,
     /// `cross[s - 1][j]`.
@@ -128,14 +129,9 @@ impl<'a, S: TensorSource> Uploader<'a, S> {
 }
 
 impl<T: Activation> DeviceWeights<T> {
-    /// Uploads the weights of `model` (see [`DeviceWeights::upload_from`]).
-    pub fn upload(stream: &Stream, model: &Model) -> Result<Self> {
-        Self::upload_from(stream, model)
-    }
-
     /// Uploads the tensors of `source` (a mapped checkpoint, a model, random weights) in `T`,
     /// converting each from its stored dtype once.
-    pub fn upload_from(stream: &Stream, source: &impl TensorSource) -> Result<Self> {
+    pub(crate) fn upload_from(stream: &Stream, source: &impl TensorSource) -> Result<Self> {
         let cfg = source.config();
         let up = Uploader::new(stream, source)?;
         let layers = (0..cfg.stored_layers())
@@ -202,7 +198,8 @@ impl<T: Activation> DeviceWeights<T> {
         })
     }
 
-    pub fn lm_head(&self) -> &DeviceBuffer<T> {
+    /// The output projection `[V, D]`: the embedding when the model ties them.
+    pub(crate) fn lm_head(&self) -> &DeviceBuffer<T> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 }

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use stagformer::{Activation, Decoder, DecoderOptions, ExecMode, GraphNodes, SamplingConfig};
+use stagformer::{Activation, Decoder, DecoderOptions, ExecMode, GraphNodes, SamplingParams};
 use stagformer_kernels::device::DeviceKind;
 use stagformer_kernels::Device;
 use stagformer_ref::sample::argmax;
@@ -311,12 +311,7 @@ fn time_kernel_decode<T: Activation>(
         next.push(argmax(&logits[logits.len() - vocab..]));
     }
     let prefill_s = start.elapsed().as_secs_f64();
-    let greedy = SamplingConfig {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        seed: 0,
-    };
+    let greedy = SamplingParams::GREEDY;
     for step in 0..args.warmup {
         next = dec.step_sample(&ids, &next, &greedy, step as u32)?;
     }

@@ -7,7 +7,7 @@ mod settings;
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use stagformer::{Activation, Decoder, DecoderOptions, SamplingConfig};
+use stagformer::{Activation, Decoder, DecoderOptions};
 use stagformer_kernels::Device;
 use stagformer_ref::sample::{try_sample, SamplingParams};
 use stagformer_ref::{DecodeBatch, GenerationConfig, SeqId, StepMode};
@@ -283,13 +283,9 @@ impl<T: Activation> Generator for KernelEngine<T> {
 
     fn step(&mut self, token: u32, step: u64) -> Result<u32> {
         let seq = self.seq.context("decode step before the prefill")?;
-        let config = SamplingConfig {
-            temperature: self.params.temperature,
-            top_k: self.params.top_k,
-            top_p: self.params.top_p,
-            seed: self.params.seed,
-        };
         let step = u32::try_from(step).context("too many decode steps")?;
-        Ok(self.decoder.step_sample(&[seq], &[token], &config, step)?[0])
+        Ok(self
+            .decoder
+            .step_sample(&[seq], &[token], &self.params, step)?[0])
     }
 }
