@@ -1159,3 +1159,22 @@ fn bench_reports_a_matrix_of_repeated_tests_in_every_format() {
     assert!(sequential["predicted_ms_per_step"].as_f64().is_some());
     assert_eq!(doc["timing"], "emulated");
 }
+
+/// Progress bars are drawn on a terminal only: piped, stderr carries the notes and nothing of
+/// a bar (no carriage returns, no escape sequences), even for a model large enough to get one.
+#[test]
+fn progress_bars_stay_off_pipes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("small");
+    let m = model.to_str().unwrap();
+    // 35 M parameters: above the size that gets a bar on a terminal.
+    let out = stagformer(&["init", "--preset", "small", "--dtype", "bf16", "-o", m]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(stderr.starts_with("wrote "), "{stderr:?}");
+    let (_, stderr) = bench(&["-d", "cpu", "-p", "2", "-n", "1", "-r", "1"]);
+    for out in [&stderr, &String::from_utf8_lossy(&out.stdout).into_owned()] {
+        assert!(!out.contains('\r') && !out.contains('\u{1b}'), "{out:?}");
+    }
+}

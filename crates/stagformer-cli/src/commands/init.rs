@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME", help = PRESET_HELP)]
     preset: Option<String>,
     /// Seed of the random weights: the same seed writes the same weights, the ones that
-    /// `--preset NAME --preset-seed SEED` runs without a checkpoint.
+    /// `--preset NAME --preset-seed SEED` runs without a checkpoint (rounded to --dtype).
     #[arg(short, long, default_value_t = 0)]
     seed: u64,
     /// Storage dtype of the tensors.
