@@ -460,7 +460,7 @@ fn bench_row(
     }
 }
 
-/// The preset's name or the checkpoint directory's, for the table's first column.
+/// The preset's name or the checkpoint directory's: the `model` of the first line and of the CSV.
 fn model_label(args: &ModelArgs) -> String {
     match (&args.model, args.random_preset()) {
         (Some(dir), _) => dir
