@@ -74,7 +74,7 @@ PROMPT = 3
 
 
 def runs_for(cfg, storage):
-    """(score mode, --mode-exec, graphs) of every run that applies to the model."""
+    """(score mode, --schedule, graphs) of every run that applies to the model."""
     shared, p = cfg["stag_shared_weights"], cfg["stag_sections"]
     execs = ["sequential", "staggered"] + (["batched"] if shared or p == 1 else []) + ["grouped"]
     runs = [("decode", e, g) for e in execs for g in (True, False)]
@@ -86,7 +86,7 @@ def runs_for(cfg, storage):
 def score(binary, device, model_dir, tokens, mode, exec_mode, graphs, dtype, out):
     cmd = [binary, "score", "--model", model_dir, "--tokens", ",".join(map(str, tokens)),
            "--mode", mode, "--prompt-len", str(PROMPT), "--device", device,
-           "--mode-exec", exec_mode, "--dtype", dtype, "--out", out]
+           "--schedule", exec_mode, "--dtype", dtype, "--out", out]
     if not graphs:
         cmd.append("--no-graph")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)

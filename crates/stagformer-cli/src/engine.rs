@@ -8,23 +8,30 @@ use stagformer_kernels::Device;
 use stagformer_ref::{score, Config, Model, ScoreMode, TensorSource};
 
 use crate::model_source::{DeviceChoice, ModelArgs, Source};
+use crate::progress::Tracked;
 
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// How the kernel decoder schedules a step (emu and cuda devices).
-    #[arg(long, value_enum, default_value_t = ExecChoice::Staggered)]
-    pub mode_exec: ExecChoice,
-    /// Activation and weight storage on the kernel devices; auto = bf16 on cuda, f32 on emu.
-    #[arg(long, value_enum, default_value_t = DtypeChoice::Auto)]
+    /// How the kernel decoder schedules the sections of a step (emu and cuda devices; the cpu
+    /// reference runs them one after another). Formerly --mode-exec, still accepted.
+    #[arg(long, alias = "mode-exec", value_enum, default_value_t = ExecChoice::Staggered)]
+    pub schedule: ExecChoice,
+    #[arg(long, value_enum, default_value_t = DtypeChoice::Auto, help = DTYPE_HELP)]
     pub dtype: DtypeChoice,
-    /// Launch every kernel of a decode step instead of replaying a captured step graph.
+    /// Launch every kernel of a decode step instead of replaying a captured step graph (emu
+    /// and cuda devices; same results).
     #[arg(long)]
     pub no_graph: bool,
-    /// Decode-step projections: fused GEMVs (norms, RoPE, cache appends, SwiGLU and residual
-    /// adds inside them; up to 16 rows) or cuBLAS GEMMs with separate glue kernels.
+    /// Decode-step projections on the kernel devices: fused GEMVs (norms, RoPE, cache appends,
+    /// SwiGLU and residual adds inside them; up to 16 rows) or cuBLAS GEMMs with separate glue
+    /// kernels.
     #[arg(long, value_enum, default_value_t = GemvChoice::Fused)]
     pub gemv: GemvChoice,
 }
+
+/// The help line of `--dtype` on the commands that run a model.
+pub const DTYPE_HELP: &str = "Activation and weight storage on the kernel devices (auto = bf16 \
+     on cuda, f32 on emu; the cpu reference computes in f32)";
 
 impl EngineArgs {
     /// The decoder options these flags ask for, for `max_batch` sequences of `capacity`
@@ -36,7 +43,7 @@ impl EngineArgs {
         recurrent: bool,
     ) -> DecoderOptions {
         DecoderOptions {
-            mode: self.mode_exec.mode(),
+            mode: self.schedule.mode(),
             recurrent,
             graphs: !self.no_graph,
             gemv: self.gemv.path(),
@@ -47,7 +54,9 @@ impl EngineArgs {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemvChoice {
+    /// One GEMV launch per projection with the glue inside it.
     Fused,
+    /// cuBLAS GEMMs and separate glue kernels (the unfused path).
     Cublas,
 }
 
@@ -62,9 +71,13 @@ impl GemvChoice {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecChoice {
+    /// Every section on a stream of its own, concurrently.
     Staggered,
+    /// The sections one after another on one stream.
     Sequential,
+    /// Every pass of a layer as one GEMM (shared weights, or p = 1).
     Batched,
+    /// Every section's layer j in one launch per projection.
     Grouped,
 }
 
@@ -81,8 +94,11 @@ impl ExecChoice {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DtypeChoice {
+    /// bf16 on cuda, f32 on emu.
     Auto,
+    /// f32 activations and weights.
     F32,
+    /// bf16 activations and weights.
     Bf16,
 }
 
@@ -187,6 +203,18 @@ impl Engine {
     }
 }
 
+/// A kernel decoder built from `source`, with a progress bar over the weight upload.
+pub fn decoder_from<T: Activation>(
+    device: &Device,
+    source: &Source,
+    opts: DecoderOptions,
+) -> stagformer::Result<Decoder<T>> {
+    let tracked = Tracked::new(source, "uploading weights");
+    let decoder = Decoder::from_source(device, &tracked, opts);
+    tracked.finish();
+    decoder
+}
+
 fn score_kernels<T: Activation>(
     device: &Device,
     source: &Source,
@@ -207,7 +235,7 @@ fn score_kernels<T: Activation>(
         );
     }
     let opts = flags.decoder_options(1, tokens.len(), recurrent);
-    let mut decoder = Decoder::<T>::from_source(device, source, opts)?;
+    let mut decoder = decoder_from::<T>(device, source, opts)?;
     let (id, mut logits) = decoder.prefill(&tokens[..prompt_len])?;
     for &t in &tokens[prompt_len..] {
         logits.extend(decoder.step(&[id], &[t])?);

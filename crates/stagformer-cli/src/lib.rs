@@ -24,6 +24,7 @@ macro_rules! outln {
 pub mod commands;
 mod engine;
 mod model_source;
+mod progress;
 pub mod text;
 
 use clap::{Parser, Subcommand};
@@ -41,15 +42,15 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Write a checkpoint with random weights (test and benchmark models).
+    /// Write a checkpoint with random weights (test and benchmark models; no trained model).
     Init(commands::init::Args),
-    /// Show a checkpoint's config, parameter counts and size.
+    /// Show a checkpoint's config, parameter counts, sizes and (--tensors) its tensors.
     Inspect(commands::inspect::Args),
     /// Write the logits after every token of a sequence to a safetensors file.
     Score(commands::score::Args),
     /// Generate text, streaming tokens as they are produced.
     Generate(commands::generate::Args),
-    /// Decode speed per execution mode, prefill speed and speedups.
+    /// Prefill and decode speed of every execution mode, repeated, as mean ± std.
     Bench(commands::bench::Args),
 }
 

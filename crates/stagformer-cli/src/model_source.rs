@@ -1,11 +1,11 @@
 //! Where a command's model comes from (`--model DIR` or `--preset NAME`) and where it runs.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use crate::progress;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use stagformer_ref::init::RandomWeights;
 use stagformer_ref::{
     init, Checkpoint, Config, Element, LoadError, LoadWarning, Model, StorageDtype, TensorSource,
@@ -14,31 +14,42 @@ use stagformer_ref::{
 /// Checkpoints above this size show a progress bar while loading.
 const PROGRESS_BAR_BYTES: u64 = 64 << 20;
 
+/// The help line of `--preset` (and `init --preset`): the names and the aliases.
+pub const PRESET_HELP: &str = "A built-in model shape: tiny, small, 110m, 390m or 1.4b (named \
+     by parameter count; the former names 125m, 350m and 1.3b are accepted)";
+
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint directory (config.json + safetensors).
-    #[arg(long, conflicts_with = "preset")]
+    /// Checkpoint directory (config.json + safetensors; a Hugging Face Llama or Mistral
+    /// directory loads as it is).
+    #[arg(short, long, value_name = "DIR", conflicts_with = "preset")]
     pub model: Option<PathBuf>,
-    /// A built-in model shape with seeded random weights instead of a checkpoint
-    /// (tiny, small, 125m, 350m, 1.3b).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME", help = PRESET_HELP, long_help = PRESET_LONG_HELP)]
     pub preset: Option<String>,
-    /// Seed of the preset's random weights.
-    #[arg(long, default_value_t = 0)]
+    /// Seed of the preset's random weights (`init --preset NAME --seed S` writes the same
+    /// weights as a checkpoint).
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
     pub preset_seed: u64,
     /// With --preset: run the same layers as this many sections (1 = a plain Llama).
-    #[arg(long, requires = "preset")]
+    #[arg(long, value_name = "P", requires = "preset")]
     pub sections: Option<usize>,
     /// With --preset: one shared stack of half the layers, run by both sections.
     #[arg(long, requires = "preset")]
     pub shared_weights: bool,
     /// With --preset: bound the cross-attention to the last W memory positions.
-    #[arg(long, requires = "preset")]
+    #[arg(long, value_name = "W", requires = "preset")]
     pub cross_window: Option<usize>,
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    /// Where to run: the CPU reference, the CUDA kernels emulated on the CPU, or a GPU.
+    #[arg(short, long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 }
+
+/// `--preset`'s `--help` text.
+const PRESET_LONG_HELP: &str = "A built-in model shape with seeded random weights \
+     (--preset-seed) instead of a checkpoint, all StagFormer p = 2 with separate weights: \
+     tiny (0.28 M parameters), small (35 M), 110m, 390m and 1.4b, the last three named by \
+     their parameter count. The former names 125m, 350m and 1.3b are accepted for 110m, 390m \
+     and 1.4b. The weights are random: text generated from them is noise.";
 
 /// The device a command runs on.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +60,7 @@ pub enum DeviceChoice {
     Emu,
     /// The CUDA kernels on an NVIDIA GPU.
     Cuda,
-    /// CUDA when a driver and GPU exist, else the CPU.
+    /// CUDA when a driver and GPU exist, else the CPU (with a note).
     Auto,
 }
 
@@ -84,6 +95,14 @@ impl ModelArgs {
             self.preset()?;
         }
         Ok(())
+    }
+
+    /// The name of the preset whose random weights run, `None` for `--model`.
+    pub fn random_preset(&self) -> Option<&str> {
+        match (&self.model, &self.preset) {
+            (None, Some(name)) => Some(name),
+            _ => None,
+        }
     }
 
     /// The preset's config with the overrides applied, `None` for `--model`.
@@ -130,7 +149,18 @@ impl ModelArgs {
     /// Loads the whole model into host f32 (the CPU reference).
     pub fn load(&self) -> Result<Model> {
         match (self.preset()?, &self.model) {
-            (Some(config), _) => Ok(Model::random(config, self.preset_seed, StorageDtype::F32)?),
+            (Some(config), _) => {
+                let total = init::ParamCounts::of(&config).total() as u64;
+                let bar = progress::params(total, "drawing random weights");
+                let weights = init::random_weights_with_progress(
+                    &config,
+                    self.preset_seed,
+                    StorageDtype::F32,
+                    |done, _| bar.set_position(done),
+                );
+                bar.finish_and_clear();
+                Ok(Model::new(config, weights))
+            }
             (None, Some(dir)) => {
                 let model = load_dir(dir)?;
                 print_warnings(model.warnings());
@@ -168,31 +198,39 @@ pub fn print_warnings(warnings: &[LoadWarning]) {
 }
 
 /// A preset's config (its weights are drawn from `--preset-seed`).
-fn preset_config(name: &str) -> Result<Config> {
+pub fn preset_config(name: &str) -> Result<Config> {
     init::preset(name).with_context(|| {
+        let aliases: Vec<String> = init::PRESET_ALIASES
+            .iter()
+            .map(|(old, new)| format!("{old} for {new}"))
+            .collect();
         format!(
-            "unknown preset {name:?}; known: {}",
-            init::PRESETS.join(", ")
+            "unknown preset {name:?}; known: {} (also accepted: {})",
+            init::PRESETS.join(", "),
+            aliases.join(", ")
         )
     })
 }
 
 fn load_dir(dir: &std::path::Path) -> Result<Model> {
-    let bar = ProgressBar::hidden();
+    let mut bar: Option<ProgressBar> = None;
     let model = Model::load_with_progress(dir, |done, total| {
-        if total >= PROGRESS_BAR_BYTES && bar.is_hidden() {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            bar.set_length(total);
-            bar.set_style(
-                ProgressStyle::with_template("loading {bytes}/{total_bytes} {wide_bar} {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            bar.enable_steady_tick(Duration::from_millis(200));
-        }
+        let bar = bar.get_or_insert_with(|| {
+            if total >= PROGRESS_BAR_BYTES {
+                progress::bar(
+                    total,
+                    "loading [{wide_bar}] {bytes}/{total_bytes}, {elapsed} (ETA {eta})",
+                )
+            } else {
+                ProgressBar::hidden()
+            }
+        });
         bar.set_position(done);
     })
     .with_context(|| format!("loading {}", dir.display()))?;
-    bar.finish_and_clear();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     Ok(model)
 }
 

@@ -81,6 +81,8 @@ fn init_inspect_score_generate_bench() {
             "score",
             "--model",
             m,
+            "--device",
+            "cpu",
             "--tokens",
             tokens,
             "--mode",
@@ -112,6 +114,8 @@ fn init_inspect_score_generate_bench() {
         "generate",
         "--model",
         m,
+        "--device",
+        "cpu",
         "--tokens",
         "1,2,3",
         "--max-new-tokens",
@@ -120,13 +124,16 @@ fn init_inspect_score_generate_bench() {
         "0",
     ]);
     assert!(!text.is_empty());
+    // The short flags are the long ones.
     let again = ok(&[
         "generate",
-        "--model",
+        "-m",
         m,
-        "--tokens",
+        "-d",
+        "cpu",
+        "-t",
         "1,2,3",
-        "--max-new-tokens",
+        "-n",
         "5",
         "--temperature",
         "0",
@@ -137,18 +144,22 @@ fn init_inspect_score_generate_bench() {
         "bench",
         "--model",
         m,
+        "--device",
+        "cpu",
         "--new-tokens",
         "2",
         "--prompt-len",
         "4",
+        "--repetitions",
+        "2",
     ]);
     for row in [
-        "prefill",
-        "sequential",
-        "staggered",
-        "batched",
-        "grouped",
-        "recurrent",
+        "| sequential | pp4 |",
+        "| sequential | tg2 @ d4 |",
+        "| staggered | n/a",
+        "| batched | n/a",
+        "| grouped | n/a",
+        "| recurrent | n/a",
     ] {
         assert!(table.contains(row), "bench table lacks {row}: {table}");
     }
@@ -175,6 +186,8 @@ fn bad_input_is_an_error_not_a_panic() {
             "score",
             "--model",
             m,
+            "--device",
+            "cpu",
             "--tokens",
             "1,2",
             "--mode",
@@ -238,7 +251,7 @@ fn emulated_kernels_match_the_cpu_reference() {
             &[
                 "--device",
                 "emu",
-                "--mode-exec",
+                "--schedule",
                 exec,
                 "--out",
                 emu.to_str().unwrap(),
@@ -261,14 +274,16 @@ fn emulated_kernels_match_the_cpu_reference() {
         "2",
         "--prompt-len",
         "4",
+        "--repetitions",
+        "2",
     ]);
     for row in [
-        "prefill",
-        "sequential",
-        "staggered",
-        "batched",
-        "grouped",
-        "recurrent",
+        "| sequential | pp4 |",
+        "| sequential | tg2 @ d4 |",
+        "| staggered | tg2 @ d4 |",
+        "| batched | n/a",
+        "| grouped | tg2 @ d4 |",
+        "| recurrent | n/a",
     ] {
         assert!(table.contains(row), "emu bench table lacks {row}: {table}");
     }
@@ -283,6 +298,8 @@ fn emulated_kernels_match_the_cpu_reference() {
         "1",
         "--prompt-len",
         "2",
+        "--repetitions",
+        "1",
         "--no-graph",
     ]);
     assert!(eager.contains("step graphs off"), "{eager}");
@@ -448,6 +465,7 @@ fn score_on_emu_matches_cpu_over_the_variant_matrix() {
                     } else {
                         &["--no-graph"]
                     };
+                    // `--mode-exec`, the former name of `--schedule`, is still accepted.
                     let (shape_e, got) =
                         score("emu", &[&["--mode-exec", exec], graph_flag].concat());
                     assert_eq!(shape_c, shape_e);
@@ -924,5 +942,239 @@ fn messages_name_the_cause_once_and_bad_values_are_refused() {
         let args = generate(extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         fails(&args, needle);
+    }
+}
+
+/// `init` without `--seed` draws seed 0: the weights `--preset NAME` (whose `--preset-seed`
+/// defaults to 0) runs without a checkpoint, so both score alike.
+#[test]
+fn init_seed_defaults_to_the_presets_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let m = model.to_str().unwrap();
+    let out = stagformer(&["init", "--preset", "tiny", "-o", m]);
+    assert!(out.status.success(), "{out:?}");
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.contains("275 K parameters") && note.contains("1.10 MB"),
+        "{note}"
+    );
+    let score = |source: &[&str], name: &str| {
+        let path = dir.path().join(name);
+        let args = [
+            &["score", "--device", "cpu", "-t", "5,17,3,9", "-o"][..],
+            &[path.to_str().unwrap()],
+            source,
+        ]
+        .concat();
+        ok(&args);
+        logits(&path).1
+    };
+    let from_checkpoint = score(&["-m", m], "ckpt.safetensors");
+    let from_preset = score(&["--preset", "tiny"], "preset.safetensors");
+    assert_eq!(from_checkpoint, from_preset);
+    let other_seed = score(
+        &["--preset", "tiny", "--preset-seed", "1"],
+        "s1.safetensors",
+    );
+    assert_ne!(from_checkpoint, other_seed, "the seed changes the weights");
+}
+
+#[test]
+fn inspect_shows_sizes_and_with_tensors_every_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let m = model.to_str().unwrap();
+    ok(&[
+        "init", "--preset", "tiny", "--dtype", "bf16", "--shards", "2", "--out", m,
+    ]);
+    let plain = ok(&["inspect", "-m", m]);
+    assert!(
+        plain.contains("275,200") && plain.contains("275 K"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("in 2 safetensors files") && plain.contains("kB as bf16"),
+        "{plain}"
+    );
+    assert!(!plain.contains("tensors:"), "{plain}");
+    let listed = ok(&["inspect", "-m", m, "--tensors"]);
+    assert!(listed.starts_with(&plain), "{listed}");
+    assert!(listed.contains("tensors: 50"), "{listed}");
+    let embed = listed
+        .lines()
+        .find(|l| l.trim_start().starts_with("model.embed_tokens.weight"))
+        .unwrap_or_else(|| panic!("no embedding row: {listed}"));
+    for field in ["bf16", "[512, 64]", "32,768", "65.54 kB", "model-0000"] {
+        assert!(embed.contains(field), "{embed:?} lacks {field:?}");
+    }
+    // In the order the model uses them: the embedding first, the head last.
+    let names: Vec<&str> = listed
+        .lines()
+        .skip_while(|l| !l.starts_with("tensors:"))
+        .skip(2)
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(names.len(), 50);
+    assert_eq!(names[0], "model.embed_tokens.weight");
+    assert_eq!(names[49], "lm_head.weight");
+}
+
+/// `generate` on a preset says on stderr that the weights are random and points at `bench`;
+/// on a checkpoint it does not.
+#[test]
+fn generate_on_a_preset_says_its_weights_are_random() {
+    let out = stagformer(&[
+        "generate", "--preset", "tiny", "-d", "cpu", "-p", "Once", "-n", "3",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--preset tiny has random weights (seed 0), not a trained model")
+            && stderr.contains("`stagformer bench --preset tiny`"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("random"));
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let m = model.to_str().unwrap();
+    ok(&["init", "--preset", "tiny", "--out", m]);
+    let out = stagformer(&["generate", "-m", m, "-d", "cpu", "-t", "1", "-n", "2"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("random weights"));
+}
+
+/// Runs a bench and returns (stdout, stderr), expecting success.
+fn bench(args: &[&str]) -> (String, String) {
+    let out = stagformer(&[&["bench", "--preset", "tiny"][..], args].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "bench {args:?}: {stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+fn mean(values: &[serde_json::Value]) -> f64 {
+    values.iter().map(|v| v.as_f64().unwrap()).sum::<f64>() / values.len() as f64
+}
+
+/// The prompt × generation matrix with repetitions, as markdown, CSV and JSON (stdout and
+/// `--json` alike); a loud warning on devices whose timings mean nothing for a GPU.
+#[test]
+fn bench_reports_a_matrix_of_repeated_tests_in_every_format() {
+    let matrix = ["-d", "cpu", "-p", "2,3", "-n", "1,2", "-r", "3"];
+    let (md, stderr) = bench(&matrix);
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("mean nothing for a GPU"),
+        "{stderr}"
+    );
+    assert!(!md.contains("WARNING"), "notes stay on stderr: {md}");
+    assert!(md.contains("3 repetitions"), "{md}");
+    for test in ["pp2", "tg1 @ d2", "tg2 @ d2", "pp3", "tg1 @ d3", "tg2 @ d3"] {
+        let row = format!("| sequential | {test} |");
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("no {row} in {md}"));
+        assert_eq!(line.matches(" ± ").count(), 2, "{line}");
+    }
+
+    let (csv_text, _) = bench(&[&matrix[..], &["-o", "csv"]].concat());
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    // 6 tests of the sequential mode, and one row for each of the 4 modes that do not apply.
+    assert_eq!(records.len(), 10, "{csv_text}");
+    for r in &records[..6] {
+        assert_eq!(&r[col("mode")], "sequential");
+        assert_eq!(&r[col("repetitions")], "3");
+        assert_eq!(&r[col("timing")], "cpu reference");
+        let ms: f64 = r[col("ms")].parse().unwrap();
+        let std: f64 = r[col("ms_std")].parse().unwrap();
+        assert!(ms > 0.0 && std >= 0.0, "{r:?}");
+    }
+    assert!(records[6..]
+        .iter()
+        .all(|r| r[col("note")].starts_with("n/a")));
+    // The model's description holds commas: quoted, so every record has every column.
+    assert!(records.iter().all(|r| r.len() == header.len()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bench.json");
+    let (json_text, _) = bench(
+        &[
+            &matrix[..],
+            &["-o", "json", "--json", file.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let doc: serde_json::Value = serde_json::from_str(&json_text).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(doc, written, "stdout and --json carry one document");
+    assert_eq!(doc["timing"], "cpu reference");
+    assert!(doc["timing_warning"]
+        .as_str()
+        .unwrap()
+        .contains("mean nothing"));
+    let decode = doc["decode"].as_array().unwrap();
+    assert_eq!(decode.len(), 4);
+    for e in decode {
+        let samples = e["samples_ms_per_step"].as_array().unwrap();
+        assert_eq!(samples.len(), 3);
+        assert_eq!(e["repetitions"], 3);
+        let m = e["ms_per_step"].as_f64().unwrap();
+        assert!((m - mean(samples)).abs() <= 1e-9 * m, "{e}");
+        assert!(e["ms_per_step_std"].as_f64().unwrap() >= 0.0);
+        for field in [
+            "model",
+            "mode",
+            "batch",
+            "context",
+            "new_tokens",
+            "tokens_per_s",
+        ] {
+            assert!(!e[field].is_null(), "{field} in {e}");
+        }
+    }
+    let contexts: Vec<u64> = decode
+        .iter()
+        .map(|e| e["context"].as_u64().unwrap())
+        .collect();
+    assert_eq!(contexts, [2, 2, 3, 3]);
+    let prefill = doc["prefill"].as_array().unwrap();
+    assert_eq!(prefill.len(), 2);
+    assert_eq!(prefill[1]["prompt_len"], 3);
+    assert_eq!(doc["skipped"].as_array().unwrap().len(), 4);
+
+    // The kernels on the emulator: graph launch counts, and the same warning.
+    let (json_text, stderr) = bench(&["-d", "emu", "-p", "2", "-n", "1", "-r", "1", "-o", "json"]);
+    assert!(stderr.contains("--device emu") && stderr.contains("mean nothing for a GPU"));
+    let doc: serde_json::Value = serde_json::from_str(&json_text).unwrap();
+    let sequential = &doc["decode"][0];
+    assert_eq!(sequential["mode"], "sequential");
+    assert!(
+        sequential["launches_per_step"].as_u64().unwrap() > 0,
+        "{doc}"
+    );
+    assert!(sequential["predicted_ms_per_step"].as_f64().is_some());
+    assert_eq!(doc["timing"], "emulated");
+}
+
+/// Progress bars are drawn on a terminal only: piped, stderr carries the notes and nothing of
+/// a bar (no carriage returns, no escape sequences), even for a model large enough to get one.
+#[test]
+fn progress_bars_stay_off_pipes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("small");
+    let m = model.to_str().unwrap();
+    // 35 M parameters: above the size that gets a bar on a terminal.
+    let out = stagformer(&["init", "--preset", "small", "--dtype", "bf16", "-o", m]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(stderr.starts_with("wrote "), "{stderr:?}");
+    let (_, stderr) = bench(&["-d", "cpu", "-p", "2", "-n", "1", "-r", "1"]);
+    for out in [&stderr, &String::from_utf8_lossy(&out.stdout).into_owned()] {
+        assert!(!out.contains('\r') && !out.contains('\u{1b}'), "{out:?}");
     }
 }

@@ -48,17 +48,55 @@ fn draw(spec: &TensorSpec, seed: u64) -> Vec<f32> {
 /// Random weights for `cfg`, drawn from `seed`, rounded through `dtype` so that a checkpoint
 /// written in that dtype loads back to exactly these values.
 pub fn random_weights(cfg: &Config, seed: u64, dtype: StorageDtype) -> Weights {
+    random_weights_with_progress(cfg, seed, dtype, |_, _| {})
+}
+
+/// As [`random_weights`], calling `progress(drawn, total)` (parameters) as each tensor is
+/// drawn. Tensors are drawn in parallel, so `progress` is called from several threads.
+pub fn random_weights_with_progress(
+    cfg: &Config,
+    seed: u64,
+    dtype: StorageDtype,
+    progress: impl Fn(u64, u64) + Sync,
+) -> Weights {
     let specs = expected_tensors(cfg);
+    let counter = Counter::new(&specs);
     let values: BTreeMap<_, _> = specs
         .into_par_iter()
         .enumerate()
         .map(|(i, spec)| {
             let mut data = draw(&spec, tensor_seed(seed, i));
             round_through(&mut data, dtype);
+            counter.add(data.len(), &progress);
             (spec.name, (spec.shape, data))
         })
         .collect();
     Weights::assemble(cfg, values)
+}
+
+/// Parameters drawn so far, shared by the drawing threads.
+struct Counter {
+    done: std::sync::atomic::AtomicU64,
+    total: u64,
+}
+
+impl Counter {
+    fn new(specs: &[TensorSpec]) -> Self {
+        let total = specs
+            .iter()
+            .map(|s| s.shape.iter().product::<usize>() as u64)
+            .sum();
+        Counter {
+            done: std::sync::atomic::AtomicU64::new(0),
+            total,
+        }
+    }
+
+    fn add(&self, n: usize, progress: &(impl Fn(u64, u64) + Sync)) {
+        use std::sync::atomic::Ordering;
+        let done = self.done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        progress(done, self.total);
+    }
 }
 
 fn round_through(data: &mut [f32], dtype: StorageDtype) {
@@ -130,16 +168,31 @@ pub fn write_random_checkpoint(
     shards: usize,
     dir: &Path,
 ) -> Result<(), Error> {
+    write_random_checkpoint_with_progress(cfg, seed, dtype, shards, dir, |_, _| {})
+}
+
+/// As [`write_random_checkpoint`], calling `progress(drawn, total)` (parameters) as each tensor
+/// is drawn, from the drawing threads; the files are written after the last call.
+pub fn write_random_checkpoint_with_progress(
+    cfg: &Config,
+    seed: u64,
+    dtype: StorageDtype,
+    shards: usize,
+    dir: &Path,
+    progress: impl Fn(u64, u64) + Sync,
+) -> Result<(), Error> {
     cfg.validate()?;
     // Checked before the (possibly large) weights are drawn and written, so a config.json
     // that cannot be replaced leaves no half-written checkpoint.
     crate::files::check_replaceable(&dir.join(checkpoint::CONFIG_FILE))?;
     let specs = expected_tensors(cfg);
+    let counter = Counter::new(&specs);
     let tensors: Vec<EncodedTensor> = specs
         .into_par_iter()
         .enumerate()
         .map(|(i, spec)| {
             let data = draw(&spec, tensor_seed(seed, i));
+            counter.add(data.len(), &progress);
             EncodedTensor {
                 bytes: checkpoint::encode(&data, dtype),
                 name: spec.name,
@@ -158,19 +211,36 @@ pub fn write_random_checkpoint(
     Ok(())
 }
 
-/// Named model shapes: `tiny` for tests and demos, the others for benchmarks.
-pub const PRESETS: &[&str] = &["tiny", "small", "125m", "350m", "1.3b"];
+/// Named model shapes: `tiny` for tests and demos, the others for benchmarks. The sized ones
+/// are named by their parameter count (as [`ParamCounts::total`] counts it) to two significant
+/// digits.
+pub const PRESETS: &[&str] = &["tiny", "small", "110m", "390m", "1.4b"];
 
-/// The config of a named preset (all p = 2, separate weights), or `None`.
+/// Earlier names of presets, still accepted by [`preset`]: (old name, preset).
+pub const PRESET_ALIASES: &[(&str, &str)] = &[("125m", "110m"), ("350m", "390m"), ("1.3b", "1.4b")];
+
+/// The preset a name (or an alias of one) stands for, or `None`.
+pub fn preset_name(name: &str) -> Option<&'static str> {
+    PRESETS.iter().copied().find(|&p| p == name).or_else(|| {
+        PRESET_ALIASES
+            .iter()
+            .find(|(a, _)| *a == name)
+            .map(|&(_, p)| p)
+    })
+}
+
+/// The config of a named preset (all p = 2, separate weights), or `None`. Accepts the names of
+/// [`PRESETS`] and their aliases ([`PRESET_ALIASES`]).
 pub fn preset(name: &str) -> Option<Config> {
+    let name = preset_name(name)?;
     // (D, F, total layers, H, Hkv, V, max positions)
     let (d, f, layers, h, hkv, v, ctx) = match name {
         "tiny" => (64, 176, 4, 4, 2, 512, 512),
         // The CPU reference's own benchmark shape: p = 2, D = 512, 8 layers.
         "small" => (512, 1408, 8, 8, 4, 8192, 2048),
-        "125m" => (768, 2048, 12, 12, 4, 32000, 4096),
-        "350m" => (1024, 2816, 24, 16, 8, 32000, 4096),
-        "1.3b" => (2048, 5632, 24, 16, 8, 32000, 4096),
+        "110m" => (768, 2048, 12, 12, 4, 32000, 4096),
+        "390m" => (1024, 2816, 24, 16, 8, 32000, 4096),
+        "1.4b" => (2048, 5632, 24, 16, 8, 32000, 4096),
         _ => return None,
     };
     Some(Config {
@@ -186,7 +256,7 @@ pub fn preset(name: &str) -> Option<Config> {
         rope_scaling: crate::RopeScaling::Default,
         sliding_window: None,
         max_position_embeddings: ctx,
-        tie_word_embeddings: name == "125m",
+        tie_word_embeddings: name == "110m",
         stag_sections: 2,
         stag_shared_weights: false,
         stag_cross_window: None,

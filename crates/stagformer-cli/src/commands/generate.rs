@@ -27,16 +27,22 @@ pub struct Args {
     #[command(flatten)]
     engine: EngineArgs,
     /// Prompt text (tokenized with the model's tokenizer.json, else as bytes).
-    #[arg(long, conflicts_with = "tokens", allow_hyphen_values = true)]
+    #[arg(
+        short,
+        long,
+        value_name = "TEXT",
+        conflicts_with = "tokens",
+        allow_hyphen_values = true
+    )]
     prompt: Option<String>,
     /// Prompt as comma-separated token ids, used as given.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(short, long, value_name = "IDS", allow_hyphen_values = true)]
     tokens: Option<String>,
     /// Tokenize --prompt without the tokenizer's special tokens (no BOS).
     #[arg(long, conflicts_with = "tokens")]
     no_special_tokens: bool,
     /// At most this many new tokens (fewer when the model's positions run out first).
-    #[arg(long, default_value_t = 32)]
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 32)]
     max_new_tokens: usize,
     /// Keep generating past the model's end-of-sequence token.
     #[arg(long)]
@@ -44,16 +50,20 @@ pub struct Args {
     /// Show the prompt's and the generated token ids (on stderr).
     #[arg(long)]
     print_ids: bool,
-    /// 0 = greedy [default: generation_config.json's, else 0.8].
-    #[arg(long, allow_negative_numbers = true)]
+    /// Sampling temperature; 0 = greedy [default: generation_config.json's, else 0.8].
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
     temperature: Option<f32>,
-    /// 0 = no top-k filter [default: generation_config.json's, else 40].
-    #[arg(long, allow_negative_numbers = true)]
+    /// Sample from the K likeliest tokens; 0 = no top-k filter [default:
+    /// generation_config.json's, else 40].
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
     top_k: Option<usize>,
-    /// Nucleus filter; 1 = off [default: generation_config.json's, else 0.95].
-    #[arg(long, allow_negative_numbers = true)]
+    /// Nucleus filter: sample from the likeliest tokens whose probabilities add up to P; 1 =
+    /// off [default: generation_config.json's, else 0.95].
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
     top_p: Option<f32>,
-    #[arg(long, default_value_t = 0)]
+    /// Seed of the sampler: the same seed, model and settings give the same tokens (on every
+    /// device). Not the weights' seed, which is --preset-seed.
+    #[arg(short, long, default_value_t = 0)]
     seed: u64,
     /// Recurrent mode after the prompt (shared weights, p = 2).
     #[arg(long)]
@@ -85,12 +95,20 @@ pub fn run(args: Args) -> Result<()> {
     args.check()?;
     let mut source = args.model.clone();
     if source.model.is_none() && source.preset.is_none() {
+        note!("note: no --model given: running the built-in {DEFAULT_PRESET:?} preset");
+        source.preset = Some(DEFAULT_PRESET.into());
+    }
+    if let Some(name) = source.random_preset() {
+        // No trained StagFormer checkpoint ships with the project: a preset is a shape with
+        // random weights, and what it generates is not language.
         note!(
-            "note: no --model given: running the built-in {DEFAULT_PRESET:?} preset with random \
-             weights (seed {}); its output is noise",
+            "note: --preset {name} has random weights (seed {}), not a trained model: the text \
+             below is noise (ids the byte codec cannot show print as <id>). It shows that \
+             generation runs end to end, and how fast; `stagformer bench --preset {name}` \
+             measures the speed properly, and --model DIR runs a trained checkpoint (a Hugging \
+             Face Llama or Mistral directory loads as it is)",
             source.preset_seed
         );
-        source.preset = Some(DEFAULT_PRESET.into());
     }
     let engine = Engine::open(&source, args.engine.dtype)?;
     let config = engine.config();
@@ -260,7 +278,7 @@ impl<T: Activation> KernelEngine<T> {
         params: SamplingParams,
     ) -> Result<Self> {
         Ok(KernelEngine {
-            decoder: Decoder::from_source(device, source, opts)?,
+            decoder: crate::engine::decoder_from(device, source, opts)?,
             seq: None,
             vocab: stagformer_ref::TensorSource::config(source).vocab_size,
             params,

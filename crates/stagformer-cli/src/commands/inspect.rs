@@ -3,16 +3,22 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use indicatif::{DecimalBytes, HumanCount};
+use stagformer_ref::checkpoint::TensorInfo;
 use stagformer_ref::init::ParamCounts;
+use stagformer_ref::weights::expected_tensors;
 use stagformer_ref::{Checkpoint, Config, RopeScaling, TensorSource};
 
 use crate::model_source::print_warnings;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Checkpoint directory.
-    #[arg(long)]
+    /// Checkpoint directory (config.json + safetensors).
+    #[arg(short, long, value_name = "DIR")]
     model: PathBuf,
+    /// Also list every tensor: name, dtype, shape, parameters, size (and file, when sharded).
+    #[arg(long)]
+    tensors: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -63,13 +69,99 @@ pub fn run(args: Args) -> Result<()> {
         ("total", c.total()),
     ];
     for (name, n) in rows {
-        outln!("  {name:<30} {n:>14} ({:.2}M)", n as f64 / 1e6);
+        let n = n as u64;
+        outln!(
+            "  {name:<30} {:>15} {:>10}",
+            HumanCount(n).to_string(),
+            human_params(n)
+        );
     }
+    let files = ckpt.files().count();
+    let total = c.total() as u64;
     outln!(
-        "bytes: {file_bytes} in safetensors files; {} as f32, {} as bf16",
-        c.total() * 4,
-        c.total() * 2
+        "size: {} in {files} safetensors file{} ({} bytes); {} as f32, {} as bf16",
+        DecimalBytes(file_bytes),
+        if files == 1 { "" } else { "s" },
+        HumanCount(file_bytes),
+        DecimalBytes(total.saturating_mul(4)),
+        DecimalBytes(total.saturating_mul(2))
     );
+    if args.tensors {
+        print_tensors(&ckpt, files > 1)?;
+    }
+    Ok(())
+}
+
+/// A parameter count to three significant digits with a K/M/B suffix: `275 K`, `35.1 M`,
+/// `1.41 B` (the preset names round it to two).
+pub fn human_params(n: u64) -> String {
+    let n = n as f64;
+    let (value, unit) = if n >= 1e9 {
+        (n / 1e9, " B")
+    } else if n >= 1e6 {
+        (n / 1e6, " M")
+    } else if n >= 1e3 {
+        (n / 1e3, " K")
+    } else {
+        return format!("{n}");
+    };
+    let decimals = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{value:.decimals$}{unit}")
+}
+
+/// The tensor directory: in the order the model uses the tensors, then any others by name.
+fn print_tensors(ckpt: &Checkpoint, sharded: bool) -> Result<()> {
+    let order = expected_tensors(ckpt.config());
+    let mut listed: Vec<TensorInfo<'_>> = order
+        .iter()
+        .filter_map(|spec| ckpt.tensor(&spec.name))
+        .collect();
+    let mut others: Vec<TensorInfo<'_>> = ckpt
+        .tensors()
+        .filter(|t| !order.iter().any(|s| s.name == t.name))
+        .collect();
+    others.sort_by(|a, b| a.name.cmp(b.name));
+    listed.extend(others);
+    let width = listed
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    outln!("tensors: {}", listed.len());
+    let file_header = if sharded { "  file" } else { "" };
+    outln!(
+        "  {:<width$}  {:<5}  {:<16}  {:>13}  {:>10}{file_header}",
+        "name",
+        "dtype",
+        "shape",
+        "parameters",
+        "size"
+    );
+    for t in listed {
+        let shape: Vec<String> = t.shape.iter().map(usize::to_string).collect();
+        let params: u64 = t.shape.iter().map(|&d| d as u64).product();
+        let file = if sharded {
+            let name = t.file.file_name().unwrap_or(t.file.as_os_str());
+            format!("  {}", name.to_string_lossy())
+        } else {
+            String::new()
+        };
+        outln!(
+            "  {:<width$}  {:<5}  {:<16}  {:>13}  {:>10}{file}",
+            t.name,
+            t.dtype.name(),
+            format!("[{}]", shape.join(", ")),
+            HumanCount(params).to_string(),
+            DecimalBytes(t.bytes as u64).to_string()
+        );
+    }
     Ok(())
 }
 

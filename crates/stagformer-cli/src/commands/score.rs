@@ -16,15 +16,17 @@ pub struct Args {
     #[command(flatten)]
     engine: EngineArgs,
     /// Comma-separated token ids, e.g. 5,17,3.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(short, long, value_name = "IDS", allow_hyphen_values = true)]
     tokens: String,
+    /// What computes the logits: the definition over the whole sequence, or a prefill followed
+    /// by decode (or recurrent) steps. How the kernel devices schedule a step is --schedule.
     #[arg(long, value_enum, default_value_t = Mode::Forward)]
     mode: Mode,
     /// Tokens prefilled before decoding one at a time (decode and recurrent modes).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1)]
     prompt_len: usize,
-    /// Output safetensors file.
-    #[arg(long)]
+    /// Output safetensors file (one f32 tensor `logits` [tokens, vocab]).
+    #[arg(short, long, value_name = "FILE")]
     out: PathBuf,
 }
 
