@@ -3,7 +3,7 @@
 //!
 //! Parsed field by field from a JSON object (not through a derive) so that every error names the
 //! field at fault. A field this implementation does not know is refused unless it is on the list
-//! of fields known not to change the math ([`config_keys`](crate::config_keys)): a config that
+//! of fields known not to change the math ([`config_keys`]): a config that
 //! loads computes what transformers would compute, or it does not load.
 
 use std::path::Path;
@@ -405,7 +405,7 @@ impl Config {
         self.num_hidden_layers
     }
 
-    /// inv_freq[m] (m < head_dim / 2) of this model's RoPE, scaling applied: the one source of
+    /// `inv_freq[m]` (m < head_dim / 2) of this model's RoPE, scaling applied: the one source of
     /// the frequencies for the reference and the kernel decoder alike.
     pub fn rope_inv_freq(&self) -> Vec<f64> {
         self.rope_scaling

@@ -268,7 +268,7 @@ pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f64> {
 }
 
 /// Rotates every head of `v` (heads × head_dim, contiguous) to position `pos` with
-/// `rotate_half`: the pair (v[m], v[m + head_dim/2]) turns by the angle `pos · inv_freq[m]`.
+/// `rotate_half`: the pair `(v[m], v[m + head_dim/2])` turns by the angle `pos · inv_freq[m]`.
 pub fn rope_inplace(
     v: &mut [f32],
     head_dim: usize,

@@ -8,7 +8,7 @@
 /// How the RoPE frequencies are derived from θ (`rope_type` in a Hugging Face config).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RopeScaling {
-    /// `default`: inv_freq[m] = θ^(−2m/hd).
+    /// `default`: `inv_freq[m]` = θ^(−2m/hd).
     Default,
     /// `linear` (position interpolation): every frequency divided by `factor`.
     Linear { factor: f64 },
@@ -36,7 +36,7 @@ impl RopeScaling {
         }
     }
 
-    /// inv_freq[m] for m < head_dim / 2, for a model serving sequences of up to
+    /// `inv_freq[m]` for m < head_dim / 2, for a model serving sequences of up to
     /// `max_position_embeddings` positions (the contract's limit).
     ///
     /// `dynamic` only changes θ for a sequence longer than `max_position_embeddings`, which is
@@ -56,7 +56,7 @@ impl RopeScaling {
         )
     }
 
-    /// inv_freq[m] as transformers computes it for a sequence of `seq_len` positions (only
+    /// `inv_freq[m]` as transformers computes it for a sequence of `seq_len` positions (only
     /// `dynamic` depends on the length).
     pub fn inv_freq_for_length(
         &self,
