@@ -1,6 +1,10 @@
 //! Build script of `stagformer-kernels`: compiles the kernels in `cuda/*.cu` (top level only).
 //!
-//! * Feature `cuda`: nvcc compiles every `cuda/<stem>.cu` into
+//! * Every build: the sources are compiled as C++20 by the system C++ compiler against the host
+//!   emulator in `cuda/emu/` (`emu/*.cpp`, `emu/selftest/*.cu`) into the static library
+//!   `stagformer_kernels_emu`, so `Device::emulated()` runs every kernel in every build.
+//!
+//! * Feature `cuda` adds the GPU images: nvcc compiles every `cuda/<stem>.cu` into
 //!   - `OUT_DIR/<stem>.fatbin`: native code for the requested GPUs plus PTX for the lowest one,
 //!     loadable with `cuModuleLoadData`, and
 //!   - `OUT_DIR/<stem>.ptx`: that PTX as text (its `.entry` lines name the kernels),
@@ -13,10 +17,6 @@
 //!   nvcc comes from `NVCC`, then `CUDA_HOME`/`CUDA_PATH` + `/bin/nvcc`, then `PATH`, then the
 //!   install made by `scripts/setup-cuda`. `NVCC_CCBIN` overrides nvcc's host compiler.
 //!   Device flags live in `scripts/nvcc-flags` (shared with `scripts/ptxas-check`).
-//!
-//! * Default (no `cuda`): the same sources are compiled as C++20 by the system C++ compiler
-//!   against the host emulator in `cuda/emu/` (`emu/*.cpp`, `emu/selftest/*.cu`) into the static
-//!   library `stagformer_kernels_emu`, and `cfg(stag_emulated)` is set for the Rust code.
 
 use std::env;
 use std::fmt::Write as _;
@@ -37,14 +37,14 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let cuda_dir = root.join("cuda");
 
-    println!("cargo::rustc-check-cfg=cfg(stag_emulated)");
     track_sources(&cuda_dir);
 
     let kernels = files_with_extension(&cuda_dir, "cu");
+    // The emulator is in every build (the `cuda` feature is additive); the GPU images come on
+    // top of it.
+    build_emulated(&root, &kernels);
     if env::var_os("CARGO_FEATURE_CUDA").is_some() {
         build_cuda(&root, &out_dir, &kernels);
-    } else {
-        build_emulated(&root, &kernels);
     }
 }
 
@@ -99,10 +99,9 @@ fn fail(message: &str) -> ! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Host emulation (default)
+// Host emulation (every build)
 
 fn build_emulated(root: &Path, kernels: &[PathBuf]) {
-    println!("cargo::rustc-cfg=stag_emulated");
     let emu_dir = root.join("cuda").join("emu");
     let mut sources = kernels.to_vec();
     sources.extend(files_with_extension(&emu_dir, "cpp"));
@@ -244,7 +243,7 @@ fn build_cuda(root: &Path, out_dir: &Path, sources: &[PathBuf]) {
         .unwrap_or_else(|e| fail(&format!("CUDA_COMPUTE_CAP=\"{spec}\": {e}")));
 
     let nvcc = find_nvcc(root);
-    check_nvcc_version(&nvcc);
+    let nvcc_version = check_nvcc_version(&nvcc);
     let mut flags = read_flags(&flags_file);
     flags.push(format!("-I{}", root.join("cuda").join("include").display()));
     if let Some(ccbin) = env::var_os("NVCC_CCBIN").filter(|v| !v.is_empty()) {
@@ -289,7 +288,7 @@ fn build_cuda(root: &Path, out_dir: &Path, sources: &[PathBuf]) {
     if !errors.is_empty() {
         fail(&errors.join("\n\n"));
     }
-    write_kernels_rs(out_dir, &targets, &modules);
+    write_kernels_rs(out_dir, &targets, &nvcc_version, &modules);
 }
 
 /// Reads `scripts/nvcc-flags`: whitespace-separated flags, `#` starts a comment.
@@ -381,7 +380,9 @@ fn search_path(name: &std::ffi::OsStr) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-fn check_nvcc_version(nvcc: &Path) {
+/// Checks that nvcc is the expected CUDA release and returns its version (`13.0.88`, or the
+/// whole release line when it has no `V<version>` part).
+fn check_nvcc_version(nvcc: &Path) -> String {
     let output = Command::new(nvcc)
         .arg("--version")
         .output()
@@ -394,18 +395,23 @@ fn check_nvcc_version(nvcc: &Path) {
             String::from_utf8_lossy(&output.stderr)
         ));
     }
+    let release = text
+        .lines()
+        .find(|l| l.contains("release"))
+        .unwrap_or("unknown release")
+        .trim();
     if !text.contains(&format!("release {EXPECTED_CUDA_RELEASE},")) {
-        let release = text
-            .lines()
-            .find(|l| l.contains("release"))
-            .unwrap_or("unknown release")
-            .trim();
         println!(
             "cargo::warning={} is not CUDA {EXPECTED_CUDA_RELEASE} ({release}); a CUDA {EXPECTED_CUDA_RELEASE} \
              driver cannot JIT PTX from a newer nvcc",
             nvcc.display()
         );
     }
+    // "Cuda compilation tools, release 13.0, V13.0.88" -> "13.0.88"
+    release
+        .rsplit_once(", V")
+        .map_or(release, |(_, version)| version.trim())
+        .to_string()
 }
 
 fn run_nvcc(nvcc: &Path, args: &[String], what: &str) -> Result<Output, String> {
@@ -552,8 +558,14 @@ fn const_name(stem: &str) -> String {
 /// * `pub const <STEM>_PTX: &str`: the PTX text (not NUL-terminated).
 ///
 /// plus `MODULES: &[(&str, &[&str])]` (module name, kernel names), `IMAGES: &[(&str, &[u8])]`
-/// (module name, fatbin) and `TARGETS` (the architectures in every fatbin).
-fn write_kernels_rs(out_dir: &Path, targets: &Targets, modules: &[CompiledModule]) {
+/// (module name, fatbin), `TARGETS` (the architectures in every fatbin) and `NVCC_VERSION` (the
+/// compiler's version).
+fn write_kernels_rs(
+    out_dir: &Path,
+    targets: &Targets,
+    nvcc_version: &str,
+    modules: &[CompiledModule],
+) {
     let mut code = String::new();
     let target_names = targets.names();
     let _ = writeln!(
@@ -567,6 +579,10 @@ fn write_kernels_rs(out_dir: &Path, targets: &Targets, modules: &[CompiledModule
          /// newer GPU), the rest are native code.\n",
     );
     let _ = writeln!(code, "pub const TARGETS: &[&str] = &{target_names:?};");
+    let _ = writeln!(
+        code,
+        "/// The version of the nvcc that compiled the images.\npub const NVCC_VERSION: &str = {nvcc_version:?};"
+    );
     for module in modules {
         let name = const_name(&module.stem);
         let source = format!("cuda/{}.cu", module.stem);

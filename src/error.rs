@@ -197,6 +197,13 @@ pub enum DeviceError {
         /// Which rule was broken.
         reason: String,
     },
+    /// A CUDA device was asked for in a build without the CUDA kernel images (the `cuda`
+    /// feature is off): nothing could run on it.
+    #[error(
+        "this build has no CUDA kernels (build with the `cuda` feature of stagformer-kernels, \
+         stagformer or stagformer-cli)"
+    )]
+    CudaNotBuilt,
 }
 
 impl DeviceError {

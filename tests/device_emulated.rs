@@ -739,7 +739,16 @@ fn gpu_device_nodes_present() -> bool {
 fn cuda_device_fails_cleanly_without_a_gpu_and_works_with_one() -> TestResult {
     // The CI and development machines of this project have no NVIDIA GPU: there
     // `Device::cuda(0)` must return an error (never panic). Where a GPU is present, the same
-    // test instead checks that the CUDA backend works.
+    // test instead checks that the CUDA backend works. A build without the CUDA kernels refuses
+    // every ordinal up front, GPU or not.
+    if !stagformer_kernels::CUDA_KERNELS {
+        for ordinal in [0, 1000] {
+            let e = Device::cuda(ordinal).unwrap_err();
+            assert!(matches!(e, DeviceError::CudaNotBuilt), "{e}");
+        }
+        eprintln!("built without the CUDA kernels: Device::cuda refuses");
+        return Ok(());
+    }
     match Device::cuda(0) {
         Err(e) => {
             assert!(

@@ -588,7 +588,7 @@ impl Blas {
         .map_err(DeviceError::cublas("cublasSetWorkspace"))?;
         // The GEMMs' contract is f32 accumulation with the output rounded once: cuBLAS may
         // otherwise reduce split-K partials in the output type (bf16), which would differ from
-        // the emulated build on a GPU only.
+        // the emulator on a GPU only.
         // SAFETY: `handle` is live; the mode is a valid `cublasMath_t` value.
         unsafe {
             blas_sys::cublasSetMathMode(

@@ -1,8 +1,8 @@
 //! Kernel launch plumbing for the op wrappers.
 //!
 //! A [`Kernel`] names one kernel and carries its entry points: the emulator's
-//! `stag_emu_launch_<name>` (in builds with `cfg(stag_emulated)`) and the module image its CUDA
-//! function is loaded from (with feature `cuda`; loaded lazily per device and cached). Declare
+//! `stag_emu_launch_<name>` (in every build) and the module image its CUDA function is loaded
+//! from (with feature `cuda`; loaded lazily per device and cached). Declare
 //! kernels with [`stag_kernel!`]; launch them with [`Stream::launch`], which validates the
 //! geometry before anything unsafe happens.
 //!
@@ -68,7 +68,7 @@ pub(crate) struct Kernel<P> {
 
 impl<P> Kernel<P> {
     /// `module`: the CUDA image (`None` in builds without feature `cuda`); `emu`: the emulator
-    /// entry points (`None` in builds without `cfg(stag_emulated)`).
+    /// entry points (`None` only for test kernels that have none).
     pub(crate) const fn new(
         name: &'static str,
         module: Option<&'static ModuleImage>,
@@ -182,7 +182,6 @@ impl<P> SendParams<P> {
     }
 }
 
-#[cfg(stag_emulated)]
 extern "C" {
     /// The emulator's thread-local last error message (may be null).
     pub(crate) fn stag_emu_last_error() -> *const c_char;
@@ -223,7 +222,7 @@ impl Stream {
             (StreamBackend::Emulated(s), Backend::Emulated(dev)) => {
                 let entry = kernel.emu.ok_or(DeviceError::KernelUnavailable {
                     kernel: name,
-                    reason: "emulated kernels are not compiled in a --features cuda build",
+                    reason: "this kernel has no emulated entry point",
                 })?;
                 let launch = StagEmuLaunch {
                     grid: cfg.grid,
@@ -298,9 +297,9 @@ unsafe fn c_message(p: *const c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-/// Declares a kernel static: its emulator entry point `stag_emu_launch_<name>` when built with
-/// `cfg(stag_emulated)`, and its CUDA module image, the `&[u8]` static
-/// `crate::kernels::<MODULE>` of the build script's `kernels.rs`, with feature `cuda`.
+/// Declares a kernel static: its emulator entry point `stag_emu_launch_<name>` (every build) and,
+/// with feature `cuda`, its CUDA module image, the `&[u8]` static `crate::kernels::<MODULE>` of
+/// the build script's `kernels.rs`.
 ///
 /// ```ignore
 /// stag_kernel!(static RMSNORM_BF16: RmsNormParams = rmsnorm_bf16 in RMSNORM);
@@ -325,24 +324,17 @@ macro_rules! stag_kernel {
                     }
                 },
                 {
-                    #[cfg(stag_emulated)]
-                    {
-                        extern "C" {
-                            #[link_name = concat!("stag_emu_launch_", stringify!($kernel))]
-                            fn launch(
-                                cfg: *const $crate::device::kernel::StagEmuLaunch,
-                                params: *const $params,
-                            ) -> ::std::ffi::c_int;
-                        }
-                        Some($crate::device::kernel::EmuEntry {
-                            launch,
-                            last_error: $crate::device::kernel::stag_emu_last_error,
-                        })
+                    extern "C" {
+                        #[link_name = concat!("stag_emu_launch_", stringify!($kernel))]
+                        fn launch(
+                            cfg: *const $crate::device::kernel::StagEmuLaunch,
+                            params: *const $params,
+                        ) -> ::std::ffi::c_int;
                     }
-                    #[cfg(not(stag_emulated))]
-                    {
-                        None
-                    }
+                    Some($crate::device::kernel::EmuEntry {
+                        launch,
+                        last_error: $crate::device::kernel::stag_emu_last_error,
+                    })
                 },
             );
     };
@@ -570,7 +562,7 @@ mod tests {
         let e = unsafe { s.launch(&CUDA_ONLY, LaunchConfig::linear(1, 1, 0), params, &[]) }
             .unwrap_err();
         assert!(
-            e.to_string().contains("--features cuda"),
+            e.to_string().contains("no emulated entry point"),
             "unexpected message: {e}"
         );
     }

@@ -119,19 +119,26 @@ impl Device {
 
     /// Opens CUDA device `ordinal`.
     ///
-    /// Never panics: without a CUDA driver it returns [`DeviceError::NoDriver`]; other
-    /// failures (no GPU, a bad ordinal, an incompatible driver) are
-    /// [`DeviceError::CudaInit`].
+    /// Never panics: in a build without the CUDA kernels (feature `cuda` off, see
+    /// [`crate::build_info`]) it returns [`DeviceError::CudaNotBuilt`] before touching the
+    /// driver, since no kernel could run on the device; without a CUDA driver it returns
+    /// [`DeviceError::NoDriver`]; other failures (no GPU, a bad ordinal, an incompatible
+    /// driver) are [`DeviceError::CudaInit`].
     ///
+    /// [`DeviceError::CudaNotBuilt`]: crate::error::DeviceError::CudaNotBuilt
     /// [`DeviceError::NoDriver`]: crate::error::DeviceError::NoDriver
     /// [`DeviceError::CudaInit`]: crate::error::DeviceError::CudaInit
     pub fn cuda(ordinal: usize) -> Result<Device> {
+        if !crate::CUDA_KERNELS {
+            return Err(crate::error::DeviceError::CudaNotBuilt);
+        }
         let dev = CudaDevice::open(ordinal)?;
         let name = format!("cuda:{ordinal} ({})", dev.name);
         Ok(Device::from_backend(name, Backend::Cuda(dev)))
     }
 
-    /// The host emulator with default options (ordered threads, one worker per core).
+    /// The host emulator with default options (ordered threads, one worker per core). Available
+    /// in every build, with or without the `cuda` feature.
     pub fn emulated() -> Device {
         Device::emulated_with(EmuOptions::default())
     }

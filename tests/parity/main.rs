@@ -9,7 +9,8 @@
 //! a missing GPU into a failure (the GPU check script sets it).
 //!
 //! Environment: `STAGFORMER_PARITY_SEED` (default: time-based, printed), `STAGFORMER_PARITY_FILTER`
-//! (substring of row names).
+//! (substring of row names), `STAGFORMER_PARITY_DEVICES` (`emu`, `cuda` or `emu,cuda`, the
+//! default: which devices run the table; the GPU check runs `cuda` alone).
 
 mod attention_decode;
 mod attention_prefill;
@@ -65,10 +66,12 @@ fn main() {
 
     let mut passed = 0;
     let mut failed = 0;
-    // A `--features cuda` build holds CUDA kernels only; the emulated rows run in default builds.
-    if cfg!(feature = "cuda") {
+    let devices = std::env::var("STAGFORMER_PARITY_DEVICES").unwrap_or_default();
+    let wanted = |name: &str| devices.is_empty() || devices.split(',').any(|d| d.trim() == name);
+    // Every build holds the emulator (the `cuda` feature only adds the GPU images).
+    if !wanted("emu") {
         println!();
-        println!("emulated parity: not in a --features cuda build (run `cargo test` without it)");
+        println!("emulated parity: not asked for (STAGFORMER_PARITY_DEVICES={devices})");
     } else {
         let emulated = [
             Device::emulated(),
@@ -84,7 +87,14 @@ fn main() {
         }
     }
 
-    match cuda_device() {
+    let cuda = if wanted("cuda") {
+        cuda_device()
+    } else {
+        Err(format!(
+            "not asked for (STAGFORMER_PARITY_DEVICES={devices})"
+        ))
+    };
+    match cuda {
         Ok(dev) => {
             let (p, f) = run_table(&dev, &cases, seed);
             passed += p;

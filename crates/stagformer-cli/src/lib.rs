@@ -29,10 +29,25 @@ pub mod text;
 
 use clap::{Parser, Subcommand};
 
+/// `--version`: this version, then what the kernels of this build hold (the host emulator
+/// always; the CUDA kernels and their GPU targets with feature `cuda`). `-V` prints the first
+/// line only.
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{}\n{}",
+            env!("CARGO_PKG_VERSION"),
+            stagformer_kernels::build_info()
+        )
+    })
+}
+
 #[derive(Parser)]
 #[command(
     name = "stagformer",
     version,
+    long_version = long_version(),
     about = "StagFormer: staggered transformer decoding"
 )]
 pub struct Cli {

@@ -1178,3 +1178,21 @@ fn progress_bars_stay_off_pipes() {
         assert!(!out.contains('\r') && !out.contains('\u{1b}'), "{out:?}");
     }
 }
+
+#[test]
+fn version_says_what_the_kernels_of_this_build_hold() {
+    let text = ok(&["--version"]);
+    let lines: Vec<&str> = text.lines().collect();
+    let info = stagformer_kernels::build_info();
+    assert_eq!(
+        lines,
+        [
+            concat!("stagformer ", env!("CARGO_PKG_VERSION")).to_string(),
+            info.to_string()
+        ],
+        "{text}"
+    );
+    assert!(lines[1].contains("host emulator"), "{text}");
+    // `-V` is the short form: the version alone.
+    assert_eq!(ok(&["-V"]).trim_end(), lines[0]);
+}
