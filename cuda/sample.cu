@@ -573,8 +573,8 @@ __device__ void sample_row(const SampleParams &p) {
 // blocks meet in the workspace (global memory): each block builds its histogram of the current
 // digit in shared memory with warp-aggregated 32-bit atomics (add_to_bucket), adds it to the
 // row's global histogram, and the last block to arrive (stag::last_block_arrive) scans it with
-// the one-block kernel's scan_level and records the choice in the row's state for the next launch. The host launches a
-// fixed sequence (graph-capturable): greedy is one launch; sampling is `prepare` (the maximum),
+// the one-block kernel's scan_level and records the choice in the row's state for the next
+// launch. The host launches a fixed sequence (graph-capturable): greedy is one launch; sampling is `prepare` (the maximum),
 // then levels_per_select · selects `step` launches, each of which does whatever the row's state
 // says is next and returns at once when nothing is left, then one `tail` launch:
 //   * SELECTING: one digit of the current select (the first one over the row also stores every

@@ -38,8 +38,8 @@ __device__ __forceinline__ size_t cache_slot_offset(uint32_t slot, uint32_t head
 /// value row lies. Writers reach it through self_cache_slot / cross_cache_slot and
 /// cache_element; readers take cache_head once per (sequence, kv head) and add
 /// cache_slot_offset per key (the decode attention: one 64-bit base per head keeps its
-/// unrolled key loop in registers) or call cache_row per key (the prefill attention). These three and slot_of are
-/// the whole addressing rule.
+/// unrolled key loop in registers) or call cache_row per key (the prefill attention). These
+/// three and slot_of are the whole addressing rule.
 __device__ __forceinline__ size_t cache_row(uint32_t seq, uint32_t kv_head, uint32_t slot,
                                             size_t seq_stride, size_t head_stride,
                                             uint32_t head_dim) {
