@@ -33,6 +33,7 @@ use stagformer_kernels::ops::rope_append::{
     rope_append, KvCacheLayout, KvCacheMut, QkvRows, RopeTable,
 };
 use stagformer_kernels::ops::HeadShape;
+use stagformer_kernels::DeviceError;
 
 use stagformer_ref::ops::{attention_row, HeadLayout};
 
@@ -365,6 +366,9 @@ fn run_rope<T: Float + NormElem>(
     };
     let (q_want, k_want, kc_want, vc_want) = run(&dense_slots, &dense0, None)?;
     let (q_got, k_got, kc_got, vc_got) = run(&seq_slots, &pool0, Some(&t.entries))?;
+    if !p.missing {
+        check_refusals::<T>(stream, layout, paged, &t, &seq_slots, &pos_dev, &table)?;
+    }
     Ok(vec![
         cmp("q", &q_got, &q_want),
         cmp("k", &k_got, &k_want),
@@ -909,4 +913,98 @@ fn run_prefill(
     let want = run(&kd, &vd, false)?;
     let got = run(&kp, &vp, true)?;
     Ok(vec![cmp("out", &got, &want)])
+}
+
+/// Bad paging arguments are refused before anything is queued, each naming its argument, and
+/// leave the pool untouched.
+#[allow(clippy::too_many_arguments)]
+fn check_refusals<T: Float + NormElem>(
+    stream: &Stream,
+    dense: KvCacheLayout,
+    paged: KvCacheLayout,
+    t: &Table,
+    seq_slots: &[i32],
+    pos_dev: &DeviceBuffer<i32>,
+    table: &RopeTable,
+) -> anyhow::Result<()> {
+    let shape = HeadShape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+    };
+    let rows = seq_slots.len();
+    let pool_len = paged.required_len()?;
+    let sentinel = vec![T::from_f32(3.0); pool_len];
+    let entries = DeviceBuffer::from_host(stream, &t.entries)?;
+    let short = entries.view().slice(..t.entries.len() - 1)?;
+    let slots_dev = DeviceBuffer::from_host(stream, seq_slots)?;
+    let zero_page = KvCacheLayout {
+        paged: paged.paged.map(|p| PagePool { page_size: 0, ..p }),
+        ..paged
+    };
+    let attempts: Vec<(KvCacheLayout, Option<BlockTable<'_>>, &str)> = vec![
+        (paged, None, "block_table"),
+        (
+            dense,
+            Some(BlockTable::new(entries.view(), t.per_seq)),
+            "block_table",
+        ),
+        (
+            paged,
+            Some(BlockTable::new(short, t.per_seq)),
+            "block_table",
+        ),
+        (
+            paged,
+            Some(BlockTable::new(entries.view(), t.per_seq - 1)),
+            "block_table.stride",
+        ),
+        (
+            paged,
+            Some(BlockTable::new(entries.view(), 0)),
+            "block_table.stride",
+        ),
+        (
+            zero_page,
+            Some(BlockTable::new(entries.view(), t.per_seq)),
+            "page_size",
+        ),
+    ];
+    for (layout, block_table, arg) in attempts {
+        let (mut kc, mut vc) = (up(stream, &sentinel)?, up(stream, &sentinel)?);
+        let mut q = up(stream, &vec![T::from_f32(1.0); rows * 64])?;
+        let mut k = up(stream, &vec![T::from_f32(1.0); rows * 32])?;
+        let v = up(stream, &vec![T::from_f32(1.0); rows * 32])?;
+        let err = rope_append(
+            stream,
+            QkvRows::Separate {
+                q: q.view_mut(),
+                k: k.view_mut(),
+                v: v.view(),
+            },
+            shape,
+            &slots_dev,
+            pos_dev,
+            table,
+            KvCacheMut {
+                k: kc.view_mut(),
+                v: vc.view_mut(),
+                layout,
+                block_table,
+            },
+        );
+        let named = match &err {
+            Err(DeviceError::InvalidArgument { arg, .. })
+            | Err(DeviceError::LengthMismatch { arg, .. })
+            | Err(DeviceError::SizeOverflow { arg, .. }) => *arg,
+            _ => anyhow::bail!("expected a refusal naming {arg}, got {err:?}"),
+        };
+        if named != arg {
+            anyhow::bail!("refusal named {named}, expected {arg}");
+        }
+        if kc.to_host(stream)? != sentinel || vc.to_host(stream)? != sentinel {
+            anyhow::bail!("a refused call ({arg}) wrote the pool");
+        }
+    }
+    Ok(())
 }
