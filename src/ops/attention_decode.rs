@@ -17,6 +17,10 @@
 //!   reads, so the previous section may write it concurrently; with exactly `W` slots it still
 //!   holds position `pos − W` until the step's cross-attention has run.
 //!
+//! Paged caches ([`attention_decode_paged`], [`DecodePages`]): the same rows over a pool of
+//! pages addressed through a block table ([`kv_pages`](crate::ops::kv_pages)); a key whose slot
+//! has no page is absent from the row's softmax.
+//!
 //! A row whose sequence slot is outside `0..cache_seqs`, whose position is negative or whose
 //! keys the cache cannot hold (self: `pos ≥ cache_slots`; unbounded cross: `pos > cache_slots`)
 //! reads nothing and gets zeros: the kernels stay in bounds whatever the device holds.

@@ -12,6 +12,9 @@
 //! `stagformer_ref::ops::rope_inplace` computes them, and the kernel rounds each product and
 //! sum as the reference does: f32 results are bit-identical to the reference.
 //!
+//! The caches may be paged ([`KvCacheLayout::into_paged`] and a [`BlockTable`]): a row whose
+//! slot has no page is skipped like a row without a slot.
+//!
 //! Whatever the device indices hold, a row whose slot or position lies outside the caches or
 //! the table is skipped (nothing of it is read or written); [`rope_append_host_rows`] checks
 //! host indices and reports such rows as errors instead.
