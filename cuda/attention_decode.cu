@@ -248,7 +248,10 @@ __device__ void combine_head(const AttentionDecodeParams &p, uint32_t row, uint3
 
 // HD: 64 or 128, or 0 for any head dim up to 256. G: query heads per block (the GQA group, or a
 // chunk of it). U: key rows per thread in flight.
-template <typename T, int HD, int G, int U>
+// PAGED: the caches are paged (p.paging.block_table non-null): each key's row is resolved
+// through the block table (stag::cache_slot_row) and a key without a page is masked as absent.
+// The dense instances keep their per-head base and per-key offset, unchanged.
+template <typename T, int HD, int G, int U, bool PAGED>
 __device__ void split_pass(const AttentionDecodeParams &p) {
     constexpr bool GENERIC = HD == 0;
     using S = Share<T, GENERIC>;
@@ -301,7 +304,9 @@ __device__ void split_pass(const AttentionDecodeParams &p) {
     const bool direct = fused && shape.count == 1;
 
     const T *q_row = static_cast<const T *>(p.q) + size_t(row) * p.q_row_stride;
-    const size_t head_base = stag::cache_head(keys.seq, kvh, p.cache_seq_stride, p.cache_head_stride);
+    // Paged keys have no per-head base (their pages differ): the pool's start is the base.
+    const size_t head_base =
+        PAGED ? 0 : stag::cache_head(keys.seq, kvh, p.cache_seq_stride, p.cache_head_stride);
     const T *k_head = static_cast<const T *>(p.k_cache) + head_base;
     const T *v_head = static_cast<const T *>(p.v_cache) + head_base;
     const bool vec = !GENERIC && stag::aligned16(p.q) && stag::aligned16(p.k_cache) &&
@@ -332,32 +337,55 @@ __device__ void split_pass(const AttentionDecodeParams &p) {
         for (int e = 0; e < E; ++e) acc[g][e] = 0.0f;
     }
 
-    // Keys past the split's end are masked, never loaded.
-    auto load = [&](S *k, S *v, uint32_t base) {
+    // Keys past the split's end are masked, never loaded. Returns the tile's loaded keys, bit
+    // u for key row u (the paged path's mask; the dense path recomputes it from `end`).
+    // Paged keys are resolved one at a time rather than per run of a page: the lanes that read
+    // a row load the same table entry (one broadcast, an L1 hit for the page_size keys that
+    // share it), and a per-key lookup keeps the unrolled loop free of page-run bookkeeping.
+    const size_t kv_head_offset = stag::cache_head(0, kvh, 0, p.cache_head_stride);
+    auto load = [&](S *k, S *v, uint32_t base) -> uint32_t {
+        uint32_t loaded = 0;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const uint32_t key = base + kgroup + uint32_t(u) * key_groups;
             k[u].clear();
             v[u].clear();
             if (key < end) {
-                const size_t offset = stag::cache_slot_offset(keys.slot(key), hd);
-                k[u].load(k_head + offset, lane, lanes, hd, vec);
-                v[u].load(v_head + offset, lane, lanes, hd, vec);
+                if constexpr (PAGED) {
+                    size_t row_offset = 0;
+                    if (stag::cache_slot_row(p.paging, keys.seq, keys.slot(key),
+                                             p.cache_seq_stride, hd, &row_offset)) {
+                        const size_t offset = row_offset + kv_head_offset;
+                        k[u].load(static_cast<const T *>(p.k_cache) + offset, lane, lanes, hd,
+                                  vec);
+                        v[u].load(static_cast<const T *>(p.v_cache) + offset, lane, lanes, hd,
+                                  vec);
+                        loaded |= 1u << u;
+                    }
+                } else {
+                    const size_t offset = stag::cache_slot_offset(keys.slot(key), hd);
+                    k[u].load(k_head + offset, lane, lanes, hd, vec);
+                    v[u].load(v_head + offset, lane, lanes, hd, vec);
+                }
             }
         }
+        return loaded;
     };
 
     // Every thread runs the same number of iterations (the shuffles need the whole warp). The
     // next tile's rows are loaded before the current tile is used.
     const uint32_t step = key_groups * U;
     S k[U], v[U];
-    load(k, v, begin);
+    uint32_t loaded = load(k, v, begin);
     for (uint32_t base = begin; base < end; base += step) {
         S kn[U], vn[U];
-        load(kn, vn, base + step);
+        const uint32_t loaded_next = load(kn, vn, base + step);
         bool valid[U];
 #pragma unroll
-        for (int u = 0; u < U; ++u) valid[u] = base + kgroup + uint32_t(u) * key_groups < end;
+        for (int u = 0; u < U; ++u) {
+            valid[u] = PAGED ? ((loaded >> u) & 1u) != 0
+                             : base + kgroup + uint32_t(u) * key_groups < end;
+        }
         float s[U][GT];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -405,6 +433,7 @@ __device__ void split_pass(const AttentionDecodeParams &p) {
             k[u] = kn[u];
             v[u] = vn[u];
         }
+        loaded = loaded_next;
     }
 
     // Merge the lane groups: stats, then the outputs rescaled to the split's max, then a sum over
@@ -553,10 +582,16 @@ __device__ void combine_pass(const AttentionDecodeParams &p) {
 
 }  // namespace
 
+// Each shape has a dense and a paged kernel (_paged): the dense one is exactly the kernel
+// without paging (same registers), and the host picks by whether a block table is given.
 #define STAG_DECODE_SPLIT(dtype, T, hdname, HD, G, U)                                        \
     STAG_KERNEL_BOUNDED(attention_decode_split_##dtype##_##hdname##_g##G, AttentionDecodeParams, \
                         SPLIT_THREADS) {                                                     \
-        split_pass<T, HD, G, U>(p);                                                          \
+        split_pass<T, HD, G, U, false>(p);                                                   \
+    }                                                                                        \
+    STAG_KERNEL_BOUNDED(attention_decode_split_paged_##dtype##_##hdname##_g##G,              \
+                        AttentionDecodeParams, SPLIT_THREADS) {                              \
+        split_pass<T, HD, G, U, true>(p);                                                    \
     }
 
 // U: key rows per thread and tile (two tiles in flight with the prefetch), chosen so that no

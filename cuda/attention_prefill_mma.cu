@@ -41,8 +41,9 @@ __device__ __forceinline__ int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
 }
 
 // Where key position j of the block's sequence and kv head lies: in a cache, the row
-// stag::cache_row(seq, kv_head, slot_of(j, wrap)) (wrap 0: dense); packed, row j of k / v
-// (already offset to the sequence's first key and the kv head).
+// stag::cache_key_row(seq, kv_head, slot_of(j, wrap)) (wrap 0: dense), null when a paged
+// cache has no page for it; packed, row j of k / v (already offset to the sequence's first
+// key and the kv head).
 struct KeyRows {
     const __nv_bfloat16 *k;
     const __nv_bfloat16 *v;
@@ -53,15 +54,25 @@ struct KeyRows {
     size_t seq_stride, head_stride;
     uint32_t head_dim;
     int64_t wrap;  // cache: 0, or the ring's length
+    const StagKvPaging *paging;  // cache
     __device__ __forceinline__ const __nv_bfloat16 *k_row(int64_t j) const {
-        return k + (cache ? cache_offset(j) : size_t(j) * k_stride);
+        if (!cache) return k + size_t(j) * k_stride;
+        size_t offset = 0;
+        return cache_offset(j, &offset) ? k + offset : nullptr;
     }
     __device__ __forceinline__ const __nv_bfloat16 *v_row(int64_t j) const {
-        return v + (cache ? cache_offset(j) : size_t(j) * v_stride);
+        if (!cache) return v + size_t(j) * v_stride;
+        size_t offset = 0;
+        return cache_offset(j, &offset) ? v + offset : nullptr;
     }
-    __device__ __forceinline__ size_t cache_offset(int64_t j) const {
-        return stag::cache_row(seq, kv_head, uint32_t(stag::slot_of(j, wrap)), seq_stride,
-                               head_stride, head_dim);
+    // Whether key position j exists (packed keys and dense caches: always, inside the range).
+    __device__ __forceinline__ bool present(int64_t j) const {
+        size_t offset = 0;
+        return !cache || cache_offset(j, &offset);
+    }
+    __device__ __forceinline__ bool cache_offset(int64_t j, size_t *offset) const {
+        return stag::cache_key_row(*paging, seq, kv_head, uint32_t(stag::slot_of(j, wrap)),
+                                   seq_stride, head_stride, head_dim, offset);
     }
 };
 
@@ -114,6 +125,7 @@ __device__ void prefill_mma_block(const AttentionPrefillMmaParams &p) {
     if (!cache && p.kv_source != STAG_KV_PACKED) return;
     if (cache && (p.cache_slots == 0 || p.cache_seqs == 0)) return;
     const uint32_t group = p.heads / p.kv_heads;
+    const bool paged = cache && p.paging.block_table != nullptr;
 
     const int64_t q_start = clamp64(p.q_offsets[b], 0, p.q_rows);
     const int64_t q_end = clamp64(p.q_offsets[b + 1], q_start, p.q_rows);
@@ -138,7 +150,8 @@ __device__ void prefill_mma_block(const AttentionPrefillMmaParams &p) {
                        p.cache_seq_stride,
                        p.cache_head_stride,
                        uint32_t(hd),
-                       p.cache_ring != 0 ? int64_t(p.cache_slots) : 0};
+                       p.cache_ring != 0 ? int64_t(p.cache_slots) : 0,
+                       &p.paging};
         nk = p.cache_ring != 0 ? INT64_MAX : int64_t(p.cache_slots);
     } else {
         const int64_t k_start = clamp64(p.k_offsets[b], 0, p.k_rows);
@@ -155,7 +168,8 @@ __device__ void prefill_mma_block(const AttentionPrefillMmaParams &p) {
                        0,
                        0,
                        0,
-                       0};
+                       0,
+                       nullptr};
         nk = k_end - k_start;
     }
 
@@ -278,7 +292,10 @@ __device__ void prefill_mma_block(const AttentionPrefillMmaParams &p) {
             // n0 + 8n + 2t + e % 2.
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const bool full = klo[h] <= n0 && n0 + BN <= khi[h];
+                // A paged cache's tile may hold keys without a page (staged as zeros): those
+                // are masked as absent, through one table lookup per key (L1 hits: the table
+                // row is shared by the block), on the paged path only.
+                const bool full = klo[h] <= n0 && n0 + BN <= khi[h] && !paged;
                 float tile_max = neg_inf();
 #pragma unroll
                 for (int n = 0; n < 8; ++n) {
@@ -288,7 +305,9 @@ __device__ void prefill_mma_block(const AttentionPrefillMmaParams &p) {
                         x *= s_mul;
                         if (!full) {
                             const int64_t key = n0 + 8 * n + 2 * t + e;
-                            if (key < klo[h] || key >= khi[h]) x = neg_inf();
+                            if (key < klo[h] || key >= khi[h] || (paged && !keys.present(key))) {
+                                x = neg_inf();
+                            }
                         }
                         tile_max = fmaxf(tile_max, x);
                     }

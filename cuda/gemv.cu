@@ -167,7 +167,7 @@ __device__ void rope_kv_epilogue(const GemvParams &p, uint32_t m, const Pair &pr
     size_t slot = 0;
     // As rope_append: a row without a cache slot or a table row is left unroped, unwritten.
     const bool ok = stag::self_cache_slot(seq, pos, p.cache_seqs, p.cache_slots, p.ring,
-                                          p.cache_seq_stride, p.head_dim, &slot) &&
+                                          p.cache_seq_stride, p.head_dim, p.paging, &slot) &&
                     uint32_t(pos) < p.table_positions;
     const uint32_t half = p.head_dim / 2;
     if (pr.unit < p.heads + p.kv_heads) {
@@ -229,7 +229,7 @@ __device__ void epilogue(const GemvParams &p, uint32_t m, const Pair &pr, float 
         size_t slot = 0;
         if (!stag::cross_cache_slot(p.seq_slots[m], p.positions[m], p.cache_seqs,
                                     p.cache_slots, p.window, p.cache_seq_stride, p.head_dim,
-                                    &slot)) {
+                                    p.paging, &slot)) {
             break;
         }
         if (pr.has_a) cross_store<T>(p, slot, pr.a, ga);

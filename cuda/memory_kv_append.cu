@@ -56,10 +56,11 @@ __device__ void memory_kv_append_row(const MemoryKvAppendParams &p) {
     if (row >= p.rows) return;
     const int32_t seq = p.seq_slots[row];
     const int32_t pos = p.positions[row];
-    // Device-side indices may hold anything: a row that names no cache slot writes nothing.
+    // Device-side indices may hold anything: a row that names no cache slot (or a slot without a
+    // page) writes nothing.
     size_t slot_offset = 0;
     if (!stag::cross_cache_slot(seq, pos, p.cache_seqs, p.cache_slots, p.window,
-                                p.cache_seq_stride, p.head_dim, &slot_offset)) {
+                                p.cache_seq_stride, p.head_dim, p.paging, &slot_offset)) {
         return;
     }
     if (vector_aligned<T>(p)) {

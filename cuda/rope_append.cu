@@ -128,11 +128,11 @@ __device__ void rope_append_row(const RopeAppendParams &p) {
     if (row >= p.rows) return;
     const int32_t seq = p.seq_slots[row];
     const int32_t pos = p.positions[row];
-    // Device-side indices may hold anything: a row that does not name a cache slot and a table
-    // row is left alone rather than written out of bounds.
+    // Device-side indices may hold anything: a row that does not name a cache slot (or whose
+    // slot has no page) and a table row is left alone rather than written out of bounds.
     size_t slot_offset = 0;
     if (!stag::self_cache_slot(seq, pos, p.cache_seqs, p.cache_slots, p.ring, p.cache_seq_stride,
-                               p.head_dim, &slot_offset) ||
+                               p.head_dim, p.paging, &slot_offset) ||
         uint32_t(pos) >= p.table_positions) {
         return;
     }

@@ -184,6 +184,7 @@ pub(crate) fn rope_append_benches() -> Vec<KernelBench> {
                         k: k_cache.view_mut(),
                         v: v_cache.view_mut(),
                         layout,
+                        block_table: None,
                     };
                     rope_append(s, fused, heads, &slots, &positions[c], &table, cache)
                 }) as Launcher)
@@ -268,6 +269,7 @@ pub(crate) fn memory_kv_append_benches() -> Vec<KernelBench> {
                             k: k_cache.view_mut(),
                             v: v_cache.view_mut(),
                             layout,
+                            block_table: None,
                         };
                         memory_kv_append(s, &kv[c], &seq_slots, &positions[c], cache, cross)
                     }) as Launcher)

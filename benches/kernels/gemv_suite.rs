@@ -206,6 +206,7 @@ fn setup(
                         k: kc.view_mut(),
                         v: vc.view_mut(),
                         layout,
+                        block_table: None,
                     },
                 },
             ),
@@ -222,6 +223,7 @@ fn setup(
                         k: kc.view_mut(),
                         v: vc.view_mut(),
                         layout,
+                        block_table: None,
                     },
                     cross: CrossCaches {
                         layers: cross_layers,

@@ -65,9 +65,32 @@ typedef struct RmsNormParams {
  *   cache_slots); windowed cross caches are rings of cache_slots >= W slots
  *   (slot = k mod cache_slots; the decoder uses W + 1, so the slot the prior section writes at
  *   step i is never one read at step i).
+ * - Paged KV caches (`paging`, a StagKvPaging, in every struct that carries a cache): with
+ *   paging.block_table null the cache is dense as above. Otherwise each layer is a pool of
+ *   `paging.cache_pages` pages, page = [kv_heads][page_size][head_dim], and
+ *   (seq, kv_head, slot, d) lies at
+ *     block_table[seq * block_table_stride + slot / page_size] * cache_seq_stride
+ *     + kv_head * cache_head_stride + (slot % page_size) * head_dim + d,
+ *   so cache_seq_stride is the page stride (dense: one page per sequence, page_size =
+ *   cache_slots) and cache_head_stride steps between heads inside a page. Slots are what they
+ *   are dense (positions, or position mod the ring), so rings compose with paging;
+ *   cache_slots and cache_seqs keep their meaning (slots per sequence, rows of the table). A
+ *   table entry < 0 or >= cache_pages (or past block_table_stride) is "no page": writers skip
+ *   the row as they skip a row without a slot, readers treat its keys as absent; nothing is
+ *   ever read or written outside the pool. The host checks block_table_stride * page_size >=
+ *   cache_slots and that the table holds cache_seqs * block_table_stride entries.
  * - `window` = W, or 0 for unbounded.
  * - Activations and caches are f32 or bf16 (chosen by the kernel name); math is f32.
  */
+
+/* The block table of a paged KV cache (see the conventions above); all zero: dense. */
+typedef struct StagKvPaging {
+    const int32_t *block_table; /* [cache_seqs][block_table_stride] page ids; null: dense */
+    uint32_t block_table_stride; /* entries per sequence */
+    uint32_t page_size;          /* slots per page (>= 1 when paged) */
+    uint32_t cache_pages;        /* pages in the pool: valid ids are 0..cache_pages - 1 */
+    uint32_t reserved;
+} StagKvPaging;
 
 /* Embedding gather: out[r, :] = table[ids[r], :]. An id outside [0, vocab) writes zeros and
  * reads nothing. */
@@ -113,6 +136,7 @@ typedef struct RopeAppendParams {
     uint32_t cache_seqs;
     uint32_t ring;
     uint32_t reserved;
+    StagKvPaging paging;
 } RopeAppendParams;
 
 /* Decode attention of one query row per sequence over its KV cache, split-KV.
@@ -159,6 +183,7 @@ typedef struct AttentionDecodeParams {
     uint32_t cache_seqs;
     uint32_t fused_combine;
     uint32_t *counters;    /* [rows, heads]; used when fused_combine = 1 */
+    StagKvPaging paging;
 } AttentionDecodeParams;
 
 /* Projected memory K/V of step i written into every cross-attention layer's cache:
@@ -185,6 +210,7 @@ typedef struct MemoryKvAppendParams {
     uint32_t window;
     uint32_t cache_seqs;
     uint32_t reserved;
+    StagKvPaging paging;
 } MemoryKvAppendParams;
 
 /* Prefill attention, flash style (tiled, online softmax, no O(P^2) memory), over a ragged batch
@@ -260,6 +286,7 @@ typedef struct AttentionPrefillMmaParams {
     uint32_t cache_slots;
     uint32_t cache_seqs;
     uint32_t reserved;
+    StagKvPaging paging;
 } AttentionPrefillMmaParams;
 
 #define STAG_KV_PACKED 0u
@@ -373,6 +400,7 @@ typedef struct GemvParams {
      * seq_slots and positions; group 0 uses w and norm_weight. */
     const void *group_w[STAG_GEMV_MAX_GROUPS - 1];
     const float *group_norm_weight[STAG_GEMV_MAX_GROUPS - 1];
+    StagKvPaging paging;
 } GemvParams;
 
 #ifdef __cplusplus
@@ -423,16 +451,17 @@ STAG_LAYOUT_ASSERT(offsetof(RmsNormParams, out_row_stride) == 60, "RmsNormParams
 STAG_LAYOUT_ASSERT(offsetof(RmsNormParams, eps) == 64, "RmsNormParams.eps");
 STAG_LAYOUT_ASSERT(offsetof(RmsNormParams, reserved) == 68, "RmsNormParams.reserved");
 
+STAG_LAYOUT_ASSERT(sizeof(StagKvPaging) == 24, "StagKvPaging size");
 STAG_LAYOUT_ASSERT(sizeof(EmbeddingParams) == 40, "EmbeddingParams size");
-STAG_LAYOUT_ASSERT(sizeof(RopeAppendParams) == 128, "RopeAppendParams size");
-STAG_LAYOUT_ASSERT(sizeof(AttentionDecodeParams) == 136, "AttentionDecodeParams size");
-STAG_LAYOUT_ASSERT(sizeof(MemoryKvAppendParams) == 88, "MemoryKvAppendParams size");
+STAG_LAYOUT_ASSERT(sizeof(RopeAppendParams) == 152, "RopeAppendParams size");
+STAG_LAYOUT_ASSERT(sizeof(AttentionDecodeParams) == 160, "AttentionDecodeParams size");
+STAG_LAYOUT_ASSERT(sizeof(MemoryKvAppendParams) == 112, "MemoryKvAppendParams size");
 STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 112, "AttentionPrefillParams size");
-STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillMmaParams) == 152, "AttentionPrefillMmaParams size");
+STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillMmaParams) == 176, "AttentionPrefillMmaParams size");
 STAG_LAYOUT_ASSERT(sizeof(SwigluParams) == 32, "SwigluParams size");
 STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 96, "SampleParams size");
 STAG_LAYOUT_ASSERT(sizeof(AxpbyParams) == 32, "AxpbyParams size");
-STAG_LAYOUT_ASSERT(sizeof(GemvParams) == 208, "GemvParams size");
+STAG_LAYOUT_ASSERT(sizeof(GemvParams) == 232, "GemvParams size");
 
 #undef STAG_LAYOUT_ASSERT
 #undef STAG_ALIGNOF

@@ -123,6 +123,49 @@ impl Default for RmsNormParams {
         }
     }
 }
+/// The block table of a paged KV cache (see the conventions above); all zero: dense.
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct StagKvPaging {
+    /// [cache_seqs][block_table_stride] page ids; null: dense
+    pub block_table: *const i32,
+    /// entries per sequence
+    pub block_table_stride: u32,
+    /// slots per page (>= 1 when paged)
+    pub page_size: u32,
+    /// pages in the pool: valid ids are 0..cache_pages - 1
+    pub cache_pages: u32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of StagKvPaging"][::core::mem::size_of::<StagKvPaging>() - 24usize];
+    ["Alignment of StagKvPaging"][::core::mem::align_of::<StagKvPaging>() - 8usize];
+    [
+        "Offset of field: StagKvPaging::block_table",
+    ][::core::mem::offset_of!(StagKvPaging, block_table) - 0usize];
+    [
+        "Offset of field: StagKvPaging::block_table_stride",
+    ][::core::mem::offset_of!(StagKvPaging, block_table_stride) - 8usize];
+    [
+        "Offset of field: StagKvPaging::page_size",
+    ][::core::mem::offset_of!(StagKvPaging, page_size) - 12usize];
+    [
+        "Offset of field: StagKvPaging::cache_pages",
+    ][::core::mem::offset_of!(StagKvPaging, cache_pages) - 16usize];
+    [
+        "Offset of field: StagKvPaging::reserved",
+    ][::core::mem::offset_of!(StagKvPaging, reserved) - 20usize];
+};
+impl Default for StagKvPaging {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
 /** Embedding gather: out[r, :] = table[ids[r], :]. An id outside [0, vocab) writes zeros and
  reads nothing.*/
 #[repr(C)]
@@ -207,10 +250,11 @@ pub struct RopeAppendParams {
     pub cache_seqs: u32,
     pub ring: u32,
     pub reserved: u32,
+    pub paging: StagKvPaging,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of RopeAppendParams"][::core::mem::size_of::<RopeAppendParams>() - 128usize];
+    ["Size of RopeAppendParams"][::core::mem::size_of::<RopeAppendParams>() - 152usize];
     [
         "Alignment of RopeAppendParams",
     ][::core::mem::align_of::<RopeAppendParams>() - 8usize];
@@ -283,6 +327,9 @@ const _: () = {
     [
         "Offset of field: RopeAppendParams::reserved",
     ][::core::mem::offset_of!(RopeAppendParams, reserved) - 124usize];
+    [
+        "Offset of field: RopeAppendParams::paging",
+    ][::core::mem::offset_of!(RopeAppendParams, paging) - 128usize];
 };
 impl Default for RopeAppendParams {
     fn default() -> Self {
@@ -324,12 +371,13 @@ pub struct AttentionDecodeParams {
     pub fused_combine: u32,
     /// [rows, heads]; used when fused_combine = 1
     pub counters: *mut u32,
+    pub paging: StagKvPaging,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
         "Size of AttentionDecodeParams",
-    ][::core::mem::size_of::<AttentionDecodeParams>() - 136usize];
+    ][::core::mem::size_of::<AttentionDecodeParams>() - 160usize];
     [
         "Alignment of AttentionDecodeParams",
     ][::core::mem::align_of::<AttentionDecodeParams>() - 8usize];
@@ -408,6 +456,9 @@ const _: () = {
     [
         "Offset of field: AttentionDecodeParams::counters",
     ][::core::mem::offset_of!(AttentionDecodeParams, counters) - 128usize];
+    [
+        "Offset of field: AttentionDecodeParams::paging",
+    ][::core::mem::offset_of!(AttentionDecodeParams, paging) - 136usize];
 };
 impl Default for AttentionDecodeParams {
     fn default() -> Self {
@@ -444,12 +495,13 @@ pub struct MemoryKvAppendParams {
     pub window: u32,
     pub cache_seqs: u32,
     pub reserved: u32,
+    pub paging: StagKvPaging,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
         "Size of MemoryKvAppendParams",
-    ][::core::mem::size_of::<MemoryKvAppendParams>() - 88usize];
+    ][::core::mem::size_of::<MemoryKvAppendParams>() - 112usize];
     [
         "Alignment of MemoryKvAppendParams",
     ][::core::mem::align_of::<MemoryKvAppendParams>() - 8usize];
@@ -504,6 +556,9 @@ const _: () = {
     [
         "Offset of field: MemoryKvAppendParams::reserved",
     ][::core::mem::offset_of!(MemoryKvAppendParams, reserved) - 84usize];
+    [
+        "Offset of field: MemoryKvAppendParams::paging",
+    ][::core::mem::offset_of!(MemoryKvAppendParams, paging) - 88usize];
 };
 impl Default for MemoryKvAppendParams {
     fn default() -> Self {
@@ -671,12 +726,13 @@ pub struct AttentionPrefillMmaParams {
     pub cache_slots: u32,
     pub cache_seqs: u32,
     pub reserved: u32,
+    pub paging: StagKvPaging,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
         "Size of AttentionPrefillMmaParams",
-    ][::core::mem::size_of::<AttentionPrefillMmaParams>() - 152usize];
+    ][::core::mem::size_of::<AttentionPrefillMmaParams>() - 176usize];
     [
         "Alignment of AttentionPrefillMmaParams",
     ][::core::mem::align_of::<AttentionPrefillMmaParams>() - 8usize];
@@ -764,6 +820,9 @@ const _: () = {
     [
         "Offset of field: AttentionPrefillMmaParams::reserved",
     ][::core::mem::offset_of!(AttentionPrefillMmaParams, reserved) - 148usize];
+    [
+        "Offset of field: AttentionPrefillMmaParams::paging",
+    ][::core::mem::offset_of!(AttentionPrefillMmaParams, paging) - 152usize];
 };
 impl Default for AttentionPrefillMmaParams {
     fn default() -> Self {
@@ -984,10 +1043,11 @@ pub struct GemvParams {
  seq_slots and positions; group 0 uses w and norm_weight.*/
     pub group_w: [*const ::core::ffi::c_void; 3usize],
     pub group_norm_weight: [*const f32; 3usize],
+    pub paging: StagKvPaging,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of GemvParams"][::core::mem::size_of::<GemvParams>() - 208usize];
+    ["Size of GemvParams"][::core::mem::size_of::<GemvParams>() - 232usize];
     ["Alignment of GemvParams"][::core::mem::align_of::<GemvParams>() - 8usize];
     ["Offset of field: GemvParams::x"][::core::mem::offset_of!(GemvParams, x) - 0usize];
     ["Offset of field: GemvParams::w"][::core::mem::offset_of!(GemvParams, w) - 8usize];
@@ -1075,6 +1135,9 @@ const _: () = {
     [
         "Offset of field: GemvParams::group_norm_weight",
     ][::core::mem::offset_of!(GemvParams, group_norm_weight) - 184usize];
+    [
+        "Offset of field: GemvParams::paging",
+    ][::core::mem::offset_of!(GemvParams, paging) - 208usize];
 };
 impl Default for GemvParams {
     fn default() -> Self {

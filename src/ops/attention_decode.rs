@@ -17,6 +17,10 @@
 //!   reads, so the previous section may write it concurrently; with exactly `W` slots it still
 //!   holds position `pos − W` until the step's cross-attention has run.
 //!
+//! Paged caches ([`attention_decode_paged`], [`DecodePages`]): the same rows over a pool of
+//! pages addressed through a block table ([`kv_pages`](crate::ops::kv_pages)); a key whose slot
+//! has no page is absent from the row's softmax.
+//!
 //! A row whose sequence slot is outside `0..cache_seqs`, whose position is negative or whose
 //! keys the cache cannot hold (self: `pos ≥ cache_slots`; unbounded cross: `pos > cache_slots`)
 //! reads nothing and gets zeros: the kernels stay in bounds whatever the device holds.
@@ -44,6 +48,7 @@ use crate::device::{AsDeviceView, AsDeviceViewMut, Device, DeviceBuffer, Stream}
 use crate::dtype::{DType, DeviceElem};
 use crate::error::{DeviceError, Result};
 use crate::ffi::{AttentionDecodeParams, STAG_ATTN_CROSS, STAG_ATTN_SELF};
+use crate::ops::kv_pages::{paging_params, BlockTable, PagePool};
 
 macro_rules! split_kernels {
     ($($name:ident = $kernel:ident;)+) => {
@@ -76,6 +81,30 @@ split_kernels! {
     BF16_ANY_G2 = attention_decode_split_bf16_hdany_g2;
     BF16_ANY_G4 = attention_decode_split_bf16_hdany_g4;
     BF16_ANY_G8 = attention_decode_split_bf16_hdany_g8;
+    PAGED_F32_HD64_G1 = attention_decode_split_paged_f32_hd64_g1;
+    PAGED_F32_HD64_G2 = attention_decode_split_paged_f32_hd64_g2;
+    PAGED_F32_HD64_G4 = attention_decode_split_paged_f32_hd64_g4;
+    PAGED_F32_HD64_G8 = attention_decode_split_paged_f32_hd64_g8;
+    PAGED_F32_HD128_G1 = attention_decode_split_paged_f32_hd128_g1;
+    PAGED_F32_HD128_G2 = attention_decode_split_paged_f32_hd128_g2;
+    PAGED_F32_HD128_G4 = attention_decode_split_paged_f32_hd128_g4;
+    PAGED_F32_HD128_G8 = attention_decode_split_paged_f32_hd128_g8;
+    PAGED_F32_ANY_G1 = attention_decode_split_paged_f32_hdany_g1;
+    PAGED_F32_ANY_G2 = attention_decode_split_paged_f32_hdany_g2;
+    PAGED_F32_ANY_G4 = attention_decode_split_paged_f32_hdany_g4;
+    PAGED_F32_ANY_G8 = attention_decode_split_paged_f32_hdany_g8;
+    PAGED_BF16_HD64_G1 = attention_decode_split_paged_bf16_hd64_g1;
+    PAGED_BF16_HD64_G2 = attention_decode_split_paged_bf16_hd64_g2;
+    PAGED_BF16_HD64_G4 = attention_decode_split_paged_bf16_hd64_g4;
+    PAGED_BF16_HD64_G8 = attention_decode_split_paged_bf16_hd64_g8;
+    PAGED_BF16_HD128_G1 = attention_decode_split_paged_bf16_hd128_g1;
+    PAGED_BF16_HD128_G2 = attention_decode_split_paged_bf16_hd128_g2;
+    PAGED_BF16_HD128_G4 = attention_decode_split_paged_bf16_hd128_g4;
+    PAGED_BF16_HD128_G8 = attention_decode_split_paged_bf16_hd128_g8;
+    PAGED_BF16_ANY_G1 = attention_decode_split_paged_bf16_hdany_g1;
+    PAGED_BF16_ANY_G2 = attention_decode_split_paged_bf16_hdany_g2;
+    PAGED_BF16_ANY_G4 = attention_decode_split_paged_bf16_hdany_g4;
+    PAGED_BF16_ANY_G8 = attention_decode_split_paged_bf16_hdany_g8;
     COMBINE_F32 = attention_decode_combine_f32;
     COMBINE_BF16 = attention_decode_combine_bf16;
 }
@@ -97,6 +126,49 @@ static SPLIT_BF16: SplitTable = [
         &BF16_HD128_G8,
     ],
     [&BF16_ANY_G1, &BF16_ANY_G2, &BF16_ANY_G4, &BF16_ANY_G8],
+];
+
+/// The same for paged caches (the `_paged` kernels, which resolve each key through the
+/// block table).
+static SPLIT_PAGED_F32: SplitTable = [
+    [
+        &PAGED_F32_HD64_G1,
+        &PAGED_F32_HD64_G2,
+        &PAGED_F32_HD64_G4,
+        &PAGED_F32_HD64_G8,
+    ],
+    [
+        &PAGED_F32_HD128_G1,
+        &PAGED_F32_HD128_G2,
+        &PAGED_F32_HD128_G4,
+        &PAGED_F32_HD128_G8,
+    ],
+    [
+        &PAGED_F32_ANY_G1,
+        &PAGED_F32_ANY_G2,
+        &PAGED_F32_ANY_G4,
+        &PAGED_F32_ANY_G8,
+    ],
+];
+static SPLIT_PAGED_BF16: SplitTable = [
+    [
+        &PAGED_BF16_HD64_G1,
+        &PAGED_BF16_HD64_G2,
+        &PAGED_BF16_HD64_G4,
+        &PAGED_BF16_HD64_G8,
+    ],
+    [
+        &PAGED_BF16_HD128_G1,
+        &PAGED_BF16_HD128_G2,
+        &PAGED_BF16_HD128_G4,
+        &PAGED_BF16_HD128_G8,
+    ],
+    [
+        &PAGED_BF16_ANY_G1,
+        &PAGED_BF16_ANY_G2,
+        &PAGED_BF16_ANY_G4,
+        &PAGED_BF16_ANY_G8,
+    ],
 ];
 
 /// Threads of a pass-1 block; must equal `SPLIT_THREADS` in the kernel.
@@ -363,6 +435,18 @@ pub struct SplitPlan {
     pub heads_per_block: usize,
 }
 
+/// The page pool and block table of paged K and V caches (see
+/// [`kv_pages`](crate::ops::kv_pages)): each buffer holds `pool.pages` unpadded pages
+/// `[kv_heads][page_size][head_dim]`, and the table maps the layout's `cache_seqs` sequences
+/// of `cache_slots` slots onto them. A key whose slot has no page is absent (not attended).
+#[derive(Clone, Copy, Debug)]
+pub struct DecodePages<'a> {
+    /// Pages of the pool and slots per page.
+    pub pool: PagePool,
+    /// Page ids, `block_table.stride` per sequence.
+    pub block_table: BlockTable<'a>,
+}
+
 /// Decode attention: `out[r, h] = softmax(scale · q[r, h] · Kᵀ) · V` over the keys
 /// `mask` makes visible to row `r` (see the module documentation), exact zeros when none.
 #[allow(clippy::too_many_arguments)]
@@ -378,9 +462,86 @@ pub fn attention_decode<T: AttentionElem>(
     layout: DecodeLayout,
     mask: DecodeMask,
 ) -> Result<()> {
+    decode(
+        stream, q, k_cache, v_cache, None, seq_slots, positions, out, workspace, layout, mask,
+    )
+}
+
+/// [`attention_decode`] over paged caches: `k_pool` and `v_pool` each hold exactly
+/// `pages.pool.pages · kv_heads · page_size · head_dim` elements, and the layout's
+/// `cache_seqs` and `cache_slots` are the sequences and slots per sequence the block table maps.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_paged<T: AttentionElem>(
+    stream: &Stream,
+    q: &impl AsDeviceView<T>,
+    k_pool: &impl AsDeviceView<T>,
+    v_pool: &impl AsDeviceView<T>,
+    pages: DecodePages<'_>,
+    seq_slots: &impl AsDeviceView<i32>,
+    positions: &impl AsDeviceView<i32>,
+    out: &mut impl AsDeviceViewMut<T>,
+    workspace: &mut AttentionWorkspace,
+    layout: DecodeLayout,
+    mask: DecodeMask,
+) -> Result<()> {
+    decode(
+        stream,
+        q,
+        k_pool,
+        v_pool,
+        Some(pages),
+        seq_slots,
+        positions,
+        out,
+        workspace,
+        layout,
+        mask,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode<T: AttentionElem>(
+    stream: &Stream,
+    q: &impl AsDeviceView<T>,
+    k_cache: &impl AsDeviceView<T>,
+    v_cache: &impl AsDeviceView<T>,
+    pages: Option<DecodePages<'_>>,
+    seq_slots: &impl AsDeviceView<i32>,
+    positions: &impl AsDeviceView<i32>,
+    out: &mut impl AsDeviceViewMut<T>,
+    workspace: &mut AttentionWorkspace,
+    layout: DecodeLayout,
+    mask: DecodeMask,
+) -> Result<()> {
     let (q, k_cache, v_cache) = (q.view(), k_cache.view(), v_cache.view());
     let (seq_slots, positions, mut out) = (seq_slots.view(), positions.view(), out.view_mut());
-    let checked = check_layout(&layout, mask)?;
+    let mut checked = check_layout(&layout, mask)?;
+    let (paging, table_retained) = paging_params(
+        pages.map(|p| p.pool),
+        pages.as_ref().map(|p| &p.block_table),
+        layout.cache_seqs,
+        layout.cache_slots,
+    )?;
+    if let Some(pages) = pages {
+        // The pool replaces the dense extent: unpadded pages, page_size slots per head.
+        let head_stride = pages
+            .pool
+            .page_size
+            .checked_mul(layout.head_dim)
+            .filter(|&n| n <= u32::MAX as usize)
+            .ok_or_else(|| DeviceError::overflow("page_size", "page_size × head_dim > u32"))?;
+        let page_stride = head_stride
+            .checked_mul(layout.kv_heads)
+            .filter(|&n| n <= u32::MAX as usize)
+            .ok_or_else(|| {
+                DeviceError::overflow("page_size", "kv_heads × page_size × head_dim > u32")
+            })?;
+        checked.cache_len = page_stride
+            .checked_mul(pages.pool.pages)
+            .ok_or_else(|| DeviceError::overflow("pages", "pool elements"))?;
+        checked.cache_head_stride = head_stride;
+        checked.cache_seq_stride = page_stride;
+    }
     check_span(
         "q",
         q.len(),
@@ -443,6 +604,7 @@ pub fn attention_decode<T: AttentionElem>(
         scale: layout.scale,
         cache_seqs: layout.cache_seqs as u32,
         fused_combine: u32::from(fused),
+        paging,
     };
     let chunks = (layout.heads / layout.kv_heads).div_ceil(plan.heads_per_block);
     let split_cfg = LaunchConfig {
@@ -463,7 +625,7 @@ pub fn attention_decode<T: AttentionElem>(
         block: [combine_threads as u32, 1, 1],
         dynamic_smem_bytes: (plan.splits * 4) as u32,
     };
-    let retained = [
+    let mut retained = vec![
         q.retain("q"),
         k_cache.retain("k_cache"),
         v_cache.retain("v_cache"),
@@ -474,12 +636,16 @@ pub fn attention_decode<T: AttentionElem>(
         workspace.partial_stats.view().retain("workspace"),
         workspace.counters.view().retain("workspace"),
     ];
-    let (split_kernel, combine_kernel) = kernels_for::<T>(layout.head_dim, plan.heads_per_block);
+    retained.extend(table_retained);
+    let (split_kernel, combine_kernel) =
+        kernels_for::<T>(layout.head_dim, plan.heads_per_block, pages.is_some());
     // SAFETY: `q` and `out` cover `(rows − 1) · stride + heads · head_dim` elements and the
     // caches exactly `cache_seqs · kv_heads · cache_slots · head_dim` (checked above); the
     // kernels address rows < `rows`, heads < `heads`, sequences < `cache_seqs` and slots <
     // `cache_slots` only, whatever `seq_slots` and `positions` hold (the mask function rejects
-    // anything else). The workspace holds `rows · heads · splits` partials (checked by
+    // anything else); paged, the pools hold exactly `pages` pages and a key is read only
+    // through a table entry naming one of them, the table covering every sequence's slots
+    // (`paging_params`). The workspace holds `rows · heads · splits` partials (checked by
     // `plan_splits`), the extent the split kernel writes and the combine reads, and as many
     // counters, at least the `rows · heads` the fused combine indexes; the dynamic shared
     // memory covers the merge and `splits` combine weights; `out`
@@ -705,14 +871,17 @@ fn check_exact(arg: &'static str, found: usize, expected: usize) -> Result<()> {
 fn kernels_for<T: AttentionElem>(
     head_dim: usize,
     heads_per_block: usize,
+    paged: bool,
 ) -> (
     &'static Kernel<AttentionDecodeParams>,
     &'static Kernel<AttentionDecodeParams>,
 ) {
-    let (table, combine) = match T::DTYPE {
-        DType::BF16 => (&SPLIT_BF16, &COMBINE_BF16),
+    let (table, combine) = match (T::DTYPE, paged) {
+        (DType::BF16, false) => (&SPLIT_BF16, &COMBINE_BF16),
+        (DType::BF16, true) => (&SPLIT_PAGED_BF16, &COMBINE_BF16),
         // `AttentionElem` is implemented for f32 and bf16 only.
-        _ => (&SPLIT_F32, &COMBINE_F32),
+        (_, false) => (&SPLIT_F32, &COMBINE_F32),
+        (_, true) => (&SPLIT_PAGED_F32, &COMBINE_F32),
     };
     let dim = match head_dim {
         64 => 0,

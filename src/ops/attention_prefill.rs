@@ -36,9 +36,10 @@ use crate::device::{AsDeviceView, AsDeviceViewMut, Device, DeviceBuffer, DeviceV
 use crate::dtype::{DType, DeviceElem};
 use crate::error::{DeviceError, Result};
 use crate::ffi::{
-    AttentionPrefillMmaParams, AttentionPrefillParams, STAG_ATTN_CROSS, STAG_ATTN_SELF,
-    STAG_KV_CACHE, STAG_KV_PACKED,
+    AttentionPrefillMmaParams, AttentionPrefillParams, StagKvPaging, STAG_ATTN_CROSS,
+    STAG_ATTN_SELF, STAG_KV_CACHE, STAG_KV_PACKED,
 };
+use crate::ops::kv_pages::{paging_params, BlockTable};
 use crate::ops::rope_append::{check_layout, KvCacheLayout};
 use crate::ops::HeadShape;
 
@@ -556,6 +557,7 @@ pub fn attention_prefill_with<T: PrefillElem>(
             cache_slots: 0,
             cache_seqs: 0,
             reserved: 0,
+            paging: StagKvPaging::default(),
         };
         let launch = LaunchConfig {
             grid: [tiles as u32, kv_heads as u32, batch.sequences() as u32],
@@ -622,6 +624,9 @@ pub struct CacheKeys<'a, T: DeviceElem> {
     /// takes them). The kernel reads the entry of each sequence's first row: every row of a
     /// sequence must name the same cache sequence (values are clamped into the cache).
     pub seq_slots: DeviceView<'a, i32>,
+    /// The block table of a paged `layout` (`None` for a dense one); keys whose slot has no
+    /// page are absent.
+    pub block_table: Option<BlockTable<'a>>,
 }
 
 /// Self-attention of a prompt (or a chunk of one) over a KV cache, on tensor cores (bf16
@@ -650,6 +655,12 @@ pub fn attention_prefill_cached<T: PrefillElem>(
     } = cfg.shape;
     let layout = keys.layout;
     let need = check_layout(&layout, None)?;
+    let (paging, table_retained) = paging_params(
+        layout.paged,
+        keys.block_table.as_ref(),
+        layout.seqs,
+        layout.slots,
+    )?;
     if layout.kv_heads != kv_heads || layout.head_dim != head_dim {
         return Err(DeviceError::ShapeMismatch {
             arg: "cache",
@@ -742,13 +753,14 @@ pub fn attention_prefill_cached<T: PrefillElem>(
         cache_slots: layout.slots as u32,
         cache_seqs: layout.seqs as u32,
         reserved: 0,
+        paging,
     };
     let launch = LaunchConfig {
         grid: [tiles as u32, kv_heads as u32, batch.sequences() as u32],
         block: [MMA_THREADS, 1, 1],
         dynamic_smem_bytes: mma_smem_bytes(tile_dim),
     };
-    let retained = [
+    let mut retained = vec![
         q.retain("q"),
         keys.k.retain("k_cache"),
         keys.v.retain("v_cache"),
@@ -757,11 +769,14 @@ pub fn attention_prefill_cached<T: PrefillElem>(
         batch.q_offsets.view().retain("batch"),
         batch.positions0.view().retain("batch"),
     ];
+    retained.extend(table_retained);
     // SAFETY: the views are retained above. `q`/`out` reach their last row's last element
     // (checked). The caches hold `layout.required_len()` elements (checked), and the kernel
     // clamps the cache sequence it reads from `seq_slots` into `layout.seqs` and every cache
     // row into the slots (`pos mod slots` for a ring, positions below `slots` for a dense
-    // cache), so every K/V read is inside the caches. `seq_slots` holds at least `q_rows`
+    // cache), so every K/V read is inside the caches (paged: through a table of `seqs ·
+    // stride` entries covering every slot, and only entries naming a page of the pool are
+    // read through, both checked by `paging_params`). `seq_slots` holds at least `q_rows`
     // entries and the kernel reads only entries at clamped row offsets below `q_rows`. The
     // batch arrays are as for `attention_prefill`. `out` is borrowed mutably and does not alias
     // the inputs.
@@ -896,6 +911,7 @@ mod tests {
             v: cache.view(),
             layout,
             seq_slots: slots.view(),
+            block_table: None,
         };
         let arg = |r: Result<()>| match r.unwrap_err() {
             DeviceError::InvalidArgument { arg, .. }

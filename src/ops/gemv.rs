@@ -53,10 +53,11 @@ use crate::device::{AsDeviceView, DeviceView, DeviceViewMut, Stream};
 use crate::dtype::{DType, DeviceElem};
 use crate::error::{DeviceError, Result};
 use crate::ffi::{
-    GemvParams, STAG_GEMV_CROSS_KV as CROSS_KV, STAG_GEMV_MAX_GROUPS,
+    GemvParams, StagKvPaging, STAG_GEMV_CROSS_KV as CROSS_KV, STAG_GEMV_MAX_GROUPS,
     STAG_GEMV_RESIDUAL_ADD as RESIDUAL_ADD, STAG_GEMV_ROPE_KV as ROPE_KV, STAG_GEMV_STORE as STORE,
     STAG_GEMV_SWIGLU as SWIGLU,
 };
+use crate::ops::kv_pages::paging_params;
 use crate::ops::memory_kv_append::{check_caches, CrossCaches};
 use crate::ops::rmsnorm::NormElem;
 use crate::ops::rope_append::{check_cache, check_rows, KvCacheMut, RopeTable};
@@ -290,6 +291,7 @@ pub fn gemv_grouped<T: NormElem>(
         window: 0,
         group_w: [std::ptr::null(); MAX_GROUPS - 1],
         group_norm_weight: [std::ptr::null(); MAX_GROUPS - 1],
+        paging: StagKvPaging::default(),
     };
     let mut retained = vec![x.retain("x")];
     for (g, w) in ws.iter().enumerate() {
@@ -393,8 +395,17 @@ pub fn gemv_grouped<T: NormElem>(
                 k: mut k_cache,
                 v: mut v_cache,
                 layout,
+                block_table,
             } = cache;
             check_cache(&layout, heads, k_cache.len(), v_cache.len())?;
+            let (paging, table_retained) = paging_params(
+                layout.paged,
+                block_table.as_ref(),
+                layout.seqs,
+                layout.slots,
+            )?;
+            params.paging = paging;
+            retained.extend(table_retained);
             indices(&mut params, &mut retained, seq_slots, positions, m)?;
             output(&mut params, &mut retained, qkv, row_stride, m, n)?;
             params.epilogue = ROPE_KV;
@@ -429,8 +440,17 @@ pub fn gemv_grouped<T: NormElem>(
                 k: mut k_cache,
                 v: mut v_cache,
                 layout,
+                block_table,
             } = cache;
             let width = check_caches(&layout, cross, k_cache.len(), v_cache.len())?;
+            let (paging, table_retained) = paging_params(
+                layout.paged,
+                block_table.as_ref(),
+                layout.seqs,
+                layout.slots,
+            )?;
+            params.paging = paging;
+            retained.extend(table_retained);
             if width != n {
                 return Err(DeviceError::ShapeMismatch {
                     arg: "w",
@@ -473,8 +493,10 @@ pub fn gemv_grouped<T: NormElem>(
     // g·m/groups.. (m/groups ≤ 16 of them) lie inside every row-indexed operand. Each output covers `m` rows of its width at its stride
     // (checked), the caches every element their layouts address (checked, no two elements at
     // one address), the table `table_positions × head_dim / 2` floats and the index arrays `m`
-    // entries; the kernel writes a cache slot only for indices inside those bounds. Outputs
-    // and caches are distinct mutable borrows, so they alias neither each other nor the inputs.
+    // entries; the kernel writes a cache slot only for indices inside those bounds (paged: a
+    // table of `seqs · stride` entries covering every slot, and only entries naming a page of
+    // the pool are written through, both checked by `paging_params`). Outputs and caches are
+    // distinct mutable borrows, so they alias neither each other nor the inputs.
     // Every allocation is retained until the kernel has run.
     unsafe { stream.launch(kernel_for::<T>(), cfg, params, &retained) }
 }

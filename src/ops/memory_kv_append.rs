@@ -17,6 +17,7 @@ use crate::device::{AsDeviceView, AsDeviceViewMut, Stream};
 use crate::dtype::{DType, DeviceElem};
 use crate::error::{DeviceError, Result};
 use crate::ffi::MemoryKvAppendParams;
+use crate::ops::kv_pages::paging_params;
 use crate::ops::rmsnorm::NormElem;
 use crate::ops::rope_append::{
     check_host_rows, check_layout, with_host_rows, KvCacheLayout, KvCacheMut,
@@ -83,8 +84,15 @@ pub fn memory_kv_append<T: NormElem>(
         k: mut k_cache,
         v: mut v_cache,
         layout,
+        block_table,
     } = cache;
     let row_width = check_caches(&layout, cross, k_cache.len(), v_cache.len())?;
+    let (paging, table_retained) = paging_params(
+        layout.paged,
+        block_table.as_ref(),
+        layout.seqs,
+        layout.slots,
+    )?;
     check_kv(kv.len(), rows, row_width)?;
     if rows == 0 {
         return Ok(());
@@ -107,18 +115,22 @@ pub fn memory_kv_append<T: NormElem>(
         window: cross.window.unwrap_or(0) as u32,
         cache_seqs: layout.seqs as u32,
         reserved: 0,
+        paging,
     };
-    let retained = [
+    let mut retained = vec![
         kv.retain("kv"),
         k_cache.retain("k_cache"),
         v_cache.retain("v_cache"),
         seq_slots.retain("seq_slots"),
         positions.retain("positions"),
     ];
+    retained.extend(table_retained);
     // SAFETY: `kv` holds `rows` dense rows of `layers · 2 · kv_dim` elements and the index
     // arrays `rows` entries (checked above); both caches hold every element of `layers` stacked
     // layouts (checked, no two elements at one address). The kernel writes a slot only for a
-    // sequence below `cache_seqs` and a slot below `cache_slots`. The caches are distinct
+    // sequence below `cache_seqs` and a slot below `cache_slots` (paged: only through a table
+    // entry naming a page of the pool, with the table covering every sequence's slots, both
+    // checked by `paging_params`). The caches are distinct
     // mutable borrows, so nothing else aliases them, and every allocation is retained until
     // the kernel has run.
     unsafe {

@@ -6,6 +6,7 @@ pub mod axpby;
 pub mod embedding;
 pub mod gemm;
 pub mod gemv;
+pub mod kv_pages;
 pub mod memory_kv_append;
 pub mod rmsnorm;
 pub mod rope_append;

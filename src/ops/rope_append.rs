@@ -12,6 +12,9 @@
 //! `stagformer_ref::ops::rope_inplace` computes them, and the kernel rounds each product and
 //! sum as the reference does: f32 results are bit-identical to the reference.
 //!
+//! The caches may be paged ([`KvCacheLayout::into_paged`] and a [`BlockTable`]): a row whose
+//! slot has no page is skipped like a row without a slot.
+//!
 //! Whatever the device indices hold, a row whose slot or position lies outside the caches or
 //! the table is skipped (nothing of it is read or written); [`rope_append_host_rows`] checks
 //! host indices and reports such rows as errors instead.
@@ -25,6 +28,7 @@ use crate::device::{
 use crate::dtype::{DType, DeviceElem};
 use crate::error::{DeviceError, Result};
 use crate::ffi::RopeAppendParams;
+use crate::ops::kv_pages::{paging_params, BlockTable, PagePool};
 use crate::ops::rmsnorm::NormElem;
 use crate::ops::HeadShape;
 
@@ -157,6 +161,12 @@ impl RopeTable {
 /// attention reads only the last W ≤ slots positions), instead of slot `k`. [`rope_append`]
 /// honours it; the cross caches of `memory_kv_append` carry their ring modulus in
 /// `CrossCaches::window` instead.
+///
+/// `paged` (see [`kv_pages`](crate::ops::kv_pages)): the buffers are a pool of pages, each
+/// `[kv_heads][page_size][head_dim]`, `seq_stride` elements apart (the page stride), with
+/// `head_stride` between the heads of a page; `seqs` and `slots` stay the sequences and slots
+/// per sequence a block table maps onto the pages. Build it with [`KvCacheLayout::into_paged`]
+/// and pass the table in [`KvCacheMut::block_table`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvCacheLayout {
     /// Sequences the cache holds.
@@ -173,6 +183,8 @@ pub struct KvCacheLayout {
     pub head_stride: usize,
     /// Whether position `k` is in slot `k mod slots` (else in slot `k`).
     pub ring: bool,
+    /// The page pool when the cache is paged (`None`: dense, sequence `s` at `s · seq_stride`).
+    pub paged: Option<PagePool>,
 }
 
 impl KvCacheLayout {
@@ -188,6 +200,20 @@ impl KvCacheLayout {
             seq_stride: kv_heads.saturating_mul(head_stride),
             head_stride,
             ring: false,
+            paged: None,
+        }
+    }
+
+    /// The same sequences and slots held in a pool of `pages` pages of `page_size` slots
+    /// (unpadded pages: head stride `page_size · head_dim`, page stride `kv_heads` times that),
+    /// addressed through a block table. Rings stay rings: paging maps slots, not positions.
+    pub fn into_paged(self, pages: usize, page_size: usize) -> Self {
+        let head_stride = page_size.saturating_mul(self.head_dim);
+        KvCacheLayout {
+            seq_stride: self.kv_heads.saturating_mul(head_stride),
+            head_stride,
+            paged: Some(PagePool { pages, page_size }),
+            ..self
         }
     }
 
@@ -219,6 +245,8 @@ pub struct KvCacheMut<'a, T: DeviceElem> {
     pub v: DeviceViewMut<'a, T>,
     /// Where each element of both lies.
     pub layout: KvCacheLayout,
+    /// The block table of a paged `layout` (`None` for a dense one).
+    pub block_table: Option<BlockTable<'a>>,
 }
 
 /// The projected q, k and v of the token rows.
@@ -268,8 +296,15 @@ pub fn rope_append<T: NormElem>(
         k: mut k_cache,
         v: mut v_cache,
         layout,
+        block_table,
     } = cache;
     check_cache(&layout, shape, k_cache.len(), v_cache.len())?;
+    let (paging, table_retained) = paging_params(
+        layout.paged,
+        block_table.as_ref(),
+        layout.seqs,
+        layout.slots,
+    )?;
     check_qkv(&qkv, shape, rows as usize)?;
     if rows == 0 {
         return Ok(());
@@ -326,8 +361,10 @@ pub fn rope_append<T: NormElem>(
         cache_seqs: layout.seqs as u32,
         ring: layout.ring as u32,
         reserved: 0,
+        paging,
     };
     let mut retained = retained_qkv;
+    retained.extend(table_retained);
     retained.extend([
         k_cache.retain("k_cache"),
         v_cache.retain("v_cache"),
@@ -342,7 +379,10 @@ pub fn rope_append<T: NormElem>(
     // holds `table_positions × head_dim / 2` floats, and the index arrays hold `rows` entries.
     // The kernel touches a cache slot or table row only for indices inside those bounds and
     // writes q, k (mutable borrows) and the caches (mutable borrows, distinct from each other
-    // and from the inputs). Every allocation is retained until the kernel has run.
+    // and from the inputs). A paged cache's table holds `seqs · stride` entries covering every
+    // slot (checked by `paging_params`), and the kernel writes no row whose entry is not a
+    // page of the pool, which the layout check sized. Every allocation is retained until the
+    // kernel has run.
     unsafe {
         stream.launch(
             kernel_for::<T>(),
@@ -536,12 +576,24 @@ pub(crate) fn check_layout(
         }
         extent(arg, value)?;
     }
-    let row = layout
-        .slots
+    // A paged cache spans its pool: `pages` pages of `page_size` slots, `seq_stride` apart.
+    let (outer, row_slots) = match layout.paged {
+        None => (layout.seqs, layout.slots),
+        Some(pool) => {
+            for (arg, value) in [("pages", pool.pages), ("page_size", pool.page_size)] {
+                if value == 0 {
+                    return Err(DeviceError::invalid(arg, "must be at least 1"));
+                }
+                extent(arg, value)?;
+            }
+            (pool.pages, pool.page_size)
+        }
+    };
+    let row = row_slots
         .checked_mul(layout.head_dim)
         .ok_or_else(|| DeviceError::overflow("cache.slots", "slots × head_dim"))?;
     let mut dims = vec![
-        ("cache.seq_stride", layout.seqs, layout.seq_stride),
+        ("cache.seq_stride", outer, layout.seq_stride),
         ("cache.head_stride", layout.kv_heads, layout.head_stride),
     ];
     if let Some((count, stride)) = layers {

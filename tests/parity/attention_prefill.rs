@@ -502,6 +502,7 @@ fn run_cached(
         v: v_dev.view(),
         layout: cache,
         seq_slots: slots_dev.view(),
+        block_table: None,
     };
     attention_prefill_cached(stream, &batch, &q_dev, &keys, &mut out, &cfg)?;
     let got = out.to_host(stream)?;

@@ -411,6 +411,7 @@ fn rope_case<T: Float + NormElem>(
                 k: k_dev.view_mut(),
                 v: v_dev.view_mut(),
                 layout,
+                block_table: None,
             },
         },
     )?;
@@ -543,6 +544,7 @@ fn cross_case<T: Float + NormElem>(
                 k: k_dev.view_mut(),
                 v: v_dev.view_mut(),
                 layout,
+                block_table: None,
             },
             cross,
         },

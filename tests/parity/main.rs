@@ -19,6 +19,7 @@ mod embedding;
 mod gemm;
 mod gemv;
 mod memory_kv_append;
+mod paged;
 mod rmsnorm;
 mod rope_append;
 mod sample;
@@ -41,6 +42,7 @@ fn all_cases() -> Vec<Case> {
     cases.extend(sample::cases());
     cases.extend(axpby::cases());
     cases.extend(gemv::cases());
+    cases.extend(paged::cases());
     cases
 }
 

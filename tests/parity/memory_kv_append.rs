@@ -232,6 +232,7 @@ fn run_append<T: Float + NormElem>(
         head_stride,
         seq_stride: s.kv_heads * head_stride + s.cache_pad,
         ring: false,
+        paged: None,
     };
     let layer_stride = layout.required_len()? + s.layer_pad;
     let cross = CrossCaches {
@@ -278,6 +279,7 @@ fn run_append<T: Float + NormElem>(
         k: k_cache.slice_mut(off..)?,
         v: v_cache.slice_mut(off..)?,
         layout,
+        block_table: None,
     };
     let kv_view = kv_dev.slice(off..)?;
     if s.host_rows {
@@ -368,6 +370,7 @@ fn check_host_refusals<T: Float + NormElem>(
                 k: k_cache.view_mut(),
                 v: v_cache.view_mut(),
                 layout,
+                block_table: None,
             },
             cross,
         );

@@ -433,6 +433,7 @@ fn run_rope<T: Float + NormElem>(
         head_stride: s.slots * hd + s.cache_pad,
         seq_stride: s.kv_heads * (s.slots * hd + s.cache_pad) + s.cache_pad,
         ring: s.ring,
+        paged: None,
     };
     let cache_len = layout.required_len()?;
     let (k_sentinel, _) = stored::<T>(&inputs.normal(cache_len, 0.0, 1.0));
@@ -509,6 +510,7 @@ fn run_rope<T: Float + NormElem>(
             k: k_cache.slice_mut(off..)?,
             v: v_cache.slice_mut(off..)?,
             layout,
+            block_table: None,
         };
         if s.host_rows {
             let slots_u32: Vec<u32> = seq_slots.iter().map(|&x| x as u32).collect();
@@ -621,6 +623,7 @@ fn check_host_refusals<T: Float + NormElem>(
                 k: k_cache.view_mut(),
                 v: v_cache.view_mut(),
                 layout,
+                block_table: None,
             },
         );
         match result {

@@ -158,6 +158,7 @@ impl<T: Activation> Shared<T> {
                     k: caches.cross_k.view_mut(),
                     v: caches.cross_v.view_mut(),
                     layout,
+                    block_table: None,
                 },
                 cross: CrossCaches {
                     layers: cfg.layers_per_section(),
@@ -258,6 +259,7 @@ impl<T: Activation> Shared<T> {
                     k: caches.self_k[j].view_mut(),
                     v: caches.self_v[j].view_mut(),
                     layout: self.self_layout(),
+                    block_table: None,
                 },
             },
         )?;

@@ -465,6 +465,7 @@ impl<T: Activation> Shared<T> {
                     k: caches.self_k[j].view_mut(),
                     v: caches.self_v[j].view_mut(),
                     layout: self.self_layout(),
+                    block_table: None,
                 },
             )?;
             if let Some(p0) = mma_from {
@@ -495,6 +496,7 @@ impl<T: Activation> Shared<T> {
                     v: caches.self_v[j].view(),
                     layout: self.self_layout(),
                     seq_slots: ix.self_slots.slice(chunk.clone())?,
+                    block_table: None,
                 };
                 attention_prefill_cached(
                     stream,
@@ -759,6 +761,7 @@ impl<T: Activation> Shared<T> {
                 k: caches.cross_k.view_mut(),
                 v: caches.cross_v.view_mut(),
                 layout,
+                block_table: None,
             },
             CrossCaches {
                 layers: cfg.layers_per_section(),
