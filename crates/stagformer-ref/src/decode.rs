@@ -8,11 +8,8 @@ use crate::error::{Error, RequestError, ShapeError};
 use crate::model::Model;
 use crate::ops::{self, Matrix};
 
-/// A sequence's slot in a batch: [`DecodeBatch::prefill`] (and the kernel decoder's `prefill`)
-/// hands out the lowest free slot, in `0..max_batch`; `remove` frees it for the next prompt. An
-/// id is only meaningful to the batch that issued it; one no live sequence holds is
-/// [`RequestError::UnknownSequence`].
-pub type SeqId = usize;
+pub use crate::slots::SeqId;
+use crate::slots::Slots;
 
 /// What a decode step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +58,7 @@ pub struct DecodeBatch<'m> {
     model: &'m Model,
     mode: StepMode,
     capacity: usize,
-    max_batch: usize,
-    seqs: Vec<Option<Sequence>>,
+    seqs: Slots<Sequence>,
 }
 
 impl<'m> DecodeBatch<'m> {
@@ -86,8 +82,7 @@ impl<'m> DecodeBatch<'m> {
             model,
             mode,
             capacity,
-            max_batch,
-            seqs: Vec::new(),
+            seqs: Slots::new(max_batch),
         })
     }
 
@@ -107,13 +102,7 @@ impl<'m> DecodeBatch<'m> {
     /// Adds a sequence: runs every section over `prompt`, fills its caches, and returns its id
     /// and the logits of every prompt position [P, V].
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(SeqId, Matrix), Error> {
-        let live = self.seqs.iter().filter(|s| s.is_some()).count();
-        if live >= self.max_batch {
-            return Err(RequestError::BatchFull {
-                max: self.max_batch,
-            }
-            .into());
-        }
+        self.seqs.next_free()?;
         let model = self.model;
         model.check_tokens(prompt, self.capacity)?;
         let cfg = &model.config;
@@ -140,28 +129,13 @@ impl<'m> DecodeBatch<'m> {
             }
         }
         let logits = model.logits(&model.mix(&outputs))?;
-        let id = match self.seqs.iter().position(Option::is_none) {
-            Some(free) => {
-                self.seqs[free] = Some(seq);
-                free
-            }
-            None => {
-                self.seqs.push(Some(seq));
-                self.seqs.len() - 1
-            }
-        };
+        let id = self.seqs.insert(seq)?;
         Ok((id, logits))
     }
 
     /// Drops a sequence, freeing its place in the batch.
     pub fn remove(&mut self, id: SeqId) -> Result<(), RequestError> {
-        match self.seqs.get_mut(id) {
-            Some(slot @ Some(_)) => {
-                *slot = None;
-                Ok(())
-            }
-            _ => Err(RequestError::UnknownSequence { seq: id }),
-        }
+        self.seqs.remove(id).map(drop)
     }
 
     /// Number of tokens sequence `id` has processed.
@@ -170,10 +144,7 @@ impl<'m> DecodeBatch<'m> {
     }
 
     fn seq(&self, id: SeqId) -> Result<&Sequence, RequestError> {
-        self.seqs
-            .get(id)
-            .and_then(Option::as_ref)
-            .ok_or(RequestError::UnknownSequence { seq: id })
+        self.seqs.get(id)
     }
 
     /// One decode step: feeds `tokens[r]` to sequence `ids[r]` and returns the logits [B, V].
@@ -187,7 +158,7 @@ impl<'m> DecodeBatch<'m> {
         let cfg = &model.config;
         let positions: Vec<usize> = ids
             .iter()
-            .map(|&id| self.seqs[id].as_ref().map_or(0, |s| s.len))
+            .map(|&id| self.seqs.get(id).map_or(0, |s| s.len))
             .collect();
         let sections: Vec<usize> = match self.mode {
             StepMode::Staggered => (0..cfg.sections()).collect(),
@@ -212,7 +183,7 @@ impl<'m> DecodeBatch<'m> {
             }
         }
         for &id in ids {
-            if let Some(seq) = self.seqs[id].as_mut() {
+            if let Ok(seq) = self.seqs.get_mut(id) {
                 seq.len += 1;
             }
         }
@@ -269,7 +240,7 @@ impl<'m> DecodeBatch<'m> {
             let (q, k, v) = model.qkv(layer, &x, positions)?;
             let mut attn = Matrix::zeros(ids.len(), layout.q_dim());
             for (r, (&id, &pos)) in ids.iter().zip(positions).enumerate() {
-                let seq = self.seqs[id].as_mut().expect("validated");
+                let seq = self.seqs.get_mut(id).expect("validated");
                 let cache = &mut seq.self_kv[s][j];
                 cache.write(pos, k.row(r), v.row(r));
                 ops::attention_row(
@@ -288,7 +259,7 @@ impl<'m> DecodeBatch<'m> {
                 let q = ops::linear(&h, &cross.wq)?;
                 let mut attn = Matrix::zeros(ids.len(), layout.q_dim());
                 for (r, (&id, &pos)) in ids.iter().zip(positions).enumerate() {
-                    let cache = &self.seqs[id].as_ref().expect("validated").cross_kv[s - 1][j];
+                    let cache = &self.seqs.get(id).expect("validated").cross_kv[s - 1][j];
                     // Slots 0..n hold exactly memory positions max(0, pos − W)..pos − 1.
                     let n = window_slots.map_or(pos, |w| pos.min(w));
                     ops::attention_row(
@@ -323,7 +294,7 @@ impl<'m> DecodeBatch<'m> {
             let v = ops::linear(memory, &cross.wv)?;
             for (r, (&id, &pos)) in ids.iter().zip(positions).enumerate() {
                 let slot = self.cross_slot(pos);
-                let seq = self.seqs[id].as_mut().expect("validated");
+                let seq = self.seqs.get_mut(id).expect("validated");
                 seq.cross_kv[reader - 1][j].write(slot, k.row(r), v.row(r));
             }
         }

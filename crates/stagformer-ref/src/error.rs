@@ -1,6 +1,7 @@
 //! Typed errors of the reference model: every bad checkpoint or request names the file, field,
 //! tensor or argument at fault.
 
+use crate::slots::SeqId;
 use std::path::PathBuf;
 
 /// Anything that can go wrong loading a checkpoint or serving a request.
@@ -391,17 +392,25 @@ pub enum RequestError {
         /// Which of the conditions the model fails.
         reason: String,
     },
-    /// A sequence id no live sequence of the batch holds.
+    /// A sequence id this batch never issued (ids are `slot.generation`).
     #[error("sequence {seq} does not exist in this decode batch")]
     UnknownSequence {
         /// The id given.
-        seq: usize,
+        seq: SeqId,
+    },
+    /// The id of a sequence that was removed: its slot is empty or holds a later sequence.
+    #[error("sequence {seq} was removed (its slot is at generation {generation} now)")]
+    StaleSequence {
+        /// The id given.
+        seq: SeqId,
+        /// The slot's generation now.
+        generation: u32,
     },
     /// One sequence listed twice in one step.
     #[error("sequence {seq} appears twice in one decode step")]
     DuplicateSequence {
         /// The id listed twice.
-        seq: usize,
+        seq: SeqId,
     },
     /// A step whose sequence ids and tokens differ in number.
     #[error("decode step got {ids} sequence ids and {tokens} tokens")]

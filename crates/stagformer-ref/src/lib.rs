@@ -25,6 +25,7 @@ pub mod ops;
 pub mod rope;
 pub mod sample;
 pub mod score;
+pub mod slots;
 pub mod weights;
 
 pub use checkpoint::{Checkpoint, Element, StorageDtype, TensorSource};
@@ -39,3 +40,4 @@ pub use ops::Matrix;
 pub use rope::RopeScaling;
 pub use sample::SamplingParams;
 pub use score::{score, ScoreMode};
+pub use slots::Slots;

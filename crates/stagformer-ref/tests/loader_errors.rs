@@ -411,9 +411,23 @@ fn decode_batch_limits() {
         batch.step(&[id], &[5]).unwrap_err(),
         Error::Request(RequestError::TooLong { len: 5, max: 4 })
     ));
+    // A removed sequence's id is stale, also once its slot holds the next prompt.
+    batch.remove(id).unwrap();
+    let (next, _) = batch.prefill(&[1]).unwrap();
+    assert_eq!(next.slot(), id.slot());
     assert!(matches!(
-        batch.step(&[id + 1], &[5]).unwrap_err(),
-        Error::Request(RequestError::UnknownSequence { .. })
+        batch.step(&[id], &[5]).unwrap_err(),
+        Error::Request(RequestError::StaleSequence { seq, generation: 1 }) if seq == id
+    ));
+    assert!(batch.remove(id).is_err());
+    batch.step(&[next], &[5]).unwrap();
+    // An id from a batch with more slots is unknown here.
+    let mut wide = DecodeBatch::new(&m, StepMode::Staggered, 2, 4).unwrap();
+    wide.prefill(&[1]).unwrap();
+    let (far, _) = wide.prefill(&[1]).unwrap();
+    assert!(matches!(
+        batch.step(&[far], &[5]).unwrap_err(),
+        Error::Request(RequestError::UnknownSequence { seq }) if seq == far
     ));
     assert!(DecodeBatch::new(&m, StepMode::Staggered, 1, 65).is_err());
 }

@@ -49,7 +49,7 @@ fn ragged_batch_decode_matches_forward() {
             if live.is_empty() {
                 break;
             }
-            let step_ids: Vec<usize> = live.iter().map(|&s| ids[s]).collect();
+            let step_ids: Vec<stagformer_ref::SeqId> = live.iter().map(|&s| ids[s]).collect();
             let step_tokens: Vec<u32> = live
                 .iter()
                 .map(|&s| seqs[s][batch.len(ids[s]).unwrap()])

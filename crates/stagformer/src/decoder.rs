@@ -14,7 +14,7 @@ use stagformer_kernels::ops::rope_append::{KvCacheLayout, RopeTable};
 use stagformer_kernels::ops::sample::{
     sample_checked, SampleShape, SampleWorkspace, SamplingConfig,
 };
-use stagformer_ref::{Checkpoint, Model, RequestError, SamplingParams, SeqId, TensorSource};
+use stagformer_ref::{Checkpoint, Model, RequestError, SamplingParams, SeqId, Slots, TensorSource};
 
 use crate::error::{DecoderError, Result};
 use crate::fused::{GemvPath, MAX_GROUPS, MAX_ROWS};
@@ -206,7 +206,7 @@ pub struct Decoder<T: Activation> {
     sample_workspace: SampleWorkspace,
     opts: DecoderOptions,
     /// Tokens processed per live sequence.
-    lens: Vec<Option<usize>>,
+    lens: Slots<usize>,
     /// Captured steps, replayed on stream 0.
     graphs: HashMap<GraphKey, Graph>,
     /// Keys whose step ran once without capture: the warm-up loads modules, creates cuBLAS
@@ -362,7 +362,7 @@ impl<T: Activation> Decoder<T> {
             prefill,
             streams,
             opts,
-            lens: vec![None; opts.max_batch],
+            lens: Slots::new(opts.max_batch),
             graphs: HashMap::new(),
             warmed: HashSet::new(),
             poisoned: None,
@@ -426,17 +426,12 @@ impl<T: Activation> Decoder<T> {
 
     /// Tokens sequence `id` has processed.
     pub fn len(&self, id: SeqId) -> Result<usize> {
-        self.lens
-            .get(id)
-            .copied()
-            .flatten()
-            .ok_or_else(|| RequestError::UnknownSequence { seq: id }.into())
+        Ok(*self.lens.get(id)?)
     }
 
     /// Frees a sequence's slot.
     pub fn remove(&mut self, id: SeqId) -> Result<()> {
-        self.len(id)?;
-        self.lens[id] = None;
+        self.lens.remove(id)?;
         Ok(())
     }
 
@@ -481,19 +476,14 @@ impl<T: Activation> Decoder<T> {
             }
             .into());
         }
-        let id = self
-            .lens
-            .iter()
-            .position(Option::is_none)
-            .ok_or(RequestError::BatchFull {
-                max: self.opts.max_batch,
-            })?;
+        let id = self.lens.next_free()?;
         let logits = self.guarded(|d| d.run_prefill(id, prompt))?;
         // A NaN or infinity (an overflowed activation) is an error, not logits to sample
         // from; the slot stays free.
         stagformer_ref::NonFiniteLogits::check(&logits, vocab, 0)
             .map_err(stagformer_ref::Error::from)?;
-        self.lens[id] = Some(prompt.len());
+        let issued = self.lens.insert(prompt.len())?;
+        debug_assert_eq!(issued, id);
         Ok((id, logits))
     }
 
@@ -534,7 +524,7 @@ impl<T: Activation> Decoder<T> {
         let rows: Vec<Row> = chunk
             .clone()
             .map(|position| Row {
-                seq: id,
+                seq: id.slot(),
                 token: prompt[position],
                 position,
             })
@@ -663,7 +653,7 @@ impl<T: Activation> Decoder<T> {
 
     fn advance(&mut self, seqs: &[SeqId]) {
         for &s in seqs {
-            if let Some(len) = self.lens[s].as_mut() {
+            if let Ok(len) = self.lens.get_mut(s) {
                 *len += 1;
             }
         }
@@ -725,7 +715,7 @@ impl<T: Activation> Decoder<T> {
             .zip(tokens)
             .zip(positions)
             .map(|((&seq, &token), &position)| Row {
-                seq,
+                seq: seq.slot(),
                 token,
                 position,
             })

@@ -13,6 +13,7 @@
 mod decoder;
 pub mod error;
 mod fused;
+pub mod pages;
 mod row_inputs;
 mod scratch;
 mod section;

@@ -166,3 +166,38 @@ fn bf16_checkpoint_uploads_bit_for_bit() {
         .collect();
     assert_eq!(gain, want);
 }
+
+/// A removed sequence's id is refused once its slot holds the next prompt, and the step
+/// that names it changes nothing: the live sequence still matches a decoder that never saw
+/// the stale id.
+#[test]
+fn a_stale_sequence_id_is_an_error_not_the_next_request() {
+    use stagformer_ref::RequestError;
+    let device = Device::emulated();
+    let model = Model::random(config(2, 2, None), 9, StorageDtype::F32).unwrap();
+    let opts = DecoderOptions::new(1, 16);
+    let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+    let (old, _) = dec.prefill(&[3, 1, 4]).unwrap();
+    dec.remove(old).unwrap();
+    let (new, _) = dec.prefill(&[5, 9]).unwrap();
+    assert_eq!(new.slot(), old.slot());
+    for err in [
+        dec.step(&[old], &[2]).unwrap_err(),
+        dec.remove(old).unwrap_err(),
+        dec.len(old).unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                err,
+                DecoderError::Request(RequestError::StaleSequence { seq, generation: 1 })
+                    if seq == old
+            ),
+            "{err}"
+        );
+    }
+    assert_eq!(dec.len(new).unwrap(), 2);
+    let got = dec.step(&[new], &[2]).unwrap();
+    let mut fresh = Decoder::<f32>::new(&device, &model, opts).unwrap();
+    let (id, _) = fresh.prefill(&[5, 9]).unwrap();
+    assert_eq!(got, fresh.step(&[id], &[2]).unwrap());
+}

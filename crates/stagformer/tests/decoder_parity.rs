@@ -1,7 +1,7 @@
 //! The kernel decoder on the emulated device against the CPU reference's forward logits, for
 //! the variant matrix and every execution mode that applies.
 
-use stagformer::{Decoder, DecoderOptions, ExecMode, GemvPath, SamplingParams};
+use stagformer::{Decoder, DecoderOptions, ExecMode, GemvPath, SamplingParams, SeqId};
 use stagformer_kernels::Device;
 use stagformer_ref::{Config, Model, StorageDtype};
 
@@ -220,22 +220,24 @@ fn graph_replay_equals_direct_launches() {
             let mut out = Vec::new();
             for step in 0..24u32 {
                 // Batches of 3, 2 and 1 rows, and two sampler settings, interleaved.
-                let seqs: &[usize] = match step % 4 {
+                let seqs: &[SeqId] = match step % 4 {
                     0 | 1 => &[a, b, c],
                     2 => &[c, a],
                     _ => &[b],
                 };
                 let sampling = if step % 3 == 0 { &greedy } else { &warm };
-                let toks: Vec<u32> = seqs.iter().map(|&s| next[s]).collect();
+                let toks: Vec<u32> = seqs.iter().map(|&s| next[s.slot()]).collect();
                 let picked = dec.step_sample(seqs, &toks, sampling, step).unwrap();
                 for (&s, &t) in seqs.iter().zip(&picked) {
-                    next[s] = t;
+                    next[s.slot()] = t;
                 }
                 out.extend(picked);
             }
             // The last few steps read logits instead of sampling: graphs without a sampler.
             for _ in 0..3 {
-                let logits = dec.step(&[a, c], &[next[a], next[c]]).unwrap();
+                let logits = dec
+                    .step(&[a, c], &[next[a.slot()], next[c.slot()]])
+                    .unwrap();
                 out.extend(logits.iter().map(|v| v.to_bits()));
             }
             runs.push(out);
@@ -437,7 +439,7 @@ fn grouped_equals_sequential_token_for_token() {
                 ..DecoderOptions::new(batch, 40)
             };
             let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
-            let ids: Vec<usize> = (0..batch)
+            let ids: Vec<SeqId> = (0..batch)
                 .map(|b| dec.prefill(&tokens(1 + b % 5, b)).unwrap().0)
                 .collect();
             let mut next: Vec<u32> = (0..batch as u32).map(|b| (b * 5 + 7) % 41).collect();
