@@ -18,6 +18,8 @@ use crate::error::{DeviceError, Result};
 pub(crate) struct Allocation {
     device: Device,
     mem: Memory,
+    /// Requested size, counted in [`Device::allocated_bytes`] while the allocation lives.
+    bytes: usize,
 }
 
 enum Memory {
@@ -31,9 +33,11 @@ impl Allocation {
             Backend::Emulated(_) => Memory::Host(HostMem::new(bytes)?),
             Backend::Cuda(c) => Memory::Cuda(c.alloc(bytes)?),
         };
+        device.account(bytes, true);
         Ok(Arc::new(Allocation {
             device: device.clone(),
             mem,
+            bytes,
         }))
     }
 
@@ -68,6 +72,12 @@ impl Allocation {
             Memory::Host(h) => h.as_ptr().wrapping_add(offset).cast(),
             Memory::Cuda(c) => c.ptr.wrapping_add(offset as u64) as usize as *mut c_void,
         }
+    }
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        self.device.account(self.bytes, false);
     }
 }
 

@@ -45,7 +45,7 @@ mod stream;
 mod timing;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub use buffer::{AsDeviceView, AsDeviceViewMut, DeviceBuffer, DeviceView, DeviceViewMut};
@@ -96,6 +96,8 @@ struct DeviceInner {
     id: u64,
     name: String,
     backend: Backend,
+    /// Bytes of the live allocations made on this device (see [`Device::allocated_bytes`]).
+    allocated: AtomicUsize,
 }
 
 /// A device: a CUDA GPU or the host emulator. Cheap to clone (shared handle).
@@ -113,6 +115,7 @@ impl Device {
                 id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
                 name,
                 backend,
+                allocated: AtomicUsize::new(0),
             }),
         }
     }
@@ -207,6 +210,23 @@ impl Device {
     /// [`DeviceBuffer::alloc`].
     pub fn alloc<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
         DeviceBuffer::alloc(self, len)
+    }
+
+    /// Bytes of the buffers allocated on this device that are still alive (their requested
+    /// sizes, before the allocator's rounding), counted on both backends. Memory planning is
+    /// checked against it: after a constructor returns, the growth of this count is what the
+    /// constructor holds.
+    pub fn allocated_bytes(&self) -> usize {
+        self.inner.allocated.load(Ordering::Relaxed)
+    }
+
+    /// Counts `bytes` allocated (`grow`) or freed.
+    pub(crate) fn account(&self, bytes: usize, grow: bool) {
+        if grow {
+            self.inner.allocated.fetch_add(bytes, Ordering::Relaxed);
+        } else {
+            self.inner.allocated.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn backend(&self) -> &Backend {

@@ -13,14 +13,17 @@
 mod decoder;
 pub mod error;
 mod fused;
+mod plan;
 mod row_inputs;
 mod scratch;
 mod section;
+mod validate;
 mod weights;
 
 pub use decoder::{Decoder, DecoderOptions, ExecMode, PrefillSelfAttention};
 pub use error::{DecoderError, Result};
 pub use fused::GemvPath;
+pub use plan::MemoryPlan;
 pub use stagformer_kernels::device::GraphNodes;
 pub use stagformer_ref::{SamplingParams, SeqId};
 
