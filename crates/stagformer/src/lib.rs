@@ -20,7 +20,7 @@ mod section;
 mod validate;
 mod weights;
 
-pub use decoder::{Decoder, DecoderOptions, ExecMode, PrefillSelfAttention};
+pub use decoder::{Decoder, DecoderOptions, ExecMode, PrefillSelfAttention, DEFAULT_PREFILL_ROWS};
 pub use error::{DecoderError, Result};
 pub use fused::GemvPath;
 pub use plan::MemoryPlan;
