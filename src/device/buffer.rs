@@ -25,6 +25,9 @@ pub(crate) struct Allocation {
 enum Memory {
     Host(HostMem),
     Cuda(CudaMem),
+    /// Memory owned by someone else (see `interop`): its address, never freed here. On the
+    /// emulated device it is a host address.
+    Foreign(u64),
 }
 
 impl Allocation {
@@ -41,6 +44,15 @@ impl Allocation {
         }))
     }
 
+    /// An allocation standing for foreign memory at `addr`: not counted, never freed.
+    pub(super) fn foreign(device: &Device, addr: u64) -> Arc<Allocation> {
+        Arc::new(Allocation {
+            device: device.clone(),
+            mem: Memory::Foreign(addr),
+            bytes: 0,
+        })
+    }
+
     pub(crate) fn device(&self) -> &Device {
         &self.device
     }
@@ -50,6 +62,7 @@ impl Allocation {
         match &self.mem {
             Memory::Host(h) => h.as_ptr() as u64,
             Memory::Cuda(c) => c.ptr,
+            Memory::Foreign(addr) => *addr,
         }
     }
 
@@ -57,7 +70,10 @@ impl Allocation {
     pub(crate) fn host_ptr(&self) -> Result<*mut u8> {
         match &self.mem {
             Memory::Host(h) => Ok(h.as_ptr()),
-            Memory::Cuda(_) => Err(DeviceError::DeviceMismatch {
+            Memory::Foreign(addr) if matches!(self.device.backend(), Backend::Emulated(_)) => {
+                Ok(*addr as usize as *mut u8)
+            }
+            Memory::Cuda(_) | Memory::Foreign(_) => Err(DeviceError::DeviceMismatch {
                 arg: "buffer",
                 expected: "an emulated device".into(),
                 found: self.device.describe(),
@@ -71,6 +87,7 @@ impl Allocation {
         match &self.mem {
             Memory::Host(h) => h.as_ptr().wrapping_add(offset).cast(),
             Memory::Cuda(c) => c.ptr.wrapping_add(offset as u64) as usize as *mut c_void,
+            Memory::Foreign(addr) => addr.wrapping_add(offset as u64) as usize as *mut c_void,
         }
     }
 }
@@ -81,7 +98,7 @@ impl Drop for Allocation {
     }
 }
 
-fn byte_len<T: DeviceElem>(arg: &'static str, len: usize) -> Result<usize> {
+pub(super) fn byte_len<T: DeviceElem>(arg: &'static str, len: usize) -> Result<usize> {
     len.checked_mul(std::mem::size_of::<T>())
         .filter(|&b| b <= isize::MAX as usize)
         .ok_or_else(|| {
@@ -176,6 +193,15 @@ impl<T: DeviceElem> DeviceBuffer<T> {
             len,
             _elem: PhantomData,
         })
+    }
+
+    /// A buffer over `alloc`, which holds at least `len` elements (checked by the caller).
+    pub(super) fn from_allocation(alloc: Arc<Allocation>, len: usize) -> Self {
+        DeviceBuffer {
+            alloc,
+            len,
+            _elem: PhantomData,
+        }
     }
 
     /// Allocates `len` elements, zeroed in stream order on `stream`.

@@ -36,10 +36,12 @@
 //!   rules hold on both backends (see [`graph`]).
 
 mod buffer;
+mod capture_lock;
 mod cuda;
 mod emu;
 mod emu_graph;
 pub mod graph;
+pub mod interop;
 pub(crate) mod kernel;
 mod stream;
 mod timing;
@@ -98,6 +100,8 @@ struct DeviceInner {
     backend: Backend,
     /// Bytes of the live allocations made on this device (see [`Device::allocated_bytes`]).
     allocated: AtomicUsize,
+    /// Serialises captures on this device (see [`capture_lock`]).
+    capture: capture_lock::CaptureLock,
 }
 
 /// A device: a CUDA GPU or the host emulator. Cheap to clone (shared handle).
@@ -116,6 +120,7 @@ impl Device {
                 name,
                 backend,
                 allocated: AtomicUsize::new(0),
+                capture: capture_lock::CaptureLock::default(),
             }),
         }
     }
@@ -227,6 +232,11 @@ impl Device {
         } else {
             self.inner.allocated.fetch_sub(bytes, Ordering::Relaxed);
         }
+    }
+
+    /// Takes the device's capture lock: waits for a capture on another thread to end.
+    pub(crate) fn lock_capture(&self) -> Result<capture_lock::CaptureGuard<'_>> {
+        self.inner.capture.acquire(&self.describe())
     }
 
     pub(crate) fn backend(&self) -> &Backend {
