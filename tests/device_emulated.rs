@@ -947,8 +947,6 @@ fn wrapping_bad_raw_parts_is_refused() {
     let other = Device::emulated();
     let stream = other.new_stream().expect("stream");
     // SAFETY: `stream` is alive; the handle is refused because its device differs.
-    let err = unsafe { Stream::from_raw(&device, stream.as_raw()) }
-        .err()
-        .expect("refused");
+    let err = unsafe { Stream::from_raw(&device, stream.as_raw()) }.expect_err("refused");
     assert!(matches!(err, DeviceError::DeviceMismatch { .. }), "{err}");
 }

@@ -33,7 +33,9 @@
 //!   Allocate up front rather than in a hot loop.
 //! * [`Stream::capture`] records a stream's work (and that of the streams it forks to through
 //!   events) into a [`Graph`] that [`Graph::launch`] replays with one call; CUDA's capture
-//!   rules hold on both backends (see [`graph`]).
+//!   rules hold on both backends (see [`graph`]), one capture per device at a time: captures
+//!   from several threads on one device are serialised.
+//! * Memory and streams of other CUDA code can be wrapped, and ours exported ([`interop`]).
 
 mod buffer;
 mod capture_lock;
@@ -125,7 +127,9 @@ impl Device {
         }
     }
 
-    /// Opens CUDA device `ordinal`.
+    /// Opens CUDA device `ordinal` in its primary context (the one the CUDA runtime and most
+    /// libraries share, retained through cudarc), so raw pointers and streams of other CUDA
+    /// code on that device can be wrapped ([`interop`]).
     ///
     /// Never panics: in a build without the CUDA kernels (feature `cuda` off, see
     /// [`crate::build_info`]) it returns [`DeviceError::CudaNotBuilt`] before touching the
