@@ -778,3 +778,175 @@ fn cuda_device_fails_cleanly_without_a_gpu_and_works_with_one() -> TestResult {
         }
     }
 }
+
+/// Fresh input `x` on the device and a poisoned output beside it.
+fn scaled(
+    stream: &Stream,
+    x: &[f32],
+) -> Result<(DeviceBuffer<f32>, DeviceBuffer<f32>), DeviceError> {
+    let xd = DeviceBuffer::from_host(stream, x)?;
+    let yd = DeviceBuffer::from_host(stream, &vec![f32::NAN; x.len()])?;
+    Ok((xd, yd))
+}
+
+fn random_f32(n: usize, seed: u64) -> Vec<f32> {
+    random::<f32>(&mut Rng(seed | 1), n)
+}
+
+/// Two decoders on one device capture from two threads at once: the device's capture lock
+/// runs the captures one after the other, both succeed and both graphs replay right.
+#[test]
+fn concurrent_captures_on_one_device_are_serialised() -> TestResult {
+    use stagformer_kernels::ops::axpby::axpby;
+    let device = Device::emulated();
+    let start = std::sync::Barrier::new(2);
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = [(3.0f32, 11u64), (-0.5, 12)]
+            .into_iter()
+            .map(|(alpha, seed)| {
+                let (device, start) = (&device, &start);
+                scope.spawn(move || -> TestResult {
+                    let stream = device.new_stream()?;
+                    let x = random_f32(300, seed);
+                    let (xd, mut yd) = scaled(&stream, &x)?;
+                    stream.synchronize()?;
+                    start.wait();
+                    let (graph, ()) = stream.capture(|| {
+                        // Long enough for the other thread's capture to begin meanwhile.
+                        std::thread::sleep(Duration::from_millis(30));
+                        axpby(&stream, alpha, &xd, 0.0, &mut yd)
+                    })?;
+                    for _ in 0..2 {
+                        yd.copy_from_host(&stream, &vec![f32::NAN; x.len()])?;
+                        graph.launch()?;
+                        let got = yd.to_host(&stream)?;
+                        for (g, v) in got.iter().zip(&x) {
+                            assert!(
+                                g.is_finite() && (g - alpha * v).abs() <= 1e-6 * (1.0 + v.abs()),
+                                "{g} vs {}",
+                                alpha * v
+                            );
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .try_for_each(|r| r.join().expect("capture thread panicked"))
+    })
+}
+
+/// A capture begun (on a second stream of the same device) while the thread's own capture is
+/// in progress is refused with a capture error, and the device captures normally afterwards.
+#[test]
+fn a_capture_inside_a_capture_on_the_same_device_is_refused() -> TestResult {
+    use stagformer_kernels::ops::axpby::axpby;
+    let device = Device::emulated();
+    let (a, b) = (device.new_stream()?, device.new_stream()?);
+    let x = random_f32(64, 5);
+    let (xd, mut yd) = scaled(&a, &x)?;
+    a.synchronize()?;
+    let outer = a.capture(|| -> Result<(), DeviceError> {
+        match b.capture(|| Ok::<(), DeviceError>(())) {
+            Err(DeviceError::Capture { reason }) => {
+                assert!(reason.contains("already in progress"), "{reason}");
+                Ok(())
+            }
+            Err(e) => panic!("expected a capture error, got {e}"),
+            Ok(_) => panic!("a second capture on the device began"),
+        }
+    });
+    outer?;
+    // Neither the device nor the streams stay capturing.
+    let (graph, ()) = b.capture(|| axpby(&b, 2.0, &xd, 0.0, &mut yd))?;
+    graph.launch()?;
+    let got = yd.to_host(&b)?;
+    assert!(got.iter().zip(&x).all(|(g, v)| (g - 2.0 * v).abs() <= 1e-6));
+    // Another device is not held by this one's capture.
+    let other = Device::emulated().new_stream()?;
+    a.capture(|| other.capture(|| Ok::<(), DeviceError>(())).map(drop))?;
+    Ok(())
+}
+
+/// f64 rmsnorm of each row, the reference for the interop test.
+fn rmsnorm_reference(x: &[f32], w: &[f32], eps: f64) -> Vec<f64> {
+    x.chunks(w.len())
+        .flat_map(|row| {
+            let ms = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / row.len() as f64;
+            let inv = 1.0 / (ms + eps).sqrt();
+            row.iter()
+                .zip(w)
+                .map(move |(&v, &g)| f64::from(v) * inv * f64::from(g))
+        })
+        .collect()
+}
+
+/// Memory the caller owns, wrapped by address (under emulation a host address), takes a
+/// kernel's output; a stream re-wrapped from its raw handle queues in order with the original.
+#[test]
+fn rmsnorm_into_wrapped_memory_on_a_wrapped_stream() -> TestResult {
+    use stagformer_kernels::ops::rmsnorm::{rmsnorm, Rows};
+    for seed in [0, 7] {
+        let device = Device::emulated_with(EmuOptions {
+            shuffle_seed: seed,
+            workers: 2,
+        });
+        let owner = device.new_stream()?;
+        // SAFETY: `owner` is a live stream of `device`; its handle comes from `as_raw`.
+        let stream = unsafe { Stream::from_raw(&device, owner.as_raw()) }?;
+        assert_eq!(stream.as_raw(), owner.as_raw());
+        let (rows, dim) = (3, 96);
+        let x = random_f32(rows * dim, 21 + u64::from(seed));
+        let w = random_f32(dim, 22);
+        let mut mine = vec![f32::NAN; rows * dim];
+        let before = device.allocated_bytes();
+        // SAFETY: `mine` holds rows · dim f32 and outlives every use: the stream is
+        // synchronised before it is read or dropped, and nothing else touches it meanwhile.
+        let mut out = unsafe {
+            DeviceBuffer::<f32>::from_raw_parts(&device, mine.as_mut_ptr() as u64, mine.len())
+        }?;
+        assert_eq!(
+            device.allocated_bytes(),
+            before,
+            "wrapped memory is not an allocation"
+        );
+        assert_eq!(out.addr(), mine.as_ptr() as u64);
+        let (xd, wd) = (
+            DeviceBuffer::from_host(&owner, &x)?,
+            DeviceBuffer::from_host(&owner, &w)?,
+        );
+        rmsnorm(&stream, &xd, &wd, &mut out, Rows { rows, dim }, 1e-5)?;
+        let copied = out.to_host(&owner)?;
+        drop(out);
+        let want = rmsnorm_reference(&x, &w, 1e-5);
+        let (mut err, mut norm) = (0.0, 0.0);
+        for ((&g, &c), &r) in mine.iter().zip(&copied).zip(&want) {
+            assert!(g.is_finite(), "non-finite output");
+            assert_eq!(g.to_bits(), c.to_bits());
+            err += (f64::from(g) - r).powi(2);
+            norm += r * r;
+        }
+        assert!(err / norm < 1e-10, "nmse {}", err / norm);
+    }
+    Ok(())
+}
+
+#[test]
+fn wrapping_bad_raw_parts_is_refused() {
+    let device = Device::emulated();
+    let mut mine = [0f32; 4];
+    let addr = mine.as_mut_ptr() as u64;
+    // SAFETY: each call is refused before it could wrap anything.
+    unsafe {
+        assert!(DeviceBuffer::<f32>::from_raw_parts(&device, 0, 4).is_err());
+        assert!(DeviceBuffer::<f32>::from_raw_parts(&device, addr + 1, 2).is_err());
+        assert!(DeviceBuffer::<f32>::from_raw_parts(&device, addr, usize::MAX).is_err());
+        assert!(Stream::from_raw(&device, std::ptr::null_mut()).is_err());
+    }
+    let other = Device::emulated();
+    let stream = other.new_stream().expect("stream");
+    // SAFETY: `stream` is alive; the handle is refused because its device differs.
+    let err = unsafe { Stream::from_raw(&device, stream.as_raw()) }.expect_err("refused");
+    assert!(matches!(err, DeviceError::DeviceMismatch { .. }), "{err}");
+}

@@ -18,11 +18,16 @@ use crate::error::{DeviceError, Result};
 pub(crate) struct Allocation {
     device: Device,
     mem: Memory,
+    /// Requested size, counted in [`Device::allocated_bytes`] while the allocation lives.
+    bytes: usize,
 }
 
 enum Memory {
     Host(HostMem),
     Cuda(CudaMem),
+    /// Memory owned by someone else (see `interop`): its address, never freed here. On the
+    /// emulated device it is a host address.
+    Foreign(u64),
 }
 
 impl Allocation {
@@ -31,10 +36,21 @@ impl Allocation {
             Backend::Emulated(_) => Memory::Host(HostMem::new(bytes)?),
             Backend::Cuda(c) => Memory::Cuda(c.alloc(bytes)?),
         };
+        device.account(bytes, true);
         Ok(Arc::new(Allocation {
             device: device.clone(),
             mem,
+            bytes,
         }))
+    }
+
+    /// An allocation standing for foreign memory at `addr`: not counted, never freed.
+    pub(super) fn foreign(device: &Device, addr: u64) -> Arc<Allocation> {
+        Arc::new(Allocation {
+            device: device.clone(),
+            mem: Memory::Foreign(addr),
+            bytes: 0,
+        })
     }
 
     pub(crate) fn device(&self) -> &Device {
@@ -46,6 +62,7 @@ impl Allocation {
         match &self.mem {
             Memory::Host(h) => h.as_ptr() as u64,
             Memory::Cuda(c) => c.ptr,
+            Memory::Foreign(addr) => *addr,
         }
     }
 
@@ -53,7 +70,10 @@ impl Allocation {
     pub(crate) fn host_ptr(&self) -> Result<*mut u8> {
         match &self.mem {
             Memory::Host(h) => Ok(h.as_ptr()),
-            Memory::Cuda(_) => Err(DeviceError::DeviceMismatch {
+            Memory::Foreign(addr) if matches!(self.device.backend(), Backend::Emulated(_)) => {
+                Ok(*addr as usize as *mut u8)
+            }
+            Memory::Cuda(_) | Memory::Foreign(_) => Err(DeviceError::DeviceMismatch {
                 arg: "buffer",
                 expected: "an emulated device".into(),
                 found: self.device.describe(),
@@ -67,11 +87,18 @@ impl Allocation {
         match &self.mem {
             Memory::Host(h) => h.as_ptr().wrapping_add(offset).cast(),
             Memory::Cuda(c) => c.ptr.wrapping_add(offset as u64) as usize as *mut c_void,
+            Memory::Foreign(addr) => addr.wrapping_add(offset as u64) as usize as *mut c_void,
         }
     }
 }
 
-fn byte_len<T: DeviceElem>(arg: &'static str, len: usize) -> Result<usize> {
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        self.device.account(self.bytes, false);
+    }
+}
+
+pub(super) fn byte_len<T: DeviceElem>(arg: &'static str, len: usize) -> Result<usize> {
     len.checked_mul(std::mem::size_of::<T>())
         .filter(|&b| b <= isize::MAX as usize)
         .ok_or_else(|| {
@@ -166,6 +193,15 @@ impl<T: DeviceElem> DeviceBuffer<T> {
             len,
             _elem: PhantomData,
         })
+    }
+
+    /// A buffer over `alloc`, which holds at least `len` elements (checked by the caller).
+    pub(super) fn from_allocation(alloc: Arc<Allocation>, len: usize) -> Self {
+        DeviceBuffer {
+            alloc,
+            len,
+            _elem: PhantomData,
+        }
     }
 
     /// Allocates `len` elements, zeroed in stream order on `stream`.

@@ -167,6 +167,22 @@ impl CudaDevice {
         })
     }
 
+    /// Wraps `handle`, a stream of this device's context owned by someone else: dropping the
+    /// wrapper leaves the stream alone.
+    ///
+    /// # Safety
+    ///
+    /// `handle` is a live `CUstream` of this device's (primary) context and stays alive while
+    /// the wrapper or any clone of it is used.
+    pub(crate) unsafe fn borrow_stream(&self, handle: sys::CUstream) -> CudaStreamState {
+        // SAFETY: the caller's contract is cudarc's for `wrap_borrowed_stream`.
+        let stream = unsafe { self.ctx.wrap_borrowed_stream(handle) };
+        CudaStreamState {
+            blas: Mutex::new(None),
+            stream,
+        }
+    }
+
     /// The loaded function for `name` from `image`, loading the module on first use.
     pub(crate) fn function(
         &self,
@@ -330,7 +346,7 @@ pub(crate) struct CudaStreamState {
 }
 
 impl CudaStreamState {
-    fn raw(&self) -> sys::CUstream {
+    pub(crate) fn raw(&self) -> sys::CUstream {
         self.stream.cu_stream()
     }
 

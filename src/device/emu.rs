@@ -33,6 +33,8 @@ pub struct EmuOptions {
 pub(crate) struct EmuDevice {
     pub(crate) options: EmuOptions,
     streams: Mutex<Vec<Weak<StreamShared>>>,
+    /// The stream capturing on this device, if any: CUDA's one capture per device.
+    capturing: Mutex<Option<u64>>,
 }
 
 impl EmuDevice {
@@ -40,7 +42,28 @@ impl EmuDevice {
         EmuDevice {
             options,
             streams: Mutex::new(Vec::new()),
+            capturing: Mutex::new(None),
         }
+    }
+
+    /// Marks stream `stream` as this device's capture; refused while another stream of the
+    /// device is capturing, as on a GPU.
+    pub(crate) fn begin_capture(&self, stream: u64) -> Result<()> {
+        let mut capturing = lock(&self.capturing);
+        if let Some(other) = *capturing {
+            return Err(DeviceError::Capture {
+                reason: format!(
+                    "stream {other} of this device is capturing; a device captures one stream                      graph at a time (stream {stream} asked to begin)"
+                ),
+            });
+        }
+        *capturing = Some(stream);
+        Ok(())
+    }
+
+    /// Ends the device's capture (whichever stream held it).
+    pub(crate) fn end_capture(&self) {
+        *lock(&self.capturing) = None;
     }
 
     fn register(&self, shared: &Arc<StreamShared>) {
@@ -461,6 +484,21 @@ mod tests {
         b.wait_event(&ev).unwrap();
         let e = b.synchronize().unwrap_err();
         assert!(e.to_string().contains("waited on failed"), "{e}");
+    }
+
+    #[test]
+    fn one_capture_per_device() {
+        let device = EmuDevice::new(EmuOptions::default());
+        device.begin_capture(1).unwrap();
+        let err = device.begin_capture(2).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("stream 1 of this device is capturing"),
+            "{err}"
+        );
+        device.end_capture();
+        device.begin_capture(2).unwrap();
+        device.end_capture();
     }
 
     #[test]

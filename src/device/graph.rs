@@ -92,13 +92,21 @@ impl Stream {
     where
         E: From<DeviceError>,
     {
+        // Held until the capture has ended (dropped after `EndOnUnwind` on unwind): captures
+        // from other threads on this device wait for it.
+        let _device_capture = self.device().lock_capture()?;
         match (self.backend(), self.device().backend()) {
-            (StreamBackend::Emulated(s), Backend::Emulated(_)) => {
-                s.begin_capture()?;
+            (StreamBackend::Emulated(s), Backend::Emulated(dev)) => {
+                dev.begin_capture(s.id())?;
+                if let Err(e) = s.begin_capture() {
+                    dev.end_capture();
+                    return Err(e.into());
+                }
                 let guard = EndOnUnwind(self);
                 let recorded = record();
                 std::mem::forget(guard);
                 let ended = s.end_capture();
+                dev.end_capture();
                 let value = recorded?;
                 let captured = ended?;
                 let lanes = (0..captured.extra_lanes())
@@ -177,7 +185,10 @@ impl Drop for EndOnUnwind<'_> {
     fn drop(&mut self) {
         // Errors are moot here: the capture is being abandoned.
         match (self.0.backend(), self.0.device().backend()) {
-            (StreamBackend::Emulated(s), _) => drop(s.end_capture()),
+            (StreamBackend::Emulated(s), Backend::Emulated(dev)) => {
+                drop(s.end_capture());
+                dev.end_capture();
+            }
             (StreamBackend::Cuda(s), Backend::Cuda(dev)) => {
                 drop(s.end_capture());
                 dev.end_capture();

@@ -33,19 +33,23 @@
 //!   Allocate up front rather than in a hot loop.
 //! * [`Stream::capture`] records a stream's work (and that of the streams it forks to through
 //!   events) into a [`Graph`] that [`Graph::launch`] replays with one call; CUDA's capture
-//!   rules hold on both backends (see [`graph`]).
+//!   rules hold on both backends (see [`graph`]), one capture per device at a time: captures
+//!   from several threads on one device are serialised.
+//! * Memory and streams of other CUDA code can be wrapped, and ours exported ([`interop`]).
 
 mod buffer;
+mod capture_lock;
 mod cuda;
 mod emu;
 mod emu_graph;
 pub mod graph;
+pub mod interop;
 pub(crate) mod kernel;
 mod stream;
 mod timing;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub use buffer::{AsDeviceView, AsDeviceViewMut, DeviceBuffer, DeviceView, DeviceViewMut};
@@ -96,6 +100,10 @@ struct DeviceInner {
     id: u64,
     name: String,
     backend: Backend,
+    /// Bytes of the live allocations made on this device (see [`Device::allocated_bytes`]).
+    allocated: AtomicUsize,
+    /// Serialises captures on this device (see [`capture_lock`]).
+    capture: capture_lock::CaptureLock,
 }
 
 /// A device: a CUDA GPU or the host emulator. Cheap to clone (shared handle).
@@ -113,11 +121,15 @@ impl Device {
                 id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
                 name,
                 backend,
+                allocated: AtomicUsize::new(0),
+                capture: capture_lock::CaptureLock::default(),
             }),
         }
     }
 
-    /// Opens CUDA device `ordinal`.
+    /// Opens CUDA device `ordinal` in its primary context (the one the CUDA runtime and most
+    /// libraries share, retained through cudarc), so raw pointers and streams of other CUDA
+    /// code on that device can be wrapped ([`interop`]).
     ///
     /// Never panics: in a build without the CUDA kernels (feature `cuda` off, see
     /// [`crate::build_info`]) it returns [`DeviceError::CudaNotBuilt`] before touching the
@@ -207,6 +219,28 @@ impl Device {
     /// [`DeviceBuffer::alloc`].
     pub fn alloc<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
         DeviceBuffer::alloc(self, len)
+    }
+
+    /// Bytes of the buffers allocated on this device that are still alive (their requested
+    /// sizes, before the allocator's rounding), counted on both backends. Memory planning is
+    /// checked against it: after a constructor returns, the growth of this count is what the
+    /// constructor holds.
+    pub fn allocated_bytes(&self) -> usize {
+        self.inner.allocated.load(Ordering::Relaxed)
+    }
+
+    /// Counts `bytes` allocated (`grow`) or freed.
+    pub(crate) fn account(&self, bytes: usize, grow: bool) {
+        if grow {
+            self.inner.allocated.fetch_add(bytes, Ordering::Relaxed);
+        } else {
+            self.inner.allocated.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the device's capture lock: waits for a capture on another thread to end.
+    pub(crate) fn lock_capture(&self) -> Result<capture_lock::CaptureGuard<'_>> {
+        self.inner.capture.acquire(&self.describe())
     }
 
     pub(crate) fn backend(&self) -> &Backend {

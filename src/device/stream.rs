@@ -18,17 +18,17 @@ pub(crate) enum StreamBackend {
     Cuda(CudaStreamState),
 }
 
-struct StreamInner {
+pub(super) struct StreamInner {
     // Declared first so that the backend stream goes before the device handle.
-    backend: StreamBackend,
-    device: Device,
+    pub(super) backend: StreamBackend,
+    pub(super) device: Device,
 }
 
 /// An in-order queue of device work. Cheap to clone (shared handle); work queued through any
 /// clone goes to the same queue.
 #[derive(Clone)]
 pub struct Stream {
-    inner: Arc<StreamInner>,
+    pub(super) inner: Arc<StreamInner>,
 }
 
 /// A recorded point in a stream's work; other streams can wait for it. Cheap to clone.

@@ -109,7 +109,8 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn resolve(choice: DeviceChoice, dtype: DtypeChoice) -> Result<Self> {
+    /// `gpu`: the ordinal `--device cuda` and `auto` open (`--gpu`).
+    pub fn resolve(choice: DeviceChoice, gpu: usize, dtype: DtypeChoice) -> Result<Self> {
         let kernels = |device: Device, default_bf16: bool| {
             let bf16 = match dtype {
                 DtypeChoice::Auto => default_bf16,
@@ -122,13 +123,14 @@ impl Backend {
             DeviceChoice::Cpu => Backend::Cpu,
             DeviceChoice::Emu => kernels(Device::emulated(), false),
             DeviceChoice::Cuda => {
-                let device = Device::cuda(0).context("--device cuda: no usable CUDA GPU")?;
+                let device = Device::cuda(gpu)
+                    .with_context(|| format!("--device cuda --gpu {gpu}: no usable CUDA GPU"))?;
                 kernels(device, true)
             }
-            DeviceChoice::Auto => match Device::cuda(0) {
+            DeviceChoice::Auto => match Device::cuda(gpu) {
                 Ok(device) => kernels(device, true),
                 Err(e) => {
-                    note!("note: --device auto: no CUDA GPU ({e}); running on the cpu");
+                    note!("note: --device auto: no CUDA GPU {gpu} ({e}); running on the cpu");
                     Backend::Cpu
                 }
             },
@@ -159,7 +161,7 @@ pub enum Engine {
 impl Engine {
     /// Resolves `--device` (before loading, so a missing GPU is reported first), then loads.
     pub fn open(models: &ModelArgs, dtype: DtypeChoice) -> Result<Self> {
-        Ok(match Backend::resolve(models.device, dtype)? {
+        Ok(match Backend::resolve(models.device, models.gpu, dtype)? {
             Backend::Cpu => Engine::Cpu(models.load()?),
             Backend::Kernels { device, bf16 } => Engine::Kernels {
                 device,

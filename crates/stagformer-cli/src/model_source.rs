@@ -42,6 +42,9 @@ pub struct ModelArgs {
     /// Where to run: the CPU reference, the CUDA kernels emulated on the CPU, or a GPU.
     #[arg(short, long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// The CUDA device ordinal --device cuda (and auto) opens.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub gpu: usize,
 }
 
 /// `--preset`'s `--help` text.

@@ -5,19 +5,21 @@ use std::collections::{HashMap, HashSet};
 use stagformer_kernels::device::{
     Device, DeviceBuffer, DeviceView, Event, Graph, GraphNodes, Stream,
 };
-use stagformer_kernels::ops::attention_decode::RECOMMENDED_MAX_SPLITS;
 use stagformer_kernels::ops::attention_prefill::PrefillBatch;
 use stagformer_kernels::ops::axpby::axpby;
 use stagformer_kernels::ops::gemm::{linear, GemmShape};
 use stagformer_kernels::ops::rmsnorm::{rmsnorm, Rows};
-use stagformer_kernels::ops::rope_append::{KvCacheLayout, RopeTable};
+use stagformer_kernels::ops::rope_append::RopeTable;
 use stagformer_kernels::ops::sample::{
     sample_checked, SampleShape, SampleWorkspace, SamplingConfig,
 };
-use stagformer_ref::{Checkpoint, Model, RequestError, SamplingParams, SeqId, Slots, TensorSource};
+use stagformer_ref::{
+    Checkpoint, Config, Model, RequestError, SamplingParams, SeqId, Slots, TensorSource,
+};
 
 use crate::error::{DecoderError, Result};
 use crate::fused::{GemvPath, MAX_GROUPS, MAX_ROWS};
+use crate::plan::{MemoryPlan, Sizes};
 use crate::row_inputs::{Row, RowInputs};
 use crate::scratch::Scratch;
 use crate::section::{Caches, CrossKeys, Pass, SelfCache, Shared};
@@ -174,9 +176,6 @@ impl<T: Activation> OutputMix<T> {
     }
 }
 
-/// Splits used by the prefill's self-attention, whose many query rows fill the GPU already.
-const PREFILL_SPLITS: usize = 4;
-
 /// A StagFormer model on a device with the caches of up to `max_batch` sequences: prefills
 /// add sequences, decode steps feed each listed sequence one token, and `T` (f32 or bf16) is
 /// the type of weights and activations.
@@ -221,6 +220,13 @@ pub struct Decoder<T: Activation> {
 }
 
 impl<T: Activation> Decoder<T> {
+    /// The device memory a decoder of `T` for `cfg` (a [`TensorSource::config`]) and `opts`
+    /// would hold, by purpose, without allocating anything: the sizes the constructor
+    /// allocates, after the same validation (so an `Err` here is the constructor's `Err`).
+    pub fn memory_plan(cfg: &Config, opts: &DecoderOptions) -> Result<MemoryPlan> {
+        MemoryPlan::new(cfg, opts, T::DTYPE)
+    }
+
     /// Uploads `model` to `device` and allocates every buffer for `opts`.
     pub fn new(device: &Device, model: &Model, opts: DecoderOptions) -> Result<Self> {
         Self::from_source(device, model, opts)
@@ -245,29 +251,10 @@ impl<T: Activation> Decoder<T> {
         opts: DecoderOptions,
     ) -> Result<Self> {
         let cfg = source.config().clone();
+        // Every rule (config, options, kernel limits) before the first allocation; the plan's
+        // sizes are the ones allocated below.
+        let sizes = Sizes::new(&cfg, &opts)?;
         let p = cfg.sections();
-        if opts.max_batch == 0 || opts.capacity == 0 || opts.prefill_rows == 0 {
-            return Err(DecoderError::Unsupported(
-                "max_batch, capacity and prefill_rows must be at least 1".into(),
-            ));
-        }
-        if opts.capacity > cfg.max_position_embeddings {
-            return Err(RequestError::TooLong {
-                len: opts.capacity,
-                max: cfg.max_position_embeddings,
-            }
-            .into());
-        }
-        if opts.recurrent {
-            if let Some(reason) = cfg.recurrent_unsupported_reason() {
-                return Err(RequestError::RecurrentUnsupported { reason }.into());
-            }
-        }
-        if opts.mode == ExecMode::Batched && !cfg.stag_shared_weights && p > 1 {
-            return Err(DecoderError::Unsupported(
-                "batched execution needs shared weights (one stack run by every pass)".into(),
-            ));
-        }
         let streams = match opts.mode {
             ExecMode::Staggered if !opts.recurrent => (0..p)
                 .map(|_| device.new_stream())
@@ -276,75 +263,53 @@ impl<T: Activation> Decoder<T> {
         };
         let stream = &streams[0];
         let weights = DeviceWeights::upload_from(stream, source)?;
-        let rope =
-            RopeTable::from_inv_freq(stream, cfg.head_dim, &cfg.rope_inv_freq(), opts.capacity)?;
-        let window = cfg.stag_cross_window.filter(|&w| w < opts.capacity);
-        let self_cache = SelfCache::new(cfg.sliding_window, opts.capacity);
-        let ring = window.map_or(opts.capacity, |w| w + 1);
-        let (hkv, hd, ls) = (
-            cfg.num_key_value_heads,
+        let rope = RopeTable::from_inv_freq(
+            stream,
             cfg.head_dim,
-            cfg.layers_per_section(),
-        );
-        let self_len = self_cache
-            .layout(p * opts.max_batch, hkv, hd)
-            .required_len()?;
-        // One buffer for every reading section (one element when p = 1 reads none).
-        let cross_len = match (p - 1) * opts.max_batch {
-            0 => 1,
-            readers => KvCacheLayout::dense(readers, hkv, ring, hd)
-                .required_len()?
-                .checked_mul(ls)
-                .ok_or_else(|| {
-                    DecoderError::Unsupported("cross caches too large to address".into())
-                })?,
-        };
+            &cfg.rope_inv_freq(),
+            sizes.rope_positions,
+        )?;
+        let (window, ring) = (sizes.window, sizes.ring);
+        let self_cache = SelfCache::new(cfg.sliding_window, opts.capacity);
+        let ls = cfg.layers_per_section();
         let alloc = |n: usize| DeviceBuffer::<T>::alloc(device, n);
         let caches = Caches {
             self_k: (0..ls)
-                .map(|_| alloc(self_len))
+                .map(|_| alloc(sizes.self_len))
                 .collect::<Result<Vec<_>, _>>()?,
             self_v: (0..ls)
-                .map(|_| alloc(self_len))
+                .map(|_| alloc(sizes.self_len))
                 .collect::<Result<Vec<_>, _>>()?,
-            cross_k: alloc(cross_len)?,
-            cross_v: alloc(cross_len)?,
+            cross_k: alloc(sizes.cross_len)?,
+            cross_v: alloc(sizes.cross_len)?,
         };
         // Batched and Grouped steps put every pass's rows into the first scratch.
-        let step_rows = match opts.mode {
-            ExecMode::Batched | ExecMode::Grouped => p * opts.max_batch,
-            _ => opts.max_batch,
-        };
         let scratch = (0..p)
-            .map(|_| Scratch::new(device, &cfg, step_rows, RECOMMENDED_MAX_SPLITS))
+            .map(|_| Scratch::new(device, &cfg, &sizes.step))
             .collect::<Result<Vec<_>>>()?;
-        // Every prefill buffer holds one chunk of rows, none the whole capacity.
-        let chunk_rows = opts.prefill_rows.min(opts.capacity);
-        let prefill = Scratch::new(device, &cfg, chunk_rows, PREFILL_SPLITS)?;
+        let prefill = Scratch::new(device, &cfg, &sizes.prefill)?;
         let rows = opts.max_batch;
-        let buffer_rows = step_rows.max(chunk_rows);
-        let mix_rows = buffer_rows * cfg.hidden_size;
-        let memory_width = cfg.layers_per_section() * 2 * cfg.kv_dim();
+        let buffer_rows = sizes.buffer_rows;
         // The projected memory of a prompt for each reading section: later chunks' rows attend
-        // to every earlier row's memory. Sized like one layer set of cross caches.
+        // to every earlier row's memory.
         let prompt_memory = (1..p)
-            .map(|_| alloc(opts.capacity * memory_width))
+            .map(|_| alloc(sizes.prompt_memory))
             .collect::<Result<Vec<_>, _>>()?;
-        let mix = match &weights.output_mix {
-            Some(alpha) => Some(OutputMix {
+        let mix = match (&weights.output_mix, sizes.mix) {
+            (Some(alpha), Some(mix_rows)) => Some(OutputMix {
                 alpha: alpha.clone(),
                 z: DeviceBuffer::alloc(device, mix_rows)?,
                 normed: DeviceBuffer::alloc(device, mix_rows)?,
             }),
-            None => None,
+            _ => None,
         };
         let decoder = Decoder {
             mix,
             inputs: RowInputs::new(device, p * buffer_rows, buffer_rows)?,
-            logits: DeviceBuffer::alloc(device, buffer_rows * cfg.vocab_size)?,
+            logits: DeviceBuffer::alloc(device, sizes.logits)?,
             prompt_memory,
             // Sampled ids, then one non-finite-logits flag per row: one copy back per step.
-            tokens: DeviceBuffer::alloc(device, 2 * rows)?,
+            tokens: DeviceBuffer::alloc(device, sizes.tokens)?,
             sample_workspace: SampleWorkspace::new(stream, rows, cfg.vocab_size)?,
             shared: Shared {
                 cfg,

@@ -14,14 +14,17 @@ mod decoder;
 pub mod error;
 mod fused;
 pub mod pages;
+mod plan;
 mod row_inputs;
 mod scratch;
 mod section;
+mod validate;
 mod weights;
 
-pub use decoder::{Decoder, DecoderOptions, ExecMode, PrefillSelfAttention};
+pub use decoder::{Decoder, DecoderOptions, ExecMode, PrefillSelfAttention, DEFAULT_PREFILL_ROWS};
 pub use error::{DecoderError, Result};
 pub use fused::GemvPath;
+pub use plan::MemoryPlan;
 pub use stagformer_kernels::device::GraphNodes;
 pub use stagformer_ref::{SamplingParams, SeqId};
 

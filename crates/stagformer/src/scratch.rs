@@ -6,6 +6,7 @@ use stagformer_kernels::ops::attention_decode::AttentionWorkspace;
 use stagformer_ref::Config;
 
 use crate::error::Result;
+use crate::plan::ScratchSizes;
 use crate::Activation;
 
 pub(crate) struct Scratch<T: Activation> {
@@ -24,25 +25,24 @@ pub(crate) struct Scratch<T: Activation> {
 }
 
 impl<T: Activation> Scratch<T> {
-    pub fn new(device: &Device, cfg: &Config, rows: usize, max_splits: usize) -> Result<Self> {
-        let d = cfg.hidden_size;
-        let qkv = cfg.q_dim() + 2 * cfg.kv_dim();
-        let alloc = |n: usize| DeviceBuffer::<T>::alloc(device, rows * n);
+    /// Allocates the buffers `sizes` (from [`Sizes`](crate::plan::Sizes)) counts.
+    pub fn new(device: &Device, cfg: &Config, sizes: &ScratchSizes) -> Result<Self> {
+        let alloc = |n: usize| DeviceBuffer::<T>::alloc(device, n);
         Ok(Scratch {
-            x: [alloc(d)?, alloc(d)?],
-            h: alloc(d)?,
-            qkv: alloc(qkv)?,
-            attn: alloc(cfg.q_dim())?,
-            o: alloc(d)?,
-            gate_up: alloc(2 * cfg.intermediate_size)?,
-            act: alloc(cfg.intermediate_size)?,
-            memory_kv: alloc(cfg.layers_per_section() * 2 * cfg.kv_dim())?,
+            x: [alloc(sizes.hidden)?, alloc(sizes.hidden)?],
+            h: alloc(sizes.hidden)?,
+            qkv: alloc(sizes.qkv)?,
+            attn: alloc(sizes.attn)?,
+            o: alloc(sizes.hidden)?,
+            gate_up: alloc(sizes.gate_up)?,
+            act: alloc(sizes.act)?,
+            memory_kv: alloc(sizes.memory_kv)?,
             workspace: AttentionWorkspace::new(
                 device,
-                rows,
+                sizes.rows,
                 cfg.num_attention_heads,
                 cfg.head_dim,
-                max_splits,
+                sizes.max_splits,
             )?,
         })
     }

@@ -9,6 +9,7 @@ use stagformer_ref::init::ParamCounts;
 use stagformer_ref::weights::expected_tensors;
 use stagformer_ref::{Checkpoint, Config, RopeScaling, TensorSource};
 
+use crate::commands::plan::{self, PlanArgs};
 use crate::model_source::print_warnings;
 
 #[derive(clap::Args, Debug)]
@@ -17,8 +18,10 @@ pub struct Args {
     #[arg(short, long, value_name = "DIR")]
     model: PathBuf,
     /// Also list every tensor: name, dtype, shape, parameters, size (and file, when sharded).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "plan")]
     tensors: bool,
+    #[command(flatten)]
+    plan: PlanArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -29,6 +32,9 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("loading {}", args.model.display()))?;
     print_warnings(ckpt.warnings());
     let cfg = ckpt.config();
+    if args.plan.plan {
+        return plan::print(cfg, &args.plan);
+    }
     let file_bytes = ckpt.file_bytes();
     outln!("model: {}", args.model.display());
     outln!("variant: {}", describe(cfg));
