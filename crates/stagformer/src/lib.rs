@@ -14,6 +14,7 @@ mod decoder;
 pub mod error;
 mod fused;
 mod row_inputs;
+mod sampling;
 mod scratch;
 mod section;
 mod weights;
@@ -21,6 +22,7 @@ mod weights;
 pub use decoder::{Decoder, DecoderOptions, ExecMode, PrefillSelfAttention};
 pub use error::{DecoderError, Result};
 pub use fused::GemvPath;
+pub use sampling::Sampled;
 pub use stagformer_kernels::device::GraphNodes;
 pub use stagformer_ref::{SamplingParams, SeqId};
 
