@@ -1,6 +1,10 @@
 // Token sampling, one block per row of f32 logits (docs/MODEL.md, "Sampling"; the CPU
 // reference is stagformer_ref::sample::sample).
 //
+// Every row has its own settings (StagSampleRow: temperature, top-k, top-p, seed and the
+// counter that keys its draw, uniform(seed, counter)), read from device memory, so greedy and
+// sampled rows share a call and the host's launches never depend on the settings.
+//
 // Greedy rows (temperature 0, top_k 1, one-token vocabularies) take one argmax pass.
 //
 // Sampling rows never sort. Candidates are ordered by logit, highest first, ties by lower id.
@@ -36,6 +40,9 @@
 // When a step leaves at most LIST_CAP candidates (top-k of at most 2048, or a small nucleus),
 // one more pass copies their composites to shared memory and the remaining passes read that
 // list instead of the row.
+//
+// With `logprobs`, one more pass per row sums exp(l - max) in f32 for the chosen token's
+// log-probability under the raw logits (log_softmax, before temperature and filters).
 //
 // Passes over the row (V f32 reads each): greedy 1. Sampling: 1 for the maximum, then per step
 // one pass per digit until the chosen bucket is a singleton (typically 2, at most
@@ -186,10 +193,62 @@ __device__ __forceinline__ u64 mix64(u64 z) {
     return z ^ (z >> 31);
 }
 
-/// The 24 random bits of uniform(seed, sequence, step) = bits / 2^24.
-__device__ __forceinline__ uint32_t uniform_bits(u64 seed, u64 sequence, u64 step) {
-    const u64 h = mix64(mix64(mix64(seed + 0x9E3779B97F4A7C15ull) ^ sequence) ^ step);
+/// The 24 random bits of uniform(seed, index) = bits / 2^24.
+__device__ __forceinline__ uint32_t uniform_bits(u64 seed, u64 index) {
+    const u64 h = mix64(mix64(mix64(seed + 0x9E3779B97F4A7C15ull)) ^ index);
     return uint32_t(h >> 40);
+}
+
+// ---- a row's settings ----
+
+/// settings[row], decoded; top_k >= vocab keeps every token, as 0 does.
+struct RowCfg {
+    u64 seed;
+    uint32_t counter;
+    uint32_t top_k;
+    float temperature;
+    float top_p;
+};
+
+__device__ __forceinline__ RowCfg row_cfg(const SampleParams &p, uint32_t row) {
+    const StagSampleRow r = p.settings[row];
+    RowCfg c;
+    c.seed = (u64(r.seed_hi) << 32) | u64(r.seed_lo);
+    c.counter = r.counter;
+    c.top_k = r.top_k < p.vocab ? r.top_k : 0u;
+    c.temperature = r.temperature;
+    c.top_p = r.top_p;
+    return c;
+}
+
+/// Greedy rows take one argmax pass and draw no random number.
+__device__ __forceinline__ bool is_greedy(const RowCfg &c, uint32_t vocab) {
+    return c.temperature == 0.0f || c.top_k == 1 || vocab == 1;
+}
+
+__device__ __forceinline__ uint32_t draw_bits(const RowCfg &c) {
+    return uniform_bits(c.seed, c.counter);
+}
+
+// ---- the chosen token's log-probability ----
+//
+// log_softmax(logits)[token] = (l_token - m) - log(sum_i exp(l_i - m)) in f32 with m the row's
+// largest logit (fmaxf: NaN logits are skipped; the caller's nonfinite flag reports them), over
+// the raw logits whatever the row's temperature and filters.
+
+/// The chosen token's log-probability from the row's maximum m and log(sum exp(l - m)).
+__device__ __forceinline__ float chosen_logprob(float logit, float m, float log_sum) {
+    return (logit - m) - log_sum;
+}
+
+/// Thread 0: writes the token and, when asked for, its log-probability.
+__device__ __forceinline__ void write_token(const SampleParams &p, uint32_t row, int32_t token,
+                                            float m, float log_sum) {
+    p.tokens[row] = token;
+    if (p.logprobs != nullptr) {
+        const float *logits = p.logits + size_t(row) * p.logits_row_stride;
+        p.logprobs[row] = chosen_logprob(logits[token], m, log_sum);
+    }
 }
 
 // ---- block-wide helpers ----
@@ -215,6 +274,40 @@ __device__ __forceinline__ u64 block_max(u64 v, u64 *scratch) {
     __syncthreads();
     return v;
 }
+
+/// Warp-then-block reduction of floats with `op` (max or sum), returned to every thread. The
+/// tree's shape depends only on the thread count, so the result is the same on every run.
+template <typename Op>
+__device__ __forceinline__ float warp_reduce_f32(float v, Op op) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v = op(v, __shfl_xor_sync(FULL_MASK, v, offset));
+    }
+    return v;
+}
+
+/// Warp-then-block reduction of floats with `op` (`identity` fills the missing warps), returned
+/// to every thread. The tree's shape depends only on the thread count, so the result is the
+/// same on every run and under any schedule.
+template <typename Op>
+__device__ __forceinline__ float block_reduce_f32(float v, float *scratch, Op op, float identity) {
+    const uint32_t lane = threadIdx.x & 31;
+    const uint32_t warp = threadIdx.x >> 5;
+    v = warp_reduce_f32(v, op);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = warp_reduce_f32(lane < (blockDim.x >> 5) ? scratch[lane] : identity, op);
+    // Keeps the slots from being overwritten by a following call before every warp read them.
+    __syncthreads();
+    return v;
+}
+
+struct MaxOp {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct SumOp {
+    __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
 
 /// Calls f(id, logit) for every logit of the row (in no particular order). Whatever the row's
 /// alignment, a few leading logits are read singly and the rest with 16-byte loads, several in
@@ -495,29 +588,49 @@ __device__ void compact(Candidates &c, const Histogram &h, SelectState &s, u64 c
     c.list_len = s.list_len < LIST_CAP ? s.list_len : LIST_CAP;
 }
 
+/// log(sum exp(l - m)) over the row, f32 (one more pass over the row, for the log-probability).
+__device__ __forceinline__ float row_log_sum(const float *logits, uint32_t vocab, float m,
+                                             float *scratch) {
+    float sum = 0.0f;
+    for_each_logit(logits, vocab, [&](uint32_t, float x) { sum += expf(x - m); });
+    return logf(block_reduce_f32(sum, scratch, SumOp{}, 0.0f));
+}
+
 __device__ void sample_row(const SampleParams &p) {
     STAG_DYNAMIC_SMEM(unsigned char, smem);
     __shared__ SelectState s;
+    __shared__ float fscratch[32];
+    // The log-sum-exp waits in shared memory for thread 0.
+    __shared__ float log_sum_s;
     const uint32_t row = blockIdx.x;
     const uint32_t vocab = p.vocab;
     // Token ids are int32 and composites need vocab <= 2^31 (the wrapper checks both).
     if (row >= p.rows || vocab == 0 || vocab > 0x80000000u) return;
     const float *logits = p.logits + size_t(row) * p.logits_row_stride;
+    const RowCfg cfg = row_cfg(p, row);
+    const bool want_logprob = p.logprobs != nullptr;
 
-    if (p.temperature == 0.0f || p.top_k == 1 || vocab == 1) {
+    if (is_greedy(cfg, vocab)) {
         u64 best = 0;
+        float fmax = -INFINITY;
         int bad = 0;
         for_each_logit(logits, vocab, [&](uint32_t id, float x) {
             const u64 k = (u64(greedy_key(x)) << 32) | u64(~id);
             best = k > best ? k : best;
+            fmax = fmaxf(fmax, x);
             bad |= not_finite(x) ? 1 : 0;
         });
         best = block_max(best, s.scratch);
         bad = __syncthreads_or(bad);
+        float log_sum = 0.0f;
+        if (want_logprob) {
+            fmax = block_reduce_f32(fmax, fscratch, MaxOp{}, -INFINITY);
+            log_sum = row_log_sum(logits, vocab, fmax, fscratch);
+        }
         if (threadIdx.x == 0) {
             // The reference's argmax keeps index 0 when it holds a NaN (nothing compares above).
             const float first = logits[0];
-            p.tokens[row] = first != first ? 0 : int32_t(~uint32_t(best));
+            write_token(p, row, first != first ? 0 : int32_t(~uint32_t(best)), fmax, log_sum);
             report_nonfinite(p, row, bad != 0);
         }
         return;
@@ -539,6 +652,7 @@ __device__ void sample_row(const SampleParams &p) {
     max_key = block_max(max_key, s.scratch);
     bad = __syncthreads_or(bad);
     if (threadIdx.x == 0) report_nonfinite(p, row, bad != 0);
+    const float lmax = key_value(uint32_t(max_key));
 
     Candidates c{logits,
                  nullptr,
@@ -546,23 +660,29 @@ __device__ void sample_row(const SampleParams &p) {
                  0,
                  vocab,
                  32u - uint32_t(__clz(int(vocab - 1))),
-                 key_value(uint32_t(max_key)),
-                 p.temperature};
+                 lmax,
+                 cfg.temperature};
     u64 cut = 0;  // every composite is >= 0: all candidates
     uint32_t rank = vocab;
-    if (p.top_k > 1 && p.top_k < vocab) {
-        cut = select(c, h, s, cut, RULE_COUNT, p.top_k, &rank);
+    if (cfg.top_k > 1) {
+        cut = select(c, h, s, cut, RULE_COUNT, cfg.top_k, &rank);
         if (rank <= LIST_CAP) compact(c, h, s, cut);
     }
-    if (p.top_p < 1.0f) {
-        cut = select(c, h, s, cut, RULE_TOP_P, __float_as_uint(p.top_p), &rank);
+    if (cfg.top_p < 1.0f) {
+        cut = select(c, h, s, cut, RULE_TOP_P, __float_as_uint(cfg.top_p), &rank);
         if (c.list == nullptr && rank <= LIST_CAP) compact(c, h, s, cut);
     }
-    const uint32_t bits = uniform_bits(p.seed, p.sequences[row], p.steps[row]);
-    const u64 token = select(c, h, s, cut, RULE_SAMPLE, bits, &rank);
+    const u64 token = select(c, h, s, cut, RULE_SAMPLE, draw_bits(cfg), &rank);
+    // After the selects, whose state is dead by now (no registers to spare before). The
+    // total-order maximum is fmaxf's for finite rows (a non-finite row is flagged).
+    if (want_logprob) {
+        const float log_sum = row_log_sum(logits, vocab, lmax, fscratch);
+        if (threadIdx.x == 0) log_sum_s = log_sum;
+    }
     if (threadIdx.x == 0) {
         const u64 reversed = token & ((u64(1) << c.id_bits) - 1);
-        p.tokens[row] = reversed < vocab ? int32_t(vocab - 1 - uint32_t(reversed)) : 0;
+        write_token(p, row, reversed < vocab ? int32_t(vocab - 1 - uint32_t(reversed)) : 0,
+                    c.lmax, log_sum_s);
     }
 }
 
@@ -574,9 +694,11 @@ __device__ void sample_row(const SampleParams &p) {
 // digit in shared memory with warp-aggregated 32-bit atomics (add_to_bucket), adds it to the
 // row's global histogram, and the last block to arrive (stag::last_block_arrive) scans it with
 // the one-block kernel's scan_level and records the choice in the row's state for the next
-// launch. The host launches a fixed sequence (graph-capturable): greedy is one launch; sampling is `prepare` (the maximum),
-// then levels_per_select · selects `step` launches, each of which does whatever the row's state
-// says is next and returns at once when nothing is left, then one `tail` launch:
+// launch. The host launches a fixed sequence that depends on the shape only (graph-capturable,
+// one graph for every mix of settings): `prepare` (every row's maximum, argmax and log-sum-exp
+// partials; greedy rows finish there), then levels_per_select · 3 `step` launches (enough for
+// the three selects any row may need), each of which does whatever the row's state says is
+// next and returns at once when nothing is left, then one `tail` launch:
 //   * SELECTING: one digit of the current select (the first one over the row also stores every
 //     logit's fixed-point weight, so later passes read it instead of computing exp again);
 //   * COMPACT: a select left at most LIST_CAP candidates: every block appends its candidates
@@ -630,6 +752,8 @@ struct RowState {
     uint32_t remaining;  // composite bits the current select has not chosen yet
     uint32_t list_len;   // compaction: slots taken
     uint32_t nonfinite;  // a block saw a NaN or inf logit (atomicOr), reset by the last block
+    float lse_max;       // the row's largest logit (fmaxf) and log(sum exp(l - lse_max)), for
+    float log_sum;       // the chosen token's log-probability
 };
 
 /// The row's global histogram of one digit: counts, the largest composite per bucket (the
@@ -652,37 +776,29 @@ static_assert(sizeof(GlobalHist) == 73728, "GlobalHist has no padding");
 static_assert(MB_FIXED_ROW_BYTES == 107008,
               "keep MULTI_BLOCK_FIXED_ROW_BYTES in src/ops/sample.rs in step");
 
-__device__ __forceinline__ bool is_greedy(const SampleParams &p) {
-    return p.temperature == 0.0f || p.top_k == 1 || p.vocab == 1;
-}
-
 // The selects of a sampling row, in order: top-k (when 1 < k < V), top-p (when p < 1), the
 // token. Computed by index rather than held in an array, which a runtime index would put in
 // local memory.
-__device__ __forceinline__ bool has_top_k(const SampleParams &p) {
-    return p.top_k > 1 && p.top_k < p.vocab;
+__device__ __forceinline__ uint32_t select_count(const RowCfg &c) {
+    return 1u + (c.top_k > 1 ? 1u : 0u) + (c.top_p < 1.0f ? 1u : 0u);
 }
 
-__device__ __forceinline__ uint32_t select_count(const SampleParams &p) {
-    return 1u + (has_top_k(p) ? 1u : 0u) + (p.top_p < 1.0f ? 1u : 0u);
-}
-
-/// The rule of select `index` of `row`, its argument in `arg`.
-__device__ __forceinline__ Rule select_rule(const SampleParams &p, uint32_t row, uint32_t index, uint32_t *arg) {
-    if (has_top_k(p)) {
+/// The rule of select `index` of a row with settings `c`, its argument in `arg`.
+__device__ __forceinline__ Rule select_rule(const RowCfg &c, uint32_t index, uint32_t *arg) {
+    if (c.top_k > 1) {
         if (index == 0) {
-            *arg = p.top_k;
+            *arg = c.top_k;
             return RULE_COUNT;
         }
         --index;
     }
-    if (p.top_p < 1.0f) {
+    if (c.top_p < 1.0f) {
         if (index == 0) {
-            *arg = __float_as_uint(p.top_p);
+            *arg = __float_as_uint(c.top_p);
             return RULE_TOP_P;
         }
     }
-    *arg = uniform_bits(p.seed, p.sequences[row], p.steps[row]);
+    *arg = draw_bits(c);
     return RULE_SAMPLE;
 }
 
@@ -698,6 +814,7 @@ struct MbRow {
     uint32_t begin, end;  // this block's logits
     uint32_t blocks;      // the row's blocks
     uint32_t id_bits;
+    RowCfg cfg;
 };
 
 /// False (the block does nothing) for parameters the wrapper never passes.
@@ -726,6 +843,7 @@ __device__ __forceinline__ bool mb_row(const SampleParams &p, MbRow &r) {
     r.weights = reinterpret_cast<u64 *>(base + fixed) + size_t(row) * vocab;
     r.row = row;
     r.id_bits = 32u - uint32_t(__clz(int(vocab - 1)));
+    r.cfg = row_cfg(p, row);
     return true;
 }
 
@@ -757,85 +875,114 @@ __device__ __forceinline__ void finish_select(const SampleParams &p, const MbRow
     st->cut = found;
     const uint32_t next = st->select + 1;
     st->select = next;
-    if (next >= select_count(p)) {
-        p.tokens[r.row] = token_of(found, p.vocab, r.id_bits);
+    if (next >= select_count(r.cfg)) {
+        write_token(p, r.row, token_of(found, p.vocab, r.id_bits), st->lse_max, st->log_sum);
         st->status = STATUS_FINISHED;
         return;
     }
     if (rank <= LIST_CAP) st->status = STATUS_COMPACT;
     uint32_t arg = 0;
-    const Rule rule = select_rule(p, r.row, next, &arg);
+    const Rule rule = select_rule(r.cfg, next, &arg);
     begin_select(st, rule, arg, r.id_bits);
 }
 
-/// Greedy: the block's argmax composite (today's tie rule: highest `>` key, then lowest id) is
-/// merged with a 64-bit atomicMax; the last block writes the token.
-__device__ void mb_greedy(const SampleParams &p) {
-    __shared__ u64 scratch[32];
-    MbRow r;
-    if (!mb_row(p, r)) return;
-    u64 best = 0;
-    int bad = 0;
-    for (uint32_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
-        const float x = r.logits[i];
-        const u64 k = (u64(greedy_key(x)) << 32) | u64(~i);
-        best = k > best ? k : best;
-        bad |= not_finite(x) ? 1 : 0;
-    }
-    best = block_max(best, scratch);
-    bad = __syncthreads_or(bad);
-    if (threadIdx.x == 0) {
-        atomicMax(&r.st->best, best);
-        if (bad) atomicOr(&r.st->nonfinite, 1u);
-    }
-    if (!stag::last_block_arrive(&r.st->arrive, r.blocks)) return;
-    if (threadIdx.x == 0) {
-        report_nonfinite(p, r.row, atomicExch(&r.st->nonfinite, 0u) != 0);
-        const u64 b = atomicExch(&r.st->best, u64(0));
-        // The reference's argmax keeps index 0 when it holds a NaN (nothing compares above).
-        const float first = r.logits[0];
-        p.tokens[r.row] = first != first ? 0 : int32_t(~uint32_t(b));
-    }
-}
-
-/// Sampling, launch 1: the row maximum; clears the row's histogram and starts the first select.
+/// Launch 1, every row: the block's argmax composite (greedy's tie rule: highest `>` key, then
+/// lowest id; merged with a 64-bit atomicMax), its highest order key (the sampling maximum) and
+/// its log-sum-exp partial (max m_b, sum exp(l - m_b), stored in the row's weight slot
+/// `blockIdx.y`, which no later launch of this call reads before overwriting). The last block
+/// combines the partials in block order (the same f32 result on every run) and then finishes a
+/// greedy row, or starts a sampling row's first select (and clears its histogram, shared by
+/// the blocks beforehand).
 __device__ void mb_prepare(const SampleParams &p) {
     __shared__ u64 scratch[32];
+    __shared__ float fscratch[32];
     MbRow r;
-    if (!mb_row(p, r) || is_greedy(p)) return;
+    if (!mb_row(p, r)) return;
+    const bool greedy = is_greedy(r.cfg, p.vocab);
+    const bool want_logprob = p.logprobs != nullptr;
+    u64 best = 0;
     u64 max_key = 0;
+    float fmax = -INFINITY;
     int bad = 0;
     for (uint32_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
         const float x = r.logits[i];
+        const u64 g = (u64(greedy_key(x)) << 32) | u64(~i);
+        best = g > best ? g : best;
         const u64 k = order_key(x);
         max_key = k > max_key ? k : max_key;
+        fmax = fmaxf(fmax, x);
         bad |= not_finite(x) ? 1 : 0;
     }
-    max_key = block_max(max_key, scratch);
+    if (greedy) {
+        best = block_max(best, scratch);
+    } else {
+        max_key = block_max(max_key, scratch);
+    }
     bad = __syncthreads_or(bad);
+    if (want_logprob) {
+        fmax = block_reduce_f32(fmax, fscratch, MaxOp{}, -INFINITY);
+        float sum = 0.0f;
+        for (uint32_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
+            sum += expf(r.logits[i] - fmax);
+        }
+        sum = block_reduce_f32(sum, fscratch, SumOp{}, 0.0f);
+        if (threadIdx.x == 0) {
+            r.weights[blockIdx.y] =
+                (u64(__float_as_uint(sum)) << 32) | u64(__float_as_uint(fmax));
+        }
+    }
     if (threadIdx.x == 0) {
-        atomicMax(&r.st->max_key, uint32_t(max_key));
+        if (greedy) {
+            atomicMax(&r.st->best, best);
+        } else {
+            atomicMax(&r.st->max_key, uint32_t(max_key));
+        }
         if (bad) atomicOr(&r.st->nonfinite, 1u);
     }
-    // Nothing reads the histogram in this launch; the blocks share clearing it.
-    uint32_t *words = reinterpret_cast<uint32_t *>(r.hist);
-    const uint32_t n = uint32_t(sizeof(GlobalHist) / 4);
-    for (uint32_t i = blockIdx.y * blockDim.x + threadIdx.x; i < n; i += r.blocks * blockDim.x) {
-        words[i] = 0;
+    if (!greedy) {
+        // Nothing reads the histogram in this launch; the blocks share clearing it.
+        uint32_t *words = reinterpret_cast<uint32_t *>(r.hist);
+        const uint32_t n = uint32_t(sizeof(GlobalHist) / 4);
+        for (uint32_t i = blockIdx.y * blockDim.x + threadIdx.x; i < n;
+             i += r.blocks * blockDim.x) {
+            words[i] = 0;
+        }
     }
     if (!stag::last_block_arrive(&r.st->arrive, r.blocks)) return;
-    if (threadIdx.x == 0) {
-        RowState *st = r.st;
-        report_nonfinite(p, r.row, atomicExch(&st->nonfinite, 0u) != 0);
-        st->lmax = key_value(atomicExch(&st->max_key, 0u));
-        st->cut = 0;
-        st->status = STATUS_SELECTING;
-        st->select = 0;
-        st->list_len = 0;
-        uint32_t arg = 0;
-        const Rule rule = select_rule(p, r.row, 0, &arg);
-        begin_select(st, rule, arg, r.id_bits);
+    if (threadIdx.x != 0) return;
+    RowState *st = r.st;
+    report_nonfinite(p, r.row, atomicExch(&st->nonfinite, 0u) != 0);
+    float m = -INFINITY, total = 0.0f;
+    if (want_logprob) {
+        for (uint32_t b = 0; b < r.blocks; ++b) {
+            m = fmaxf(m, __uint_as_float(uint32_t(__ldcg(&r.weights[b]))));
+        }
+        for (uint32_t b = 0; b < r.blocks; ++b) {
+            const u64 v = __ldcg(&r.weights[b]);
+            const float mb = __uint_as_float(uint32_t(v));
+            const float sb = __uint_as_float(uint32_t(v >> 32));
+            // A block of -inf logits only adds 0 (and exp(-inf - -inf) would be NaN).
+            if (sb > 0.0f) total += sb * expf(mb - m);
+        }
     }
+    st->lse_max = m;
+    st->log_sum = logf(total);
+    if (greedy) {
+        const u64 b = atomicExch(&st->best, u64(0));
+        // The reference's argmax keeps index 0 when it holds a NaN (nothing compares above).
+        const float first = r.logits[0];
+        write_token(p, r.row, first != first ? 0 : int32_t(~uint32_t(b)), m, st->log_sum);
+        st->status = STATUS_FINISHED;
+        return;
+    }
+    st->lmax = key_value(atomicExch(&st->max_key, 0u));
+    st->cut = 0;
+    st->status = STATUS_SELECTING;
+    st->select = 0;
+    st->list_len = 0;
+    uint32_t arg = 0;
+    const Rule rule = select_rule(r.cfg, 0, &arg);
+    begin_select(st, rule, arg, r.id_bits);
 }
 
 /// Adds this lane's candidate (bucket `b`, composite `c`, fixed-point weight `w`; b == BUCKETS:
@@ -898,7 +1045,7 @@ __device__ __forceinline__ void mb_level(const SampleParams &p, const MbRow &r, 
     // The first pass over the row computes every weight once; later passes read them.
     const bool store = first_level && st->select == 0;
     const float lmax = st->lmax;
-    const float temperature = p.temperature;
+    const float temperature = r.cfg.temperature;
     __syncthreads();
     // Warp-aggregated: the lanes of a warp whose logits fall into one bucket (the top digit's
     // few dozen hot buckets take most of a row) add to it once, through the lowest lane of their
@@ -964,7 +1111,7 @@ __device__ __forceinline__ void mb_level(const SampleParams &p, const MbRow &r, 
         for (uint32_t q = 0; q < PIECES; ++q) g->piece[q][b] = 0;
     }
     uint32_t arg = 0;
-    const Rule rule = select_rule(p, r.row, st->select, &arg);
+    const Rule rule = select_rule(r.cfg, st->select, &arg);
     if (threadIdx.x == 0) s = st->s;
     __syncthreads();
     if (threadIdx.x < 32) scan_level(h, s, shift, first_level, rule, arg);
@@ -1005,7 +1152,7 @@ __device__ void mb_tail(const SampleParams &p) {
     STAG_DYNAMIC_SMEM(unsigned char, smem);
     __shared__ SelectState s;
     MbRow r;
-    if (!mb_row(p, r) || is_greedy(p)) return;
+    if (!mb_row(p, r)) return;
     RowState *st = r.st;
     if (st->status != STATUS_TAIL) return;
     const uint32_t n = st->list_len < LIST_CAP ? st->list_len : LIST_CAP;
@@ -1022,17 +1169,16 @@ __device__ void mb_tail(const SampleParams &p) {
                       list,
                       reinterpret_cast<uint32_t *>(smem + OFF_COUNT)};
     const Candidates c{r.logits, list, list_weights, n, p.vocab, r.id_bits, st->lmax,
-                       p.temperature};
+                       r.cfg.temperature};
     // Compaction follows top-k or top-p: what remains is top-p and the draw, or the draw.
     u64 found = st->cut;
     uint32_t rank = 0;
-    if (st->select + 1 < select_count(p)) {
-        found = select(c, h, s, found, RULE_TOP_P, __float_as_uint(p.top_p), &rank);
+    if (st->select + 1 < select_count(r.cfg)) {
+        found = select(c, h, s, found, RULE_TOP_P, __float_as_uint(r.cfg.top_p), &rank);
     }
-    found = select(c, h, s, found, RULE_SAMPLE,
-                   uniform_bits(p.seed, p.sequences[r.row], p.steps[r.row]), &rank);
+    found = select(c, h, s, found, RULE_SAMPLE, draw_bits(r.cfg), &rank);
     if (threadIdx.x == 0) {
-        p.tokens[r.row] = token_of(found, p.vocab, r.id_bits);
+        write_token(p, r.row, token_of(found, p.vocab, r.id_bits), st->lse_max, st->log_sum);
         st->status = STATUS_FINISHED;
         st->list_len = 0;
     }
@@ -1043,7 +1189,8 @@ __device__ void mb_step(const SampleParams &p) {
     STAG_DYNAMIC_SMEM(unsigned char, smem);
     __shared__ SelectState s;
     MbRow r;
-    if (!mb_row(p, r) || is_greedy(p)) return;
+    // Greedy rows are FINISHED after `prepare`, so they return here.
+    if (!mb_row(p, r)) return;
     // Written by an earlier launch; the same value in every block of the row.
     const uint32_t status = r.st->status;
     if (status == STATUS_SELECTING) {
@@ -1056,7 +1203,6 @@ __device__ void mb_step(const SampleParams &p) {
 }  // namespace
 
 STAG_KERNEL_BOUNDED(sample_f32, SampleParams, MAX_THREADS) { sample_row(p); }
-STAG_KERNEL_BOUNDED(sample_multi_greedy_f32, SampleParams, MB_THREADS) { mb_greedy(p); }
 STAG_KERNEL_BOUNDED(sample_multi_prepare_f32, SampleParams, MB_THREADS) { mb_prepare(p); }
 STAG_KERNEL_BOUNDED(sample_multi_step_f32, SampleParams, MB_THREADS) { mb_step(p); }
 STAG_KERNEL_BOUNDED(sample_multi_tail_f32, SampleParams, MB_THREADS) { mb_tail(p); }

@@ -1,8 +1,9 @@
 //! `ops::sample` on the emulated device: the same inputs give the same tokens on every run and
-//! under any thread order, seeds matter, tokens equal `stagformer_ref::sample::sample` over
-//! many random rows and settings, ids stay in range even for non-finite logits, and bad
-//! arguments are typed errors naming the argument. Every run goes through both kernels
-//! (multi-block and one-block), which must agree token for token.
+//! under any thread order, seeds and counters matter but rows (slots) do not, rows with
+//! different settings share one call (and one captured graph), tokens equal
+//! `stagformer_ref::sample::sample` over many random rows and settings, ids stay in range even
+//! for non-finite logits, and bad arguments are typed errors naming the argument and row. Every
+//! run goes through both kernels (multi-block and one-block), which must agree token for token.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -10,7 +11,8 @@ use rand_distr::StandardNormal;
 use stagformer_kernels::device::{Device, DeviceBuffer, EmuOptions, Stream};
 use stagformer_kernels::error::DeviceError;
 use stagformer_kernels::ops::sample::{
-    sample, sample_checked, SampleKernel, SampleShape, SampleWorkspace, SamplingConfig,
+    pack_rows, sample, sample_checked, SampleKernel, SampleShape, SampleWorkspace, SamplingConfig,
+    SAMPLE_ROW_WORDS,
 };
 use stagformer_ref::sample::{self as reference, SamplingParams};
 
@@ -31,12 +33,20 @@ fn normal_logits(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
         .collect()
 }
 
-/// One batch: rows of logits with their sequences and steps.
+fn params_of(c: &SamplingConfig) -> SamplingParams {
+    SamplingParams {
+        temperature: c.temperature,
+        top_k: c.top_k,
+        top_p: c.top_p,
+        seed: c.seed,
+    }
+}
+
+/// One batch: rows of logits with their counters (each row's token index).
 struct Batch {
     vocab: usize,
     logits: Vec<f32>,
-    sequences: Vec<u32>,
-    steps: Vec<u32>,
+    counters: Vec<u32>,
 }
 
 impl Batch {
@@ -44,61 +54,71 @@ impl Batch {
         Batch {
             vocab,
             logits: normal_logits(rng, rows * vocab, std),
-            sequences: (0..rows).map(|_| rng.random()).collect(),
-            steps: (0..rows).map(|_| rng.random()).collect(),
+            counters: (0..rows).map(|_| rng.random()).collect(),
         }
     }
 
     fn rows(&self) -> usize {
-        self.sequences.len()
+        self.counters.len()
     }
 
-    /// The multi-block kernel's tokens, after checking that the one-block kernel's are equal.
+    /// The multi-block kernel's tokens with `config` on every row, after checking that the
+    /// one-block kernel's are equal.
     fn run(&self, stream: &Stream, config: &SamplingConfig) -> Result<Vec<i32>, DeviceError> {
+        self.run_rows(stream, &vec![*config; self.rows()])
+    }
+
+    /// As `run`, row r with `configs[r]`.
+    fn run_rows(
+        &self,
+        stream: &Stream,
+        configs: &[SamplingConfig],
+    ) -> Result<Vec<i32>, DeviceError> {
         let mut multi = SampleWorkspace::new(stream, self.rows(), self.vocab)?;
-        let tokens = self.run_with(stream, config, &mut multi)?;
-        let one = self.run_with(stream, config, &mut SampleWorkspace::one_block())?;
-        assert_eq!(tokens, one, "multi-block vs one-block, {config:?}");
+        let tokens = self.run_with(stream, configs, &mut multi)?;
+        let one = self.run_with(stream, configs, &mut SampleWorkspace::one_block())?;
+        assert_eq!(tokens, one, "multi-block vs one-block, {configs:?}");
         Ok(tokens)
+    }
+
+    fn settings(
+        &self,
+        stream: &Stream,
+        configs: &[SamplingConfig],
+    ) -> Result<DeviceBuffer<u32>, DeviceError> {
+        DeviceBuffer::from_host(stream, &pack_rows(configs, &self.counters)?)
     }
 
     fn run_with(
         &self,
         stream: &Stream,
-        config: &SamplingConfig,
+        configs: &[SamplingConfig],
         workspace: &mut SampleWorkspace,
     ) -> Result<Vec<i32>, DeviceError> {
         let logits = DeviceBuffer::from_host(stream, &self.logits)?;
-        let sequences = DeviceBuffer::from_host(stream, &self.sequences)?;
-        let steps = DeviceBuffer::from_host(stream, &self.steps)?;
+        let settings = self.settings(stream, configs)?;
         let mut tokens = DeviceBuffer::<i32>::alloc(stream.device(), self.rows())?;
         sample(
             stream,
             &logits,
             &mut tokens,
-            &sequences,
-            &steps,
+            &settings,
             SampleShape::contiguous(self.rows(), self.vocab),
-            config,
             workspace,
         )?;
         tokens.to_host(stream)
     }
 
     fn reference(&self, config: &SamplingConfig) -> Vec<i32> {
-        let params = SamplingParams {
-            temperature: config.temperature,
-            top_k: config.top_k,
-            top_p: config.top_p,
-            seed: config.seed,
-        };
+        self.reference_rows(&vec![*config; self.rows()])
+    }
+
+    fn reference_rows(&self, configs: &[SamplingConfig]) -> Vec<i32> {
         self.logits
             .chunks(self.vocab)
             .enumerate()
             .map(|(r, row)| {
-                let id =
-                    reference::sample(row, &params, self.sequences[r].into(), self.steps[r].into());
-                id as i32
+                reference::sample(row, &params_of(&configs[r]), self.counters[r].into()) as i32
             })
             .collect()
     }
@@ -155,20 +175,107 @@ fn different_seeds_give_different_tokens() -> TestResult {
     let a = batch.run(&stream, &config(1.0, 0, 1.0, 1))?;
     let b = batch.run(&stream, &config(1.0, 0, 1.0, 2))?;
     assert_ne!(a, b);
-    // Same seed, other steps: also different.
-    let mut later = Batch {
+    // Same seed, other counters: also different.
+    let later = Batch {
         vocab: batch.vocab,
         logits: batch.logits.clone(),
-        sequences: batch.sequences.clone(),
-        steps: batch.steps.iter().map(|s| s.wrapping_add(1)).collect(),
+        counters: batch.counters.iter().map(|s| s.wrapping_add(1)).collect(),
     };
     let c = later.run(&stream, &config(1.0, 0, 1.0, 1))?;
     assert_ne!(a, c);
-    // And other sequences.
-    later.steps = batch.steps.clone();
-    later.sequences = batch.sequences.iter().map(|s| s ^ 0x8000_0000).collect();
-    let d = later.run(&stream, &config(1.0, 0, 1.0, 1))?;
-    assert_ne!(a, d);
+    Ok(())
+}
+
+/// The draw is keyed by (seed, counter), not by the row: the same logits, seed and counter in
+/// every row give one token in every row, and permuting the rows of a mixed call permutes its
+/// tokens.
+#[test]
+fn the_row_a_request_lands_in_does_not_change_its_token() -> TestResult {
+    let dev = Device::emulated();
+    let stream = dev.new_stream()?;
+    let mut rng = StdRng::seed_from_u64(21);
+    let vocab = 2500;
+    let one = normal_logits(&mut rng, vocab, 0.7);
+    let same = Batch {
+        vocab,
+        logits: one.repeat(8),
+        counters: vec![41; 8],
+    };
+    let tokens = same.run(&stream, &config(1.0, 0, 0.95, 77))?;
+    assert!(tokens.iter().all(|&t| t == tokens[0]), "{tokens:?}");
+    let batch = Batch::random(&mut rng, 6, vocab, 1.0);
+    let configs: Vec<SamplingConfig> = (0..6)
+        .map(|r| config(0.6 + 0.2 * r as f32, [0, 30][r % 2], 0.9, 1000 + r as u64))
+        .collect();
+    let got = batch.run_rows(&stream, &configs)?;
+    let order = [4usize, 0, 5, 2, 1, 3];
+    let permuted = Batch {
+        vocab,
+        logits: order
+            .iter()
+            .flat_map(|&r| batch.logits[r * vocab..(r + 1) * vocab].to_vec())
+            .collect(),
+        counters: order.iter().map(|&r| batch.counters[r]).collect(),
+    };
+    let permuted_configs: Vec<SamplingConfig> = order.iter().map(|&r| configs[r]).collect();
+    let got_permuted = permuted.run_rows(&stream, &permuted_configs)?;
+    for (i, &r) in order.iter().enumerate() {
+        assert_eq!(got_permuted[i], got[r], "row {r} moved to {i}");
+    }
+    Ok(())
+}
+
+/// Greedy rows, sampled rows and rows with different filters in one call equal the reference
+/// row by row; a graph captured with all-greedy settings replays with any other settings
+/// uploaded into the same buffer (the launches depend on the shape only) and still equals the
+/// reference.
+#[test]
+fn mixed_settings_share_one_call_and_one_graph() -> TestResult {
+    let dev = Device::emulated_with(EmuOptions {
+        shuffle_seed: 5,
+        ..EmuOptions::default()
+    });
+    let stream = dev.new_stream()?;
+    let mut rng = StdRng::seed_from_u64(22);
+    let (rows, vocab) = (6, 3000);
+    let batch = Batch::random(&mut rng, rows, vocab, 1.5);
+    let mixes = [
+        vec![SamplingConfig::GREEDY; rows],
+        vec![
+            SamplingConfig::GREEDY,
+            config(1.0, 0, 1.0, 1),
+            config(0.8, 40, 1.0, 2),
+            config(1.2, 0, 0.9, 3),
+            config(0.7, 1, 0.5, 4),
+            config(1.0, 2500, 0.95, 5),
+        ],
+        vec![config(1.5, 0, 0.8, 9); rows],
+    ];
+    for configs in &mixes {
+        assert_eq!(
+            batch.run_rows(&stream, configs)?,
+            batch.reference_rows(configs)
+        );
+    }
+    let logits = DeviceBuffer::from_host(&stream, &batch.logits)?;
+    let mut settings = batch.settings(&stream, &mixes[0])?;
+    let mut tokens = DeviceBuffer::<i32>::alloc(&dev, rows)?;
+    let mut ws = SampleWorkspace::new(&stream, rows, vocab)?;
+    let (graph, ()) = stream.capture(|| {
+        sample(
+            &stream,
+            &logits,
+            &mut tokens,
+            &settings,
+            SampleShape::contiguous(rows, vocab),
+            &mut ws,
+        )
+    })?;
+    for configs in mixes.iter().rev() {
+        settings.copy_from_host(&stream, &pack_rows(configs, &batch.counters)?)?;
+        graph.launch()?;
+        assert_eq!(tokens.to_host(&stream)?, batch.reference_rows(configs));
+    }
     Ok(())
 }
 
@@ -216,12 +323,12 @@ fn equal_logits_resolve_exact_ties_like_the_reference() -> TestResult {
     // token must be the first whose running sum *exceeds* u, i.e. exactly u · kept.
     let dev = Device::emulated();
     let stream = dev.new_stream()?;
-    let (seed, sequence) = (0x1234_5678_9abc_def0u64, 7u32);
+    let seed = 0x1234_5678_9abc_def0u64;
     for (vocab, top_p) in [(1024usize, 1.0f32), (1024, 0.5), (4096, 0.25), (1000, 1.0)] {
         let kept = (vocab as f64 * f64::from(top_p)).ceil();
         let exact: Vec<u32> = (0u32..)
             .filter(|&step| {
-                let u = f64::from(reference::uniform(seed, sequence.into(), step.into()));
+                let u = f64::from(reference::uniform(seed, step.into()));
                 (u * kept).fract() == 0.0
             })
             .take(24)
@@ -230,14 +337,13 @@ fn equal_logits_resolve_exact_ties_like_the_reference() -> TestResult {
         let batch = Batch {
             vocab,
             logits: vec![0.375; rows * vocab],
-            sequences: vec![sequence; rows],
-            steps: exact.clone(),
+            counters: exact.clone(),
         };
         let cfg = config(0.9, 0, top_p, seed);
         let want: Vec<i32> = exact
             .iter()
             .map(|&step| {
-                let u = f64::from(reference::uniform(seed, sequence.into(), step.into()));
+                let u = f64::from(reference::uniform(seed, step.into()));
                 (u * kept) as i32
             })
             .collect();
@@ -310,12 +416,13 @@ fn non_finite_rows_are_flagged() -> TestResult {
         .map(|r| i32::from(bad.iter().any(|b| b.0 == r)))
         .collect();
     let logits = DeviceBuffer::from_host(&stream, &batch.logits)?;
-    let sequences = DeviceBuffer::from_host(&stream, &batch.sequences)?;
-    let steps = DeviceBuffer::from_host(&stream, &batch.steps)?;
     let shape = SampleShape::contiguous(rows, vocab);
     let mut multi = SampleWorkspace::new(&stream, rows, vocab)?;
+    let mut logprobs = DeviceBuffer::<f32>::alloc(&dev, rows)?;
     for cfg in [SamplingConfig::GREEDY, config(0.8, 40, 0.9, 3)] {
-        let unchecked = batch.run_with(&stream, &cfg, &mut multi)?;
+        let configs = vec![cfg; rows];
+        let settings = batch.settings(&stream, &configs)?;
+        let unchecked = batch.run_with(&stream, &configs, &mut multi)?;
         for ws in [&mut multi, &mut SampleWorkspace::one_block()] {
             for round in 0..2 {
                 let mut tokens = DeviceBuffer::<i32>::alloc(&dev, rows)?;
@@ -324,11 +431,10 @@ fn non_finite_rows_are_flagged() -> TestResult {
                     &stream,
                     &logits,
                     &mut tokens,
+                    &mut logprobs,
                     &mut flags,
-                    &sequences,
-                    &steps,
+                    &settings,
                     shape,
-                    &cfg,
                     ws,
                 )?;
                 assert_eq!(flags.to_host(&stream)?, want, "{cfg:?} round {round}");
@@ -341,18 +447,22 @@ fn non_finite_rows_are_flagged() -> TestResult {
     let mut tokens = DeviceBuffer::<i32>::alloc(&dev, rows)?;
     let mut flags = DeviceBuffer::from_host(&stream, &vec![7i32; rows])?;
     for cfg in [SamplingConfig::GREEDY, config(0.8, 40, 0.9, 3)] {
+        let settings = batch.settings(&stream, &vec![cfg; rows])?;
         sample_checked(
             &stream,
             &clean,
             &mut tokens,
+            &mut logprobs,
             &mut flags,
-            &sequences,
-            &steps,
+            &settings,
             shape,
-            &cfg,
             &mut multi,
         )?;
         assert_eq!(flags.to_host(&stream)?, vec![0; rows], "{cfg:?}");
+        assert!(logprobs
+            .to_host(&stream)?
+            .iter()
+            .all(|l| l.is_finite() && *l <= 0.0));
     }
     Ok(())
 }
@@ -366,72 +476,69 @@ fn invalid_arg(result: Result<(), DeviceError>) -> &'static str {
     }
 }
 
+/// The reason of an `InvalidArgument` error, for the row it names.
+fn invalid_reason(result: Result<Vec<u32>, DeviceError>) -> (&'static str, String) {
+    match result {
+        Err(DeviceError::InvalidArgument { arg, reason }) => (arg, reason),
+        other => panic!("expected an invalid argument, got {other:?}"),
+    }
+}
+
 #[test]
 fn bad_arguments_are_typed_errors() -> TestResult {
     let dev = Device::emulated();
     let stream = dev.new_stream()?;
     let (rows, vocab) = (3, 64);
     let logits = DeviceBuffer::from_host(&stream, &vec![0.5f32; rows * vocab])?;
-    let ids = DeviceBuffer::from_host(&stream, &vec![0u32; rows])?;
-    let short_ids = DeviceBuffer::from_host(&stream, &vec![0u32; rows - 1])?;
+    let ok = config(1.0, 0, 0.9, 1);
+    let counters = vec![0u32; rows];
+    let settings = DeviceBuffer::from_host(&stream, &pack_rows(&[ok; 3], &counters)?)?;
+    let short_settings =
+        DeviceBuffer::from_host(&stream, &vec![0u32; (rows - 1) * SAMPLE_ROW_WORDS])?;
     let mut tokens = DeviceBuffer::<i32>::alloc(&dev, rows)?;
     let mut long_tokens = DeviceBuffer::<i32>::alloc(&dev, rows + 1)?;
     let shape = SampleShape::contiguous(rows, vocab);
-    let ok = config(1.0, 0, 0.9, 1);
+
+    // Settings are refused on the host, naming the field and the row, before any upload.
+    for (bad, field) in [
+        (config(1.0, 0, 0.0, 1), "top_p"),
+        (config(1.0, 0, 1.5, 1), "top_p"),
+        (config(1.0, 0, f32::NAN, 1), "top_p"),
+        (config(-0.5, 0, 0.9, 1), "temperature"),
+        (config(f32::INFINITY, 0, 0.9, 1), "temperature"),
+        (config(f32::NAN, 0, 0.9, 1), "temperature"),
+    ] {
+        let (arg, reason) = invalid_reason(pack_rows(&[ok, ok, bad], &counters));
+        assert_eq!(arg, field, "{bad:?}");
+        assert!(reason.starts_with("row 2:"), "{reason}");
+    }
+    assert!(matches!(
+        pack_rows(&[ok; 3], &counters[..2]),
+        Err(DeviceError::LengthMismatch {
+            arg: "counters",
+            ..
+        })
+    ));
 
     let mut ws = SampleWorkspace::new(&stream, rows, vocab)?;
-    let mut call = |cfg: SamplingConfig, shape: SampleShape| {
-        sample(
-            &stream,
-            &logits,
-            &mut tokens,
-            &ids,
-            &ids,
-            shape,
-            &cfg,
-            &mut ws,
-        )
-    };
-    assert_eq!(invalid_arg(call(config(1.0, 0, 0.0, 1), shape)), "top_p");
-    assert_eq!(invalid_arg(call(config(1.0, 0, 1.5, 1), shape)), "top_p");
+    let mut call =
+        |shape: SampleShape| sample(&stream, &logits, &mut tokens, &settings, shape, &mut ws);
+    assert_eq!(invalid_arg(call(SampleShape::contiguous(rows, 0))), "vocab");
     assert_eq!(
-        invalid_arg(call(config(1.0, 0, f32::NAN, 1), shape)),
-        "top_p"
-    );
-    assert_eq!(
-        invalid_arg(call(config(-0.5, 0, 0.9, 1), shape)),
-        "temperature"
-    );
-    assert_eq!(
-        invalid_arg(call(config(f32::INFINITY, 0, 0.9, 1), shape)),
-        "temperature"
-    );
-    assert_eq!(
-        invalid_arg(call(config(f32::NAN, 0, 0.9, 1), shape)),
-        "temperature"
-    );
-    assert_eq!(
-        invalid_arg(call(ok, SampleShape::contiguous(rows, 0))),
-        "vocab"
-    );
-    assert_eq!(
-        invalid_arg(call(ok, SampleShape::contiguous(rows, vocab + 1))),
+        invalid_arg(call(SampleShape::contiguous(rows, vocab + 1))),
         "logits"
     );
     assert_eq!(
-        invalid_arg(call(
-            ok,
-            SampleShape {
-                rows,
-                vocab,
-                row_stride: vocab - 1
-            }
-        )),
+        invalid_arg(call(SampleShape {
+            rows,
+            vocab,
+            row_stride: vocab - 1
+        })),
         "row_stride"
     );
     // Rows count from `tokens`: a wrong row count shows in the lengths.
     assert_eq!(
-        invalid_arg(call(ok, SampleShape::contiguous(rows - 1, vocab))),
+        invalid_arg(call(SampleShape::contiguous(rows - 1, vocab))),
         "logits"
     );
     assert_eq!(
@@ -439,10 +546,8 @@ fn bad_arguments_are_typed_errors() -> TestResult {
             &stream,
             &logits,
             &mut long_tokens,
-            &ids,
-            &ids,
+            &settings,
             shape,
-            &ok,
             &mut ws
         )),
         "tokens"
@@ -452,26 +557,11 @@ fn bad_arguments_are_typed_errors() -> TestResult {
             &stream,
             &logits,
             &mut tokens,
-            &short_ids,
-            &ids,
+            &short_settings,
             shape,
-            &ok,
             &mut ws
         )),
-        "sequences"
-    );
-    assert_eq!(
-        invalid_arg(sample(
-            &stream,
-            &logits,
-            &mut tokens,
-            &ids,
-            &short_ids,
-            shape,
-            &ok,
-            &mut ws
-        )),
-        "steps"
+        "settings"
     );
     // A multi-block workspace bounds the shape.
     let mut small = SampleWorkspace::new(&stream, rows - 1, vocab)?;
@@ -480,10 +570,8 @@ fn bad_arguments_are_typed_errors() -> TestResult {
             &stream,
             &logits,
             &mut tokens,
-            &ids,
-            &ids,
+            &settings,
             shape,
-            &ok,
             &mut small
         )),
         "rows"
@@ -494,10 +582,8 @@ fn bad_arguments_are_typed_errors() -> TestResult {
             &stream,
             &logits,
             &mut tokens,
-            &ids,
-            &ids,
+            &settings,
             shape,
-            &ok,
             &mut narrow
         )),
         "vocab"
@@ -507,16 +593,7 @@ fn bad_arguments_are_typed_errors() -> TestResult {
         "max_rows"
     );
     // Valid calls still work afterwards, including zero rows.
-    sample(
-        &stream,
-        &logits,
-        &mut tokens,
-        &ids,
-        &ids,
-        shape,
-        &ok,
-        &mut ws,
-    )?;
+    sample(&stream, &logits, &mut tokens, &settings, shape, &mut ws)?;
     let empty_f = DeviceBuffer::<f32>::alloc(&dev, 0)?;
     let empty_u = DeviceBuffer::<u32>::alloc(&dev, 0)?;
     let mut empty_t = DeviceBuffer::<i32>::alloc(&dev, 0)?;
@@ -525,9 +602,7 @@ fn bad_arguments_are_typed_errors() -> TestResult {
         &empty_f,
         &mut empty_t,
         &empty_u,
-        &empty_u,
         SampleShape::contiguous(0, vocab),
-        &ok,
         &mut ws,
     )?;
     let tokens = tokens.to_host(&stream)?;
@@ -559,7 +634,7 @@ fn one_workspace_serves_calls_of_every_shape_and_setting() -> TestResult {
     for (rows, vocab, cfg) in calls {
         let batch = Batch::random(&mut rng, rows, vocab, 2.0);
         for _ in 0..2 {
-            let tokens = batch.run_with(&stream, &cfg, &mut ws)?;
+            let tokens = batch.run_with(&stream, &vec![cfg; rows], &mut ws)?;
             assert_eq!(tokens, batch.reference(&cfg), "{rows}x{vocab} {cfg:?}");
         }
     }

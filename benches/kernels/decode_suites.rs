@@ -20,7 +20,7 @@ use stagformer_kernels::ops::rope_append::{
     rope_append, KvCacheLayout, KvCacheMut, QkvRows, RopeTable,
 };
 use stagformer_kernels::ops::sample::{
-    sample, SampleKernel, SampleShape, SampleWorkspace, SamplingConfig,
+    pack_rows, sample, SampleKernel, SampleShape, SampleWorkspace, SamplingConfig,
 };
 use stagformer_kernels::ops::swiglu::{swiglu, SwigluShape};
 use stagformer_kernels::ops::HeadShape;
@@ -677,13 +677,15 @@ pub(crate) fn attention_prefill_benches() -> Vec<KernelBench> {
 // sample
 // ---------------------------------------------------------------------------------------------
 
-/// Bytes: the f32 logits read once, `4 · rows · V`, and per row a sequence and a step read and
-/// a token written, `12 · rows` (the kernel's selection passes re-read the logits, mostly from
+/// Bytes: the f32 logits read once, `4 · rows · V`, and per row its 24-byte settings read and a
+/// token written, `28 · rows` (the kernel's selection passes re-read the logits, mostly from
 /// L2; the floor counts one read).
 /// FLOPs: greedy, 1 per logit (the comparison); sampling, 3 per logit (scale by 1/T, subtract
 /// the maximum, exponentiate), the selection's integer work not counted.
 ///
-/// Rotation: logits and tokens rotate over [`copies_for`] copies; every copy has its own steps.
+/// Rotation: logits and tokens rotate over [`copies_for`] copies; every copy has its own
+/// counters. Every row of a call has the variant's settings (the launches are the same for any
+/// mix).
 pub(crate) fn sample_benches() -> Vec<KernelBench> {
     let configs = [
         ("f32.greedy", SamplingConfig::GREEDY, 1),
@@ -720,7 +722,7 @@ pub(crate) fn sample_benches() -> Vec<KernelBench> {
             };
             // Logits read once (the multi-block kernel also writes and rereads 8-byte
             // weights, which stay in L2 at these sizes; see docs/perf-notes.md).
-            let bytes = 4 * rows * vocab + 12 * rows;
+            let bytes = 4 * rows * vocab + 28 * rows;
             let flops = flops_per_logit * rows * vocab;
             let shape = SampleShape::contiguous(rows as usize, vocab as usize);
             benches.push(KernelBench::new(
@@ -734,15 +736,14 @@ pub(crate) fn sample_benches() -> Vec<KernelBench> {
                     let n = rows as usize;
                     let logits = random_copies::<f32>(stream, n * vocab as usize, copies, 81)?;
                     let mut tokens = output_copies::<i32>(stream.device(), n, copies)?;
-                    let sequences: Vec<u32> = (0..rows as u32).collect();
-                    let sequences = DeviceBuffer::from_host(stream, &sequences)?;
-                    let steps = (0..copies)
+                    let configs = vec![config; n];
+                    let settings = (0..copies)
                         .map(|c| {
-                            let s: Vec<u32> = random_indices(n, 1 << 20, 82 + c)
+                            let counters: Vec<u32> = random_indices(n, 1 << 20, 82 + c)
                                 .into_iter()
                                 .map(|x| x as u32)
                                 .collect();
-                            DeviceBuffer::from_host(stream, &s)
+                            DeviceBuffer::from_host(stream, &pack_rows(&configs, &counters)?)
                         })
                         .collect::<Result<Vec<_>>>()?;
                     let mut workspace =
@@ -753,10 +754,8 @@ pub(crate) fn sample_benches() -> Vec<KernelBench> {
                             s,
                             &logits[c],
                             &mut tokens[c],
-                            &sequences,
-                            &steps[c],
+                            &settings[c],
                             shape,
-                            &config,
                             &mut workspace,
                         )
                     }) as Launcher)

@@ -302,30 +302,42 @@ typedef struct SwigluParams {
     uint32_t out_row_stride;
 } SwigluParams;
 
-/* Sampling of one token per row of f32 logits (docs/MODEL.md, "Sampling"): greedy when
- * temperature == 0 or top_k == 1, else temperature / top-k / top-p with the counter-based
- * uniform(seed, sequences[r], steps[r]). Ties go to the lowest id. The one-block kernel uses no
- * workspace; the multi-block kernels take `chunk` logits per block and a workspace laid out for
- * `workspace_rows` rows (cuda/sample.cu, "Multi-block"). */
+/* One row's sampling settings (docs/MODEL.md, "Sampling"): greedy when temperature == 0 or
+ * top_k == 1, else temperature / top-k (0 = all) / top-p (1 = all) with the counter-based
+ * uniform(seed, counter). `counter` is the token's index in its request, so a request's draws
+ * do not depend on the row (slot) it is decoded in. Every field is 32 bits wide (the seed in two
+ * halves) so that an array of rows is a plain u32 array on the device. */
+typedef struct StagSampleRow {
+    uint32_t seed_lo;
+    uint32_t seed_hi;
+    uint32_t counter;
+    uint32_t top_k;
+    float temperature;
+    float top_p;
+} StagSampleRow;
+
+/* Sampling of one token per row of f32 logits, each row with its own settings (settings[r]).
+ * Ties go to the lowest id. The one-block kernel uses no workspace; the multi-block kernels take
+ * `chunk` logits per block and a workspace laid out for `workspace_rows` rows (cuda/sample.cu,
+ * "Multi-block"); their launch sequence depends on the shape only, never on the settings. */
 typedef struct SampleParams {
     const float *logits;
     int32_t *tokens;
-    const uint32_t *sequences;
-    const uint32_t *steps;
+    const StagSampleRow *settings;
+    /* Optional (null: not reported): logprobs[r] = log_softmax(row r)[tokens[r]] in f32, the
+     * raw logits' distribution (before temperature, top-k and top-p). */
+    float *logprobs;
     void *workspace;
     /* Optional (null: not reported): nonfinite[r] = 1 when row r holds a NaN or inf logit, else
      * 0; the token is still chosen as without it. */
     int32_t *nonfinite;
     uint64_t workspace_bytes;
-    uint64_t seed;
     uint32_t rows;
     uint32_t vocab;
     uint32_t logits_row_stride;
-    uint32_t top_k;
-    float temperature;
-    float top_p;
     uint32_t workspace_rows;
     uint32_t chunk;
+    uint32_t reserved;
 } SampleParams;
 
 /* y = alpha * x + beta * y over n elements (beta == 0: y is only written). The decoder's
@@ -459,7 +471,8 @@ STAG_LAYOUT_ASSERT(sizeof(MemoryKvAppendParams) == 112, "MemoryKvAppendParams si
 STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillParams) == 112, "AttentionPrefillParams size");
 STAG_LAYOUT_ASSERT(sizeof(AttentionPrefillMmaParams) == 176, "AttentionPrefillMmaParams size");
 STAG_LAYOUT_ASSERT(sizeof(SwigluParams) == 32, "SwigluParams size");
-STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 96, "SampleParams size");
+STAG_LAYOUT_ASSERT(sizeof(SampleParams) == 80, "SampleParams size");
+STAG_LAYOUT_ASSERT(sizeof(StagSampleRow) == 24, "StagSampleRow size");
 STAG_LAYOUT_ASSERT(sizeof(AxpbyParams) == 32, "AxpbyParams size");
 STAG_LAYOUT_ASSERT(sizeof(GemvParams) == 232, "GemvParams size");
 

@@ -540,6 +540,23 @@ impl<'a, T: DeviceElem> DeviceViewMut<'a, T> {
         })
     }
 
+    /// This view as another element type of the same size (e.g. `i32` as `f32`), so that
+    /// outputs of several types can share one buffer and one copy back.
+    pub fn into_bitcast<U: DeviceElem>(self) -> Result<DeviceViewMut<'a, U>> {
+        if std::mem::size_of::<U>() != std::mem::size_of::<T>() {
+            return Err(DeviceError::invalid(
+                "bitcast",
+                format!("{:?} and {:?} differ in size", T::DTYPE, U::DTYPE),
+            ));
+        }
+        Ok(DeviceViewMut {
+            alloc: self.alloc,
+            offset: self.offset,
+            len: self.len,
+            _elem: PhantomData,
+        })
+    }
+
     /// Splits into the disjoint mutable views `[0, mid)` and `[mid, len)`.
     pub fn split_at_mut(self, mid: usize) -> Result<(DeviceViewMut<'a, T>, DeviceViewMut<'a, T>)> {
         if mid > self.len {

@@ -876,36 +876,72 @@ impl Default for SwigluParams {
         }
     }
 }
-/** Sampling of one token per row of f32 logits (docs/MODEL.md, "Sampling"): greedy when
- temperature == 0 or top_k == 1, else temperature / top-k / top-p with the counter-based
- uniform(seed, sequences[r], steps[r]). Ties go to the lowest id. The one-block kernel uses no
- workspace; the multi-block kernels take `chunk` logits per block and a workspace laid out for
- `workspace_rows` rows (cuda/sample.cu, "Multi-block").*/
+/** One row's sampling settings (docs/MODEL.md, "Sampling"): greedy when temperature == 0 or
+ top_k == 1, else temperature / top-k (0 = all) / top-p (1 = all) with the counter-based
+ uniform(seed, counter). `counter` is the token's index in its request, so a request's draws
+ do not depend on the row (slot) it is decoded in. Every field is 32 bits wide (the seed in two
+ halves) so that an array of rows is a plain u32 array on the device.*/
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct StagSampleRow {
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub counter: u32,
+    pub top_k: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of StagSampleRow"][::core::mem::size_of::<StagSampleRow>() - 24usize];
+    ["Alignment of StagSampleRow"][::core::mem::align_of::<StagSampleRow>() - 4usize];
+    [
+        "Offset of field: StagSampleRow::seed_lo",
+    ][::core::mem::offset_of!(StagSampleRow, seed_lo) - 0usize];
+    [
+        "Offset of field: StagSampleRow::seed_hi",
+    ][::core::mem::offset_of!(StagSampleRow, seed_hi) - 4usize];
+    [
+        "Offset of field: StagSampleRow::counter",
+    ][::core::mem::offset_of!(StagSampleRow, counter) - 8usize];
+    [
+        "Offset of field: StagSampleRow::top_k",
+    ][::core::mem::offset_of!(StagSampleRow, top_k) - 12usize];
+    [
+        "Offset of field: StagSampleRow::temperature",
+    ][::core::mem::offset_of!(StagSampleRow, temperature) - 16usize];
+    [
+        "Offset of field: StagSampleRow::top_p",
+    ][::core::mem::offset_of!(StagSampleRow, top_p) - 20usize];
+};
+/** Sampling of one token per row of f32 logits, each row with its own settings (settings[r]).
+ Ties go to the lowest id. The one-block kernel uses no workspace; the multi-block kernels take
+ `chunk` logits per block and a workspace laid out for `workspace_rows` rows (cuda/sample.cu,
+ "Multi-block"); their launch sequence depends on the shape only, never on the settings.*/
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct SampleParams {
     pub logits: *const f32,
     pub tokens: *mut i32,
-    pub sequences: *const u32,
-    pub steps: *const u32,
+    pub settings: *const StagSampleRow,
+    /** Optional (null: not reported): logprobs[r] = log_softmax(row r)[tokens[r]] in f32, the
+ raw logits' distribution (before temperature, top-k and top-p).*/
+    pub logprobs: *mut f32,
     pub workspace: *mut ::core::ffi::c_void,
     /** Optional (null: not reported): nonfinite[r] = 1 when row r holds a NaN or inf logit, else
  0; the token is still chosen as without it.*/
     pub nonfinite: *mut i32,
     pub workspace_bytes: u64,
-    pub seed: u64,
     pub rows: u32,
     pub vocab: u32,
     pub logits_row_stride: u32,
-    pub top_k: u32,
-    pub temperature: f32,
-    pub top_p: f32,
     pub workspace_rows: u32,
     pub chunk: u32,
+    pub reserved: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of SampleParams"][::core::mem::size_of::<SampleParams>() - 96usize];
+    ["Size of SampleParams"][::core::mem::size_of::<SampleParams>() - 80usize];
     ["Alignment of SampleParams"][::core::mem::align_of::<SampleParams>() - 8usize];
     [
         "Offset of field: SampleParams::logits",
@@ -914,11 +950,11 @@ const _: () = {
         "Offset of field: SampleParams::tokens",
     ][::core::mem::offset_of!(SampleParams, tokens) - 8usize];
     [
-        "Offset of field: SampleParams::sequences",
-    ][::core::mem::offset_of!(SampleParams, sequences) - 16usize];
+        "Offset of field: SampleParams::settings",
+    ][::core::mem::offset_of!(SampleParams, settings) - 16usize];
     [
-        "Offset of field: SampleParams::steps",
-    ][::core::mem::offset_of!(SampleParams, steps) - 24usize];
+        "Offset of field: SampleParams::logprobs",
+    ][::core::mem::offset_of!(SampleParams, logprobs) - 24usize];
     [
         "Offset of field: SampleParams::workspace",
     ][::core::mem::offset_of!(SampleParams, workspace) - 32usize];
@@ -929,32 +965,23 @@ const _: () = {
         "Offset of field: SampleParams::workspace_bytes",
     ][::core::mem::offset_of!(SampleParams, workspace_bytes) - 48usize];
     [
-        "Offset of field: SampleParams::seed",
-    ][::core::mem::offset_of!(SampleParams, seed) - 56usize];
-    [
         "Offset of field: SampleParams::rows",
-    ][::core::mem::offset_of!(SampleParams, rows) - 64usize];
+    ][::core::mem::offset_of!(SampleParams, rows) - 56usize];
     [
         "Offset of field: SampleParams::vocab",
-    ][::core::mem::offset_of!(SampleParams, vocab) - 68usize];
+    ][::core::mem::offset_of!(SampleParams, vocab) - 60usize];
     [
         "Offset of field: SampleParams::logits_row_stride",
-    ][::core::mem::offset_of!(SampleParams, logits_row_stride) - 72usize];
-    [
-        "Offset of field: SampleParams::top_k",
-    ][::core::mem::offset_of!(SampleParams, top_k) - 76usize];
-    [
-        "Offset of field: SampleParams::temperature",
-    ][::core::mem::offset_of!(SampleParams, temperature) - 80usize];
-    [
-        "Offset of field: SampleParams::top_p",
-    ][::core::mem::offset_of!(SampleParams, top_p) - 84usize];
+    ][::core::mem::offset_of!(SampleParams, logits_row_stride) - 64usize];
     [
         "Offset of field: SampleParams::workspace_rows",
-    ][::core::mem::offset_of!(SampleParams, workspace_rows) - 88usize];
+    ][::core::mem::offset_of!(SampleParams, workspace_rows) - 68usize];
     [
         "Offset of field: SampleParams::chunk",
-    ][::core::mem::offset_of!(SampleParams, chunk) - 92usize];
+    ][::core::mem::offset_of!(SampleParams, chunk) - 72usize];
+    [
+        "Offset of field: SampleParams::reserved",
+    ][::core::mem::offset_of!(SampleParams, reserved) - 76usize];
 };
 impl Default for SampleParams {
     fn default() -> Self {

@@ -1,10 +1,16 @@
 //! Token sampling from rows of f32 logits (`cuda/sample.cu`, docs/MODEL.md "Sampling").
 //!
-//! Greedy when the temperature is 0 or top_k is 1 (highest logit, lowest id among ties);
-//! otherwise temperature, top-k and top-p with the counter-based random number
-//! `uniform(seed, sequence, step)` of `stagformer_ref::sample`, so that a token depends only on
-//! the logits, the [`SamplingConfig`] and the row's (sequence, step): the same on every run and
-//! every device.
+//! Every row has its own settings ([`SamplingConfig`] and a counter, packed by [`pack_rows`]
+//! into device memory), so greedy rows, sampled rows and rows with different settings share one
+//! call, and a call's launches depend on its shape only (one captured graph serves every mix of
+//! settings). Greedy when the temperature is 0 or top_k is 1 (highest logit, lowest id among
+//! ties); otherwise temperature, top-k and top-p with the counter-based random number
+//! `uniform(seed, counter)` of `stagformer_ref::sample`, so that a token depends only on the
+//! logits, the row's settings and its counter (the token's index in its request): the same on
+//! every run, every device and whichever row the request occupies.
+//!
+//! [`sample_checked`] also returns each chosen token's log-probability under the raw logits,
+//! `log_softmax(logits)[token]` in f32 (before temperature and filters).
 //!
 //! The kernels select without sorting (radix select over the logits' bits) and add the f64
 //! weights of the reference as exact fixed-point integers; see `cuda/sample.cu` for why their
@@ -19,10 +25,9 @@ use crate::device::{
     AsDeviceView, AsDeviceViewMut, DeviceBuffer, DeviceView, DeviceViewMut, Stream,
 };
 use crate::error::{DeviceError, Result};
-use crate::ffi::SampleParams;
+use crate::ffi::{SampleParams, StagSampleRow};
 
 stag_kernel!(static SAMPLE_F32: SampleParams = sample_f32 in SAMPLE);
-stag_kernel!(static SAMPLE_MULTI_GREEDY_F32: SampleParams = sample_multi_greedy_f32 in SAMPLE);
 stag_kernel!(static SAMPLE_MULTI_PREPARE_F32: SampleParams = sample_multi_prepare_f32 in SAMPLE);
 stag_kernel!(static SAMPLE_MULTI_STEP_F32: SampleParams = sample_multi_step_f32 in SAMPLE);
 stag_kernel!(static SAMPLE_MULTI_TAIL_F32: SampleParams = sample_multi_tail_f32 in SAMPLE);
@@ -99,15 +104,7 @@ impl SampleWorkspace {
                 format!("{max_rows} exceeds u32"),
             ));
         }
-        let bytes = max_rows
-            .checked_mul(max_vocab)
-            .and_then(|n| n.checked_mul(8))
-            .and_then(|w| {
-                max_rows
-                    .checked_mul(MULTI_BLOCK_FIXED_ROW_BYTES)
-                    .and_then(|f| f.checked_add(w))
-            })
-            .ok_or_else(|| DeviceError::overflow("max_vocab", "workspace bytes"))?;
+        let bytes = Self::bytes_for(max_rows, max_vocab)?;
         Ok(SampleWorkspace {
             buffer: Some(DeviceBuffer::alloc_zeroed(stream, bytes / 4)?),
             max_rows,
@@ -141,6 +138,20 @@ impl SampleWorkspace {
         self.max_vocab
     }
 
+    /// Bytes a multi-block workspace for `max_rows` rows of up to `max_vocab` logits
+    /// allocates (what [`SampleWorkspace::new`] takes; memory plans ask before allocating).
+    pub fn bytes_for(max_rows: usize, max_vocab: usize) -> Result<usize> {
+        max_rows
+            .checked_mul(max_vocab)
+            .and_then(|n| n.checked_mul(8))
+            .and_then(|w| {
+                max_rows
+                    .checked_mul(MULTI_BLOCK_FIXED_ROW_BYTES)
+                    .and_then(|f| f.checked_add(w))
+            })
+            .ok_or_else(|| DeviceError::overflow("max_vocab", "workspace bytes"))
+    }
+
     /// Bytes of device memory it holds.
     pub fn bytes(&self) -> usize {
         self.buffer.as_ref().map_or(0, |b| b.len() * 4)
@@ -158,20 +169,57 @@ impl std::fmt::Debug for SampleWorkspace {
     }
 }
 
-/// Launches of one multi-block call: greedy 1; sampling 1 (the maximum), then for each select
-/// (top-k, top-p, the token) one per 11-bit digit of its `32 + id_bits`-bit key, then 1 (the
-/// tail, which finishes rows whose candidates were compacted). Launches with nothing left to
-/// do return at once.
-pub fn multi_block_launches(vocab: usize, config: &SamplingConfig) -> usize {
-    if config.is_greedy() || vocab <= 1 {
+/// Launches of one multi-block call, whatever its rows' settings: 1 (`prepare`: every row's
+/// maximum and log-sum-exp; greedy rows finish here), then one per 11-bit digit of the
+/// `32 + id_bits`-bit key for each of the three selects a row may need (top-k, top-p, the token),
+/// then 1 (the tail, which finishes rows whose candidates were compacted). Launches with nothing
+/// left to do for a row return at once. A one-token vocabulary is always greedy: 1.
+pub fn multi_block_launches(vocab: usize) -> usize {
+    if vocab <= 1 {
         return 1;
     }
-    let selects =
-        1 + usize::from(config.top_k > 1 && config.top_k < vocab) + usize::from(config.top_p < 1.0);
     // id_bits = bits of vocab - 1 (vocab >= 2 here).
     let id_bits = usize::BITS - (vocab - 1).leading_zeros();
     let levels = (32 + id_bits).div_ceil(DIGIT_BITS) as usize;
-    1 + selects * levels + 1
+    1 + 3 * levels + 1
+}
+
+/// u32 words of one row's settings on the device (`StagSampleRow` in `stag_params.h`).
+pub const SAMPLE_ROW_WORDS: usize = std::mem::size_of::<StagSampleRow>() / 4;
+
+/// The device layout of `config` for the token at index `counter` of its request. Every field
+/// is 32 bits wide, so a row is [`SAMPLE_ROW_WORDS`] u32 words. top_k beyond u32 keeps every
+/// token, as any k >= vocab does.
+fn row_words(config: &SamplingConfig, counter: u32) -> [u32; SAMPLE_ROW_WORDS] {
+    [
+        config.seed as u32,
+        (config.seed >> 32) as u32,
+        counter,
+        u32::try_from(config.top_k).unwrap_or(0),
+        config.temperature.to_bits(),
+        config.top_p.to_bits(),
+    ]
+}
+
+/// Packs one [`SamplingConfig`] and one counter per row (the token's index in its request,
+/// which keys the row's random draw `uniform(seed, counter)`) into the u32 words [`sample`]
+/// reads: upload them into a buffer of `rows ·` [`SAMPLE_ROW_WORDS`] u32. Every row is
+/// validated first; a bad one is an [`DeviceError::InvalidArgument`] naming the field, the
+/// reason saying which row.
+pub fn pack_rows(configs: &[SamplingConfig], counters: &[u32]) -> Result<Vec<u32>> {
+    check_len("counters", counters.len(), configs.len())?;
+    let mut words = Vec::with_capacity(configs.len().saturating_mul(SAMPLE_ROW_WORDS));
+    for (row, (config, &counter)) in configs.iter().zip(counters).enumerate() {
+        config.validate().map_err(|e| match e {
+            DeviceError::InvalidArgument { arg, reason } => DeviceError::InvalidArgument {
+                arg,
+                reason: format!("row {row}: {reason}"),
+            },
+            other => other,
+        })?;
+        words.extend_from_slice(&row_words(config, counter));
+    }
+    Ok(words)
 }
 
 /// How the next token is chosen, as the sampling kernels take it.
@@ -187,7 +235,8 @@ pub struct SamplingConfig {
     pub top_k: usize,
     /// Keep the smallest most-likely set whose probability reaches p; 1 = all. In (0, 1].
     pub top_p: f32,
-    /// Seed of the counter-based draw: row r uses `uniform(seed, sequences[r], steps[r])`.
+    /// Seed of the counter-based draw: a row uses `uniform(seed, counter)`, its counter being the
+    /// token's index in its request.
     pub seed: u64,
 }
 
@@ -217,8 +266,8 @@ impl SamplingConfig {
         Ok(())
     }
 
-    /// Whether these settings always pick the arg-max (temperature 0 or top_k 1): one launch,
-    /// no random number.
+    /// Whether these settings always pick the arg-max (temperature 0 or top_k 1): no random
+    /// number, and a row that exits after the first pass.
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0 || self.top_k == 1
     }
@@ -246,80 +295,76 @@ impl SampleShape {
     }
 }
 
-/// Samples one token per row of `logits` into `tokens`, row r drawing
-/// `uniform(config.seed, sequences[r], steps[r])`.
+/// Samples one token per row of `logits` into `tokens`, row r with the settings
+/// `settings[r ·` [`SAMPLE_ROW_WORDS`]`..]` (made by [`pack_rows`]).
 ///
 /// `logits` holds the rows of `shape` (its length between `(rows − 1) · row_stride + vocab` and
-/// `rows · row_stride`); `tokens`, `sequences` and `steps` hold `rows` elements each. Token ids
-/// are in `[0, vocab)`. `workspace` picks the kernel; a multi-block one must have room for
-/// `shape` (rows and vocab at most its maxima) and live on the stream's device.
-#[allow(clippy::too_many_arguments)]
+/// `rows · row_stride`); `tokens` holds `rows` elements and `settings` `rows ·`
+/// [`SAMPLE_ROW_WORDS`]. Token ids are in `[0, vocab)`. `workspace` picks the kernel; a
+/// multi-block one must have room for `shape` (rows and vocab at most its maxima) and live on
+/// the stream's device. The launches depend on `shape` and the workspace only, never on the
+/// settings' values (which the kernels read from device memory).
 pub fn sample(
     stream: &Stream,
     logits: &impl AsDeviceView<f32>,
     tokens: &mut impl AsDeviceViewMut<i32>,
-    sequences: &impl AsDeviceView<u32>,
-    steps: &impl AsDeviceView<u32>,
+    settings: &impl AsDeviceView<u32>,
     shape: SampleShape,
-    config: &SamplingConfig,
     workspace: &mut SampleWorkspace,
 ) -> Result<()> {
-    let (logits, sequences, steps) = (logits.view(), sequences.view(), steps.view());
+    let (logits, settings) = (logits.view(), settings.view());
     let tokens = tokens.view_mut();
-    sample_into(
-        stream, logits, tokens, None, sequences, steps, shape, config, workspace,
-    )
+    sample_into(stream, logits, tokens, None, settings, shape, workspace)
 }
 
-/// [`sample`], also writing `nonfinite[r]` = 1 when row r of the logits holds a NaN or an
-/// infinity (else 0), so that a caller sampling on the device can refuse such a token instead
-/// of using it silently. The tokens are the same as [`sample`]'s.
+/// [`sample`], also writing `logprobs[r]`, the log-probability of row r's token under the raw
+/// logits (`log_softmax(logits)[token]` in f32, before temperature, top-k and top-p), and
+/// `nonfinite[r]` = 1 when row r holds a NaN or an infinity (else 0), so that a caller sampling
+/// on the device can refuse such a token instead of using it silently. The tokens are the same
+/// as [`sample`]'s; a row's log-probability is meaningless when its flag is set.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_checked(
     stream: &Stream,
     logits: &impl AsDeviceView<f32>,
     tokens: &mut impl AsDeviceViewMut<i32>,
+    logprobs: &mut impl AsDeviceViewMut<f32>,
     nonfinite: &mut impl AsDeviceViewMut<i32>,
-    sequences: &impl AsDeviceView<u32>,
-    steps: &impl AsDeviceView<u32>,
+    settings: &impl AsDeviceView<u32>,
     shape: SampleShape,
-    config: &SamplingConfig,
     workspace: &mut SampleWorkspace,
 ) -> Result<()> {
-    let (logits, sequences, steps) = (logits.view(), sequences.view(), steps.view());
-    let (tokens, flags) = (tokens.view_mut(), nonfinite.view_mut());
+    let (logits, settings) = (logits.view(), settings.view());
+    let (tokens, flags, logprobs) = (tokens.view_mut(), nonfinite.view_mut(), logprobs.view_mut());
     check_len("nonfinite", flags.len(), shape.rows)?;
+    check_len("logprobs", logprobs.len(), shape.rows)?;
     sample_into(
         stream,
         logits,
         tokens,
-        Some(flags),
-        sequences,
-        steps,
+        Some((logprobs, flags)),
+        settings,
         shape,
-        config,
         workspace,
     )
 }
 
-#[allow(clippy::too_many_arguments)]
 fn sample_into(
     stream: &Stream,
     logits: DeviceView<'_, f32>,
     mut tokens: DeviceViewMut<'_, i32>,
-    mut nonfinite: Option<DeviceViewMut<'_, i32>>,
-    sequences: DeviceView<'_, u32>,
-    steps: DeviceView<'_, u32>,
+    mut extra: Option<(DeviceViewMut<'_, f32>, DeviceViewMut<'_, i32>)>,
+    settings: DeviceView<'_, u32>,
     shape: SampleShape,
-    config: &SamplingConfig,
     workspace: &mut SampleWorkspace,
 ) -> Result<()> {
-    config.validate()?;
     let (rows, vocab, stride) = check_shape(shape)?;
     check_logits_len(logits.len(), shape)?;
     check_len("tokens", tokens.len(), shape.rows)?;
-    check_len("sequences", sequences.len(), shape.rows)?;
-    check_len("steps", steps.len(), shape.rows)?;
+    let setting_words = shape
+        .rows
+        .checked_mul(SAMPLE_ROW_WORDS)
+        .ok_or_else(|| DeviceError::overflow("rows", "rows × settings words"))?;
+    check_len("settings", settings.len(), setting_words)?;
     if shape.rows > workspace.max_rows {
         return Err(DeviceError::invalid(
             "rows",
@@ -341,42 +386,42 @@ fn sample_into(
     if rows == 0 {
         return Ok(());
     }
+    let (logprobs_ptr, nonfinite_ptr) = match extra.as_mut() {
+        Some((lp, nf)) => (lp.as_mut_ptr().cast(), nf.as_mut_ptr().cast()),
+        None => (std::ptr::null_mut(), std::ptr::null_mut()),
+    };
     let mut params = SampleParams {
         logits: logits.as_ptr().cast(),
         tokens: tokens.as_mut_ptr().cast(),
-        sequences: sequences.as_ptr().cast(),
-        steps: steps.as_ptr().cast(),
+        settings: settings.as_ptr().cast(),
+        logprobs: logprobs_ptr,
         workspace: std::ptr::null_mut(),
-        nonfinite: nonfinite
-            .as_mut()
-            .map_or(std::ptr::null_mut(), |f| f.as_mut_ptr().cast()),
+        nonfinite: nonfinite_ptr,
         workspace_bytes: 0,
-        seed: config.seed,
         rows,
         vocab,
         logits_row_stride: stride,
-        // Any k >= vocab keeps every token, as 0 does.
-        top_k: u32::try_from(config.top_k.min(shape.vocab)).unwrap_or(0),
-        temperature: config.temperature,
-        top_p: config.top_p,
         workspace_rows: 0,
         chunk: 0,
+        reserved: 0,
     };
     let mut retained = vec![
         logits.retain("logits"),
         tokens.retain("tokens"),
-        sequences.retain("sequences"),
-        steps.retain("steps"),
+        settings.retain("settings"),
     ];
-    if let Some(flags) = &nonfinite {
-        retained.push(flags.retain("nonfinite"));
+    if let Some((lp, nf)) = &extra {
+        retained.push(lp.retain("logprobs"));
+        retained.push(nf.retain("nonfinite"));
     }
     let Some(buffer) = workspace.buffer.as_mut() else {
         // SAFETY: every pointer comes from a view retained above whose length was checked: the
-        // kernel reads row r's `vocab` logits from r · stride (all within `logits`), and
-        // element r of `sequences` and `steps` and writes element r of `tokens` for r < rows,
-        // nothing else; it uses the dynamic shared memory size passed here and no workspace.
-        // `tokens` is borrowed mutably, so no other safe code aliases it.
+        // kernel reads row r's `vocab` logits from r · stride (all within `logits`) and the
+        // SAMPLE_ROW_WORDS words of settings row r (a StagSampleRow of 32-bit fields, so the
+        // u32 buffer's alignment suffices), and writes element r of `tokens` (and of `logprobs`
+        // and `nonfinite` when given) for r < rows, nothing else; it uses the dynamic shared
+        // memory size passed here and no workspace. The written views are borrowed mutably, so
+        // no other safe code aliases them.
         return unsafe { stream.launch(&SAMPLE_F32, launch_config(shape), params, &retained) };
     };
     let mut ws = buffer.view_mut();
@@ -397,20 +442,21 @@ fn sample_into(
         dynamic_smem_bytes: MULTI_BLOCK_SMEM_BYTES,
         ..launch
     };
-    // SAFETY (every launch below): the pointers of `logits`, `tokens`, `sequences` and `steps`
-    // are as for the one-block kernel above. The workspace holds `max_rows` fixed parts of
-    // MULTI_BLOCK_FIXED_ROW_BYTES and `max_rows · max_vocab` weights (its construction), and
-    // rows <= max_rows and vocab <= max_vocab were checked, so row r's fixed part and its
-    // `vocab` weights at r · vocab (what the kernels touch, besides `tokens[r]`) are inside it;
-    // the kernels also check this against `workspace_bytes`. The workspace and `tokens` are
-    // borrowed mutably, so no other safe code aliases them; the launches are ordered on
-    // `stream`, which is what orders the blocks' meetings between launches.
-    if config.is_greedy() || shape.vocab == 1 {
-        return unsafe { stream.launch(&SAMPLE_MULTI_GREEDY_F32, launch, params, &retained) };
-    }
-    // SAFETY: see above.
+    // SAFETY (every launch below): the pointers of `logits`, `tokens`, `settings`, `logprobs`
+    // and `nonfinite` are as for the one-block kernel above. The workspace holds `max_rows`
+    // fixed parts of MULTI_BLOCK_FIXED_ROW_BYTES and `max_rows · max_vocab` weights (its
+    // construction), and rows <= max_rows and vocab <= max_vocab were checked, so row r's fixed
+    // part and its `vocab` weights at r · vocab (what the kernels touch, besides row r of the
+    // outputs; the log-sum-exp partials take the first `chunks` <= vocab of those weights) are
+    // inside it; the kernels also check this against `workspace_bytes`. The workspace and the
+    // outputs are borrowed mutably, so no other safe code aliases them; the launches are ordered
+    // on `stream`, which is what orders the blocks' meetings between launches.
     unsafe { stream.launch(&SAMPLE_MULTI_PREPARE_F32, launch, params, &retained)? };
-    for _ in 2..multi_block_launches(shape.vocab, config) {
+    let launches = multi_block_launches(shape.vocab);
+    if launches == 1 {
+        return Ok(());
+    }
+    for _ in 2..launches {
         // SAFETY: see above.
         unsafe { stream.launch(&SAMPLE_MULTI_STEP_F32, with_smem, params, &retained)? };
     }

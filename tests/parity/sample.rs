@@ -7,12 +7,17 @@
 //! the top-p target; random logits do not produce such near-exact ties. Ties of equal logits
 //! (which are exact) are covered by the greedy-ties and quantised rows.
 //!
-//! Each row gets its own seed and per-row (sequence, step), drawn from the row's inputs. Every
-//! row runs on both kernels (multi-block, the default, and one-block).
+//! Each row of a call gets its own seed and counter, drawn from the case's inputs; `mixed` cases
+//! also give the rows of one call different settings (greedy, temperature only, top-k, top-p,
+//! both), all in one launch sequence. Every case runs on both kernels (multi-block, the
+//! default, and one-block). The chosen tokens' log-probabilities are checked against the f64
+//! log-softmax (`stagformer_ref::sample::logprob`): NMSE at most 1e-10, every one finite, and
+//! the non-finite flags all 0.
 
+use anyhow::ensure;
 use stagformer_kernels::device::DeviceBuffer;
 use stagformer_kernels::ops::sample::{
-    sample, SampleKernel, SampleShape, SampleWorkspace, SamplingConfig,
+    pack_rows, sample_checked, SampleKernel, SampleShape, SampleWorkspace, SamplingConfig,
 };
 use stagformer_ref::sample::{self as reference, SamplingParams};
 
@@ -39,7 +44,17 @@ struct Row {
     top_k: usize,
     top_p: f32,
     logits: Logits,
+    /// Odd rows b of the call use MIXES[(b / 2) % MIXES.len()] instead: greedy and
+    /// sampled rows, and different filters, in one call.
+    mixed: bool,
 }
+
+/// The other settings of a mixed call's odd rows: (temperature, top_k, top_p).
+const MIXES: [(f32, usize, f32); 4] =
+    [(0.0, 0, 1.0), (0.9, 0, 0.95), (1.2, 50, 1.0), (0.7, 0, 1.0)];
+
+/// Bound on the logprobs' NMSE against the f64 log-softmax (f32 sums of at most 2^18 terms).
+const LOGPROB_NMSE: f64 = 1e-10;
 
 const fn row(rows: usize, vocab: usize, temperature: f32, top_k: usize, top_p: f32) -> Row {
     Row {
@@ -50,7 +65,12 @@ const fn row(rows: usize, vocab: usize, temperature: f32, top_k: usize, top_p: f
         top_k,
         top_p,
         logits: Logits::Normal(2.0),
+        mixed: false,
     }
+}
+
+const fn mixed(r: Row) -> Row {
+    Row { mixed: true, ..r }
 }
 
 const fn with_logits(r: Row, logits: Logits) -> Row {
@@ -113,6 +133,18 @@ pub fn cases() -> Vec<Case> {
         with_logits(row(2, 2049, 1.0, 3, 1.0), Logits::TiedMax),
         with_logits(row(2, 2049, 0.0, 0, 1.0), Logits::TiedMax),
     ]);
+    // Mixed settings in one call: greedy next to sampled rows, and different filters.
+    rows.extend([
+        mixed(row(8, 1000, 1.0, 40, 0.9)),
+        mixed(with_logits(row(6, 1000, 0.0, 0, 1.0), Logits::TiedMax)),
+        mixed(with_stride(row(5, 1003, 1.5, 0, 0.5), 1004)),
+        mixed(row(8, 50257, 0.8, 40, 0.95)),
+        mixed(with_logits(
+            row(4, 50257, 1.0, 0, 0.9),
+            Logits::Quantised(1.0),
+        )),
+        mixed(row(4, 128_256, 1.0, 0, 0.9)),
+    ]);
     // Llama 3's and Qwen 2's vocabularies at batch 1 and 8: greedy with ties, temperature only
     // (a select over the whole row), top-k, top-p, both, and equal logits everywhere.
     for vocab in [128_256, 151_936] {
@@ -151,8 +183,9 @@ fn label(r: &Row, kernel: SampleKernel) -> String {
         SampleKernel::MultiBlock => "multi-block",
         SampleKernel::OneBlock => "one-block",
     };
+    let mix = if r.mixed { " mixed" } else { "" };
     format!(
-        "sample {kernel} B={} V={}{stride} T={} top_k={} top_p={} {logits}",
+        "sample {kernel} B={} V={}{stride} T={} top_k={} top_p={} {logits}{mix}",
         r.rows, r.vocab, r.temperature, r.top_k, r.top_p
     )
 }
@@ -197,10 +230,32 @@ fn sample_case(r: Row, kernel: SampleKernel) -> Case {
         0.0,
         move |stream, inputs: &mut Inputs| {
             let logits = draw_logits(inputs, &r);
-            let sequences = random_u32(inputs, r.rows);
-            let steps = random_u32(inputs, r.rows);
-            let seed_bits = random_u32(inputs, 2);
-            let seed = (u64::from(seed_bits[0]) << 32) | u64::from(seed_bits[1]);
+            let counters = random_u32(inputs, r.rows);
+            let seed_bits = random_u32(inputs, 2 * r.rows);
+            let params: Vec<SamplingParams> = (0..r.rows)
+                .map(|b| {
+                    let (temperature, top_k, top_p) = if r.mixed && b % 2 == 1 {
+                        MIXES[(b / 2) % MIXES.len()]
+                    } else {
+                        (r.temperature, r.top_k, r.top_p)
+                    };
+                    SamplingParams {
+                        temperature,
+                        top_k,
+                        top_p,
+                        seed: (u64::from(seed_bits[2 * b]) << 32) | u64::from(seed_bits[2 * b + 1]),
+                    }
+                })
+                .collect();
+            let configs: Vec<SamplingConfig> = params
+                .iter()
+                .map(|p| SamplingConfig {
+                    temperature: p.temperature,
+                    top_k: p.top_k,
+                    top_p: p.top_p,
+                    seed: p.seed,
+                })
+                .collect();
 
             // Rows at `stride`, the padding poisoned (the kernel must not read it as logits).
             let mut stored = vec![f32::NAN; (r.rows - 1) * r.stride + r.vocab];
@@ -208,47 +263,57 @@ fn sample_case(r: Row, kernel: SampleKernel) -> Case {
                 stored[b * r.stride..b * r.stride + r.vocab].copy_from_slice(row);
             }
             let logits_dev = DeviceBuffer::from_host(stream, &stored)?;
-            let seq_dev = DeviceBuffer::from_host(stream, &sequences)?;
-            let step_dev = DeviceBuffer::from_host(stream, &steps)?;
+            let settings = DeviceBuffer::from_host(stream, &pack_rows(&configs, &counters)?)?;
             let mut tokens = poisoned::<i32>(stream, r.rows)?;
-            let config = SamplingConfig {
-                temperature: r.temperature,
-                top_k: r.top_k,
-                top_p: r.top_p,
-                seed,
-            };
+            let mut logprobs = poisoned::<f32>(stream, r.rows)?;
+            let mut flags = poisoned::<i32>(stream, r.rows)?;
             let shape = SampleShape {
                 rows: r.rows,
                 vocab: r.vocab,
                 row_stride: r.stride,
             };
             let mut workspace = SampleWorkspace::with_kernel(stream, r.rows, r.vocab, kernel)?;
-            sample(
+            sample_checked(
                 stream,
                 &logits_dev,
                 &mut tokens,
-                &seq_dev,
-                &step_dev,
+                &mut logprobs,
+                &mut flags,
+                &settings,
                 shape,
-                &config,
                 &mut workspace,
             )?;
             let got = tokens.to_host(stream)?;
+            let got_lp = logprobs.to_host(stream)?;
+            ensure!(
+                flags.to_host(stream)?.iter().all(|&f| f == 0),
+                "a finite row was flagged non-finite"
+            );
 
-            let params = SamplingParams {
-                temperature: r.temperature,
-                top_k: r.top_k,
-                top_p: r.top_p,
-                seed,
-            };
             let want: Vec<f64> = logits
                 .chunks(r.vocab)
                 .enumerate()
                 .map(|(b, row)| {
-                    let id = reference::sample(row, &params, sequences[b].into(), steps[b].into());
+                    let id = reference::sample(row, &params[b], counters[b].into());
                     f64::from(id) + 1.0
                 })
                 .collect();
+            // The logprob of the token the kernel chose (a wrong token fails the comparison
+            // of tokens below).
+            let (mut err, mut norm) = (0.0f64, 0.0f64);
+            for (b, row) in logits.chunks(r.vocab).enumerate() {
+                let token = u32::try_from(got[b]).unwrap_or(0).min(r.vocab as u32 - 1);
+                let lp = reference::logprob(row, token);
+                ensure!(got_lp[b].is_finite(), "row {b}: logprob {}", got_lp[b]);
+                err += (f64::from(got_lp[b]) - lp).powi(2);
+                norm += lp * lp;
+            }
+            // A row of one token (or a sure choice) has logprob 0: bound the error absolutely.
+            let nmse = err / norm.max(r.rows as f64);
+            ensure!(
+                nmse <= LOGPROB_NMSE,
+                "logprob nmse {nmse:.3e} > {LOGPROB_NMSE:.0e}"
+            );
             Ok(vec![Compared {
                 output: "token + 1",
                 got: got.iter().map(|&t| f64::from(t) + 1.0).collect(),

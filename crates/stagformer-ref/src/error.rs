@@ -436,6 +436,27 @@ pub enum RequestError {
         /// The range it must be in.
         reason: &'static str,
     },
+    /// A decode step given a number of per-row sampling settings other than its rows'.
+    #[error("decode step got {ids} sequence ids and {settings} sampling settings")]
+    SamplingArity {
+        /// Sequence ids given.
+        ids: usize,
+        /// Sampling settings given.
+        settings: usize,
+    },
+    /// Row `row`'s sampling setting outside its range
+    /// ([`crate::sample::validate_rows`]).
+    #[error("row {row}: sampling parameter `{field}` = {value}: {reason}")]
+    BadRowSampling {
+        /// Index of the row in the step.
+        row: usize,
+        /// The setting's name (`temperature`, `top_p`).
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// The range it must be in.
+        reason: &'static str,
+    },
 }
 
 /// A building block got operands whose shapes do not fit together.

@@ -1,5 +1,6 @@
 //! Token sampling: greedy, temperature, top-k, top-p, driven by a counter-based random number so
-//! that the same (seed, sequence, step) picks the same token on every run and every device.
+//! that the same (seed, token index) picks the same token on every run, every device and
+//! whichever batch row (slot) the request is decoded in; and the chosen token's log-probability.
 
 use crate::error::{NonFiniteLogits, RequestError};
 
@@ -15,8 +16,9 @@ pub struct SamplingParams {
     pub top_k: usize,
     /// Keep the smallest most-likely set whose probability reaches p; 1 = all. In (0, 1].
     pub top_p: f32,
-    /// Seed of the counter-based random numbers: the draw for (sequence, step) is
-    /// [`uniform`]`(seed, sequence, step)`, so equal settings pick equal tokens on every run.
+    /// Seed of the counter-based random numbers: the draw for the token at index t of a request
+    /// (its position in the sequence) is [`uniform`]`(seed, t)`, so equal settings pick equal
+    /// tokens on every run, whatever else is decoded alongside.
     pub seed: u64,
 }
 
@@ -56,6 +58,30 @@ impl SamplingParams {
     }
 }
 
+/// Checks every row's settings ([`SamplingParams::validate`]); the first bad one is
+/// [`RequestError::BadRowSampling`] naming its row and field.
+pub fn validate_rows(settings: &[SamplingParams]) -> Result<(), RequestError> {
+    for (row, params) in settings.iter().enumerate() {
+        match params.validate() {
+            Ok(()) => {}
+            Err(RequestError::BadSampling {
+                field,
+                value,
+                reason,
+            }) => {
+                return Err(RequestError::BadRowSampling {
+                    row,
+                    field,
+                    value,
+                    reason,
+                })
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(())
+}
+
 /// splitmix64's finaliser: a bijective 64-bit mix.
 pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -63,11 +89,23 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The uniform number in [0, 1) for (seed, sequence, step): 24 random bits, exact in f32.
-pub fn uniform(seed: u64, sequence: u64, step: u64) -> f32 {
+/// The uniform number in [0, 1) for (seed, index): 24 random bits, exact in f32. `index` is the
+/// token's index in its request, never a batch row, so a request's draws are its own.
+pub fn uniform(seed: u64, index: u64) -> f32 {
     let golden = 0x9E37_79B9_7F4A_7C15u64;
-    let h = mix64(mix64(mix64(seed.wrapping_add(golden)) ^ sequence) ^ step);
+    let h = mix64(mix64(mix64(seed.wrapping_add(golden))) ^ index);
     (h >> 40) as f32 / (1u64 << 24) as f32
+}
+
+/// The log-probability of `token` under the raw distribution softmax(logits), in f64:
+/// `l_token − max − ln Σ exp(l − max)`. Temperature and filters do not enter (the logprob a
+/// caller reports is the model's, as vLLM's default). `token` must be in range.
+pub fn logprob(logits: &[f32], token: u32) -> f64 {
+    let max = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &l| m.max(f64::from(l)));
+    let sum: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+    f64::from(logits[token as usize]) - max - sum.ln()
 }
 
 /// The highest logit's id, the lowest id among ties.
@@ -86,23 +124,22 @@ pub fn argmax(logits: &[f32]) -> u32 {
 pub fn try_sample(
     logits: &[f32],
     params: &SamplingParams,
-    sequence: u64,
-    step: u64,
+    index: u64,
     row: usize,
 ) -> Result<u32, NonFiniteLogits> {
     NonFiniteLogits::check(logits, logits.len(), row)?;
-    Ok(sample(logits, params, sequence, step))
+    Ok(sample(logits, params, index))
 }
 
-/// Picks a token from `logits` (one row) for `sequence` at `step`. The logits must be finite
+/// Picks a token from `logits` (one row) for the token at `index` of its request. The logits must be finite
 /// (which token a NaN yields is unspecified); [`try_sample`] checks that.
 /// 1. greedy when temperature = 0 or top_k = 1;
 /// 2. candidates sorted by logit, highest first, ties by lower id; the first top_k kept;
 /// 3. weights w = exp((l − l_max) / T) summed in f64;
 /// 4. the shortest prefix whose weight reaches top_p · total kept (at least one);
-/// 5. u = uniform(seed, sequence, step) · kept weight; the first candidate whose running sum
-///    exceeds u is chosen.
-pub fn sample(logits: &[f32], params: &SamplingParams, sequence: u64, step: u64) -> u32 {
+/// 5. u = uniform(seed, index) · kept weight; the first candidate whose running sum exceeds u
+///    is chosen.
+pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> u32 {
     if params.is_greedy() || logits.len() <= 1 {
         return argmax(logits);
     }
@@ -137,7 +174,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, sequence: u64, step: u64)
         }
     }
     let kept_total: f64 = weights[..kept].iter().sum();
-    let u = f64::from(uniform(params.seed, sequence, step)) * kept_total;
+    let u = f64::from(uniform(params.seed, index)) * kept_total;
     let mut acc = 0.0;
     for (n, w) in weights[..kept].iter().enumerate() {
         acc += w;
@@ -170,7 +207,7 @@ mod tests {
     fn top_k_one_is_argmax_whatever_the_seed() {
         let logits = [0.1, 2.0, 1.9, 2.0, -5.0];
         for seed in 0..20 {
-            assert_eq!(sample(&logits, &params(1.5, 1, 1.0, seed), 0, seed), 1);
+            assert_eq!(sample(&logits, &params(1.5, 1, 1.0, seed), seed), 1);
         }
     }
 
@@ -178,11 +215,11 @@ mod tests {
     fn same_seed_same_token_and_seeds_differ() {
         let logits: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32 / 50.0).collect();
         let p = params(1.0, 0, 1.0, 42);
-        let a: Vec<u32> = (0..50).map(|step| sample(&logits, &p, 3, step)).collect();
-        let b: Vec<u32> = (0..50).map(|step| sample(&logits, &p, 3, step)).collect();
+        let a: Vec<u32> = (0..50).map(|index| sample(&logits, &p, index)).collect();
+        let b: Vec<u32> = (0..50).map(|index| sample(&logits, &p, index)).collect();
         assert_eq!(a, b);
         let c: Vec<u32> = (0..50)
-            .map(|step| sample(&logits, &params(1.0, 0, 1.0, 43), 3, step))
+            .map(|index| sample(&logits, &params(1.0, 0, 1.0, 43), index))
             .collect();
         assert_ne!(a, c);
     }
@@ -192,18 +229,18 @@ mod tests {
         // Probabilities ≈ 0.87, 0.12, 0.002...: top_p 0.5 leaves only id 2.
         let logits = [0.0, 2.0, 4.0, -3.0];
         for step in 0..100 {
-            assert_eq!(sample(&logits, &params(1.0, 0, 0.5, 7), 0, step), 2);
+            assert_eq!(sample(&logits, &params(1.0, 0, 0.5, 7), step), 2);
         }
     }
 
     #[test]
     fn non_finite_logits_are_an_error_naming_row_and_id() {
         let p = params(1.0, 0, 1.0, 1);
-        assert_eq!(try_sample(&[0.5, 1.0], &p, 0, 0, 3), Ok(1));
+        assert_eq!(try_sample(&[0.5, 1.0], &p, 0, 3), Ok(1));
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let err = try_sample(&[0.5, 1.0, bad], &p, 0, 0, 3).unwrap_err();
+            let err = try_sample(&[0.5, 1.0, bad], &p, 0, 3).unwrap_err();
             assert_eq!((err.row, err.column), (3, 2));
-            let greedy = try_sample(&[bad, 1.0], &SamplingParams::GREEDY, 0, 0, 0);
+            let greedy = try_sample(&[bad, 1.0], &SamplingParams::GREEDY, 0, 0);
             assert!(greedy.is_err());
         }
     }
@@ -211,8 +248,19 @@ mod tests {
     #[test]
     fn uniform_is_in_unit_interval() {
         for i in 0..10_000 {
-            let u = uniform(1, 2, i);
+            let u = uniform(1, i);
             assert!((0.0..1.0).contains(&u));
         }
+    }
+
+    #[test]
+    fn logprobs_are_a_log_softmax() {
+        let logits = [0.5f32, -1.0, 2.0, 2.0, 30.0];
+        let total: f64 = (0..5).map(|t| logprob(&logits, t).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-12, "{total}");
+        // Shift invariance, and equal logits, equal logprobs.
+        let shifted: Vec<f32> = logits.iter().map(|l| l - 7.0).collect();
+        assert!((logprob(&logits, 0) - logprob(&shifted, 0)).abs() < 1e-12);
+        assert_eq!(logprob(&logits, 2), logprob(&logits, 3));
     }
 }

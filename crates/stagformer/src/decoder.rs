@@ -1,18 +1,14 @@
 //! The decoder: owns the device state of a batch of sequences and runs prefills and steps.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use stagformer_kernels::device::{
-    Device, DeviceBuffer, DeviceView, Event, Graph, GraphNodes, Stream,
-};
+use stagformer_kernels::device::{Device, DeviceBuffer, DeviceView, Event, GraphNodes, Stream};
 use stagformer_kernels::ops::attention_prefill::PrefillBatch;
 use stagformer_kernels::ops::axpby::axpby;
 use stagformer_kernels::ops::gemm::{linear, GemmShape};
 use stagformer_kernels::ops::rmsnorm::{rmsnorm, Rows};
 use stagformer_kernels::ops::rope_append::RopeTable;
-use stagformer_kernels::ops::sample::{
-    sample_checked, SampleShape, SampleWorkspace, SamplingConfig,
-};
+use stagformer_kernels::ops::sample::{pack_rows, sample_checked, SampleShape, SampleWorkspace};
 use stagformer_ref::{
     Checkpoint, Config, Model, RequestError, SamplingParams, SeqId, Slots, TensorSource,
 };
@@ -21,6 +17,7 @@ use crate::error::{DecoderError, Result};
 use crate::fused::{GemvPath, MAX_GROUPS, MAX_ROWS};
 use crate::plan::{MemoryPlan, Sizes};
 use crate::row_inputs::{Row, RowInputs};
+use crate::sampling::{kernel_sampling, GraphCache, GraphKey, Sampled, MAX_GRAPHS};
 use crate::scratch::Scratch;
 use crate::section::{Caches, CrossKeys, Pass, SelfCache, Shared};
 use crate::weights::DeviceWeights;
@@ -61,8 +58,9 @@ pub struct DecoderOptions {
     pub mode: ExecMode,
     /// Recurrent mode after the prompt (shared weights, p = 2).
     pub recurrent: bool,
-    /// Replay each decode step as a graph captured once per (batch size, sampling settings)
-    /// instead of launching its kernels one by one. Same results either way.
+    /// Replay each decode step as a graph captured once per batch size (with and without
+    /// sampling, whatever the rows' settings; at most 32 kept, the least recently used
+    /// evicted) instead of launching its kernels one by one. Same results either way.
     pub graphs: bool,
     /// Rows a prefill processes at a time: a prompt runs in chunks of this many rows, each
     /// attending to the caches of the chunks before it, so scratch and logits buffers hold
@@ -94,42 +92,6 @@ impl DecoderOptions {
             prefill_rows: DEFAULT_PREFILL_ROWS,
             gemv: GemvPath::Fused,
         }
-    }
-}
-
-/// What a step graph bakes in besides buffer addresses: its row count and, when it ends with
-/// sampling, the sampler settings (by value in the kernel's params).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct GraphKey {
-    rows: usize,
-    sampling: Option<[u64; 4]>,
-}
-
-impl GraphKey {
-    fn new(rows: usize, sampling: Option<&SamplingParams>) -> Self {
-        GraphKey {
-            rows,
-            sampling: sampling.map(|c| {
-                [
-                    u64::from(c.temperature.to_bits()),
-                    c.top_k as u64,
-                    u64::from(c.top_p.to_bits()),
-                    c.seed,
-                ]
-            }),
-        }
-    }
-}
-
-/// The sampling kernel's settings for `params`, field for field. The kernel crate does not
-/// depend on the reference, so its launch takes its own copy of the settings; this is the one
-/// place the decoder crosses from one to the other.
-fn kernel_sampling(params: &SamplingParams) -> SamplingConfig {
-    SamplingConfig {
-        temperature: params.temperature,
-        top_k: params.top_k,
-        top_p: params.top_p,
-        seed: params.seed,
     }
 }
 
@@ -197,7 +159,7 @@ pub struct Decoder<T: Activation> {
     /// row (`capacity` rows of k|v for all of s's cross layers).
     prompt_memory: Vec<DeviceBuffer<T>>,
     streams: Vec<Stream>,
-    /// Ids, positions, slots and sampler counters of the current pass, one copy per step.
+    /// Ids, positions, slots and sampler settings of the current pass, one copy per step.
     inputs: RowInputs,
     logits: DeviceBuffer<f32>,
     tokens: DeviceBuffer<i32>,
@@ -207,7 +169,7 @@ pub struct Decoder<T: Activation> {
     /// Tokens processed per live sequence.
     lens: Slots<usize>,
     /// Captured steps, replayed on stream 0.
-    graphs: HashMap<GraphKey, Graph>,
+    graphs: GraphCache,
     /// Keys whose step ran once without capture: the warm-up loads modules, creates cuBLAS
     /// handles and sets kernel attributes outside any capture.
     warmed: HashSet<GraphKey>,
@@ -308,7 +270,8 @@ impl<T: Activation> Decoder<T> {
             inputs: RowInputs::new(device, p * buffer_rows, buffer_rows)?,
             logits: DeviceBuffer::alloc(device, sizes.logits)?,
             prompt_memory,
-            // Sampled ids, then one non-finite-logits flag per row: one copy back per step.
+            // Sampled ids, one non-finite-logits flag per row, then the f32 logprobs' bits: one
+            // copy back per step.
             tokens: DeviceBuffer::alloc(device, sizes.tokens)?,
             sample_workspace: SampleWorkspace::new(stream, rows, cfg.vocab_size)?,
             shared: Shared {
@@ -328,7 +291,7 @@ impl<T: Activation> Decoder<T> {
             streams,
             opts,
             lens: Slots::new(opts.max_batch),
-            graphs: HashMap::new(),
+            graphs: GraphCache::new(MAX_GRAPHS),
             warmed: HashSet::new(),
             poisoned: None,
             broken_join: None,
@@ -358,32 +321,31 @@ impl<T: Activation> Decoder<T> {
         self.opts
     }
 
-    /// Step graphs captured so far (one per batch size and sampling settings seen twice).
+    /// Step graphs held now (one per batch size, with or without sampling, seen twice; at most
+    /// 32, the least recently used evicted first).
     pub fn captured_graphs(&self) -> usize {
         self.graphs.len()
     }
 
-    /// Work nodes (launches) of the step graph for `rows` rows ending with `sampling` (or with
-    /// logits), if that graph has been captured.
-    pub fn graph_nodes(
-        &self,
-        rows: usize,
-        sampling: Option<&SamplingParams>,
-    ) -> Result<Option<usize>> {
-        match self.graphs.get(&GraphKey::new(rows, sampling)) {
+    /// Drops every captured step graph (and the device memory they hold); later steps capture
+    /// again as needed.
+    pub fn clear_graphs(&mut self) {
+        self.graphs.clear();
+    }
+
+    /// Work nodes (launches) of the step graph for `rows` rows ending with sampling (`samples`)
+    /// or with logits, if that graph is held.
+    pub fn graph_nodes(&self, rows: usize, samples: bool) -> Result<Option<usize>> {
+        match self.graphs.peek(&GraphKey { rows, samples }) {
             Some(graph) => Ok(Some(graph.nodes()?)),
             None => Ok(None),
         }
     }
 
-    /// The step graph for `rows` rows ending with `sampling` (or with logits) by node kind —
-    /// kernel launches and copies per replayed step — if that graph has been captured.
-    pub fn graph_node_counts(
-        &self,
-        rows: usize,
-        sampling: Option<&SamplingParams>,
-    ) -> Result<Option<GraphNodes>> {
-        match self.graphs.get(&GraphKey::new(rows, sampling)) {
+    /// The step graph for `rows` rows ending with sampling (`samples`) or with logits by node
+    /// kind — kernel launches and copies per replayed step — if that graph is held.
+    pub fn graph_node_counts(&self, rows: usize, samples: bool) -> Result<Option<GraphNodes>> {
+        match self.graphs.peek(&GraphKey { rows, samples }) {
             Some(graph) => Ok(Some(graph.node_counts()?)),
             None => Ok(None),
         }
@@ -494,7 +456,7 @@ impl<T: Activation> Decoder<T> {
                 position,
             })
             .collect();
-        self.inputs.upload(stream, p, sh.max_batch, &rows, 0)?;
+        self.inputs.upload(stream, p, sh.max_batch, &rows, None)?;
         for s in 0..p {
             let index = self.inputs.index(s * n..(s + 1) * n)?;
             let end = if s + 1 < p {
@@ -581,39 +543,65 @@ impl<T: Activation> Decoder<T> {
         Ok(logits)
     }
 
-    /// One decode step that samples on the device; only the chosen ids reach the host.
-    /// Row r's token is drawn with `uniform(sampling.seed, seqs[r], step_index)` as
-    /// [`stagformer_ref::sample::sample`] defines it (same seed and index → same token).
-    /// Settings that [`SamplingParams::validate`] refuses are [`DecoderError::Request`] before
-    /// anything runs. A row whose logits hold a NaN or an infinity (flagged by the sampler,
-    /// copied back with the ids) is [`DecoderError::NonFiniteLogits`]; the step is taken all
-    /// the same.
+    /// One decode step that samples on the device, row r with its own settings `sampling[r]`;
+    /// only the chosen ids and their log-probabilities reach the host ([`Sampled`]). Row r's
+    /// token is at position t = (tokens sequence `seqs[r]` has processed) + 1 and is drawn with
+    /// `uniform(sampling[r].seed, t)` as [`stagformer_ref::sample::sample`] defines it, so a
+    /// request's tokens depend on its seed and positions, never on its slot or on the other
+    /// rows. Greedy and sampled rows share the step, and every mix of settings replays the one
+    /// graph of this row count. A settings count other than the rows' or a setting that
+    /// [`SamplingParams::validate`] refuses is [`DecoderError::Request`] (naming the row)
+    /// before anything runs. A row whose logits hold a NaN or an infinity (flagged by the
+    /// sampler, copied back with the ids) is [`DecoderError::NonFiniteLogits`]; the step is
+    /// taken all the same.
     pub fn step_sample(
         &mut self,
         seqs: &[SeqId],
         tokens: &[u32],
-        sampling: &SamplingParams,
-        step_index: u32,
-    ) -> Result<Vec<u32>> {
+        sampling: &[SamplingParams],
+    ) -> Result<Vec<Sampled>> {
         let positions = self.validate_step(seqs, tokens)?;
-        // A bad setting is the caller's error, not the device's: check it before any launch.
-        sampling.validate()?;
+        // Bad settings are the caller's error, not the device's: check them before any launch.
+        if sampling.len() != seqs.len() {
+            return Err(RequestError::SamplingArity {
+                ids: seqs.len(),
+                settings: sampling.len(),
+            }
+            .into());
+        }
+        stagformer_ref::sample::validate_rows(sampling)?;
+        let configs: Vec<_> = sampling.iter().map(kernel_sampling).collect();
+        // The chosen token's index in its request: one past the fed token's position.
+        let counters = positions
+            .iter()
+            .map(|&p| u32::try_from(p + 1))
+            .collect::<std::result::Result<Vec<u32>, _>>()
+            .map_err(|_| RequestError::TooLong {
+                len: usize::MAX,
+                max: u32::MAX as usize,
+            })?;
+        let words = pack_rows(&configs, &counters)?;
         let picked = self.guarded(|d| {
-            d.run_step(seqs, tokens, &positions, Some((sampling, step_index)))?;
+            d.run_step(seqs, tokens, &positions, Some(&words))?;
             let n = seqs.len();
             let max = d.opts.max_batch;
-            let both = d.tokens.to_host(&d.streams[0])?;
-            let ids: Vec<u32> = both[..n].iter().map(|&t| t as u32).collect();
-            Ok((ids, both[max..max + n].iter().position(|&f| f != 0)))
+            let all = d.tokens.to_host(&d.streams[0])?;
+            let picked: Vec<Sampled> = (0..n)
+                .map(|r| Sampled {
+                    token: all[r] as u32,
+                    logprob: f32::from_bits(all[2 * max + r] as u32),
+                })
+                .collect();
+            Ok((picked, all[max..max + n].iter().position(|&f| f != 0)))
         })?;
         self.advance(seqs);
-        let (ids, bad_row) = picked;
+        let (picked, bad_row) = picked;
         if let Some(row) = bad_row {
             // The sampler saw a NaN or an infinity: its token means nothing (the step is taken
             // all the same, as in `step`).
             return Err(DecoderError::NonFiniteLogits { row });
         }
-        Ok(ids)
+        Ok(picked)
     }
 
     fn advance(&mut self, seqs: &[SeqId]) {
@@ -673,7 +661,7 @@ impl<T: Activation> Decoder<T> {
         seqs: &[SeqId],
         tokens: &[u32],
         positions: &[usize],
-        sampling: Option<(&SamplingParams, u32)>,
+        sampling: Option<&[u32]>,
     ) -> Result<()> {
         let rows: Vec<Row> = seqs
             .iter()
@@ -686,28 +674,22 @@ impl<T: Activation> Decoder<T> {
             })
             .collect();
         let p = self.shared.cfg.sections();
-        let step_index = sampling.map_or(0, |(_, i)| i);
-        self.inputs.upload(
-            &self.streams[0],
-            p,
-            self.shared.max_batch,
-            &rows,
-            step_index,
-        )?;
+        self.inputs
+            .upload(&self.streams[0], p, self.shared.max_batch, &rows, sampling)?;
         let n = rows.len();
-        let sampling = sampling.map(|(c, _)| *c);
-        let key = GraphKey::new(n, sampling.as_ref());
+        let samples = sampling.is_some();
+        let key = GraphKey { rows: n, samples };
         if !self.opts.graphs || self.broken_join.is_some() {
-            return self.launch_step(n, sampling.as_ref());
+            return self.launch_step(n, samples);
         }
         if let Some(graph) = self.graphs.get(&key) {
             return Ok(graph.launch()?);
         }
         if self.warmed.insert(key) {
-            return self.launch_step(n, sampling.as_ref());
+            return self.launch_step(n, samples);
         }
         let origin = self.streams[0].clone();
-        let (graph, ()) = origin.capture(|| self.launch_step(n, sampling.as_ref()))?;
+        let (graph, ()) = origin.capture(|| self.launch_step(n, samples))?;
         graph.launch()?;
         self.graphs.insert(key, graph);
         Ok(())
@@ -715,7 +697,7 @@ impl<T: Activation> Decoder<T> {
 
     /// The launches of one step over the `n` rows of the uploaded inputs; everything they
     /// read that changes between steps is in device memory, so they can be captured.
-    fn launch_step(&mut self, n: usize, sampling: Option<&SamplingParams>) -> Result<()> {
+    fn launch_step(&mut self, n: usize, samples: bool) -> Result<()> {
         let p = self.shared.cfg.sections();
         let grouped = self.opts.gemv == GemvPath::Fused && n <= MAX_ROWS && p <= MAX_GROUPS;
         match self.opts.mode {
@@ -728,22 +710,23 @@ impl<T: Activation> Decoder<T> {
             }
             _ => self.launch_section_step(n)?,
         }
-        if let Some(params) = sampling {
-            let config = kernel_sampling(params);
+        if samples {
             let stream = &self.streams[0];
             let vocab = self.shared.cfg.vocab_size;
-            let (sequences, steps) = self.inputs.sampler()?;
+            let settings = self.inputs.sampler()?;
             let max = self.opts.max_batch;
-            let (mut ids, mut flags) = self.tokens.slice_mut(..)?.split_at_mut(max)?;
+            let (mut ids, rest) = self.tokens.slice_mut(..)?.split_at_mut(max)?;
+            let (mut flags, logprobs) = rest.split_at_mut(max)?;
+            // The logprobs' f32 bits share the ids' buffer, so one copy brings all back.
+            let mut logprobs = logprobs.into_bitcast::<f32>()?;
             sample_checked(
                 stream,
                 &self.logits.slice(..n * vocab)?,
                 &mut ids.slice_mut(..n)?,
+                &mut logprobs.slice_mut(..n)?,
                 &mut flags.slice_mut(..n)?,
-                &sequences,
-                &steps,
+                &settings,
                 SampleShape::contiguous(n, vocab),
-                &config,
                 &mut self.sample_workspace,
             )?;
         }

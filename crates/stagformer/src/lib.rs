@@ -16,6 +16,7 @@ mod fused;
 pub mod pages;
 mod plan;
 mod row_inputs;
+mod sampling;
 mod scratch;
 mod section;
 mod validate;
@@ -25,6 +26,7 @@ pub use decoder::{Decoder, DecoderOptions, ExecMode, PrefillSelfAttention, DEFAU
 pub use error::{DecoderError, Result};
 pub use fused::GemvPath;
 pub use plan::MemoryPlan;
+pub use sampling::Sampled;
 pub use stagformer_kernels::device::GraphNodes;
 pub use stagformer_ref::{SamplingParams, SeqId};
 

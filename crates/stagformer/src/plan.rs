@@ -15,6 +15,7 @@
 use stagformer_kernels::dtype::DType;
 use stagformer_kernels::ops::attention_decode::RECOMMENDED_MAX_SPLITS;
 use stagformer_kernels::ops::rope_append::KvCacheLayout;
+use stagformer_kernels::ops::sample::SAMPLE_ROW_WORDS;
 use stagformer_ref::weights::{expected_tensors, TensorRole};
 use stagformer_ref::Config;
 
@@ -96,7 +97,7 @@ pub(crate) struct Sizes {
     /// Row inputs: `p · buffer_rows` pass rows and `buffer_rows` rows.
     pub row_inputs: usize,
     pub logits: usize,
-    /// Sampled ids and their flags.
+    /// Sampled ids, their non-finite flags and their logprobs.
     pub tokens: usize,
 }
 
@@ -196,20 +197,20 @@ impl Sizes {
             buffer_rows,
             mix: cfg.stag_output_mix.then_some(hidden_rows),
             prompt_memory: mul(opts.capacity, width, "prompt memory")?,
-            row_inputs: sum(&[(4 * p, buffer_rows), (2, buffer_rows)], "row inputs")?,
+            row_inputs: sum(
+                &[(4 * p, buffer_rows), (SAMPLE_ROW_WORDS, buffer_rows)],
+                "row inputs",
+            )?,
             logits: mul(buffer_rows, cfg.vocab_size, "logits")?,
-            tokens: mul(2, opts.max_batch, "sampled ids")?,
+            tokens: mul(3, opts.max_batch, "sampled ids")?,
         })
     }
 }
 
 /// What the kernel crate's workspaces allocate, restated from their constructors.
 mod workspace {
-    use super::{mul, sum, Result};
-
-    /// Bytes per sampler row besides its 8 bytes per logit (`MULTI_BLOCK_FIXED_ROW_BYTES` of
-    /// `ops::sample`).
-    const SAMPLE_FIXED_ROW_BYTES: usize = 107_008;
+    use super::{mul, Result};
+    use stagformer_kernels::ops::sample::SampleWorkspace;
 
     /// `AttentionWorkspace::new`: per partial, `head_dim` f32 outputs, 2 f32 stats and a u32
     /// counter.
@@ -227,15 +228,9 @@ mod workspace {
         )
     }
 
-    /// `SampleWorkspace::new`: per row the fixed part and 8 bytes per logit.
+    /// `SampleWorkspace::new` (the kernel crate's own formula).
     pub fn sampler(rows: usize, vocab: usize) -> Result<usize> {
-        sum(
-            &[
-                (rows, SAMPLE_FIXED_ROW_BYTES),
-                (mul(rows, vocab, "sampler")?, 8),
-            ],
-            "sampler workspace",
-        )
+        Ok(SampleWorkspace::bytes_for(rows, vocab)?)
     }
 
     /// `RopeTable::from_inv_freq`: f32 cos and sin, `positions × head_dim / 2` each.
@@ -327,7 +322,7 @@ impl Sizes {
             workspace_bytes: sum(
                 &[
                     (1, attention),
-                    (1, workspace::sampler(self.tokens / 2, cfg.vocab_size)?),
+                    (1, workspace::sampler(self.tokens / 3, cfg.vocab_size)?),
                     (self.row_inputs, 4),
                 ],
                 "workspaces",

@@ -1,4 +1,4 @@
-//! The per-token inputs of a pass (token ids, positions, cache slots, sampler counters) in one
+//! The per-token inputs of a pass (token ids, positions, cache slots, sampler settings) in one
 //! device buffer, written by one host copy before the launches that read them.
 //!
 //! Keeping everything that changes from step to step here is what lets a captured step graph
@@ -6,12 +6,15 @@
 //! them. Prefills use the same buffer; stream order on stream 0 keeps the two apart.
 //!
 //! Layout for `passes` passes over `n` rows (R = passes·n; row s·n + r is pass s of row r):
-//! `ids[R] | positions[R] | self_slots[R] | cross_slots[R] | sample_sequences[n] |
-//! sample_steps[n]`. Offsets depend only on (passes, n), which a graph's key fixes.
+//! `ids[R] | positions[R] | self_slots[R] | cross_slots[R] | sample_settings[n · W]` with W =
+//! `SAMPLE_ROW_WORDS` u32 words per row (each row's temperature, top-k, top-p, seed and
+//! counter, as `ops::sample::pack_rows` lays them out). Offsets depend only on (passes, n),
+//! which a graph's key fixes; the settings' values are data, so one graph serves them all.
 
 use std::ops::Range;
 
 use stagformer_kernels::device::{Device, DeviceBuffer, DeviceView, Stream};
+use stagformer_kernels::ops::sample::SAMPLE_ROW_WORDS;
 
 use crate::error::Result;
 
@@ -46,7 +49,7 @@ pub(crate) struct RowInputs {
 impl RowInputs {
     /// Room for `max_pass_rows` pass rows (passes·n) and `max_rows` rows.
     pub fn new(device: &Device, max_pass_rows: usize, max_rows: usize) -> Result<Self> {
-        let len = 4 * max_pass_rows + 2 * max_rows;
+        let len = 4 * max_pass_rows + SAMPLE_ROW_WORDS * max_rows;
         Ok(RowInputs {
             host: Vec::with_capacity(len),
             device: DeviceBuffer::alloc(device, len)?,
@@ -55,14 +58,15 @@ impl RowInputs {
     }
 
     /// Fills the inputs of `passes` passes over `rows` and queues their copy on `stream`.
-    /// `sample_step`: the sampler's step counter for every row (0 when not sampling).
+    /// `sampling`: the rows' packed sampler settings (`rows.len() · SAMPLE_ROW_WORDS` words),
+    /// or none when the pass does not sample.
     pub fn upload(
         &mut self,
         stream: &Stream,
         passes: usize,
         max_batch: usize,
         rows: &[Row],
-        sample_step: u32,
+        sampling: Option<&[u32]>,
     ) -> Result<()> {
         let h = &mut self.host;
         h.clear();
@@ -75,8 +79,11 @@ impl RowInputs {
         each_pass(&|_, r| r.position, h);
         each_pass(&|s, r| s * max_batch + r.seq, h);
         each_pass(&|s, r| s.saturating_sub(1) * max_batch + r.seq, h);
-        h.extend(rows.iter().map(|r| r.seq as i32));
-        h.extend(rows.iter().map(|_| sample_step as i32));
+        if let Some(words) = sampling {
+            debug_assert_eq!(words.len(), rows.len() * SAMPLE_ROW_WORDS);
+            // The same bits, in the buffer's element type.
+            h.extend(words.iter().map(|&w| w as i32));
+        }
         self.device
             .slice_mut(..h.len())?
             .copy_from_host(stream, h)?;
@@ -89,7 +96,7 @@ impl RowInputs {
         let r = passes * n;
         let range = match k {
             0..=3 => k * r..(k + 1) * r,
-            _ => 4 * r + (k - 4) * n..4 * r + (k - 3) * n,
+            _ => 4 * r..4 * r + SAMPLE_ROW_WORDS * n,
         };
         Ok(self.device.slice(range)?)
     }
@@ -106,12 +113,9 @@ impl RowInputs {
         })
     }
 
-    /// Per-row sequence ids and step counters for the sampler, of the last upload.
-    pub fn sampler(&self) -> Result<(DeviceView<'_, u32>, DeviceView<'_, u32>)> {
-        Ok((
-            self.section(4)?.bitcast::<u32>()?,
-            self.section(5)?.bitcast::<u32>()?,
-        ))
+    /// The sampler's per-row settings of the last upload (meaningful when it sampled).
+    pub fn sampler(&self) -> Result<DeviceView<'_, u32>> {
+        Ok(self.section(4)?.bitcast::<u32>()?)
     }
 }
 
@@ -136,19 +140,20 @@ mod tests {
                 position: 9,
             },
         ];
-        inputs.upload(&stream, 3, 4, &rows, 77).unwrap();
+        inputs.upload(&stream, 3, 4, &rows, None).unwrap();
         let ix = inputs.index(4..6).unwrap();
         assert_eq!(ix.self_slots.to_host(&stream).unwrap(), vec![11, 8]);
         assert_eq!(ix.cross_slots.to_host(&stream).unwrap(), vec![7, 4]);
-        inputs.upload(&stream, 2, 4, &rows, 77).unwrap();
+        let words: Vec<u32> = (0..2 * SAMPLE_ROW_WORDS as u32)
+            .map(|w| w * 3 + 1)
+            .collect();
+        inputs.upload(&stream, 2, 4, &rows, Some(&words)).unwrap();
         let ix = inputs.index(2..4).unwrap();
         assert_eq!(ix.ids.to_host(&stream).unwrap(), vec![11, 12]);
         assert_eq!(ix.positions.to_host(&stream).unwrap(), vec![5, 9]);
         assert_eq!(ix.self_slots.to_host(&stream).unwrap(), vec![7, 4]);
         assert_eq!(ix.cross_slots.to_host(&stream).unwrap(), vec![3, 0]);
-        let (seqs, steps) = inputs.sampler().unwrap();
-        assert_eq!(seqs.to_host(&stream).unwrap(), vec![3, 0]);
-        assert_eq!(steps.to_host(&stream).unwrap(), vec![77, 77]);
+        assert_eq!(inputs.sampler().unwrap().to_host(&stream).unwrap(), words);
         assert!(inputs.index(3..5).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! The kernel decoder on the emulated device against the CPU reference's forward logits, for
 //! the variant matrix and every execution mode that applies.
 
-use stagformer::{Decoder, DecoderOptions, ExecMode, GemvPath, SamplingParams, SeqId};
+use stagformer::{Decoder, DecoderOptions, ExecMode, GemvPath, Sampled, SamplingParams, SeqId};
+use stagformer_kernels::ops::sample::multi_block_launches;
 use stagformer_kernels::Device;
 use stagformer_ref::{Config, Model, StorageDtype};
 
@@ -181,8 +182,13 @@ fn decoder_logits_match_reference_forward() {
     }
 }
 
-/// Graph replays pick the same tokens as direct launches while the batch size and the sampler
-/// settings change: a graph per (rows, settings), and nothing stale baked into any of them.
+/// The tokens of a sampled step.
+fn ids(picked: Vec<Sampled>) -> Vec<u32> {
+    picked.into_iter().map(|s| s.token).collect()
+}
+
+/// Graph replays pick the same tokens as direct launches while the batch size and the rows'
+/// sampler settings change: a graph per row count, and nothing stale baked into any of them.
 #[test]
 fn graph_replay_equals_direct_launches() {
     let device = Device::emulated();
@@ -225,13 +231,16 @@ fn graph_replay_equals_direct_launches() {
                     2 => &[c, a],
                     _ => &[b],
                 };
-                let sampling = if step % 3 == 0 { &greedy } else { &warm };
+                // Mixed rows, the mix changing from step to step.
+                let sampling: Vec<SamplingParams> = (0..seqs.len() as u32)
+                    .map(|r| if (step + r) % 3 == 0 { greedy } else { warm })
+                    .collect();
                 let toks: Vec<u32> = seqs.iter().map(|&s| next[s.slot()]).collect();
-                let picked = dec.step_sample(seqs, &toks, sampling, step).unwrap();
-                for (&s, &t) in seqs.iter().zip(&picked) {
-                    next[s.slot()] = t;
+                let picked = dec.step_sample(seqs, &toks, &sampling).unwrap();
+                for (&s, p) in seqs.iter().zip(&picked) {
+                    next[s.slot()] = p.token;
                 }
-                out.extend(picked);
+                out.extend(picked.iter().flat_map(|p| [p.token, p.logprob.to_bits()]));
             }
             // The last few steps read logits instead of sampling: graphs without a sampler.
             for _ in 0..3 {
@@ -244,7 +253,8 @@ fn graph_replay_equals_direct_launches() {
             graphs_captured.push(dec.captured_graphs());
         }
         assert_eq!(runs[0], runs[1], "{mode:?}: graph replay differs");
-        assert!(graphs_captured[0] >= 4, "{mode:?}: {graphs_captured:?}");
+        // Rows 3, 2 and 1 sampling, and 2 reading logits: one graph each.
+        assert_eq!(graphs_captured[0], 4, "{mode:?}: {graphs_captured:?}");
         assert_eq!(graphs_captured[1], 0, "{mode:?}");
     }
 }
@@ -313,8 +323,8 @@ fn staggered_equals_sequential_token_for_token() {
             |row: &[f32]| (0..row.len()).fold(0, |m, i| if row[i] > row[m] { i } else { m }) as u32;
         let mut next = vec![argmax(&la[2 * 41..]), argmax(&lb)];
         let mut out = Vec::new();
-        for step in 0..STEPS as u32 {
-            next = dec.step_sample(&[a, b], &next, &greedy, step).unwrap();
+        for _ in 0..STEPS as u32 {
+            next = ids(dec.step_sample(&[a, b], &next, &[greedy; 2]).unwrap());
             out.extend_from_slice(&next);
         }
         runs.push(out);
@@ -391,8 +401,8 @@ fn batched_equals_sequential_token_for_token() {
             let (b, _) = dec.prefill(&[9, 2]).unwrap();
             let mut next = vec![7, 8];
             let mut out = Vec::new();
-            for step in 0..STEPS as u32 {
-                next = dec.step_sample(&[a, b], &next, &greedy, step).unwrap();
+            for _ in 0..STEPS as u32 {
+                next = ids(dec.step_sample(&[a, b], &next, &[greedy; 2]).unwrap());
                 out.extend_from_slice(&next);
             }
             runs.push(out);
@@ -444,8 +454,9 @@ fn grouped_equals_sequential_token_for_token() {
                 .collect();
             let mut next: Vec<u32> = (0..batch as u32).map(|b| (b * 5 + 7) % 41).collect();
             let mut out = Vec::new();
-            for step in 0..12u32 {
-                next = dec.step_sample(&ids, &next, &greedy, step).unwrap();
+            for _ in 0..12u32 {
+                let settings = vec![greedy; ids.len()];
+                next = self::ids(dec.step_sample(&ids, &next, &settings).unwrap());
                 out.extend_from_slice(&next);
             }
             runs.push(out);
@@ -539,15 +550,19 @@ fn bad_sampling_settings_leave_the_decoder_usable() {
             ..SamplingParams::GREEDY
         },
     ] {
-        let err = dec.step_sample(&[id], &[3], &bad, 0).unwrap_err();
+        let err = dec.step_sample(&[id], &[3], &[bad]).unwrap_err();
         assert!(
             !matches!(err, stagformer::DecoderError::Poisoned(_)),
             "{err}"
         );
         assert_eq!(dec.len(id).unwrap(), 2, "a refused step must not advance");
     }
+    // No setting for the one row: refused before anything runs.
+    let err = dec.step_sample(&[id], &[3], &[]).unwrap_err();
+    assert!(err.to_string().contains("sampling settings"), "{err}");
+    assert_eq!(dec.len(id).unwrap(), 2);
     let picked = dec
-        .step_sample(&[id], &[3], &SamplingParams::GREEDY, 0)
+        .step_sample(&[id], &[3], &[SamplingParams::GREEDY])
         .unwrap();
     assert_eq!(picked.len(), 1);
     assert_eq!(dec.len(id).unwrap(), 3);
@@ -578,8 +593,11 @@ fn a_step_graph_has_the_launches_the_perf_notes_count() {
     cfg.num_hidden_layers = 24;
     let model = Model::random(cfg, 2, StorageDtype::F32).unwrap();
     let attn = 1;
-    let fused = 12 * (4 + attn) + 12 * (6 + 2 * attn) + 2 + 1 + 1 + 1 + 1;
-    let cublas = 2 * 2 + 12 * (8 + attn) + 12 * (11 + 2 * attn) + 2 + 1 + 1;
+    // The sampler's launches depend on the vocabulary only (41: 2 + 3 selects · 4 digits).
+    let sampler = multi_block_launches(41);
+    assert_eq!(sampler, 14);
+    let fused = 12 * (4 + attn) + 12 * (6 + 2 * attn) + 2 + 1 + 1 + 1 + sampler;
+    let cublas = 2 * 2 + 12 * (8 + attn) + 12 * (11 + 2 * attn) + 2 + 1 + sampler;
     for (gemv, launches) in [(GemvPath::Fused, fused), (GemvPath::Cublas, cublas)] {
         let opts = DecoderOptions {
             gemv,
@@ -589,25 +607,25 @@ fn a_step_graph_has_the_launches_the_perf_notes_count() {
         let (id, _) = dec.prefill(&[1, 2]).unwrap();
         let greedy = SamplingParams::GREEDY;
         let mut next = vec![3];
-        for step in 0..3 {
-            next = dec.step_sample(&[id], &next, &greedy, step).unwrap();
+        for _ in 0..3 {
+            next = ids(dec.step_sample(&[id], &next, &[greedy]).unwrap());
         }
-        assert_eq!(dec.graph_nodes(1, Some(&greedy)).unwrap(), Some(launches));
-        let nodes = dec.graph_node_counts(1, Some(&greedy)).unwrap().unwrap();
+        assert_eq!(dec.graph_nodes(1, true).unwrap(), Some(launches));
+        let nodes = dec.graph_node_counts(1, true).unwrap().unwrap();
         assert_eq!(
             (nodes.kernels, nodes.copies, nodes.fills),
             (launches, 0, 0),
             "{gemv:?}"
         );
-        assert_eq!(dec.graph_nodes(2, Some(&greedy)).unwrap(), None);
+        assert_eq!(dec.graph_nodes(2, true).unwrap(), None);
     }
-    assert_eq!((fused, cublas), (162, 272));
+    assert_eq!((fused, cublas), (175, 285));
 
     // Grouped: per layer index j, the q|k|v GEMV, self attention, o GEMV, cross q GEMV, cross
     // attention, cross o GEMV, gate|up GEMV and down GEMV for both sections at once
     // (6 + 2 · attn); per step the embedding of all rows, one memory hand-over GEMV, the final
-    // norm, the lm_head and the sampler: 12 · (6 + 2) + 5 = 101.
-    let grouped = 12 * (6 + 2 * attn) + 1 + 1 + 1 + 1 + 1;
+    // norm, the lm_head and the sampler (its 14 launches): 12 · (6 + 2) + 4 + 14 = 114.
+    let grouped = 12 * (6 + 2 * attn) + 1 + 1 + 1 + 1 + sampler;
     let opts = DecoderOptions {
         mode: ExecMode::Grouped,
         ..DecoderOptions::new(1, 8)
@@ -616,12 +634,12 @@ fn a_step_graph_has_the_launches_the_perf_notes_count() {
     let (id, _) = dec.prefill(&[1, 2]).unwrap();
     let greedy = SamplingParams::GREEDY;
     let mut next = vec![3];
-    for step in 0..3 {
-        next = dec.step_sample(&[id], &next, &greedy, step).unwrap();
+    for _ in 0..3 {
+        next = ids(dec.step_sample(&[id], &next, &[greedy]).unwrap());
     }
-    let nodes = dec.graph_node_counts(1, Some(&greedy)).unwrap().unwrap();
+    let nodes = dec.graph_node_counts(1, true).unwrap().unwrap();
     assert_eq!((nodes.kernels, nodes.copies, nodes.fills), (grouped, 0, 0));
-    assert_eq!(grouped, 101);
+    assert_eq!(grouped, 114);
 }
 
 /// Mistral's sliding window (self caches become rings, prefills run in chunks) and the RoPE
@@ -796,4 +814,185 @@ fn mapped_upload_refuses_a_non_finite_weight() {
         "{err}"
     );
     assert!(err.to_string().contains("model.safetensors"), "{err}");
+}
+
+/// Teacher-forced sampled steps on `dec` (graphs on) against the reference sampler on the
+/// logits `twin` (the same model, graphs off, stepping through `step`) computes for the same
+/// tokens: row r of step i, sequence `ids[r]` at position `lens[r] + i`, uses
+/// `settings(i, r)`; its token must be `stagformer_ref::sample::sample`'s for index
+/// `lens[r] + i + 1` (the chosen token's position) and its logprob within 1e-4 of the f64
+/// log-softmax. Returns the sampled rows, step by step.
+fn sample_against_reference(
+    dec: &mut Decoder<f32>,
+    twin: &mut Decoder<f32>,
+    ids: &[SeqId],
+    steps: usize,
+    settings: impl Fn(usize, usize) -> SamplingParams,
+) -> Vec<Vec<Sampled>> {
+    let vocab = 41;
+    let mut out = Vec::new();
+    for i in 0..steps {
+        let lens: Vec<usize> = ids.iter().map(|&id| dec.len(id).unwrap()).collect();
+        let toks: Vec<u32> = (0..ids.len())
+            .map(|r| ((i * 5 + r * 13 + 2) % vocab) as u32)
+            .collect();
+        let rows: Vec<SamplingParams> = (0..ids.len()).map(|r| settings(i, r)).collect();
+        let picked = dec.step_sample(ids, &toks, &rows).unwrap();
+        let logits = twin.step(ids, &toks).unwrap();
+        for (r, p) in picked.iter().enumerate() {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let index = (lens[r] + 1) as u64;
+            let want = stagformer_ref::sample::sample(row, &rows[r], index);
+            assert_eq!(p.token, want, "step {i} row {r} {:?}", rows[r]);
+            let lp = stagformer_ref::sample::logprob(row, p.token);
+            assert!(
+                p.logprob.is_finite() && (f64::from(p.logprob) - lp).abs() <= 1e-4,
+                "step {i} row {r}: logprob {} against {lp}",
+                p.logprob
+            );
+        }
+        out.push(picked);
+    }
+    out
+}
+
+fn sampling(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SamplingParams {
+    SamplingParams {
+        temperature,
+        top_k,
+        top_p,
+        seed,
+    }
+}
+
+/// Greedy, top-k, top-p and plain temperature rows in one step (the mix rotating from step to
+/// step), each against the reference sampler, in the per-section and the grouped schedules;
+/// the whole run replays one sampling graph.
+#[test]
+fn per_row_sampling_matches_the_reference_sampler_in_one_step() {
+    let device = Device::emulated();
+    let v = variants()[0];
+    let model = Model::random(config(v), 61, StorageDtype::F32).unwrap();
+    let kinds = [
+        SamplingParams::GREEDY,
+        sampling(0.8, 5, 1.0, 7),
+        sampling(1.3, 0, 0.85, 99),
+        sampling(1.0, 0, 1.0, 3),
+    ];
+    for mode in [ExecMode::Sequential, ExecMode::Grouped] {
+        let opts = DecoderOptions {
+            mode,
+            recurrent: false,
+            ..DecoderOptions::new(3, 40)
+        };
+        let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+        let mut twin = Decoder::<f32>::new(
+            &device,
+            &model,
+            DecoderOptions {
+                graphs: false,
+                ..opts
+            },
+        )
+        .unwrap();
+        let mut ids = Vec::new();
+        for (b, p) in [2usize, 5, 1].into_iter().enumerate() {
+            let prompt = tokens(p, b + 3);
+            ids.push(dec.prefill(&prompt).unwrap().0);
+            twin.prefill(&prompt).unwrap();
+        }
+        let out = sample_against_reference(&mut dec, &mut twin, &ids, 12, |i, r| {
+            kinds[(i + r) % kinds.len()]
+        });
+        // The sampled rows really sample: not every token is the greedy one.
+        assert!(out.iter().flatten().any(|p| p.logprob < -1e-3), "{mode:?}");
+        assert_eq!(dec.captured_graphs(), 1, "{mode:?}");
+    }
+}
+
+/// Ten seeds at one row count: one captured sampling graph, the reference's tokens at every
+/// seed; clear_graphs drops it and the next step captures it again.
+#[test]
+fn ten_sampling_seeds_at_one_row_count_capture_one_graph() {
+    let device = Device::emulated();
+    let v = variants()[0];
+    let model = Model::random(config(v), 62, StorageDtype::F32).unwrap();
+    let opts = DecoderOptions {
+        recurrent: false,
+        ..DecoderOptions::new(2, 40)
+    };
+    let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+    let mut twin = Decoder::<f32>::new(
+        &device,
+        &model,
+        DecoderOptions {
+            graphs: false,
+            ..opts
+        },
+    )
+    .unwrap();
+    let ids: Vec<SeqId> = (0..2)
+        .map(|b| {
+            twin.prefill(&tokens(3, b)).unwrap();
+            dec.prefill(&tokens(3, b)).unwrap().0
+        })
+        .collect();
+    let out = sample_against_reference(&mut dec, &mut twin, &ids, 10, |i, r| {
+        sampling(1.1, 0, 1.0, 1000 + i as u64 * 17 + r as u64)
+    });
+    assert_eq!(dec.captured_graphs(), 1);
+    assert!(dec.graph_nodes(2, true).unwrap().is_some());
+    dec.clear_graphs();
+    assert_eq!(dec.captured_graphs(), 0);
+    sample_against_reference(&mut dec, &mut twin, &ids, 1, |_, _| {
+        sampling(0.7, 3, 0.9, 5)
+    });
+    assert_eq!(dec.captured_graphs(), 1);
+    // Seeds matter: the ten steps did not all draw what seed 1000 alone would have.
+    assert!(out.iter().flatten().any(|p| p.logprob < -1e-3));
+}
+
+/// A request's draws are keyed by (seed, position), not by its slot: alone in slot 0, or in
+/// slot 1 beside a greedy request, it samples the same tokens (free-running, each fed back).
+#[test]
+fn a_sampled_request_gets_the_same_tokens_in_any_slot() {
+    let device = Device::emulated();
+    let v = variants()[0];
+    let model = Model::random(config(v), 63, StorageDtype::F32).unwrap();
+    let opts = DecoderOptions {
+        recurrent: false,
+        ..DecoderOptions::new(2, 40)
+    };
+    let request = sampling(1.2, 0, 0.95, 4242);
+    let prompt = tokens(4, 9);
+    let run = |beside: bool| -> Vec<Sampled> {
+        let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+        let other = beside.then(|| dec.prefill(&tokens(2, 1)).unwrap().0);
+        let (id, _) = dec.prefill(&prompt).unwrap();
+        let mut next = (5u32, 6u32);
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            let picked = match other {
+                Some(o) => {
+                    let settings = [SamplingParams::GREEDY, request];
+                    let p = dec
+                        .step_sample(&[o, id], &[next.1, next.0], &settings)
+                        .unwrap();
+                    next.1 = p[0].token;
+                    p[1]
+                }
+                None => dec.step_sample(&[id], &[next.0], &[request]).unwrap()[0],
+            };
+            next.0 = picked.token;
+            got.push(picked);
+        }
+        got
+    };
+    let alone = run(false);
+    let beside = run(true);
+    let tokens_of = |v: &[Sampled]| v.iter().map(|p| p.token).collect::<Vec<_>>();
+    assert_eq!(tokens_of(&alone), tokens_of(&beside));
+    for (a, b) in alone.iter().zip(&beside) {
+        assert!((a.logprob - b.logprob).abs() <= 1e-4, "{a:?} {b:?}");
+    }
 }

@@ -572,8 +572,8 @@ impl Runner for CpuRunner<'_> {
 struct KernelRunner<T: Activation> {
     decoder: Decoder<T>,
     ids: Vec<stagformer::SeqId>,
-    /// Counts every decode step, for the sampler's step index.
-    steps: u32,
+    /// Greedy settings for every row of the largest step.
+    greedy: Vec<SamplingParams>,
 }
 
 /// Greedy sampling on the device.
@@ -588,7 +588,7 @@ impl<T: Activation + 'static> KernelRunner<T> {
         Ok(Box::new(KernelRunner {
             decoder: Decoder::<T>::from_source(device, source, opts)?,
             ids: Vec::new(),
-            steps: 0,
+            greedy: vec![GREEDY; opts.max_batch],
         }))
     }
 }
@@ -606,11 +606,10 @@ impl<T: Activation> Runner for KernelRunner<T> {
     }
 
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<u32>> {
-        let next = self
-            .decoder
-            .step_sample(&self.ids, tokens, &GREEDY, self.steps)?;
-        self.steps = self.steps.wrapping_add(1);
-        Ok(next)
+        let rows = self.ids.len();
+        let greedy = self.greedy.get(..rows).unwrap_or(&self.greedy);
+        let next = self.decoder.step_sample(&self.ids, tokens, greedy)?;
+        Ok(next.iter().map(|s| s.token).collect())
     }
 
     fn clear(&mut self) -> Result<()> {
@@ -621,7 +620,7 @@ impl<T: Activation> Runner for KernelRunner<T> {
     }
 
     fn launches(&self, rows: usize) -> Result<Option<GraphNodes>> {
-        Ok(self.decoder.graph_node_counts(rows, Some(&GREEDY))?)
+        Ok(self.decoder.graph_node_counts(rows, true)?)
     }
 }
 

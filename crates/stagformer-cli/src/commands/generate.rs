@@ -249,15 +249,26 @@ impl Generator for CpuEngine<'_> {
         let (seq, logits) = self.batch.prefill(prompt)?;
         self.seq = Some(seq);
         let last = logits.rows - 1;
-        Ok(try_sample(logits.row(last), &self.params, 0, 0, last)?)
+        // The chosen token's index in the request (its position) keys the draw.
+        Ok(try_sample(
+            logits.row(last),
+            &self.params,
+            prompt.len() as u64,
+            last,
+        )?)
     }
 
-    fn step(&mut self, token: u32, step: u64) -> Result<u32> {
+    fn step(&mut self, token: u32, _step: u64) -> Result<u32> {
         let seq = self.seq.context("decode step before the prefill")?;
-        // The position of `token`, whose logits these are.
+        // The position of `token`, whose logits these are; the chosen token comes next.
         let position = self.batch.len(seq)?;
         let logits = self.batch.step(&[seq], &[token])?;
-        Ok(try_sample(logits.row(0), &self.params, 0, step, position)?)
+        Ok(try_sample(
+            logits.row(0),
+            &self.params,
+            position as u64 + 1,
+            position,
+        )?)
     }
 }
 
@@ -290,20 +301,17 @@ impl<T: Activation> Generator for KernelEngine<T> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
         let (seq, logits) = self.decoder.prefill(prompt)?;
         self.seq = Some(seq);
+        // As the decoder's steps: the draw is keyed by the chosen token's position.
         Ok(try_sample(
             &logits[logits.len() - self.vocab..],
             &self.params,
-            0,
-            0,
+            prompt.len() as u64,
             prompt.len() - 1,
         )?)
     }
 
-    fn step(&mut self, token: u32, step: u64) -> Result<u32> {
+    fn step(&mut self, token: u32, _step: u64) -> Result<u32> {
         let seq = self.seq.context("decode step before the prefill")?;
-        let step = u32::try_from(step).context("too many decode steps")?;
-        Ok(self
-            .decoder
-            .step_sample(&[seq], &[token], &self.params, step)?[0])
+        Ok(self.decoder.step_sample(&[seq], &[token], &[self.params])?[0].token)
     }
 }
