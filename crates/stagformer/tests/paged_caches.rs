@@ -352,3 +352,42 @@ fn fork_refuses_unknown_ids_and_full_batches() {
         "full batch"
     );
 }
+
+/// Recurrent steps (section 1 alone after the prompt) and prompts prefilled in chunks of 4
+/// rows read and write the same paged rows as the dense decoder does.
+#[test]
+fn paged_recurrent_and_chunked_prefill_match_reference() {
+    let device = Device::emulated();
+    let v = Variant {
+        sections: 2,
+        shared: true,
+        window: None,
+        sliding: None,
+        mix: false,
+        mode: ExecMode::Sequential,
+    };
+    let model = Model::random(config(v), 21, StorageDtype::F32).unwrap();
+    let toks = tokens(11 + 9, 3);
+    let want = stagformer_ref::score(
+        &model,
+        &toks,
+        stagformer_ref::ScoreMode::Recurrent { prompt_len: 11 },
+    )
+    .unwrap()
+    .data;
+    for page in [0, 1, 16] {
+        let opts = DecoderOptions {
+            recurrent: true,
+            prefill_rows: 4,
+            ..options(v.mode, page, None)
+        };
+        let mut dec = Decoder::<f32>::new(&device, &model, opts).unwrap();
+        let full = dec.free_kv_pages();
+        let mut run = prefill(&mut dec, toks.clone(), 11);
+        step_all(&mut dec, std::slice::from_mut(&mut run), &[0], 9);
+        let e = rel_err(&run.logits, &want);
+        assert!(e <= TOL, "page {page}: relative error {e:.2e}");
+        dec.remove(run.id).unwrap();
+        assert_eq!(dec.free_kv_pages(), full);
+    }
+}
