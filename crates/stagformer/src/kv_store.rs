@@ -51,7 +51,9 @@ impl PagedRows {
             Some(n) => n,
             None => entries,
         };
-        if pages > i32::MAX as usize || entries > i32::MAX as usize {
+        // The kernels' fields: page ids and table offsets in i32, the page size in u32.
+        if pages > i32::MAX as usize || entries > i32::MAX as usize || page_size > u32::MAX as usize
+        {
             return Err(too_large());
         }
         let tables = PageTables::new(pages, page_size, rows, slots);
