@@ -15,6 +15,7 @@ use stagformer_ref::{
 
 use crate::error::{DecoderError, Result};
 use crate::fused::{GemvPath, MAX_GROUPS, MAX_ROWS};
+use crate::kv_store::{PagedRows, StepCopies};
 use crate::plan::{MemoryPlan, Sizes};
 use crate::row_inputs::{Row, RowInputs};
 use crate::sampling::{kernel_sampling, GraphCache, GraphKey, Sampled, MAX_GRAPHS};
@@ -68,6 +69,17 @@ pub struct DecoderOptions {
     pub prefill_rows: usize,
     /// Which kernels run a decode step's projections (fused GEMVs by default).
     pub gemv: GemvPath,
+    /// Slots per KV page: with a value above 0 the self caches (rings included) and the
+    /// unbounded cross caches live in pools of pages of this many slots, mapped per
+    /// (section, sequence) row by block tables, and [`Decoder::fork`] shares pages
+    /// (copy-on-write). 0 keeps every cache dense, one fixed region per sequence; windowed
+    /// cross caches are dense rings either way.
+    pub kv_page_size: usize,
+    /// Pages in each layer's pool (self and cross pools alike) when paged; `None` sizes the
+    /// pools for `max_batch` sequences at full capacity. A smaller pool holds more sequences
+    /// than it could at full length only if they stay short: a prefill, step or fork that
+    /// needs more pages than are free is refused with [`DecoderError::OutOfKvPages`].
+    pub kv_pages: Option<usize>,
 }
 
 /// The kernel of a prefill's self-attention in bf16 models ([`Decoder::set_prefill_self_attention`]).
@@ -91,6 +103,8 @@ impl DecoderOptions {
             graphs: true,
             prefill_rows: DEFAULT_PREFILL_ROWS,
             gemv: GemvPath::Fused,
+            kv_page_size: 0,
+            kv_pages: None,
         }
     }
 }
@@ -234,6 +248,29 @@ impl<T: Activation> Decoder<T> {
         let (window, ring) = (sizes.window, sizes.ring);
         let self_cache = SelfCache::new(cfg.sliding_window, opts.capacity);
         let ls = cfg.layers_per_section();
+        let row_len = cfg.num_key_value_heads * cfg.head_dim;
+        let self_pages = match sizes.self_paged {
+            Some(shape) => Some(PagedRows::new(
+                device,
+                shape,
+                p * opts.max_batch,
+                self_cache.slots,
+                row_len,
+            )?),
+            None => None,
+        };
+        let cross_pages = match sizes.cross_paged {
+            Some(shape) => Some(PagedRows::new(
+                device,
+                shape,
+                (p - 1) * opts.max_batch,
+                ring,
+                row_len,
+            )?),
+            None => None,
+        };
+        let self_pool = self_pages.as_ref().map(|pg| pg.pool);
+        let cross_pool = cross_pages.as_ref().map(|pg| pg.pool);
         let alloc = |n: usize| DeviceBuffer::<T>::alloc(device, n);
         let caches = Caches {
             self_k: (0..ls)
@@ -244,6 +281,8 @@ impl<T: Activation> Decoder<T> {
                 .collect::<Result<Vec<_>, _>>()?,
             cross_k: alloc(sizes.cross_len)?,
             cross_v: alloc(sizes.cross_len)?,
+            self_pages,
+            cross_pages,
         };
         // Batched and Grouped steps put every pass's rows into the first scratch.
         let scratch = (0..p)
@@ -284,6 +323,8 @@ impl<T: Activation> Decoder<T> {
                 window,
                 self_cache,
                 prefill_self_mma: true,
+                self_pool,
+                cross_pool,
             },
             caches,
             scratch,
@@ -356,10 +397,36 @@ impl<T: Activation> Decoder<T> {
         Ok(*self.lens.get(id)?)
     }
 
-    /// Frees a sequence's slot.
+    /// Frees a sequence's slot (and, paged, its KV pages no fork still shares).
     pub fn remove(&mut self, id: SeqId) -> Result<()> {
         self.lens.remove(id)?;
+        self.caches.release(&self.shared, id.slot());
         Ok(())
+    }
+
+    /// Free pages of the self and cross KV page pools (`None` for a dense cache), per
+    /// layer's pool: every pool of a kind holds the same pages.
+    pub fn free_kv_pages(&self) -> (Option<usize>, Option<usize>) {
+        self.caches.free_pages()
+    }
+
+    /// Adds a sequence that continues sequence `id` exactly as it stands (same length, same
+    /// caches) in a free slot, and returns its id: a prefix shared by two continuations.
+    /// Paged caches share every page of `id` (vLLM-style prefix sharing; whichever sequence
+    /// writes into a shared page first moves onto a copy of it, so neither sees the other's
+    /// later tokens); dense caches copy the slot's rows on the device. Refused (nothing
+    /// changed) for an unknown `id` or a full batch.
+    pub fn fork(&mut self, id: SeqId) -> Result<SeqId> {
+        self.check_usable()?;
+        let len = *self.lens.get(id)?;
+        let new = self.lens.next_free()?;
+        self.guarded(|d| {
+            let stream = &d.streams[0];
+            d.caches.fork(&d.shared, stream, id.slot(), new.slot())
+        })?;
+        let issued = self.lens.insert(len)?;
+        debug_assert_eq!(issued, new);
+        Ok(new)
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -404,11 +471,28 @@ impl<T: Activation> Decoder<T> {
             .into());
         }
         let id = self.lens.next_free()?;
-        let logits = self.guarded(|d| d.run_prefill(id, prompt))?;
-        // A NaN or infinity (an overflowed activation) is an error, not logits to sample
-        // from; the slot stays free.
-        stagformer_ref::NonFiniteLogits::check(&logits, vocab, 0)
-            .map_err(stagformer_ref::Error::from)?;
+        // Pages for the whole prompt in every row, or a refusal before any launch.
+        self.caches
+            .reserve_prompt(&self.shared, id.slot(), prompt.len())?;
+        let logits = self
+            .guarded(|d| {
+                d.caches.upload_tables(&d.streams[0])?;
+                d.run_prefill(id, prompt)
+            })
+            .and_then(|logits| {
+                // A NaN or infinity (an overflowed activation) is an error, not logits to
+                // sample from; the slot stays free.
+                stagformer_ref::NonFiniteLogits::check(&logits, vocab, 0)
+                    .map_err(stagformer_ref::Error::from)?;
+                Ok(logits)
+            });
+        let logits = match logits {
+            Ok(logits) => logits,
+            Err(e) => {
+                self.caches.release(&self.shared, id.slot());
+                return Err(e);
+            }
+        };
         let issued = self.lens.insert(prompt.len())?;
         debug_assert_eq!(issued, id);
         Ok((id, logits))
@@ -530,8 +614,10 @@ impl<T: Activation> Decoder<T> {
     /// [`Decoder::step_sample`] checks on the device (the sampler flags such rows).
     pub fn step(&mut self, seqs: &[SeqId], tokens: &[u32]) -> Result<Vec<f32>> {
         let positions = self.validate_step(seqs, tokens)?;
+        let copies = self.plan_pages(seqs, &positions)?;
         let vocab = self.shared.cfg.vocab_size;
         let logits = self.guarded(|d| {
+            d.caches.copy_pages(&d.streams[0], &copies)?;
             d.run_step(seqs, tokens, &positions, None)?;
             Ok(d.logits
                 .slice(..seqs.len() * vocab)?
@@ -581,7 +667,9 @@ impl<T: Activation> Decoder<T> {
                 max: u32::MAX as usize,
             })?;
         let words = pack_rows(&configs, &counters)?;
+        let copies = self.plan_pages(seqs, &positions)?;
         let picked = self.guarded(|d| {
+            d.caches.copy_pages(&d.streams[0], &copies)?;
             d.run_step(seqs, tokens, &positions, Some(&words))?;
             let n = seqs.len();
             let max = d.opts.max_batch;
@@ -602,6 +690,17 @@ impl<T: Activation> Decoder<T> {
             return Err(DecoderError::NonFiniteLogits { row });
         }
         Ok(picked)
+    }
+
+    /// Readies the paged caches for the step's writes (pages for new slots, copies of shared
+    /// pages), or refuses the step before anything runs.
+    fn plan_pages(&mut self, seqs: &[SeqId], positions: &[usize]) -> Result<StepCopies> {
+        let rows: Vec<_> = seqs
+            .iter()
+            .zip(positions)
+            .map(|(s, &p)| (s.slot(), p))
+            .collect();
+        self.caches.plan_step(&self.shared, &rows)
     }
 
     fn advance(&mut self, seqs: &[SeqId]) {

@@ -35,6 +35,16 @@ pub enum DecoderError {
         /// Index of the row in the step's `seqs`.
         row: usize,
     },
+    /// A KV page pool has too few free pages for a prefill, step or fork
+    /// (`DecoderOptions::kv_pages`). Refused before anything runs: nothing was allocated and
+    /// the decoder stays usable (remove a sequence to free pages).
+    #[error("the KV page pool has {free} free pages; this request needs {needed}")]
+    OutOfKvPages {
+        /// Pages the request needs (at least).
+        needed: usize,
+        /// Pages free in the pool.
+        free: usize,
+    },
     /// The decoder cannot run this configuration (mode, dtype, variant).
     #[error("unsupported: {0}")]
     Unsupported(String),

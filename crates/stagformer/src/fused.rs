@@ -30,6 +30,7 @@ use stagformer_kernels::ops::rope_append::KvCacheMut;
 pub use stagformer_kernels::ops::gemv::{MAX_GROUPS, MAX_ROWS};
 
 use crate::error::Result;
+use crate::kv_store::PagedRows;
 use crate::row_inputs::RowIndex;
 use crate::scratch::Scratch;
 use crate::section::{Caches, Shared};
@@ -158,7 +159,7 @@ impl<T: Activation> Shared<T> {
                     k: caches.cross_k.view_mut(),
                     v: caches.cross_v.view_mut(),
                     layout,
-                    block_table: None,
+                    block_table: caches.cross_pages.as_ref().map(PagedRows::block_table),
                 },
                 cross: CrossCaches {
                     layers: cfg.layers_per_section(),
@@ -259,7 +260,7 @@ impl<T: Activation> Shared<T> {
                     k: caches.self_k[j].view_mut(),
                     v: caches.self_v[j].view_mut(),
                     layout: self.self_layout(),
-                    block_table: None,
+                    block_table: caches.self_pages.as_ref().map(PagedRows::block_table),
                 },
             },
         )?;

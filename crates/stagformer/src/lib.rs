@@ -13,6 +13,7 @@
 mod decoder;
 pub mod error;
 mod fused;
+mod kv_store;
 pub mod pages;
 mod plan;
 mod row_inputs;

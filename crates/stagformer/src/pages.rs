@@ -194,6 +194,13 @@ impl PageTables {
         }))
     }
 
+    /// Pages a write into slot `slot` of `row` takes: 1 when the slot has no page or its page
+    /// is shared (before another writer may have copied it), else 0.
+    pub fn write_cost(&self, row: usize, slot: usize) -> usize {
+        let page = self.table[self.entries(row).start + slot / self.page_size];
+        usize::from(page < 0 || self.refs[page as usize] > 1)
+    }
+
     fn reserve_entry(&mut self, e: usize) -> Result<(), PagesExhausted> {
         let page = self
             .free

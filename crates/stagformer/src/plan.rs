@@ -21,6 +21,7 @@ use stagformer_ref::Config;
 
 use crate::decoder::{DecoderOptions, ExecMode};
 use crate::error::{DecoderError, Result};
+use crate::kv_store::PagedShape;
 use crate::section::SelfCache;
 use crate::validate::{memory_width, qkv_width, validate};
 
@@ -36,7 +37,9 @@ pub struct MemoryPlan {
     pub weights_bytes: usize,
     /// Self-attention caches (k and v, every layer of a section, every pass's slots) and the
     /// cross caches of the reading sections. Scales with `max_batch × capacity` (the cross
-    /// caches with the cross window instead, when it is shorter).
+    /// caches with the cross window instead, when it is shorter). Paged
+    /// (`kv_page_size > 0`): the page pools (`kv_pages` pages a layer, or enough for every
+    /// sequence at full length) and their block tables.
     pub kv_bytes: usize,
     /// The projected memory of the prompt being prefilled, one per reading section:
     /// `capacity` rows. Scales with `capacity`, never with the batch.
@@ -86,6 +89,10 @@ pub(crate) struct Sizes {
     pub self_len: usize,
     /// Each of cross_k and cross_v (1 when p = 1 reads none).
     pub cross_len: usize,
+    /// The self caches' pool and table when paged.
+    pub self_paged: Option<PagedShape>,
+    /// The cross caches' pool and table when paged (unbounded cross caches only).
+    pub cross_paged: Option<PagedShape>,
     pub step: ScratchSizes,
     pub prefill: ScratchSizes,
     /// Most rows of any buffer shared by steps and prefills.
@@ -163,14 +170,31 @@ impl Sizes {
             cfg.head_dim,
             cfg.layers_per_section(),
         );
-        let self_len = SelfCache::new(cfg.sliding_window, opts.capacity)
-            .layout(mul(p, opts.max_batch, "self-cache slots")?, hkv, hd)
+        // Paged (kv_page_size > 0): self caches and unbounded cross caches are page pools;
+        // windowed cross caches stay dense rings.
+        let paged = |rows: usize, slots: usize| match opts.kv_page_size {
+            0 => Ok(None),
+            page => PagedShape::new(opts.kv_pages, page, rows, slots).map(Some),
+        };
+        let into_paged = |layout: KvCacheLayout, shape: Option<PagedShape>| match shape {
+            Some(s) => layout.into_paged(s.pool.pages, s.pool.page_size),
+            None => layout,
+        };
+        let self_rows = mul(p, opts.max_batch, "self-cache rows")?;
+        let self_cache = SelfCache::new(cfg.sliding_window, opts.capacity);
+        let self_paged = paged(self_rows, self_cache.slots)?;
+        let self_len = into_paged(self_cache.layout(self_rows, hkv, hd), self_paged)
             .required_len()
             .map_err(|e| DecoderError::Unsupported(format!("self caches: {e}")))?;
-        let cross_len = match (p - 1) * opts.max_batch {
+        let readers = (p - 1) * opts.max_batch;
+        let cross_paged = match (readers, window) {
+            (0, _) | (_, Some(_)) => None,
+            _ => paged(readers, ring)?,
+        };
+        let cross_len = match readers {
             0 => 1,
             readers => mul(
-                KvCacheLayout::dense(readers, hkv, ring, hd)
+                into_paged(KvCacheLayout::dense(readers, hkv, ring, hd), cross_paged)
                     .required_len()
                     .map_err(|e| DecoderError::Unsupported(format!("cross caches: {e}")))?,
                 ls,
@@ -192,6 +216,8 @@ impl Sizes {
             ring,
             self_len,
             cross_len,
+            self_paged,
+            cross_paged,
             step: ScratchSizes::new(cfg, step_rows, RECOMMENDED_MAX_SPLITS)?,
             prefill: ScratchSizes::new(cfg, chunk_rows, PREFILL_SPLITS)?,
             buffer_rows,
@@ -309,6 +335,9 @@ impl Sizes {
                 &[
                     (mul(2 * ls, self.self_len, "self caches")?, elem),
                     (2 * self.cross_len, elem),
+                    // The block tables' device copies, i32.
+                    (self.self_paged.map_or(0, |s| s.table_len), 4),
+                    (self.cross_paged.map_or(0, |s| s.table_len), 4),
                 ],
                 "caches",
             )?,

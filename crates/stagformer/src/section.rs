@@ -6,13 +6,16 @@ use std::ops::Range;
 
 use stagformer_kernels::device::{DeviceBuffer, DeviceView, DeviceViewMut, Stream};
 use stagformer_kernels::dtype::DType;
-use stagformer_kernels::ops::attention_decode::{attention_decode, DecodeLayout, DecodeMask};
+use stagformer_kernels::ops::attention_decode::{
+    attention_decode, attention_decode_paged, DecodeLayout, DecodeMask, DecodePages,
+};
 use stagformer_kernels::ops::attention_prefill::{
     attention_prefill, attention_prefill_cached, CacheKeys, PrefillBatch, PrefillConfig,
     PrefillMask, RowStrides,
 };
 use stagformer_kernels::ops::embedding::{embedding, EmbeddingShape};
 use stagformer_kernels::ops::gemm::{linear, GemmShape};
+use stagformer_kernels::ops::kv_pages::PagePool;
 use stagformer_kernels::ops::memory_kv_append::{memory_kv_append, CrossCaches};
 use stagformer_kernels::ops::rmsnorm::{add_rmsnorm, rmsnorm, Rows};
 use stagformer_kernels::ops::rope_append::{
@@ -23,6 +26,7 @@ use stagformer_kernels::ops::HeadShape;
 use stagformer_ref::Config;
 
 use crate::error::Result;
+use crate::kv_store::PagedRows;
 use crate::row_inputs::RowIndex;
 use crate::scratch::Scratch;
 use crate::weights::DeviceWeights;
@@ -47,6 +51,10 @@ pub(crate) struct Shared<T: Activation> {
     /// cache (true), or on the decode kernel, one query row per split group (false; always
     /// for f32).
     pub prefill_self_mma: bool,
+    /// The self caches' page pool (`None`: dense).
+    pub self_pool: Option<PagePool>,
+    /// The cross caches' page pool (`None`: dense; windowed cross caches always are).
+    pub cross_pool: Option<PagePool>,
 }
 
 /// Geometry of the self-attention caches. Without a sliding window (or one at least the
@@ -117,11 +125,17 @@ impl SelfCache {
 /// for k and v ([Ls][(p − 1)·max_batch][Hkv][ring][hd]: reading section s's sequence b is
 /// sequence (s − 1)·max_batch + b of layer j's block), so that one attention launch serves the
 /// cross layer j of every reading section and one GEMV writes every section's memory.
+/// Paged, the same rows map through a block table onto a pool of pages per layer (each
+/// layer's pool in place of its dense buffer; see `kv_store`).
 pub(crate) struct Caches<T: Activation> {
     pub self_k: Vec<DeviceBuffer<T>>,
     pub self_v: Vec<DeviceBuffer<T>>,
     pub cross_k: DeviceBuffer<T>,
     pub cross_v: DeviceBuffer<T>,
+    /// The self caches' tables when paged.
+    pub self_pages: Option<PagedRows>,
+    /// The cross caches' tables when paged.
+    pub cross_pages: Option<PagedRows>,
 }
 
 /// Where a pass's cross-attention reads the prior section's memory.
@@ -161,23 +175,31 @@ impl<T: Activation> Shared<T> {
 
     pub(crate) fn self_layout(&self) -> KvCacheLayout {
         let c = &self.cfg;
-        self.self_cache.layout(
+        let dense = self.self_cache.layout(
             c.sections() * self.max_batch,
             c.num_key_value_heads,
             c.head_dim,
-        )
+        );
+        match self.self_pool {
+            Some(pool) => dense.into_paged(pool.pages, pool.page_size),
+            None => dense,
+        }
     }
 
     /// One cross layer's block of the cross caches: every reading section's sequences.
     pub(crate) fn cross_layout(&self) -> KvCacheLayout {
         let c = &self.cfg;
         let readers = c.sections().saturating_sub(1);
-        KvCacheLayout::dense(
+        let dense = KvCacheLayout::dense(
             readers * self.max_batch,
             c.num_key_value_heads,
             self.ring,
             c.head_dim,
-        )
+        );
+        match self.cross_pool {
+            Some(pool) => dense.into_paged(pool.pages, pool.page_size),
+            None => dense,
+        }
     }
 
     fn eps(&self) -> f32 {
@@ -465,7 +487,7 @@ impl<T: Activation> Shared<T> {
                     k: caches.self_k[j].view_mut(),
                     v: caches.self_v[j].view_mut(),
                     layout: self.self_layout(),
-                    block_table: None,
+                    block_table: caches.self_pages.as_ref().map(PagedRows::block_table),
                 },
             )?;
             if let Some(p0) = mma_from {
@@ -496,7 +518,7 @@ impl<T: Activation> Shared<T> {
                     v: caches.self_v[j].view(),
                     layout: self.self_layout(),
                     seq_slots: ix.self_slots.slice(chunk.clone())?,
-                    block_table: None,
+                    block_table: caches.self_pages.as_ref().map(PagedRows::block_table),
                 };
                 attention_prefill_cached(
                     stream,
@@ -601,18 +623,25 @@ impl<T: Activation> Shared<T> {
         )
         .with_row_strides(qkv_dim, qd)
         .with_max_keys(self_cache.window.unwrap_or(self.capacity));
-        attention_decode(
-            stream,
-            &sc.qkv.slice(rows.start * qkv_dim..rows.end * qkv_dim)?,
-            &caches.self_k[j],
-            &caches.self_v[j],
-            &ix.self_slots.slice(rows.clone())?,
-            &ix.positions.slice(rows.clone())?,
-            &mut sc.attn.slice_mut(rows.start * qd..rows.end * qd)?,
-            &mut sc.workspace,
-            layout,
-            self_cache.mask(),
-        )?;
+        let q = sc.qkv.slice(rows.start * qkv_dim..rows.end * qkv_dim)?;
+        let slots = ix.self_slots.slice(rows.clone())?;
+        let positions = ix.positions.slice(rows.clone())?;
+        let out = &mut sc.attn.slice_mut(rows.start * qd..rows.end * qd)?;
+        let (k, v) = (&caches.self_k[j], &caches.self_v[j]);
+        let ws = &mut sc.workspace;
+        let mask = self_cache.mask();
+        match &caches.self_pages {
+            None => attention_decode(stream, &q, k, v, &slots, &positions, out, ws, layout, mask)?,
+            Some(pg) => {
+                let pages = DecodePages {
+                    pool: pg.pool,
+                    block_table: pg.block_table(),
+                };
+                attention_decode_paged(
+                    stream, &q, k, v, pages, &slots, &positions, out, ws, layout, mask,
+                )?
+            }
+        }
         Ok(())
     }
 
@@ -641,20 +670,32 @@ impl<T: Activation> Shared<T> {
             self.ring,
         )
         .with_max_keys(self.window.unwrap_or(self.capacity));
-        attention_decode(
-            stream,
-            &sc.qkv.slice(rows.start * qd..rows.end * qd)?,
-            &caches.cross_k.slice(cache.clone())?,
-            &caches.cross_v.slice(cache)?,
-            &ix.cross_slots.slice(rows.clone())?,
-            &ix.positions.slice(rows.clone())?,
-            &mut sc.attn.slice_mut(rows.start * qd..rows.end * qd)?,
-            &mut sc.workspace,
-            layout,
-            DecodeMask::Cross {
-                window: self.window,
-            },
-        )?;
+        let q = sc.qkv.slice(rows.start * qd..rows.end * qd)?;
+        let (k, v) = (
+            caches.cross_k.slice(cache.clone())?,
+            caches.cross_v.slice(cache)?,
+        );
+        let slots = ix.cross_slots.slice(rows.clone())?;
+        let positions = ix.positions.slice(rows.clone())?;
+        let out = &mut sc.attn.slice_mut(rows.start * qd..rows.end * qd)?;
+        let ws = &mut sc.workspace;
+        let mask = DecodeMask::Cross {
+            window: self.window,
+        };
+        match &caches.cross_pages {
+            None => attention_decode(
+                stream, &q, &k, &v, &slots, &positions, out, ws, layout, mask,
+            )?,
+            Some(pg) => {
+                let pages = DecodePages {
+                    pool: pg.pool,
+                    block_table: pg.block_table(),
+                };
+                attention_decode_paged(
+                    stream, &q, &k, &v, pages, &slots, &positions, out, ws, layout, mask,
+                )?
+            }
+        }
         Ok(())
     }
 
@@ -761,7 +802,7 @@ impl<T: Activation> Shared<T> {
                 k: caches.cross_k.view_mut(),
                 v: caches.cross_v.view_mut(),
                 layout,
-                block_table: None,
+                block_table: caches.cross_pages.as_ref().map(PagedRows::block_table),
             },
             CrossCaches {
                 layers: cfg.layers_per_section(),

@@ -78,11 +78,22 @@ fn allocated_bytes_equal_the_plan() {
     ];
     for (i, (cfg, mode, recurrent)) in cases.into_iter().enumerate() {
         let model = Model::random(cfg, 11 + i as u64, StorageDtype::F32).expect("model");
-        for (batch, capacity, prefill_rows) in [(1, 16, 512), (3, 40, 8), (2, 200, 64)] {
+        // Dense, then paged: pages of 1 and 16 slots, pools sized for every sequence or given.
+        let shapes = [
+            (1, 16, 512, 0, None),
+            (3, 40, 8, 0, None),
+            (2, 200, 64, 0, None),
+            (3, 40, 8, 1, None),
+            (2, 200, 64, 16, None),
+            (2, 40, 16, 16, Some(7)),
+        ];
+        for (batch, capacity, prefill_rows, kv_page_size, kv_pages) in shapes {
             let opts = DecoderOptions {
                 mode,
                 recurrent,
                 prefill_rows,
+                kv_page_size,
+                kv_pages,
                 ..DecoderOptions::new(batch, capacity)
             };
             let (held, plan) = measured::<f32>(&model, opts);
