@@ -27,7 +27,16 @@ pub struct EngineArgs {
     /// kernels.
     #[arg(long, value_enum, default_value_t = GemvChoice::Fused)]
     pub gemv: GemvChoice,
+    /// Slots per page of the KV caches on the kernel devices: self caches and unbounded
+    /// cross caches live in page pools addressed through block tables (0 = dense caches, one
+    /// region per sequence; windowed cross caches are always dense rings).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_KV_PAGE_SIZE)]
+    pub kv_page_size: usize,
 }
+
+/// `--kv-page-size`'s default: 16 slots a page (vLLM's default block size), small enough that
+/// a short sequence wastes little, large enough that the table stays a few entries a row.
+pub const DEFAULT_KV_PAGE_SIZE: usize = 16;
 
 /// The help line of `--dtype` on the commands that run a model.
 pub const DTYPE_HELP: &str = "Activation and weight storage on the kernel devices (auto = bf16 \
@@ -47,6 +56,7 @@ impl EngineArgs {
             recurrent,
             graphs: !self.no_graph,
             gemv: self.gemv.path(),
+            kv_page_size: self.kv_page_size,
             ..DecoderOptions::new(max_batch, capacity)
         }
     }

@@ -44,12 +44,16 @@ fn json_plan_is_what_the_decoder_allocates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let m = init(dir.path());
     let ckpt = Checkpoint::open(Path::new(&m)).expect("checkpoint");
-    for (batch, capacity, schedule, mode) in [
-        ("1", 32usize, "staggered", ExecMode::Staggered),
-        ("3", 100, "grouped", ExecMode::Grouped),
+    // The default page size (16), dense caches, and pages of one slot.
+    for (batch, capacity, schedule, mode, page) in [
+        ("1", 32usize, "staggered", ExecMode::Staggered, None),
+        ("3", 100, "grouped", ExecMode::Grouped, None),
+        ("2", 40, "staggered", ExecMode::Staggered, Some(0)),
+        ("2", 40, "grouped", ExecMode::Grouped, Some(1)),
     ] {
         let cap = capacity.to_string();
-        let out = ok(&[
+        let page_arg = page.map(|p: usize| p.to_string());
+        let mut args = vec![
             "inspect",
             "--model",
             &m,
@@ -63,12 +67,18 @@ fn json_plan_is_what_the_decoder_allocates() {
             "--schedule",
             schedule,
             "--json",
-        ]);
+        ];
+        if let Some(p) = &page_arg {
+            args.extend(["--kv-page-size", p.as_str()]);
+        }
+        let out = ok(&args);
         let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
         let opts = DecoderOptions {
             mode,
+            kv_page_size: page.unwrap_or(16),
             ..DecoderOptions::new(batch.parse().expect("batch"), capacity)
         };
+        assert_eq!(field(&json, "kv_page_size"), opts.kv_page_size);
         let plan = Decoder::<f32>::memory_plan(ckpt.config(), &opts).expect("plan");
         assert_eq!(field(&json, "total_bytes"), plan.total_bytes, "{json}");
         assert_eq!(field(&json, "weights_bytes"), plan.weights_bytes);
@@ -125,6 +135,9 @@ fn the_table_lists_every_part_and_bf16_halves_the_weights() {
             "64",
             "--dtype",
             dtype,
+            // Dense: a paged plan adds block tables (i32 in either dtype).
+            "--kv-page-size",
+            "0",
             "--json",
         ]);
         serde_json::from_str(out.trim()).expect("json")

@@ -72,6 +72,10 @@ pub struct Args {
     /// the bench once with each to compare them).
     #[arg(long, value_enum, default_value_t = GemvChoice::Fused)]
     gemv: GemvChoice,
+    /// Slots per page of the kernel decoders' KV caches (0 = dense caches; run the bench
+    /// with both to compare them).
+    #[arg(long, value_name = "N", default_value_t = crate::engine::DEFAULT_KV_PAGE_SIZE)]
+    kv_page_size: usize,
     /// Format of the results on stdout.
     #[arg(short, long, value_enum, default_value_t = Output::Md)]
     output: Output,
@@ -396,6 +400,7 @@ pub fn run(args: Args) -> Result<()> {
                     recurrent,
                     graphs: !args.no_graph,
                     gemv: args.gemv.path(),
+                    kv_page_size: args.kv_page_size,
                     ..DecoderOptions::new(args.batch, capacity)
                 };
                 bar.set_message(format!("{name}: uploading weights"));

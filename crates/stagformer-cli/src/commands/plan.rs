@@ -30,6 +30,13 @@ pub struct PlanArgs {
     /// With --plan: rows a prefill processes at a time.
     #[arg(long, value_name = "N", default_value_t = stagformer::DEFAULT_PREFILL_ROWS, requires = "plan")]
     pub prefill_rows: usize,
+    /// With --plan: slots per KV cache page (0 = dense caches), as --kv-page-size of score,
+    /// generate and bench.
+    #[arg(long, value_name = "N", default_value_t = crate::engine::DEFAULT_KV_PAGE_SIZE, requires = "plan")]
+    pub kv_page_size: usize,
+    /// With --plan: pages per layer pool (default: enough for every sequence at full length).
+    #[arg(long, value_name = "N", requires = "plan")]
+    pub kv_pages: Option<usize>,
     /// With --plan: recurrent mode after the prompt.
     #[arg(long, requires = "plan")]
     pub recurrent: bool,
@@ -53,6 +60,8 @@ pub fn print(cfg: &Config, args: &PlanArgs) -> Result<()> {
         mode: args.schedule.mode(),
         recurrent: args.recurrent,
         prefill_rows: args.prefill_rows,
+        kv_page_size: args.kv_page_size,
+        kv_pages: args.kv_pages,
         ..DecoderOptions::new(
             args.max_batch,
             args.capacity.unwrap_or(cfg.max_position_embeddings),
@@ -79,6 +88,7 @@ pub fn print(cfg: &Config, args: &PlanArgs) -> Result<()> {
         obj.insert("max_batch".into(), opts.max_batch.into());
         obj.insert("capacity".into(), opts.capacity.into());
         obj.insert("prefill_rows".into(), opts.prefill_rows.into());
+        obj.insert("kv_page_size".into(), opts.kv_page_size.into());
         obj.insert(
             "schedule".into(),
             format!("{:?}", opts.mode).to_lowercase().into(),
@@ -90,12 +100,16 @@ pub fn print(cfg: &Config, args: &PlanArgs) -> Result<()> {
         return Ok(());
     }
     outln!(
-        "memory plan: {} decoder, max batch {}, capacity {}, prefill rows {}, {:?} schedule",
+        "memory plan: {} decoder, max batch {}, capacity {}, prefill rows {}, {:?} schedule, {}",
         dtype.name(),
         opts.max_batch,
         opts.capacity,
         opts.prefill_rows,
-        opts.mode
+        opts.mode,
+        match opts.kv_page_size {
+            0 => "dense KV caches".to_string(),
+            n => format!("KV pages of {n} slots"),
+        }
     );
     for (name, bytes) in rows {
         let label = name.trim_end_matches("_bytes").replace('_', " ");
