@@ -43,6 +43,28 @@ pub enum ExecMode {
     Grouped,
 }
 
+/// Which logits a prefill returns ([`Decoder::prefill_logits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefillLogits {
+    /// After every prompt token: [P, V].
+    All,
+    /// After the prompt's last token only: [1, V].
+    Last,
+    /// None: the prompt only fills the caches.
+    None,
+}
+
+impl PrefillLogits {
+    /// Rows of logits a prompt of `len` tokens returns.
+    pub fn rows(self, len: usize) -> usize {
+        match self {
+            PrefillLogits::All => len,
+            PrefillLogits::Last => len.min(1),
+            PrefillLogits::None => 0,
+        }
+    }
+}
+
 /// Prefill chunk size of [`DecoderOptions::new`].
 pub const DEFAULT_PREFILL_ROWS: usize = 512;
 
@@ -449,6 +471,18 @@ impl<T: Activation> Decoder<T> {
     /// Adds a sequence: runs every section over `prompt` and fills its caches. Returns its id
     /// and the logits after every prompt token, [P, V] row-major.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(SeqId, Vec<f32>)> {
+        self.prefill_logits(prompt, PrefillLogits::All)
+    }
+
+    /// [`Decoder::prefill`] returning only the logits `want` asks for: all P rows, the last
+    /// row (what a server samples the first token from), or none. Rows not asked for never
+    /// reach the lm_head, so `Last` and `None` also save its P × V × D work; the non-finite
+    /// check covers the rows returned.
+    pub fn prefill_logits(
+        &mut self,
+        prompt: &[u32],
+        want: PrefillLogits,
+    ) -> Result<(SeqId, Vec<f32>)> {
         self.check_usable()?;
         let cfg = &self.shared.cfg;
         let vocab = cfg.vocab_size;
@@ -477,7 +511,7 @@ impl<T: Activation> Decoder<T> {
         let logits = self
             .guarded(|d| {
                 d.caches.upload_tables(&d.streams[0])?;
-                d.run_prefill(id, prompt)
+                d.run_prefill(id, prompt, want)
             })
             .and_then(|logits| {
                 // A NaN or infinity (an overflowed activation) is an error, not logits to
@@ -498,28 +532,29 @@ impl<T: Activation> Decoder<T> {
         Ok((id, logits))
     }
 
-    fn run_prefill(&mut self, id: SeqId, prompt: &[u32]) -> Result<Vec<f32>> {
+    fn run_prefill(&mut self, id: SeqId, prompt: &[u32], want: PrefillLogits) -> Result<Vec<f32>> {
         let vocab = self.shared.cfg.vocab_size;
         let n = prompt.len();
-        let mut logits = Vec::with_capacity(n * vocab);
+        let mut logits = Vec::with_capacity(want.rows(n) * vocab);
         let chunk = self.opts.prefill_rows;
         let mut start = 0;
         while start < n {
             let end = (start + chunk).min(n);
-            self.run_prefill_chunk(id, prompt, start..end, &mut logits)?;
+            self.run_prefill_chunk(id, prompt, start..end, want, &mut logits)?;
             start = end;
         }
         Ok(logits)
     }
 
     /// Rows `chunk` of a prompt through every section, one section after another; appends the
-    /// chunk's logits to `logits`. Earlier chunks left their keys in the self caches and their
+    /// chunk's logits that `want` asks for to `logits`. Earlier chunks left their keys in the self caches and their
     /// projected memory in `prompt_memory`, which this chunk's rows attend to.
     fn run_prefill_chunk(
         &mut self,
         id: SeqId,
         prompt: &[u32],
         chunk: std::ops::Range<usize>,
+        want: PrefillLogits,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
         let stream = &self.streams[0];
@@ -604,8 +639,16 @@ impl<T: Activation> Decoder<T> {
             }
             None => &sc.h,
         };
-        lm_head(stream, sh, normed.slice(..n * d)?, &mut self.logits, n)?;
-        logits.extend(self.logits.slice(..n * vocab)?.to_host(stream)?);
+        // Only the rows asked for go through the lm_head (none, the prompt's last, or all).
+        let out = match want {
+            PrefillLogits::All => 0..n,
+            PrefillLogits::Last if chunk.end == total => n - 1..n,
+            PrefillLogits::Last | PrefillLogits::None => return Ok(()),
+        };
+        let m = out.len();
+        let rows_d = out.start * d..out.end * d;
+        lm_head(stream, sh, normed.slice(rows_d)?, &mut self.logits, m)?;
+        logits.extend(self.logits.slice(..m * vocab)?.to_host(stream)?);
         Ok(())
     }
 
@@ -613,20 +656,68 @@ impl<T: Activation> Decoder<T> {
     /// A non-finite logit is an error naming its row (the step is taken all the same).
     /// [`Decoder::step_sample`] checks on the device (the sampler flags such rows).
     pub fn step(&mut self, seqs: &[SeqId], tokens: &[u32]) -> Result<Vec<f32>> {
+        // Checked before the buffer is sized from `seqs`.
+        self.validate_step(seqs, tokens)?;
+        let mut logits = vec![0.0; seqs.len().saturating_mul(self.shared.cfg.vocab_size)];
+        self.step_into(seqs, tokens, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`Decoder::step`] copying the logits [B, V] into the caller's `logits` (exactly
+    /// `seqs.len() × vocab_size` long, else [`DecoderError::OutputLength`] before anything
+    /// runs) instead of a new vector. A non-finite logit is an error naming its row, as in
+    /// `step`; the step is taken and `logits` holds its logits all the same.
+    pub fn step_into(&mut self, seqs: &[SeqId], tokens: &[u32], logits: &mut [f32]) -> Result<()> {
+        let vocab = self.shared.cfg.vocab_size;
+        let expected = seqs
+            .len()
+            .checked_mul(vocab)
+            .ok_or(DecoderError::OutputLength {
+                expected: usize::MAX,
+                found: logits.len(),
+            })?;
+        if logits.len() != expected {
+            return Err(DecoderError::OutputLength {
+                expected,
+                found: logits.len(),
+            });
+        }
         let positions = self.validate_step(seqs, tokens)?;
         let copies = self.plan_pages(seqs, &positions)?;
-        let vocab = self.shared.cfg.vocab_size;
-        let logits = self.guarded(|d| {
+        self.guarded(|d| {
             d.caches.copy_pages(&d.streams[0], &copies)?;
             d.run_step(seqs, tokens, &positions, None)?;
             Ok(d.logits
-                .slice(..seqs.len() * vocab)?
-                .to_host(&d.streams[0])?)
+                .slice(..expected)?
+                .copy_to_host(&d.streams[0], logits)?)
         })?;
         self.advance(seqs);
-        stagformer_ref::NonFiniteLogits::check(&logits, vocab, 0)
+        stagformer_ref::NonFiniteLogits::check(logits, vocab, 0)
             .map_err(stagformer_ref::Error::from)?;
-        Ok(logits)
+        Ok(())
+    }
+
+    /// The logits of the last [`Decoder::step`] or [`Decoder::step_into`] on the device, rows
+    /// `[B, V]` of that step (`rows` of them), for an engine that samples or post-processes
+    /// them with kernels of its own instead of copying them to the host. They are written in
+    /// order on [`Decoder::stream`] (wait on it, or record an event there, before reading from
+    /// another stream) and stay valid until the next prefill or step.
+    pub fn logits_view(&self, rows: usize) -> Result<DeviceView<'_, f32>> {
+        let vocab = self.shared.cfg.vocab_size;
+        let len = rows
+            .checked_mul(vocab)
+            .filter(|&n| n <= self.logits.len())
+            .ok_or(DecoderError::OutputLength {
+                expected: self.logits.len(),
+                found: rows.saturating_mul(vocab),
+            })?;
+        Ok(self.logits.slice(..len)?)
+    }
+
+    /// The stream every prefill and step ends on (stream 0): the logits and sampled ids are
+    /// ordered on it.
+    pub fn stream(&self) -> &Stream {
+        &self.streams[0]
     }
 
     /// One decode step that samples on the device, row r with its own settings `sampling[r]`;

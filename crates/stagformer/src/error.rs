@@ -45,6 +45,19 @@ pub enum DecoderError {
         /// Pages free in the pool.
         free: usize,
     },
+    /// A caller buffer or view of the wrong length: `logits` of [`Decoder::step_into`] must
+    /// hold `seqs.len() × vocab_size` values, a [`Decoder::logits_view`] at most the rows a
+    /// step can have.
+    ///
+    /// [`Decoder::step_into`]: crate::Decoder::step_into
+    /// [`Decoder::logits_view`]: crate::Decoder::logits_view
+    #[error("logits buffer of {found} values; {expected} expected")]
+    OutputLength {
+        /// Values expected (the most a view can have).
+        expected: usize,
+        /// Values given (asked for).
+        found: usize,
+    },
     /// The decoder cannot run this configuration (mode, dtype, variant).
     #[error("unsupported: {0}")]
     Unsupported(String),

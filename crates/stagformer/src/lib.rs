@@ -23,7 +23,9 @@ mod section;
 mod validate;
 mod weights;
 
-pub use decoder::{Decoder, DecoderOptions, ExecMode, PrefillSelfAttention, DEFAULT_PREFILL_ROWS};
+pub use decoder::{
+    Decoder, DecoderOptions, ExecMode, PrefillLogits, PrefillSelfAttention, DEFAULT_PREFILL_ROWS,
+};
 pub use error::{DecoderError, Result};
 pub use fused::GemvPath;
 pub use plan::MemoryPlan;

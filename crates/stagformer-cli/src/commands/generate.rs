@@ -7,7 +7,7 @@ mod settings;
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use stagformer::{Activation, Decoder, DecoderOptions};
+use stagformer::{Activation, Decoder, DecoderOptions, PrefillLogits};
 use stagformer_kernels::Device;
 use stagformer_ref::sample::{try_sample, SamplingParams};
 use stagformer_ref::{DecodeBatch, GenerationConfig, SeqId, StepMode};
@@ -299,7 +299,8 @@ impl<T: Activation> KernelEngine<T> {
 
 impl<T: Activation> Generator for KernelEngine<T> {
     fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
-        let (seq, logits) = self.decoder.prefill(prompt)?;
+        // Only the last row's logits: the prompt's other rows skip the lm_head.
+        let (seq, logits) = self.decoder.prefill_logits(prompt, PrefillLogits::Last)?;
         self.seq = Some(seq);
         // As the decoder's steps: the draw is keyed by the chosen token's position.
         Ok(try_sample(
