@@ -1,5 +1,7 @@
 //! The decoder: owns the device state of a batch of sequences and runs prefills and steps.
 
+mod extend;
+
 use std::collections::HashSet;
 
 use stagformer_kernels::device::{Device, DeviceBuffer, DeviceView, Event, GraphNodes, Stream};
@@ -63,6 +65,23 @@ impl PrefillLogits {
             PrefillLogits::None => 0,
         }
     }
+}
+
+/// Where a chunk's section passes read the memory of the section before.
+#[derive(Clone, Copy)]
+enum ChunkMemory {
+    /// A prompt from position 0: the projected memory of its rows so far (`prompt_memory`).
+    Prompt,
+    /// A continuation of a sequence: the cross caches, which hold every earlier position's
+    /// memory (or the window's) and receive the chunk's own before the next section runs.
+    Cache,
+}
+
+/// Positions `rows` of a run of `tokens` fed from position `first`.
+struct Span<'a> {
+    tokens: &'a [u32],
+    first: usize,
+    rows: std::ops::Range<usize>,
 }
 
 /// Prefill chunk size of [`DecoderOptions::new`].
@@ -533,35 +552,74 @@ impl<T: Activation> Decoder<T> {
     }
 
     fn run_prefill(&mut self, id: SeqId, prompt: &[u32], want: PrefillLogits) -> Result<Vec<f32>> {
+        self.run_chunks(id, prompt, 0, want, ChunkMemory::Prompt)
+    }
+
+    /// Runs `tokens` (positions `first..first + tokens.len()` of sequence `id`) through every
+    /// section in chunks; returns the logits `want` asks for. A prompt
+    /// ([`ChunkMemory::Prompt`], `first` = 0) runs in chunks of `prefill_rows`; a continuation
+    /// ([`ChunkMemory::Cache`]) in chunks the cross caches can serve (see
+    /// [`Decoder::continuation_chunk`]).
+    fn run_chunks(
+        &mut self,
+        id: SeqId,
+        tokens: &[u32],
+        first: usize,
+        want: PrefillLogits,
+        memory: ChunkMemory,
+    ) -> Result<Vec<f32>> {
         let vocab = self.shared.cfg.vocab_size;
-        let n = prompt.len();
+        let n = tokens.len();
         let mut logits = Vec::with_capacity(want.rows(n) * vocab);
-        let chunk = self.opts.prefill_rows;
+        let chunk = match memory {
+            ChunkMemory::Prompt => self.opts.prefill_rows,
+            ChunkMemory::Cache => self.continuation_chunk(),
+        };
         let mut start = 0;
         while start < n {
             let end = (start + chunk).min(n);
-            self.run_prefill_chunk(id, prompt, start..end, want, &mut logits)?;
+            let span = Span {
+                tokens,
+                first,
+                rows: first + start..first + end,
+            };
+            self.run_chunk(id, span, want, memory, &mut logits)?;
             start = end;
         }
         Ok(logits)
     }
 
-    /// Rows `chunk` of a prompt through every section, one section after another; appends the
-    /// chunk's logits that `want` asks for to `logits`. Earlier chunks left their keys in the self caches and their
-    /// projected memory in `prompt_memory`, which this chunk's rows attend to.
-    fn run_prefill_chunk(
+    /// Rows a continuation chunk may have: an unbounded cross cache holds every earlier
+    /// position, so `prefill_rows`; a windowed one (a ring of W + 1 slots) holds the window
+    /// of one new row only, since appending a chunk's memory overwrites what its first rows
+    /// still read, so 1.
+    fn continuation_chunk(&self) -> usize {
+        let sh = &self.shared;
+        match sh.window {
+            Some(w) if sh.cfg.sections() > 1 => (sh.ring - w).max(1),
+            _ => self.opts.prefill_rows,
+        }
+    }
+
+    /// The rows `span.rows` of a chunk through every section, one section after another;
+    /// appends the chunk's logits that `want` asks for to `logits`. Earlier positions left
+    /// their keys in the self caches and their projected memory in `prompt_memory` (a prompt,
+    /// [`ChunkMemory::Prompt`]) or in the cross caches ([`ChunkMemory::Cache`]), which this
+    /// chunk's rows attend to.
+    fn run_chunk(
         &mut self,
         id: SeqId,
-        prompt: &[u32],
-        chunk: std::ops::Range<usize>,
+        span: Span<'_>,
         want: PrefillLogits,
+        source: ChunkMemory,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
         let stream = &self.streams[0];
         let sh = &self.shared;
         let cfg = &sh.cfg;
+        let chunk = span.rows.clone();
         let (p, n, d, vocab) = (cfg.sections(), chunk.len(), cfg.hidden_size, cfg.vocab_size);
-        let total = prompt.len();
+        let total = span.first + span.tokens.len();
         let width = sh.memory_width();
         // Stream 0 joined every stream at the end of the last step: what follows on it is
         // ordered after all of that step's work (and after the previous chunk's).
@@ -571,7 +629,7 @@ impl<T: Activation> Decoder<T> {
             .clone()
             .map(|position| Row {
                 seq: id.slot(),
-                token: prompt[position],
+                token: span.tokens[position - span.first],
                 position,
             })
             .collect();
@@ -587,9 +645,9 @@ impl<T: Activation> Decoder<T> {
                 section: s,
                 rows: n,
                 index,
-                cross_keys: match s {
-                    0 => CrossKeys::Cache,
-                    _ => CrossKeys::Prompt {
+                cross_keys: match (s, source) {
+                    (0, _) | (_, ChunkMemory::Cache) => CrossKeys::Cache,
+                    (_, ChunkMemory::Prompt) => CrossKeys::Prompt {
                         batch: &batch,
                         memory: &self.prompt_memory[s - 1],
                     },
@@ -603,7 +661,17 @@ impl<T: Activation> Decoder<T> {
             }
             if s + 1 < p {
                 let memory = &mut self.prompt_memory[s];
-                let rows_kv = chunk.start * width..chunk.end * width;
+                // A prompt keeps every row's memory (later chunks attend to it); a
+                // continuation's memory only passes through on its way to the cross caches.
+                let (at, first) = match source {
+                    // Only the last `ring` positions of the prompt fit the cross caches (and
+                    // are ever read again).
+                    ChunkMemory::Prompt => {
+                        (chunk.start, total.saturating_sub(sh.ring).max(chunk.start))
+                    }
+                    ChunkMemory::Cache => (0, chunk.start),
+                };
+                let rows_kv = at * width..(at + n) * width;
                 sh.project_memory(
                     stream,
                     sc.h.slice(..n * d)?,
@@ -611,14 +679,12 @@ impl<T: Activation> Decoder<T> {
                     s + 1,
                     n,
                 )?;
-                // Only the last `ring` positions of the prompt fit the cross caches (and are
-                // ever read again).
-                let first = total.saturating_sub(sh.ring).max(chunk.start);
                 if first < chunk.end {
                     let reader = self.inputs.index((s + 1) * n..(s + 2) * n)?;
+                    let from = at + (first - chunk.start);
                     sh.append_memory(
                         &mut self.caches,
-                        memory.slice(first * width..chunk.end * width)?,
+                        memory.slice(from * width..(at + n) * width)?,
                         stream,
                         &reader,
                         first - chunk.start..n,
@@ -639,7 +705,7 @@ impl<T: Activation> Decoder<T> {
             }
             None => &sc.h,
         };
-        // Only the rows asked for go through the lm_head (none, the prompt's last, or all).
+        // Only the rows asked for go through the lm_head (none, the last, or all).
         let out = match want {
             PrefillLogits::All => 0..n,
             PrefillLogits::Last if chunk.end == total => n - 1..n,

@@ -58,6 +58,34 @@ pub enum DecoderError {
         /// Values given (asked for).
         found: usize,
     },
+    /// [`Decoder::truncate`] to a length the sequence cannot go back to: longer than it is,
+    /// or so much shorter that its ring caches (a sliding window's, a cross window's) have
+    /// already overwritten positions the new length would attend to. Refused before anything
+    /// changed.
+    ///
+    /// [`Decoder::truncate`]: crate::Decoder::truncate
+    #[error(
+        "sequence {seq} has {len} tokens and cannot be truncated to {to}: only lengths \
+         {min}..={len} are possible (its ring caches no longer hold the positions before)"
+    )]
+    CannotTruncate {
+        /// The sequence.
+        seq: stagformer_ref::SeqId,
+        /// Its length.
+        len: usize,
+        /// The length asked for.
+        to: usize,
+        /// The shortest length it can be truncated to.
+        min: usize,
+    },
+    /// A call that needs the results of the step [`Decoder::submit`] queued before
+    /// [`Decoder::wait`] collected them (another prefill, step, extend, truncate, fork or
+    /// submit), or a [`Decoder::wait`] for a step that is not pending. Nothing ran.
+    ///
+    /// [`Decoder::submit`]: crate::Decoder::submit
+    /// [`Decoder::wait`]: crate::Decoder::wait
+    #[error("{0}")]
+    Pending(&'static str),
     /// The decoder cannot run this configuration (mode, dtype, variant).
     #[error("unsupported: {0}")]
     Unsupported(String),

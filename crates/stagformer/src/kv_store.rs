@@ -307,6 +307,21 @@ impl<T: Activation> Caches<T> {
         }
     }
 
+    /// Cuts sequence slot `slot` back to `len` positions: paged rows that are not rings drop
+    /// their pages past `len` (rings keep theirs: their slots are reused, not past the end).
+    pub fn truncate(&mut self, sh: &Shared<T>, slot: usize, len: usize) {
+        let (p, b) = (sh.cfg.sections(), sh.max_batch);
+        if let Some(pg) = &mut self.self_pages {
+            if sh.self_cache.window.is_none() {
+                (0..p).for_each(|s| pg.tables.truncate(s * b + slot, len));
+            }
+        }
+        // Paged cross caches are never rings.
+        if let Some(pg) = &mut self.cross_pages {
+            (1..p).for_each(|s| pg.tables.truncate((s - 1) * b + slot, len));
+        }
+    }
+
     /// Makes slot `dst` hold what slot `src` holds: paged rows share `src`'s pages (later
     /// writes copy on write), dense rows are copied on `stream`.
     pub fn fork(&mut self, sh: &Shared<T>, stream: &Stream, src: usize, dst: usize) -> Result<()> {

@@ -136,6 +136,20 @@ impl PageTables {
         }
     }
 
+    /// Drops `row`'s pages past the first `slots` slots (a sequence cut back to `slots`
+    /// positions); pages a fork still shares stay with it.
+    pub fn truncate(&mut self, row: usize, slots: usize) {
+        let keep = pages_per_row(slots, self.page_size).min(self.stride);
+        let range = self.entries(row);
+        for e in range.start + keep..range.end {
+            let page = std::mem::replace(&mut self.table[e], -1);
+            if page >= 0 {
+                self.unref(page as u32);
+                self.dirty = true;
+            }
+        }
+    }
+
     fn unref(&mut self, page: u32) {
         let refs = &mut self.refs[page as usize];
         *refs -= 1;
@@ -278,6 +292,26 @@ mod tests {
         assert!(t.table()[3..].iter().all(|&e| e >= 0));
         check_counts(&t);
         t.release(1);
+        assert_eq!(t.free_pages(), 8);
+    }
+
+    #[test]
+    fn truncate_frees_the_pages_past_the_kept_slots() {
+        let mut t = PageTables::new(8, 4, 2, 16);
+        t.reserve(0, 13).unwrap();
+        assert_eq!(t.free_pages(), 4);
+        t.share(0, 1);
+        // Row 1 keeps slots 0..5 (pages 0 and 1); pages 2 and 3 stay with row 0.
+        t.truncate(1, 5);
+        check_counts(&t);
+        assert_eq!(t.free_pages(), 4);
+        assert_eq!(&t.table()[4..], &[t.table()[0], t.table()[1], -1, -1]);
+        t.truncate(0, 5);
+        check_counts(&t);
+        assert_eq!(t.free_pages(), 6);
+        t.truncate(0, 0);
+        t.truncate(1, 0);
+        check_counts(&t);
         assert_eq!(t.free_pages(), 8);
     }
 

@@ -1,0 +1,102 @@
+//! What the decoder tests that feed sequences in pieces share: the variant matrix (sections,
+//! shared weights, cross windows, a sliding window, the output mix, every execution mode),
+//! deterministic tokens, emulated devices with in-order and shuffled schedules, and the error
+//! measures against the CPU reference.
+
+#![allow(dead_code)]
+
+use stagformer::ExecMode;
+use stagformer_kernels::device::EmuOptions;
+use stagformer_kernels::Device;
+use stagformer_ref::Config;
+
+/// Largest relative error of f32 logits against the reference.
+pub const TOL: f64 = 1e-4;
+/// The test models' vocabulary.
+pub const VOCAB: usize = 41;
+
+/// One model shape of the matrix, with the mode its decoder runs in.
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    pub sections: usize,
+    pub shared: bool,
+    pub window: Option<usize>,
+    pub sliding: Option<usize>,
+    pub mix: bool,
+    pub mode: ExecMode,
+}
+
+impl Variant {
+    /// A small random-weight config of this shape.
+    pub fn config(self) -> Config {
+        Config {
+            vocab_size: VOCAB,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: if self.shared { 2 } else { 2 * self.sections },
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            rope_scaling: stagformer_ref::RopeScaling::Default,
+            sliding_window: self.sliding,
+            max_position_embeddings: 64,
+            tie_word_embeddings: false,
+            stag_sections: self.sections,
+            stag_shared_weights: self.shared,
+            stag_cross_window: self.window,
+            stag_output_mix: self.mix,
+        }
+    }
+}
+
+/// p = 1 … 4, shared and separate weights, cross windows None / 1 / 3, sliding windows, the
+/// output mix, and every execution mode (Batched where the weights are shared).
+pub fn variants() -> Vec<Variant> {
+    let v = |sections, shared, window, sliding, mix, mode| Variant {
+        sections,
+        shared,
+        window,
+        sliding,
+        mix,
+        mode,
+    };
+    vec![
+        v(1, false, None, None, false, ExecMode::Staggered),
+        v(2, false, None, None, true, ExecMode::Sequential),
+        v(2, true, Some(1), None, false, ExecMode::Batched),
+        v(3, false, Some(3), Some(5), true, ExecMode::Grouped),
+        v(3, true, None, Some(4), false, ExecMode::Staggered),
+        v(4, false, None, None, false, ExecMode::Grouped),
+    ]
+}
+
+/// Deterministic tokens, different per `seed`.
+pub fn tokens(n: usize, seed: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| ((i * 7 + seed * 13 + 5) % VOCAB) as u32)
+        .collect()
+}
+
+/// The emulator with blocks' threads in order, and with them shuffled.
+pub fn devices() -> [Device; 2] {
+    [
+        Device::emulated(),
+        Device::emulated_with(EmuOptions {
+            shuffle_seed: 0x5EED,
+            workers: 0,
+        }),
+    ]
+}
+
+/// Largest absolute difference over the largest reference magnitude; non-finite logits fail.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().all(|v| v.is_finite()), "non-finite logits");
+    let scale = want.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+    let diff = got.iter().zip(want).fold(0f64, |m, (&a, &b)| {
+        m.max((f64::from(a) - f64::from(b)).abs())
+    });
+    diff / scale
+}
