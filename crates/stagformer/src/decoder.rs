@@ -1,6 +1,9 @@
 //! The decoder: owns the device state of a batch of sequences and runs prefills and steps.
 
+mod batch;
 mod extend;
+
+pub use batch::{BatchRow, RowOutput, Submitted};
 
 use std::collections::HashSet;
 
@@ -234,6 +237,8 @@ pub struct Decoder<T: Activation> {
     /// Test hook: drop the join before the logits and delay the last section's stream by this
     /// much, to show that the emulated streams really need their events.
     broken_join: Option<std::time::Duration>,
+    /// The batch [`Decoder::submit`] launched and [`Decoder::wait`] has not collected.
+    pending: Option<batch::Pending>,
 }
 
 impl<T: Activation> Decoder<T> {
@@ -377,6 +382,7 @@ impl<T: Activation> Decoder<T> {
             warmed: HashSet::new(),
             poisoned: None,
             broken_join: None,
+            pending: None,
         };
         decoder.streams[0].synchronize()?;
         Ok(decoder)
@@ -471,10 +477,15 @@ impl<T: Activation> Decoder<T> {
     }
 
     fn check_usable(&self) -> Result<()> {
-        match &self.poisoned {
-            Some(why) => Err(DecoderError::Poisoned(why.clone())),
-            None => Ok(()),
+        if let Some(why) = &self.poisoned {
+            return Err(DecoderError::Poisoned(why.clone()));
         }
+        if self.pending.is_some() {
+            return Err(DecoderError::Pending(
+                "a submitted batch has not been waited for (Decoder::wait)",
+            ));
+        }
+        Ok(())
     }
 
     /// Runs `f`; a device error inside it poisons the decoder (its caches may be half written).
@@ -812,6 +823,26 @@ impl<T: Activation> Decoder<T> {
             }
             .into());
         }
+        let words = self.sampler_words(&positions, sampling)?;
+        let copies = self.plan_pages(seqs, &positions)?;
+        let picked = self.guarded(|d| {
+            d.caches.copy_pages(&d.streams[0], &copies)?;
+            d.run_step(seqs, tokens, &positions, Some(&words))?;
+            d.read_sampled(seqs.len())
+        })?;
+        self.advance(seqs);
+        let (picked, bad_row) = picked;
+        if let Some(row) = bad_row {
+            // The sampler saw a NaN or an infinity: its token means nothing (the step is taken
+            // all the same, as in `step`).
+            return Err(DecoderError::NonFiniteLogits { row });
+        }
+        Ok(picked)
+    }
+
+    /// The sampler's packed settings for rows at `positions` drawing with `sampling` (each
+    /// checked first, an error naming its row): the draw's index is one past the position.
+    fn sampler_words(&self, positions: &[usize], sampling: &[SamplingParams]) -> Result<Vec<u32>> {
         stagformer_ref::sample::validate_rows(sampling)?;
         let configs: Vec<_> = sampling.iter().map(kernel_sampling).collect();
         // The chosen token's index in its request: one past the fed token's position.
@@ -823,30 +854,21 @@ impl<T: Activation> Decoder<T> {
                 len: usize::MAX,
                 max: u32::MAX as usize,
             })?;
-        let words = pack_rows(&configs, &counters)?;
-        let copies = self.plan_pages(seqs, &positions)?;
-        let picked = self.guarded(|d| {
-            d.caches.copy_pages(&d.streams[0], &copies)?;
-            d.run_step(seqs, tokens, &positions, Some(&words))?;
-            let n = seqs.len();
-            let max = d.opts.max_batch;
-            let all = d.tokens.to_host(&d.streams[0])?;
-            let picked: Vec<Sampled> = (0..n)
-                .map(|r| Sampled {
-                    token: all[r] as u32,
-                    logprob: f32::from_bits(all[2 * max + r] as u32),
-                })
-                .collect();
-            Ok((picked, all[max..max + n].iter().position(|&f| f != 0)))
-        })?;
-        self.advance(seqs);
-        let (picked, bad_row) = picked;
-        if let Some(row) = bad_row {
-            // The sampler saw a NaN or an infinity: its token means nothing (the step is taken
-            // all the same, as in `step`).
-            return Err(DecoderError::NonFiniteLogits { row });
-        }
-        Ok(picked)
+        Ok(pack_rows(&configs, &counters)?)
+    }
+
+    /// The ids and log-probabilities the last sampled step drew for its `n` rows, and the
+    /// first row the sampler flagged for non-finite logits; waits for the step.
+    fn read_sampled(&self, n: usize) -> Result<(Vec<Sampled>, Option<usize>)> {
+        let max = self.opts.max_batch;
+        let all = self.tokens.to_host(&self.streams[0])?;
+        let picked: Vec<Sampled> = (0..n)
+            .map(|r| Sampled {
+                token: all[r] as u32,
+                logprob: f32::from_bits(all[2 * max + r] as u32),
+            })
+            .collect();
+        Ok((picked, all[max..max + n].iter().position(|&f| f != 0)))
     }
 
     /// Readies the paged caches for the step's writes (pages for new slots, copies of shared

@@ -78,6 +78,26 @@ pub enum DecoderError {
         /// The shortest length it can be truncated to.
         min: usize,
     },
+    /// A batch row's position is not its sequence's length (0 for a new sequence): the
+    /// caller's picture of the sequence is out of date. Refused before anything ran.
+    #[error("the row is at position {found}, but its sequence has {expected} tokens")]
+    Position {
+        /// The sequence's length.
+        expected: usize,
+        /// The row's position.
+        found: usize,
+    },
+    /// Row `row` of a batch ([`Decoder::submit`]) failed: `error` says why.
+    ///
+    /// [`Decoder::submit`]: crate::Decoder::submit
+    #[error("row {row} of the batch: {error}")]
+    InRow {
+        /// The row's index in the batch.
+        row: usize,
+        /// What was wrong with it.
+        #[source]
+        error: Box<DecoderError>,
+    },
     /// A call that needs the results of the step [`Decoder::submit`] queued before
     /// [`Decoder::wait`] collected them (another prefill, step, extend, truncate, fork or
     /// submit), or a [`Decoder::wait`] for a step that is not pending. Nothing ran.

@@ -143,10 +143,15 @@ impl PagedRows {
                     // What the failed write and the ones after it would take at most, on top
                     // of what the earlier ones took.
                     let taken = free - self.tables.free_pages();
+                    // One page per (row, page) the remaining writes touch, however many
+                    // of its slots they write.
+                    let page_size = self.tables.page_size();
                     let rest = writes[i..]
                         .iter()
                         .filter(|&&(r, s)| self.tables.write_cost(r, s) > 0)
-                        .count();
+                        .map(|&(r, s)| (r, s / page_size))
+                        .collect::<std::collections::HashSet<_>>()
+                        .len();
                     self.tables = saved;
                     return Err(PagesExhausted {
                         needed: taken + rest,

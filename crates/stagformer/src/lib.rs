@@ -24,7 +24,8 @@ mod validate;
 mod weights;
 
 pub use decoder::{
-    Decoder, DecoderOptions, ExecMode, PrefillLogits, PrefillSelfAttention, DEFAULT_PREFILL_ROWS,
+    BatchRow, Decoder, DecoderOptions, ExecMode, PrefillLogits, PrefillSelfAttention, RowOutput,
+    Submitted, DEFAULT_PREFILL_ROWS,
 };
 pub use error::{DecoderError, Result};
 pub use fused::GemvPath;

@@ -6,73 +6,10 @@
 
 mod common;
 
-use common::{devices, rel_err, tokens, variants, Variant, TOL, VOCAB};
-use stagformer::{Decoder, DecoderError, DecoderOptions, PrefillLogits, SeqId};
+use common::{devices, rel_err, tokens, variants, Held, Variant, TOL, VOCAB};
+use stagformer::{Decoder, DecoderError, DecoderOptions, PrefillLogits};
 use stagformer_kernels::Device;
 use stagformer_ref::{Model, StorageDtype};
-
-/// A sequence of the scenario: every token it holds, and the logits returned for them (row t:
-/// after token t), `None` where a call returned no row.
-struct Held {
-    id: SeqId,
-    toks: Vec<u32>,
-    logits: Vec<Option<Vec<f32>>>,
-}
-
-impl Held {
-    fn take(&mut self, toks: &[u32], logits: &[f32], want: PrefillLogits) {
-        let rows: Vec<Option<Vec<f32>>> = match want {
-            PrefillLogits::All => logits.chunks(VOCAB).map(|r| Some(r.to_vec())).collect(),
-            PrefillLogits::Last => {
-                let mut rows = vec![None; toks.len()];
-                rows[toks.len() - 1] = Some(logits.to_vec());
-                rows
-            }
-            PrefillLogits::None => vec![None; toks.len()],
-        };
-        assert_eq!(rows.len(), toks.len());
-        self.toks.extend_from_slice(toks);
-        self.logits.extend(rows);
-    }
-
-    fn extend<T: stagformer::Activation>(
-        &mut self,
-        dec: &mut Decoder<T>,
-        toks: &[u32],
-        want: PrefillLogits,
-    ) {
-        let logits = dec.extend(self.id, toks, want).unwrap();
-        assert_eq!(logits.len(), want.rows(toks.len()) * VOCAB);
-        self.take(toks, &logits, want);
-    }
-
-    fn step<T: stagformer::Activation>(&mut self, dec: &mut Decoder<T>, tok: u32) {
-        let logits = dec.step(&[self.id], &[tok]).unwrap();
-        self.take(&[tok], &logits, PrefillLogits::All);
-    }
-
-    fn truncate<T: stagformer::Activation>(&mut self, dec: &mut Decoder<T>, len: usize) {
-        dec.truncate(self.id, len).unwrap();
-        self.toks.truncate(len);
-        self.logits.truncate(len);
-        assert_eq!(dec.len(self.id).unwrap(), len);
-    }
-
-    /// Every row returned against the reference's forward logits over the held tokens.
-    fn check(&self, model: &Model, what: &str) {
-        assert!(!self.toks.is_empty());
-        let want = model.forward(&self.toks).unwrap().data;
-        let mut rows = 0;
-        for (t, row) in self.logits.iter().enumerate() {
-            if let Some(row) = row {
-                let e = rel_err(row, &want[t * VOCAB..(t + 1) * VOCAB]);
-                assert!(e <= TOL, "{what}: position {t}: relative error {e:.2e}");
-                rows += 1;
-            }
-        }
-        assert!(rows > 0, "{what}: no logits checked");
-    }
-}
 
 fn options(v: Variant, page: usize) -> DecoderOptions {
     DecoderOptions {
@@ -96,11 +33,7 @@ fn scenario<T: stagformer::Activation>(
     let full = dec.free_kv_pages();
     let src = tokens(40, seed);
     let (id, logits) = dec.prefill(&src[..4]).unwrap();
-    let mut a = Held {
-        id,
-        toks: Vec::new(),
-        logits: Vec::new(),
-    };
+    let mut a = Held::new(id);
     a.take(&src[..4], &logits, PrefillLogits::All);
     a.extend(dec, &src[4..13], PrefillLogits::All);
     for &t in &src[13..16] {
@@ -111,11 +44,7 @@ fn scenario<T: stagformer::Activation>(
     a.step(dec, src[23]);
     a.check(model, &format!("{what} A"));
 
-    let mut b = Held {
-        id: dec.add().unwrap(),
-        toks: Vec::new(),
-        logits: Vec::new(),
-    };
+    let mut b = Held::new(dec.add().unwrap());
     assert_eq!(dec.len(b.id).unwrap(), 0);
     b.extend(dec, &tokens(7, seed + 1), PrefillLogits::All);
     for t in 0..3 {

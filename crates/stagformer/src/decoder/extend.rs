@@ -57,6 +57,13 @@ impl<T: Activation> Decoder<T> {
                     .into(),
             ));
         }
+        self.check_tokens(len, tokens)?;
+        Ok(len)
+    }
+
+    /// Checks `tokens` fed to a sequence of `len` tokens: at least one, each in the
+    /// vocabulary (an error naming its index), and room for them within the capacity.
+    pub(super) fn check_tokens(&self, len: usize, tokens: &[u32]) -> Result<()> {
         if tokens.is_empty() {
             return Err(RequestError::EmptyInput.into());
         }
@@ -77,7 +84,7 @@ impl<T: Activation> Decoder<T> {
             }
             .into());
         }
-        Ok(len)
+        Ok(())
     }
 
     /// Cuts sequence `id` back to its first `len` tokens (llama.cpp's `seq_rm(id, len, -1)`):

@@ -5,10 +5,10 @@
 
 #![allow(dead_code)]
 
-use stagformer::ExecMode;
+use stagformer::{Decoder, ExecMode, PrefillLogits, SeqId};
 use stagformer_kernels::device::EmuOptions;
 use stagformer_kernels::Device;
-use stagformer_ref::Config;
+use stagformer_ref::{Config, Model};
 
 /// Largest relative error of f32 logits against the reference.
 pub const TOL: f64 = 1e-4;
@@ -99,4 +99,77 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
         m.max((f64::from(a) - f64::from(b)).abs())
     });
     diff / scale
+}
+
+/// A sequence of the scenario: every token it holds, and the logits returned for them (row t:
+/// after token t), `None` where a call returned no row.
+pub struct Held {
+    pub id: SeqId,
+    pub toks: Vec<u32>,
+    pub logits: Vec<Option<Vec<f32>>>,
+}
+
+impl Held {
+    /// A sequence holding nothing yet.
+    pub fn new(id: SeqId) -> Self {
+        Held {
+            id,
+            toks: Vec::new(),
+            logits: Vec::new(),
+        }
+    }
+
+    /// Records `toks` fed and the `logits` returned for them (`want`'s rows).
+    pub fn take(&mut self, toks: &[u32], logits: &[f32], want: PrefillLogits) {
+        let rows: Vec<Option<Vec<f32>>> = match want {
+            PrefillLogits::All => logits.chunks(VOCAB).map(|r| Some(r.to_vec())).collect(),
+            PrefillLogits::Last => {
+                let mut rows = vec![None; toks.len()];
+                rows[toks.len() - 1] = Some(logits.to_vec());
+                rows
+            }
+            PrefillLogits::None => vec![None; toks.len()],
+        };
+        assert_eq!(rows.len(), toks.len());
+        self.toks.extend_from_slice(toks);
+        self.logits.extend(rows);
+    }
+
+    pub fn extend<T: stagformer::Activation>(
+        &mut self,
+        dec: &mut Decoder<T>,
+        toks: &[u32],
+        want: PrefillLogits,
+    ) {
+        let logits = dec.extend(self.id, toks, want).unwrap();
+        assert_eq!(logits.len(), want.rows(toks.len()) * VOCAB);
+        self.take(toks, &logits, want);
+    }
+
+    pub fn step<T: stagformer::Activation>(&mut self, dec: &mut Decoder<T>, tok: u32) {
+        let logits = dec.step(&[self.id], &[tok]).unwrap();
+        self.take(&[tok], &logits, PrefillLogits::All);
+    }
+
+    pub fn truncate<T: stagformer::Activation>(&mut self, dec: &mut Decoder<T>, len: usize) {
+        dec.truncate(self.id, len).unwrap();
+        self.toks.truncate(len);
+        self.logits.truncate(len);
+        assert_eq!(dec.len(self.id).unwrap(), len);
+    }
+
+    /// Every row returned against the reference's forward logits over the held tokens.
+    pub fn check(&self, model: &Model, what: &str) {
+        assert!(!self.toks.is_empty());
+        let want = model.forward(&self.toks).unwrap().data;
+        let mut rows = 0;
+        for (t, row) in self.logits.iter().enumerate() {
+            if let Some(row) = row {
+                let e = rel_err(row, &want[t * VOCAB..(t + 1) * VOCAB]);
+                assert!(e <= TOL, "{what}: position {t}: relative error {e:.2e}");
+                rows += 1;
+            }
+        }
+        assert!(rows > 0, "{what}: no logits checked");
+    }
 }
