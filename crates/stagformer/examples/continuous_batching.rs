@@ -1,21 +1,25 @@
-//! Continuous batching on the emulated device: requests arrive and finish at different steps,
-//! each with its own sampling settings, in one kernel decoder whose KV caches live in page
-//! pools; one request forks another after its prompt (the two share the prompt's pages until
-//! they diverge). Every decode step feeds all live requests at once, greedy and sampled rows
-//! together, and the graph cache holds one graph per row count whatever the settings.
+//! Continuous batching on the emulated device through the engine step
+//! (`Decoder::step_batch`): requests arrive and finish at different steps, each with its own
+//! sampling settings, in one kernel decoder whose KV caches live in page pools. A prompt
+//! arrives in chunks of 4 tokens, one chunk a step, in the same batches as the other requests'
+//! decode rows (its last chunk draws its first token); one request forks another after its
+//! prompt (the two share the prompt's pages until they diverge). Decode rows of greedy and
+//! sampled requests run together, and the graph cache holds one graph per row count whatever
+//! the settings.
 //!
 //! ```sh
 //! cargo run --release -p stagformer --example continuous_batching
 //! ```
 //!
-//! Each request's tokens and logprobs are then checked against the CPU reference: the
-//! definition's logits over the request's whole sequence (`Model::forward`), the reference
-//! sampler on them at every position (`stagformer_ref::sample::sample`, the same counter-based
-//! draw), and `log_softmax` in f64. Exits non-zero on any difference, and when a page is not
+//! Each request is then checked against the CPU reference: every logits row the decoder
+//! returned against the definition's logits over the request's whole sequence
+//! (`Model::forward`), every token against the reference sampler on those logits at its
+//! position (`stagformer_ref::sample::sample`, the same counter-based draw), every logprob
+//! against `log_softmax` in f64. Exits non-zero on any difference, and when a page is not
 //! returned after the last request leaves.
 
 use anyhow::{bail, ensure, Context, Result};
-use stagformer::{Decoder, DecoderOptions, SamplingParams, SeqId};
+use stagformer::{BatchRow, Decoder, DecoderOptions, PrefillLogits, SamplingParams, SeqId};
 use stagformer_kernels::Device;
 use stagformer_ref::{init, sample, Model, StorageDtype};
 
@@ -37,11 +41,22 @@ enum Start {
 /// A request being served: its sequence and every token so far (prompt included).
 struct Live {
     request: usize,
-    seq: SeqId,
+    /// `None` until its first chunk ran.
+    seq: Option<SeqId>,
     tokens: Vec<u32>,
+    /// Tokens of `tokens` the decoder holds: the prompt is fed in chunks, then each drawn
+    /// token in the next step.
+    fed: usize,
+    /// Length of the prompt (for a fork: its parent's tokens when it forked).
+    prompt_len: usize,
     /// Generated tokens with their logprobs, the position of each in `tokens`.
     generated: Vec<(usize, f32)>,
+    /// Logits rows the decoder returned: (position of the token they follow, the row).
+    logits: Vec<(usize, Vec<f32>)>,
 }
+
+/// Tokens of a prompt fed per step.
+const CHUNK: usize = 4;
 
 const TOL: f64 = 1e-4;
 
@@ -85,9 +100,10 @@ fn main() -> Result<()> {
             new_tokens: 6,
             sampling: sampled(1.2, 20, 1.0, 12),
         },
-        // Shares request 2's prompt pages, then samples its own continuation.
+        // Shares request 2's prompt pages (fed in chunks at steps 2, 3 and 4), then samples
+        // its own continuation.
         Request {
-            arrives: 3,
+            arrives: 5,
             start: Start::Fork(2),
             new_tokens: 5,
             sampling: sampled(1.0, 0, 0.95, 13),
@@ -113,54 +129,77 @@ fn main() -> Result<()> {
     let mut done: Vec<Live> = Vec::new();
     let mut step = 0;
     while done.len() < requests.len() {
-        // Arrivals: a prompt is prefilled and its first token sampled from the prefill's last
-        // logits on the host (the same sampler, index = the prompt's length); a fork copies
-        // its parent as it stands.
+        // Arrivals: a prompt waits for its first chunk; a fork copies its parent as it stands
+        // (prompt fed, first token drawn).
         for (n, r) in requests
             .iter()
             .enumerate()
             .filter(|(_, r)| r.arrives == step)
         {
             let entry = match &r.start {
-                Start::Prompt(p) => {
-                    let (seq, logits) = decoder.prefill(p)?;
-                    let last = &logits[logits.len() - vocab as usize..];
-                    let token = sample::sample(last, &r.sampling, p.len() as u64);
-                    let logprob = sample::logprob(last, token) as f32;
-                    let mut tokens = p.clone();
-                    tokens.push(token);
-                    Live {
-                        request: n,
-                        seq,
-                        tokens,
-                        generated: vec![(p.len(), logprob)],
-                    }
-                }
+                Start::Prompt(p) => Live {
+                    request: n,
+                    seq: None,
+                    tokens: p.clone(),
+                    fed: 0,
+                    prompt_len: p.len(),
+                    generated: Vec::new(),
+                    logits: Vec::new(),
+                },
                 Start::Fork(parent) => {
                     let from = live
                         .iter()
                         .find(|l| l.request == *parent)
                         .context("the forked request is live")?;
+                    let seq = from.seq.context("the forked request has started")?;
+                    ensure!(
+                        from.fed >= from.prompt_len,
+                        "fork after the parent's prompt"
+                    );
                     Live {
                         request: n,
-                        seq: decoder.fork(from.seq)?,
+                        seq: Some(decoder.fork(seq)?),
                         tokens: from.tokens.clone(),
+                        fed: from.fed,
+                        prompt_len: from.tokens.len(),
                         generated: Vec::new(),
+                        logits: Vec::new(),
                     }
                 }
             };
             live.push(entry);
         }
-        // One decode step over every live request, each row with its own settings.
-        let seqs: Vec<SeqId> = live.iter().map(|l| l.seq).collect();
-        let fed: Vec<u32> = live.iter().map(|l| *l.tokens.last().unwrap()).collect();
-        let settings: Vec<SamplingParams> =
-            live.iter().map(|l| requests[l.request].sampling).collect();
-        if !seqs.is_empty() {
-            let picked = decoder.step_sample(&seqs, &fed, &settings)?;
-            for (l, p) in live.iter_mut().zip(picked) {
-                l.generated.push((l.tokens.len(), p.logprob));
-                l.tokens.push(p.token);
+        // One batch over every live request: the next chunk of a prompt being fed (the last
+        // chunk draws the first token), else a decode row feeding the last drawn token. Every
+        // row asks for its last logits row, to check them.
+        let rows: Vec<BatchRow> = live
+            .iter()
+            .map(|l| {
+                let left = l.tokens.len() - l.fed;
+                let take = if l.fed < l.prompt_len {
+                    left.min(CHUNK)
+                } else {
+                    1
+                };
+                BatchRow {
+                    seq: l.seq,
+                    position: l.fed,
+                    tokens: l.tokens[l.fed..l.fed + take].to_vec(),
+                    logits: PrefillLogits::Last,
+                    sample: (take == left).then_some(requests[l.request].sampling),
+                }
+            })
+            .collect();
+        if !rows.is_empty() {
+            let out = decoder.step_batch(&rows)?;
+            for ((l, row), o) in live.iter_mut().zip(&rows).zip(out) {
+                l.seq = Some(o.seq);
+                l.fed += row.tokens.len();
+                l.logits.push((l.fed - 1, o.logits));
+                if let Some(p) = o.sampled {
+                    l.generated.push((l.tokens.len(), p.logprob));
+                    l.tokens.push(p.token);
+                }
             }
         }
         // Departures.
@@ -169,9 +208,10 @@ fn main() -> Result<()> {
             // A fork's own tokens start after its parent's (which it does not count).
             if live[r].generated.len() >= requests[live[r].request].new_tokens {
                 let l = live.remove(r);
-                decoder.remove(l.seq)?;
+                let seq = l.seq.context("a finished request has a sequence")?;
+                decoder.remove(seq)?;
                 ensure!(
-                    decoder.len(l.seq).is_err(),
+                    decoder.len(seq).is_err(),
                     "a removed sequence's id still answers"
                 );
                 done.push(l);
@@ -206,18 +246,31 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "{} requests over {step} decode steps, {} step graphs captured; every token and logprob \
-         equals the CPU reference's",
+        "{} requests over {step} batches, {} step graphs captured; every logits row, token and \
+         logprob equals the CPU reference's",
         done.len(),
         decoder.captured_graphs()
     );
     Ok(())
 }
 
-/// Checks every generated token of `l` against the reference sampler on the definition's
-/// logits, and its logprob against the f64 log-softmax.
+/// Checks every logits row of `l` against the definition's, every generated token against the
+/// reference sampler on the definition's logits, and its logprob against the f64 log-softmax.
 fn check(model: &Model, l: &Live, params: &SamplingParams) -> Result<()> {
     let logits = model.forward(&l.tokens[..l.tokens.len() - 1])?;
+    for (pos, row) in &l.logits {
+        let want = logits.row(*pos);
+        let scale = want.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+        let diff = row.iter().zip(want).fold(0f64, |m, (&a, &b)| {
+            m.max((f64::from(a) - f64::from(b)).abs())
+        });
+        if row.len() != want.len() || !(diff / scale <= TOL) {
+            bail!(
+                "logits after position {pos}: relative error {:.2e}",
+                diff / scale
+            );
+        }
+    }
     for &(pos, logprob) in &l.generated {
         let row = logits.row(pos - 1);
         let want = sample::sample(row, params, pos as u64);
