@@ -264,7 +264,8 @@ fn check(model: &Model, l: &Live, params: &SamplingParams) -> Result<()> {
         let diff = row.iter().zip(want).fold(0f64, |m, (&a, &b)| {
             m.max((f64::from(a) - f64::from(b)).abs())
         });
-        if row.len() != want.len() || !(diff / scale <= TOL) {
+        let err = diff / scale;
+        if row.len() != want.len() || err.is_nan() || err > TOL {
             bail!(
                 "logits after position {pos}: relative error {:.2e}",
                 diff / scale
