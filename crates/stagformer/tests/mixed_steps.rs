@@ -365,3 +365,48 @@ fn submit_then_wait_keeps_one_batch_in_flight() {
     assert_eq!(picked.token, sample(&got[0].logits, &sampling(2), 4));
     assert_eq!(a.len(id).unwrap(), 4);
 }
+
+/// Recurrent mode: batches of new prompts and decode rows give what prefill and step give, bit
+/// for bit; a continued chunk is refused (naming its row) and changes nothing.
+#[test]
+fn recurrent_batches_equal_prefill_and_steps() {
+    let device = Device::emulated();
+    let mut v = variants()[1];
+    v.shared = true;
+    let model = Model::random(v.config(), 12, StorageDtype::F32).unwrap();
+    let opts = DecoderOptions {
+        recurrent: true,
+        ..options(v, 16)
+    };
+    let mut a = Decoder::<f32>::new(&device, &model, opts).unwrap();
+    let mut b = Decoder::<f32>::new(&device, &model, opts).unwrap();
+    let (p, q) = (tokens(12, 3), tokens(12, 4));
+    let (ia, la) = a.prefill(&p[..5]).unwrap();
+    let (ja, lb) = a.prefill(&q[..2]).unwrap();
+    let out = b
+        .step_batch(&[
+            BatchRow::prompt(p[..5].to_vec()).with_logits(PrefillLogits::All),
+            BatchRow::prompt(q[..2].to_vec()).with_logits(PrefillLogits::All),
+        ])
+        .unwrap();
+    assert_eq!((&out[0].logits, &out[1].logits), (&la, &lb));
+    let (ib, jb) = (out[0].seq, out[1].seq);
+    for t in 0..4 {
+        let want = a.step(&[ia, ja], &[p[5 + t], q[2 + t]]).unwrap();
+        let rows = [
+            BatchRow::chunk(ib, 5 + t, vec![p[5 + t]]).with_logits(PrefillLogits::Last),
+            BatchRow::chunk(jb, 2 + t, vec![q[2 + t]]).with_logits(PrefillLogits::Last),
+        ];
+        let got = b.step_batch(&rows).unwrap();
+        assert_eq!(
+            [&got[0].logits[..], &got[1].logits[..]].concat(),
+            want,
+            "step {t}"
+        );
+    }
+    let chunk = BatchRow::chunk(ib, 9, p[9..11].to_vec());
+    let (row, error) = row_error(b.step_batch(&[chunk]).unwrap_err());
+    assert_eq!(row, 0);
+    assert!(matches!(error, DecoderError::Unsupported(_)));
+    assert_eq!(b.len(ib).unwrap(), 9);
+}
