@@ -382,7 +382,8 @@ fn attention_decode_bench(
     let (base, keys, cache_slots) = match mask {
         DecodeMask::SelfCausal => ("bf16.self", context, dense_slots),
         DecodeMask::Cross { window: None } => ("bf16.cross", context - 1, dense_slots),
-        // A ring of W + 1 slots, as the decoder allocates it.
+        // A ring of W + 1 slots, the least a staggered step needs (the decoder's is longer; the
+        // kernel's work does not depend on the slot count).
         DecodeMask::Cross { window: Some(w) } => {
             let w = w as u64;
             ("bf16.cross_w128", (context - 1).min(w), w + 1)

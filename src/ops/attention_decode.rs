@@ -12,8 +12,8 @@
 //! * [`DecodeMask::Cross`]: memory positions `max(0, pos − W)..pos` (exclusive of `pos`: the
 //!   staggered section sees the memory one step behind) held in a ring of `cache_slots ≥ W`
 //!   slots (slot `k mod cache_slots`), or `0..pos` in slot `k` when unbounded. At `pos = 0` the
-//!   set is empty and the output is exactly zero. With a ring of `W + 1` slots (what the decoder
-//!   uses) the slot that position `pos` is written into during the step is never one this step
+//!   set is empty and the output is exactly zero. With a ring of `W + 1` slots or more (the
+//!   decoder's has W + min(W, 256)) the slot that position `pos` is written into during the step is never one this step
 //!   reads, so the previous section may write it concurrently; with exactly `W` slots it still
 //!   holds position `pos − W` until the step's cross-attention has run.
 //!

@@ -601,13 +601,13 @@ impl<T: Activation> Decoder<T> {
     }
 
     /// Rows a continuation chunk may have: an unbounded cross cache holds every earlier
-    /// position, so `prefill_rows`; a windowed one (a ring of W + 1 slots) holds the window
-    /// of one new row only, since appending a chunk's memory overwrites what its first rows
-    /// still read, so 1.
+    /// position, so `prefill_rows`; a windowed one, a ring of R slots, keeps the window of a
+    /// chunk's first row while the chunk's memory is appended only for R − W rows
+    /// (`plan::cross_ring`).
     fn continuation_chunk(&self) -> usize {
         let sh = &self.shared;
         match sh.window {
-            Some(w) if sh.cfg.sections() > 1 => (sh.ring - w).max(1),
+            Some(w) if sh.cfg.sections() > 1 => (sh.ring - w).clamp(1, self.opts.prefill_rows),
             _ => self.opts.prefill_rows,
         }
     }

@@ -164,7 +164,7 @@ impl<T: Activation> Shared<T> {
                 cross: CrossCaches {
                     layers: cfg.layers_per_section(),
                     layer_stride: layout.required_len()?,
-                    // The kernel's ring modulus: W + 1 slots when windowed.
+                    // The kernel's ring modulus when windowed.
                     window: self.window.map(|_| self.ring),
                 },
             },

@@ -158,13 +158,25 @@ impl ScratchSizes {
     }
 }
 
+/// Most rows a continuation chunk feeds through a windowed cross cache at once.
+const CROSS_CHUNK: usize = 256;
+
+/// Slots of a windowed cross cache (window `w` < `capacity`): a ring of W + C slots, C =
+/// min(W, 256). A decode step needs W + 1 (the slot the prior section writes at step i is then
+/// never one read at step i); a continuation chunk of up to C rows appends its memory before the
+/// next section reads it, and W + C slots keep the window of its first row (positions a − W
+/// onwards) while positions a..a + C are written. At most the capacity: such a ring never wraps.
+pub(crate) fn cross_ring(w: usize, capacity: usize) -> usize {
+    w.saturating_add(w.clamp(1, CROSS_CHUNK)).min(capacity)
+}
+
 impl Sizes {
     /// Validates `cfg` and `opts` (see `validate`), then sizes every buffer.
     pub(crate) fn new(cfg: &Config, opts: &DecoderOptions) -> Result<Self> {
         validate(cfg, opts)?;
         let p = cfg.sections();
         let window = cfg.stag_cross_window.filter(|&w| w < opts.capacity);
-        let ring = window.map_or(opts.capacity, |w| w + 1);
+        let ring = window.map_or(opts.capacity, |w| cross_ring(w, opts.capacity));
         let (hkv, hd, ls) = (
             cfg.num_key_value_heads,
             cfg.head_dim,

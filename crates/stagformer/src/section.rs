@@ -40,8 +40,9 @@ pub(crate) struct Shared<T: Activation> {
     pub max_batch: usize,
     /// Positions per sequence.
     pub capacity: usize,
-    /// Slots of a cross cache: capacity when unbounded, else W + 1 (a ring one longer than the
-    /// window, so the slot the prior section writes at step i is never one read at step i).
+    /// Slots of a cross cache: capacity when unbounded, else a ring of W + min(W, 256) slots
+    /// (`plan::cross_ring`: longer than the window, so the slot the prior section writes at
+    /// step i is never one read at step i, and a continuation chunk of min(W, 256) rows fits).
     pub ring: usize,
     /// The cross window, `None` when unbounded (or at least the capacity).
     pub window: Option<usize>,
@@ -807,7 +808,7 @@ impl<T: Activation> Shared<T> {
             CrossCaches {
                 layers: cfg.layers_per_section(),
                 layer_stride: layout.required_len()?,
-                // The kernel's ring modulus: W + 1 slots when windowed.
+                // The kernel's ring modulus when windowed.
                 window: self.window.map(|_| self.ring),
             },
         )?;

@@ -22,8 +22,8 @@ impl<T: Activation> Decoder<T> {
     /// logits `want` asks for (`All`: one row per token). The logits equal those of a prefill
     /// of the whole sequence at once, so a prompt may arrive in pieces, or continue after
     /// decode steps. A sequence of length 0 (from [`Decoder::add`] or a truncation to 0) runs
-    /// as a prompt. With a windowed cross cache the rows run one at a time (a ring of W + 1
-    /// slots holds the window of one new row). Refused before anything runs for an unknown id,
+    /// as a prompt. With a windowed cross cache the chunks have at most min(W, 256) rows (what
+    /// its ring holds beyond the window). Refused before anything runs for an unknown id,
     /// no tokens, a token outside the vocabulary, a length past the capacity, a pool without
     /// the pages (`OutOfKvPages`), or recurrent mode (whose decode state is not a prompt's).
     /// A non-finite logit is an error; the tokens are taken all the same, as in a step.
@@ -118,8 +118,8 @@ impl<T: Activation> Decoder<T> {
     /// The shortest length [`Decoder::truncate`] can cut sequence `id` back to: 0 unless a ring
     /// cache has wrapped. A self ring of S slots (sliding window W) keeps positions from
     /// len − S, and position t attends to t − W + 1 ..= t, so t ≥ len − S + W − 1; a cross
-    /// ring of W + 1 slots keeps the memory from len − W − 1 and position t reads t − W ..
-    /// t − 1, so t ≥ len − 1 once it wrapped.
+    /// ring of R slots keeps the memory from len − R and position t reads t − W .. t − 1, so
+    /// t ≥ len − R + W once it wrapped.
     pub fn truncate_min(&self, id: SeqId) -> Result<usize> {
         let len = *self.lens.get(id)?;
         let sh = &self.shared;
