@@ -108,6 +108,39 @@ pub fn logprob(logits: &[f32], token: u32) -> f64 {
     f64::from(logits[token as usize]) - max - sum.ln()
 }
 
+/// The `n` most likely tokens of `logits` (all of them when `n` exceeds the vocabulary), most
+/// likely first (the lower id among equal logits), each with its [`logprob`] in f64: the
+/// "top logprobs" a server reports beside the chosen token. `logits` must be finite.
+pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f64)> {
+    let n = n.min(logits.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let max = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &l| m.max(f64::from(l)));
+    let log_sum = logits
+        .iter()
+        .map(|&l| (f64::from(l) - max).exp())
+        .sum::<f64>()
+        .ln();
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let by_logit = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    if n < order.len() {
+        order.select_nth_unstable_by(n - 1, by_logit);
+        order.truncate(n);
+    }
+    order.sort_unstable_by(by_logit);
+    order
+        .into_iter()
+        .map(|t| (t, f64::from(logits[t as usize]) - max - log_sum))
+        .collect()
+}
+
 /// The highest logit's id, the lowest id among ties.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -187,6 +220,23 @@ pub fn sample(logits: &[f32], params: &SamplingParams, index: u64) -> u32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn top_logprobs_are_the_most_likely_tokens_in_order() {
+        let logits = [0.5f32, 2.0, -1.0, 2.0, 1.0];
+        let top = top_logprobs(&logits, 3);
+        let ids: Vec<u32> = top.iter().map(|&(t, _)| t).collect();
+        assert_eq!(ids, vec![1, 3, 4]);
+        for &(t, lp) in &top {
+            assert!((lp - logprob(&logits, t)).abs() < 1e-12);
+        }
+        let total: f64 = top_logprobs(&logits, 99)
+            .iter()
+            .map(|&(_, lp)| lp.exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        assert!(top_logprobs(&logits, 0).is_empty());
+    }
     use super::*;
 
     fn params(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SamplingParams {

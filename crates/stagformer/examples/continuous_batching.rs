@@ -187,6 +187,7 @@ fn main() -> Result<()> {
                     tokens: l.tokens[l.fed..l.fed + take].to_vec(),
                     logits: PrefillLogits::Last,
                     sample: (take == left).then_some(requests[l.request].sampling),
+                    top_logprobs: 0,
                 }
             })
             .collect();

@@ -13,7 +13,7 @@ use stagformer::{
     BatchRow, Decoder, DecoderError, DecoderOptions, PrefillLogits, RowOutput, SamplingParams,
 };
 use stagformer_kernels::Device;
-use stagformer_ref::sample::{logprob, sample};
+use stagformer_ref::sample::{logprob, sample, top_logprobs};
 use stagformer_ref::{Model, RequestError, StorageDtype};
 
 fn options(v: Variant, page: usize) -> DecoderOptions {
@@ -66,6 +66,7 @@ fn streams() -> Vec<Vec<u32>> {
 /// the reference sampler over the row's own logits (drawing rows ask for their last row).
 fn run<T: stagformer::Activation>(
     dec: &mut Decoder<T>,
+    model: &Model,
     held: &mut Vec<Held>,
     streams: &[Vec<u32>],
     asks: &[Ask],
@@ -92,6 +93,8 @@ fn run<T: stagformer::Activation>(
                 tokens: toks,
                 logits: a.logits,
                 sample: a.sample,
+                // Every other sequence asks for its top logprobs too.
+                top_logprobs: if k % 2 == 0 { 3 } else { 0 },
             }
         })
         .collect();
@@ -104,6 +107,24 @@ fn run<T: stagformer::Activation>(
         }
         assert_eq!(held[k].id, o.seq, "{what}");
         held[k].take(&row.tokens, &o.logits, row.logits);
+        if row.top_logprobs == 0 {
+            assert!(o.top_logprobs.is_empty(), "{what}");
+        } else {
+            // The rule over the row's own logits when it returned them; its values always.
+            assert_eq!(o.top_logprobs.len(), row.top_logprobs, "{what}");
+            if row.logits != PrefillLogits::None {
+                let last = &o.logits[o.logits.len() - VOCAB..];
+                let want: Vec<u32> = top_logprobs(last, 3).iter().map(|&(t, _)| t).collect();
+                let got: Vec<u32> = o.top_logprobs.iter().map(|&(t, _)| t).collect();
+                assert_eq!(got, want, "{what}: top tokens");
+            }
+            let end = row.position + row.tokens.len();
+            let reference = model.forward(&streams[k][..end]).unwrap();
+            for &(t, lp) in &o.top_logprobs {
+                let e = (f64::from(lp) - logprob(reference.row(end - 1), t)).abs();
+                assert!(e < 1e-4, "{what}: top logprob of {t} off by {e:.1e}");
+            }
+        }
         match (a.sample, o.sampled) {
             (None, None) => {}
             (Some(params), Some(picked)) => {
@@ -161,7 +182,14 @@ fn scenario<T: stagformer::Activation>(dec: &mut Decoder<T>, model: &Model, what
         ],
     ];
     for (b, asks) in batches.iter().enumerate() {
-        run(dec, &mut held, &streams, asks, &format!("{what} batch {b}"));
+        run(
+            dec,
+            model,
+            &mut held,
+            &streams,
+            asks,
+            &format!("{what} batch {b}"),
+        );
     }
     // Sequence 0 leaves; a new one arrives with a chunk while the others decode.
     dec.remove(held[0].id).unwrap();
@@ -172,7 +200,14 @@ fn scenario<T: stagformer::Activation>(dec: &mut Decoder<T>, model: &Model, what
         ask(None, 7, Last, greedy),
         ask(Some(1), 1, Last, None),
     ];
-    run(dec, &mut held, &streams, &asks, &format!("{what} batch 4"));
+    run(
+        dec,
+        model,
+        &mut held,
+        &streams,
+        &asks,
+        &format!("{what} batch 4"),
+    );
     for k in [1, 2, 3] {
         held[k].check(model, &format!("{what} sequence {k}"));
     }
@@ -181,7 +216,14 @@ fn scenario<T: stagformer::Activation>(dec: &mut Decoder<T>, model: &Model, what
             .into_iter()
             .map(|k| ask(Some(k), 1, Last, Some(sampling(k as u64))))
             .collect();
-        run(dec, &mut held, &streams, &asks, &format!("{what} decode"));
+        run(
+            dec,
+            model,
+            &mut held,
+            &streams,
+            &asks,
+            &format!("{what} decode"),
+        );
     }
     for k in [1, 2, 3] {
         held[k].check(model, &format!("{what} sequence {k} after decoding"));

@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use stagformer_ref::sample::{logprob, try_sample};
+use stagformer_ref::sample::{logprob, top_logprobs, try_sample};
 use stagformer_ref::{RequestError, SamplingParams, SeqId};
 
 use super::{ChunkMemory, Decoder, PrefillLogits};
@@ -39,6 +39,10 @@ pub struct BatchRow {
     /// Draw the token that follows the last one with these settings (the draw for index
     /// `position + tokens.len()`), with its log-probability; `None`: no token drawn.
     pub sample: Option<SamplingParams>,
+    /// Also return the `top_logprobs` most likely next tokens with their log-probabilities
+    /// (the model's distribution after the row's last token; all of the vocabulary at most);
+    /// 0: none.
+    pub top_logprobs: usize,
 }
 
 impl BatchRow {
@@ -51,6 +55,7 @@ impl BatchRow {
             tokens: vec![token],
             logits: PrefillLogits::None,
             sample: Some(sample),
+            top_logprobs: 0,
         }
     }
 
@@ -63,6 +68,7 @@ impl BatchRow {
             tokens,
             logits: PrefillLogits::None,
             sample: None,
+            top_logprobs: 0,
         }
     }
 
@@ -75,12 +81,19 @@ impl BatchRow {
             tokens,
             logits: PrefillLogits::None,
             sample: None,
+            top_logprobs: 0,
         }
     }
 
     /// This row with logits `want` back.
     pub fn with_logits(mut self, want: PrefillLogits) -> Self {
         self.logits = want;
+        self
+    }
+
+    /// This row returning the `n` most likely next tokens with their logprobs.
+    pub fn with_top_logprobs(mut self, n: usize) -> Self {
+        self.top_logprobs = n;
         self
     }
 
@@ -106,6 +119,17 @@ pub struct RowOutput {
     pub logits: Vec<f32>,
     /// The drawn token and its log-probability, when the row asked for one.
     pub sampled: Option<Sampled>,
+    /// The `top_logprobs` most likely next tokens, most likely first (the lower id among equal
+    /// logits), with their log-probabilities (`stagformer_ref::sample::top_logprobs`, in f32).
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// The `n` most likely next tokens of one logits row, in f32.
+fn top(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    top_logprobs(logits, n)
+        .into_iter()
+        .map(|(t, lp)| (t, lp as f32))
+        .collect()
 }
 
 /// A batch [`Decoder::submit`] launched; [`Decoder::wait`] turns it into its rows' outputs.
@@ -124,8 +148,10 @@ pub(super) struct Pending {
     outputs: Vec<RowOutput>,
     /// The decode step's rows (batch indices, in step order) when there is one.
     decode: Vec<usize>,
-    /// Per decode row: whether it asked for its logits, whether for a draw.
+    /// Per decode row: whether it asked for its logits, how many top logprobs, whether for a
+    /// draw.
     decode_logits: Vec<bool>,
+    decode_top: Vec<usize>,
     decode_draws: Vec<bool>,
     /// The first chunk row whose logits were not finite.
     bad_chunk: Option<usize>,
@@ -228,6 +254,7 @@ impl<T: Activation> Decoder<T> {
             mut outputs,
             decode,
             decode_logits,
+            decode_top,
             decode_draws,
             bad_chunk,
             ..
@@ -248,12 +275,15 @@ impl<T: Activation> Decoder<T> {
                 bad = bad_row;
             }
             // A step without draws checks its logits on the host, as `step` does.
-            if !sampled && n > 0 || decode_logits.iter().any(|&w| w) {
+            let any_top = decode_top.iter().any(|&k| k > 0);
+            if !sampled && n > 0 || any_top || decode_logits.iter().any(|&w| w) {
                 let all = d.logits.slice(..n * vocab)?.to_host(stream)?;
                 for (i, &r) in decode.iter().enumerate() {
                     let row = &all[i * vocab..(i + 1) * vocab];
-                    if bad.is_none() && row.iter().any(|v| !v.is_finite()) {
-                        bad = Some(i);
+                    if row.iter().any(|v| !v.is_finite()) {
+                        bad = bad.or(Some(i));
+                    } else if decode_top[i] > 0 {
+                        outputs[r].top_logprobs = top(row, decode_top[i]);
                     }
                     if decode_logits[i] {
                         outputs[r].logits.extend_from_slice(row);
@@ -312,15 +342,18 @@ impl<T: Activation> Decoder<T> {
                 seq,
                 logits: Vec::new(),
                 sampled: None,
+                top_logprobs: Vec::new(),
             })
             .collect();
         let mut bad_chunk = None;
         for (r, row) in rows.iter().enumerate().filter(|(_, row)| !row.is_decode()) {
             let id = seqs[r];
-            // A draw needs the last row's logits even when the row does not want them back.
-            let want = match (row.logits, row.sample) {
-                (PrefillLogits::None, Some(_)) => PrefillLogits::Last,
-                (want, _) => want,
+            // A draw (and the top logprobs) needs the last row's logits even when the row does
+            // not want them back.
+            let needs_last = row.sample.is_some() || row.top_logprobs > 0;
+            let want = match row.logits {
+                PrefillLogits::None if needs_last => PrefillLogits::Last,
+                want => want,
             };
             let memory = match row.position {
                 0 => ChunkMemory::Prompt,
@@ -343,6 +376,8 @@ impl<T: Activation> Decoder<T> {
             }
             if logits.iter().any(|v| !v.is_finite()) {
                 bad_chunk = bad_chunk.or(Some(r));
+            } else if row.top_logprobs > 0 {
+                outputs[r].top_logprobs = top(&logits[logits.len() - vocab..], row.top_logprobs);
             }
             if row.logits != PrefillLogits::None {
                 outputs[r].logits = logits;
@@ -353,6 +388,7 @@ impl<T: Activation> Decoder<T> {
             .iter()
             .map(|&r| rows[r].logits != PrefillLogits::None)
             .collect();
+        let decode_top: Vec<usize> = decode.iter().map(|&r| rows[r].top_logprobs).collect();
         let decode_draws: Vec<bool> = decode.iter().map(|&r| rows[r].sample.is_some()).collect();
         let sampled = decode_draws.iter().any(|&d| d);
         if !decode.is_empty() {
@@ -378,6 +414,7 @@ impl<T: Activation> Decoder<T> {
             outputs,
             decode,
             decode_logits,
+            decode_top,
             decode_draws,
             bad_chunk,
         })
