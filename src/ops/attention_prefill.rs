@@ -185,50 +185,56 @@ impl PrefillBatch {
         k_lens: &[usize],
         q_positions0: &[usize],
     ) -> Result<Self> {
-        let sequences = q_lens.len();
-        if sequences > MAX_SEQUENCES {
-            return Err(DeviceError::invalid(
-                "q_lens",
-                format!("{sequences} sequences, at most {MAX_SEQUENCES} per batch"),
-            ));
-        }
-        for (arg, found) in [
-            ("k_lens", k_lens.len()),
-            ("q_positions0", q_positions0.len()),
-        ] {
-            if found != sequences {
-                return Err(DeviceError::LengthMismatch {
-                    arg,
-                    expected: sequences,
-                    found,
-                });
-            }
-        }
-        let q_offsets = offsets("q_lens", q_lens)?;
-        let k_offsets = offsets("k_lens", k_lens)?;
-        let mut positions0 = Vec::with_capacity(sequences);
-        for (b, (&p0, &n)) in q_positions0.iter().zip(q_lens).enumerate() {
-            // Every query position of the sequence must be an i32.
-            let last = p0.checked_add(n).filter(|&end| end <= i32::MAX as usize);
-            if last.is_none() {
-                return Err(DeviceError::invalid(
-                    "q_positions0",
-                    format!("sequence {b}: positions {p0} + {n} rows exceed 2^31 - 1"),
-                ));
-            }
-            positions0.push(p0 as i32);
-        }
+        let host = BatchHost::new(q_lens, k_lens, q_positions0)?;
         Ok(PrefillBatch {
             q_lens: q_lens.to_vec(),
             k_lens: k_lens.to_vec(),
             q_positions0: q_positions0.to_vec(),
-            q_rows: *q_offsets.last().unwrap_or(&0) as usize,
-            k_rows: *k_offsets.last().unwrap_or(&0) as usize,
+            q_rows: host.q_rows(),
+            k_rows: host.k_rows(),
             max_q_len: q_lens.iter().copied().max().unwrap_or(0),
-            q_offsets: DeviceBuffer::from_host(stream, &q_offsets)?,
-            k_offsets: DeviceBuffer::from_host(stream, &k_offsets)?,
-            positions0: DeviceBuffer::from_host(stream, &positions0)?,
+            q_offsets: DeviceBuffer::from_host(stream, &host.q_offsets)?,
+            k_offsets: DeviceBuffer::from_host(stream, &host.k_offsets)?,
+            positions0: DeviceBuffer::from_host(stream, &host.positions0)?,
         })
+    }
+
+    /// Makes this batch the one [`PrefillBatch::with_positions`] would make from the same
+    /// arguments, reusing its device arrays (reallocated only when it had fewer sequences):
+    /// the arrays' copies are queued on `stream`, ordered after the work queued there before,
+    /// so a decoder keeps one batch for every prefill chunk instead of allocating (and, on
+    /// CUDA, synchronising the device to free) one per chunk. Work on other streams that reads
+    /// the old contents must have finished. Checked as `with_positions` is; on an error the
+    /// batch is unchanged.
+    pub fn refill(
+        &mut self,
+        stream: &Stream,
+        q_lens: &[usize],
+        k_lens: &[usize],
+        q_positions0: &[usize],
+    ) -> Result<()> {
+        let host = BatchHost::new(q_lens, k_lens, q_positions0)?;
+        if host.positions0.len() > self.positions0.len() {
+            *self = Self::with_positions(stream, q_lens, k_lens, q_positions0)?;
+            return Ok(());
+        }
+        let n = host.q_offsets.len();
+        self.q_offsets
+            .slice_mut(..n)?
+            .copy_from_host(stream, &host.q_offsets)?;
+        self.k_offsets
+            .slice_mut(..n)?
+            .copy_from_host(stream, &host.k_offsets)?;
+        self.positions0
+            .slice_mut(..n - 1)?
+            .copy_from_host(stream, &host.positions0)?;
+        self.q_rows = host.q_rows();
+        self.k_rows = host.k_rows();
+        self.max_q_len = q_lens.iter().copied().max().unwrap_or(0);
+        self.q_lens = q_lens.to_vec();
+        self.k_lens = k_lens.to_vec();
+        self.q_positions0 = q_positions0.to_vec();
+        Ok(())
     }
 
     /// Number of sequences.
@@ -318,6 +324,64 @@ impl std::fmt::Debug for PrefillBatch {
 }
 
 /// Exclusive prefix sums of `lens` as i32 row offsets (`lens.len() + 1` entries).
+/// A batch's device arrays as the host computes them, after every check.
+struct BatchHost {
+    q_offsets: Vec<i32>,
+    k_offsets: Vec<i32>,
+    positions0: Vec<i32>,
+}
+
+impl BatchHost {
+    fn new(q_lens: &[usize], k_lens: &[usize], q_positions0: &[usize]) -> Result<Self> {
+        let sequences = q_lens.len();
+        if sequences > MAX_SEQUENCES {
+            return Err(DeviceError::invalid(
+                "q_lens",
+                format!("{sequences} sequences, at most {MAX_SEQUENCES} per batch"),
+            ));
+        }
+        for (arg, found) in [
+            ("k_lens", k_lens.len()),
+            ("q_positions0", q_positions0.len()),
+        ] {
+            if found != sequences {
+                return Err(DeviceError::LengthMismatch {
+                    arg,
+                    expected: sequences,
+                    found,
+                });
+            }
+        }
+        let q_offsets = offsets("q_lens", q_lens)?;
+        let k_offsets = offsets("k_lens", k_lens)?;
+        let mut positions0 = Vec::with_capacity(sequences);
+        for (b, (&p0, &n)) in q_positions0.iter().zip(q_lens).enumerate() {
+            // Every query position of the sequence must be an i32.
+            let last = p0.checked_add(n).filter(|&end| end <= i32::MAX as usize);
+            if last.is_none() {
+                return Err(DeviceError::invalid(
+                    "q_positions0",
+                    format!("sequence {b}: positions {p0} + {n} rows exceed 2^31 - 1"),
+                ));
+            }
+            positions0.push(p0 as i32);
+        }
+        Ok(BatchHost {
+            q_offsets,
+            k_offsets,
+            positions0,
+        })
+    }
+
+    fn q_rows(&self) -> usize {
+        *self.q_offsets.last().unwrap_or(&0) as usize
+    }
+
+    fn k_rows(&self) -> usize {
+        *self.k_offsets.last().unwrap_or(&0) as usize
+    }
+}
+
 fn offsets(arg: &'static str, lens: &[usize]) -> Result<Vec<i32>> {
     let mut out = Vec::with_capacity(lens.len() + 1);
     let mut total = 0usize;
@@ -942,6 +1006,43 @@ mod tests {
         let big = KvCacheLayout::dense(2, 2, 8, 8);
         assert_eq!(arg(run(&keys(big), &cfg, &mut out)), "k_cache");
         stream.synchronize().unwrap();
+    }
+
+    #[test]
+    fn a_refilled_batch_equals_a_new_one() {
+        let dev = Device::emulated();
+        let stream = dev.new_stream().unwrap();
+        let mut batch = PrefillBatch::with_positions(&stream, &[3, 2], &[5, 2], &[2, 0]).unwrap();
+        let arrays = |b: &PrefillBatch| {
+            let n = b.sequences();
+            let q = b.q_offsets.to_host(&stream).unwrap()[..n + 1].to_vec();
+            let k = b.k_offsets.to_host(&stream).unwrap()[..n + 1].to_vec();
+            let p = b.positions0.to_host(&stream).unwrap()[..n].to_vec();
+            (
+                q,
+                k,
+                p,
+                b.q_rows(),
+                b.k_rows(),
+                b.max_q_len(),
+                b.q_lens().to_vec(),
+            )
+        };
+        // Fewer sequences (the arrays reused), then more (reallocated).
+        let cases: [(&[usize], &[usize], &[usize]); 3] = [
+            (&[4], &[9], &[5]),
+            (&[1, 1, 6], &[1, 3, 6], &[0, 2, 0]),
+            (&[], &[], &[]),
+        ];
+        for (q, k, p) in cases {
+            batch.refill(&stream, q, k, p).unwrap();
+            let fresh = PrefillBatch::with_positions(&stream, q, k, p).unwrap();
+            assert_eq!(arrays(&batch), arrays(&fresh), "{q:?}");
+        }
+        // A refused refill leaves the batch as it was.
+        let before = arrays(&batch);
+        assert!(batch.refill(&stream, &[1], &[1, 2], &[0]).is_err());
+        assert_eq!(arrays(&batch), before);
     }
 
     #[test]

@@ -213,6 +213,10 @@ pub struct Decoder<T: Activation> {
     scratch: Vec<Scratch<T>>,
     /// Rows of one prefill chunk.
     prefill: Scratch<T>,
+    /// The running chunk's query and key rows for the prefill attention kernels, and a ring
+    /// sub-chunk's: refilled per chunk, never reallocated (a free would synchronise the device).
+    chunk_batch: PrefillBatch,
+    sub_batch: PrefillBatch,
     /// Per reading section s ≥ 1: the projected memory of the prompt being prefilled, every
     /// row (`capacity` rows of k|v for all of s's cross layers).
     prompt_memory: Vec<DeviceBuffer<T>>,
@@ -375,6 +379,8 @@ impl<T: Activation> Decoder<T> {
             caches,
             scratch,
             prefill,
+            chunk_batch: PrefillBatch::with_positions(stream, &[0], &[0], &[0])?,
+            sub_batch: PrefillBatch::with_positions(stream, &[0], &[0], &[0])?,
             streams,
             opts,
             lens: Slots::new(opts.max_batch),
@@ -634,7 +640,9 @@ impl<T: Activation> Decoder<T> {
         let width = sh.memory_width();
         // Stream 0 joined every stream at the end of the last step: what follows on it is
         // ordered after all of that step's work (and after the previous chunk's).
-        let batch = PrefillBatch::with_positions(stream, &[n], &[chunk.end], &[chunk.start])?;
+        self.chunk_batch
+            .refill(stream, &[n], &[chunk.end], &[chunk.start])?;
+        let batch = &self.chunk_batch;
         let sc = &mut self.prefill;
         let rows: Vec<Row> = chunk
             .clone()
@@ -659,11 +667,12 @@ impl<T: Activation> Decoder<T> {
                 cross_keys: match (s, source) {
                     (0, _) | (_, ChunkMemory::Cache) => CrossKeys::Cache,
                     (_, ChunkMemory::Prompt) => CrossKeys::Prompt {
-                        batch: &batch,
+                        batch,
                         memory: &self.prompt_memory[s - 1],
                     },
                 },
-                prompt: Some(&batch),
+                prompt: Some(batch),
+                sub_batch: Some(&mut self.sub_batch),
                 end,
             };
             let out = sh.run_section(&mut self.caches, sc, stream, pass)?;
@@ -1073,6 +1082,7 @@ impl<T: Activation> Decoder<T> {
                     index,
                     cross_keys: CrossKeys::Cache,
                     prompt: None,
+                    sub_batch: None,
                     end,
                 };
                 sh.run_section(&mut self.caches, sc, stream, pass)?

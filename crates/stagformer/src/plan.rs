@@ -250,6 +250,10 @@ mod workspace {
     use super::{mul, Result};
     use stagformer_kernels::ops::sample::SampleWorkspace;
 
+    /// The decoder's two one-sequence `PrefillBatch`es (a chunk's, and a ring sub-chunk's),
+    /// each q and k offsets (2 i32 each) and a first position (1 i32).
+    pub const PREFILL_BATCHES: usize = 2 * (2 * 2 + 1) * 4;
+
     /// `AttentionWorkspace::new`: per partial, `head_dim` f32 outputs, 2 f32 stats and a u32
     /// counter.
     pub fn attention(rows: usize, heads: usize, head_dim: usize, splits: usize) -> Result<usize> {
@@ -365,6 +369,7 @@ impl Sizes {
                     (1, attention),
                     (1, workspace::sampler(self.tokens / 3, cfg.vocab_size)?),
                     (self.row_inputs, 4),
+                    (1, workspace::PREFILL_BATCHES),
                 ],
                 "workspaces",
             )?,

@@ -162,6 +162,9 @@ pub(crate) struct Pass<'a, T: Activation> {
     pub cross_keys: CrossKeys<'a, T>,
     /// The prefill chunk these rows are (`None` in a decode step).
     pub prompt: Option<&'a PrefillBatch>,
+    /// A batch the self-attention refills for each sub-chunk of a ring cache (one is made per
+    /// sub-chunk without it).
+    pub sub_batch: Option<&'a mut PrefillBatch>,
     pub end: &'a DeviceBuffer<f32>,
 }
 
@@ -222,6 +225,7 @@ impl<T: Activation> Shared<T> {
             index: ix,
             cross_keys,
             prompt,
+            mut sub_batch,
             end,
         } = pass;
         let cfg = &self.cfg;
@@ -230,7 +234,9 @@ impl<T: Activation> Shared<T> {
         let mut cur = self.embed(sc, stream, &ix, all.clone(), gain)?;
         for j in 0..cfg.layers_per_section() {
             let layer = self.layer(s, j);
-            self.self_attention(caches, sc, stream, &ix, layer, j, all.clone(), prompt)?;
+            let rows = all.clone();
+            let prompt = prompt.map(|b| (b, sub_batch.as_deref_mut()));
+            self.self_attention(caches, sc, stream, &ix, layer, j, rows, prompt)?;
             if s >= 1 {
                 let cross = &self.weights.cross[s - 1][j];
                 cur = self.add_norm(sc, stream, cur, all.clone(), &cross.norm)?;
@@ -446,11 +452,15 @@ impl<T: Activation> Shared<T> {
         layer: &crate::weights::LayerWeights<T>,
         j: usize,
         rows: Range<usize>,
-        prompt: Option<&PrefillBatch>,
+        prompt: Option<(&PrefillBatch, Option<&mut PrefillBatch>)>,
     ) -> Result<()> {
         let cfg = &self.cfg;
         let (d, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
         let qkv_dim = qd + 2 * kvd;
+        let (prompt, mut sub_batch) = match prompt {
+            Some((b, sub)) => (Some(b), sub),
+            None => (None, None),
+        };
         let n = rows.len();
         let span = |width: usize| rows.start * width..rows.end * width;
         linear(
@@ -495,10 +505,14 @@ impl<T: Activation> Shared<T> {
                 let first = p0 + (chunk.start - rows.start);
                 let whole = chunk.len() == n;
                 let chunk_batch;
-                let batch = match prompt {
-                    Some(b) if whole => b,
-                    _ => {
-                        let len = [chunk.len()];
+                let len = [chunk.len()];
+                let batch = match (prompt, sub_batch.as_deref_mut()) {
+                    (Some(b), _) if whole => b,
+                    (_, Some(sub)) => {
+                        sub.refill(stream, &len, &len, &[first])?;
+                        &*sub
+                    }
+                    (_, None) => {
                         chunk_batch = PrefillBatch::with_positions(stream, &len, &len, &[first])?;
                         &chunk_batch
                     }
