@@ -353,3 +353,228 @@ fn generation_config_sampling_defaults_are_used_and_announced() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Runs `stagformer`, expecting it to fail with exit code 1 (an error, not a usage error or a
+/// panic); returns stderr.
+fn fail<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_stagformer"))
+        .args(args)
+        .output()
+        .expect("run stagformer");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty(), "an error prints no product");
+    stderr
+}
+
+/// `base` then `extra`.
+fn cat<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    [base, extra].concat()
+}
+
+/// Sampling settings that exercise temperature, top-k and top-p together.
+const SAMPLING: [&str; 6] = ["--temperature", "0.9", "--top-k", "50", "--top-p", "0.9"];
+
+/// `generate` of `prompts` (each a `--tokens` list) on `device` with `extra` flags:
+/// (stdout, stderr).
+fn generate_tokens(m: &str, device: &str, prompts: &[&str], extra: &[&str]) -> (String, String) {
+    let mut args = vec![
+        "generate",
+        "--model",
+        m,
+        "--device",
+        device,
+        "--max-new-tokens",
+        "20",
+        "--print-ids",
+    ];
+    args.extend(SAMPLING);
+    for p in prompts {
+        args.extend(["--tokens", p]);
+    }
+    args.extend(extra);
+    run(&args)
+}
+
+#[test]
+fn each_prompt_of_a_batch_gets_the_tokens_of_its_single_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // 24 positions: with --max-new-tokens 20 the prompts below stop after 20, 15, 9 and 20
+    // tokens, at different steps of the batch.
+    let model = init_model(dir.path(), "short", 300, 24);
+    let m = model.to_str().unwrap();
+    let prompts = [
+        "1,2,3",
+        "40,41,42,43,44,45,46,47,48",
+        "9,8,7,6,5,4,3,2,1,9,8,7,6,5,4",
+        "200",
+    ];
+    let lengths = [20, 15, 9, 20];
+    for device in ["cpu", "emu"] {
+        // Each prompt alone, with the seed it has in the batch (5 + k) and with 5.
+        let alone = |k: usize, seed: usize| {
+            let seed = seed.to_string();
+            let (stdout, stderr) = generate_tokens(m, device, &[prompts[k]], &["--seed", &seed]);
+            (stdout, ids_after(&stderr, "generated ids: "))
+        };
+        let singles: Vec<(String, Vec<u32>)> =
+            (0..prompts.len()).map(|k| alone(k, 5 + k)).collect();
+        let lens: Vec<usize> = singles.iter().map(|s| s.1.len()).collect();
+        assert_eq!(lens, lengths, "{device}");
+        // Otherwise the per-prompt seeds below could go unchecked.
+        assert_ne!(
+            alone(1, 5).1,
+            singles[1].1,
+            "{device}: seed 5 and 6 draw alike"
+        );
+
+        for max_batch in [None, Some("2")] {
+            let mut extra = vec!["--seed", "5"];
+            if let Some(n) = max_batch {
+                extra.extend(["--max-batch", n]);
+            }
+            let (stdout, stderr) = generate_tokens(m, device, &prompts, &extra);
+            for (k, (text, ids)) in singles.iter().enumerate() {
+                assert_eq!(
+                    &ids_after(&stderr, &format!("generated {k} ids: ")),
+                    ids,
+                    "{device} --max-batch {max_batch:?}: prompt {k}: {stderr}"
+                );
+                assert!(!text.is_empty());
+            }
+            // The completions in prompt order, a blank line between two.
+            let texts: Vec<&str> = singles.iter().map(|s| s.0.as_str()).collect();
+            assert_eq!(stdout, texts.join("\n"), "{device} {max_batch:?}");
+            assert!(
+                stderr.contains("prompt 0: stopped: --max-new-tokens 20 reached")
+                    && stderr.contains(
+                        "prompt 2: stopped: the model's 24 positions (max_position_embeddings) \
+                         are full"
+                    ),
+                "{stderr}"
+            );
+            let at_once = max_batch.unwrap_or("4");
+            assert!(
+                stderr.contains(&format!(
+                    "batch: 4 prompts, at most {at_once} at once: 64 tokens"
+                )),
+                "{stderr}"
+            );
+        }
+
+        // One seed per prompt.
+        let (_, stderr) =
+            generate_tokens(m, device, &prompts[..2], &["--seed", "9", "--seed", "5"]);
+        assert_eq!(ids_after(&stderr, "generated 0 ids: "), alone(0, 9).1);
+        assert_eq!(ids_after(&stderr, "generated 1 ids: "), alone(1, 5).1);
+    }
+}
+
+#[test]
+fn a_prompts_file_is_one_prompt_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = init_model(dir.path(), "bytes", 300, 64);
+    let m = model.to_str().unwrap();
+    let file = dir.path().join("prompts.txt");
+    std::fs::write(&file, "Once upon\n\n   \r\na time, far\r\n").unwrap();
+    let f = file.to_str().unwrap();
+    let base = [
+        &["generate", "--model", m, "--device", "cpu", "-n", "12"][..],
+        &SAMPLING,
+    ]
+    .concat();
+    let (stdout, stderr) = run(&cat(
+        &base,
+        &["--prompts-file", f, "--seed", "3", "--print-ids"],
+    ));
+    let (one, _) = run(&cat(&base, &["--prompt", "Once upon", "--seed", "3"]));
+    let (two, _) = run(&cat(&base, &["--prompt", "a time, far", "--seed", "4"]));
+    assert_eq!(stdout, format!("{one}\n{two}"), "{stderr}");
+    assert_eq!(
+        ids_after(&stderr, "prompt 1 ids: "),
+        b"a time, far"
+            .iter()
+            .map(|&b| u32::from(b))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        !stderr.contains("prompt 2"),
+        "blank lines are not prompts: {stderr}"
+    );
+    // Repeated --prompt is the same batch.
+    let (repeated, _) = run(&cat(
+        &base,
+        &[
+            "--prompt",
+            "Once upon",
+            "--prompt",
+            "a time, far",
+            "--seed",
+            "3",
+        ],
+    ));
+    assert_eq!(repeated, stdout);
+}
+
+#[test]
+fn bad_batches_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = init_model(dir.path(), "short", 300, 24);
+    let m = model.to_str().unwrap();
+    let base = ["generate", "--model", m, "--device", "cpu"];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "\n  \n\r\n").unwrap();
+    let e = fail(&with(&["--prompts-file", empty.to_str().unwrap()]));
+    assert!(
+        e.contains("--prompts-file") && e.contains("no prompt"),
+        "{e}"
+    );
+
+    let e = fail(&with(&["--prompts-file", dir.path().to_str().unwrap()]));
+    assert!(
+        e.contains("--prompts-file") && e.contains("not a regular file"),
+        "{e}"
+    );
+
+    let missing = dir.path().join("missing.txt");
+    let e = fail(&with(&["--prompts-file", missing.to_str().unwrap()]));
+    assert!(
+        e.contains("missing.txt") && e.contains("cannot read"),
+        "{e}"
+    );
+
+    let e = fail(&with(&[
+        "-t", "1", "-t", "2", "--seed", "1", "--seed", "2", "--seed", "3",
+    ]));
+    assert!(e.contains("--seed given 3 times for 2 prompts"), "{e}");
+    // Checked once the file is read too.
+    let two = dir.path().join("two.txt");
+    std::fs::write(&two, "a\nb\n").unwrap();
+    let e = fail(&with(&[
+        "--prompts-file",
+        two.to_str().unwrap(),
+        "-s",
+        "1",
+        "-s",
+        "2",
+        "-s",
+        "3",
+    ]));
+    assert!(e.contains("--seed given 3 times for 2 prompts"), "{e}");
+
+    let long: Vec<String> = (0..25).map(|i| i.to_string()).collect();
+    let long = long.join(",");
+    let e = fail(&with(&["-t", "1,2", "-t", &long]));
+    assert!(e.contains("prompt 1") && e.contains("25"), "{e}");
+
+    let e = fail(&with(&["-t", "1", "-t", "2", "--max-batch", "0"]));
+    assert!(e.contains("--max-batch 0"), "{e}");
+
+    let e = fail(&with(&["-t", "1", "-t", "1,,2"]));
+    assert!(e.contains("entry 1 is empty"), "{e}");
+}
