@@ -4,57 +4,17 @@
 //! shares its source's pages and each continuation sees only its own tokens; every page comes
 //! back after the removes.
 
+mod common;
+
+use common::{devices, rel_err, tokens, Variant, TOL, VOCAB};
 use stagformer::{Decoder, DecoderError, DecoderOptions, ExecMode, SeqId};
-use stagformer_kernels::device::EmuOptions;
 use stagformer_kernels::Device;
-use stagformer_ref::{Config, Model, StorageDtype};
-
-const TOL: f64 = 1e-4;
-const VOCAB: usize = 41;
-
-#[derive(Debug, Clone, Copy)]
-struct Variant {
-    sections: usize,
-    shared: bool,
-    window: Option<usize>,
-    sliding: Option<usize>,
-    mix: bool,
-    mode: ExecMode,
-}
-
-fn config(v: Variant) -> Config {
-    Config {
-        vocab_size: VOCAB,
-        hidden_size: 32,
-        intermediate_size: 48,
-        num_hidden_layers: if v.shared { 2 } else { 2 * v.sections },
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10000.0,
-        rope_scaling: stagformer_ref::RopeScaling::Default,
-        sliding_window: v.sliding,
-        max_position_embeddings: 64,
-        tie_word_embeddings: false,
-        stag_sections: v.sections,
-        stag_shared_weights: v.shared,
-        stag_cross_window: v.window,
-        stag_output_mix: v.mix,
-    }
-}
+use stagformer_ref::{Model, StorageDtype};
 
 /// p = 1, 2, 3, shared, cross windows None / 1 / 3, a sliding window, the output mix, and
 /// every execution mode (Batched where the weights are shared).
 fn variants() -> Vec<Variant> {
-    let v = |sections, shared, window, sliding, mix, mode| Variant {
-        sections,
-        shared,
-        window,
-        sliding,
-        mix,
-        mode,
-    };
+    let v = Variant::new;
     vec![
         v(1, false, None, None, false, ExecMode::Staggered),
         v(2, false, None, None, true, ExecMode::Sequential),
@@ -63,35 +23,6 @@ fn variants() -> Vec<Variant> {
         v(3, true, None, Some(4), false, ExecMode::Staggered),
         v(2, true, None, None, true, ExecMode::Grouped),
     ]
-}
-
-/// Deterministic tokens, different per `seed`.
-fn tokens(n: usize, seed: usize) -> Vec<u32> {
-    (0..n)
-        .map(|i| ((i * 7 + seed * 13 + 5) % VOCAB) as u32)
-        .collect()
-}
-
-/// The emulator with blocks' threads in order, and with them shuffled (exposes missing
-/// barriers in the paged kernels' paths).
-fn devices() -> [Device; 2] {
-    [
-        Device::emulated(),
-        Device::emulated_with(EmuOptions {
-            shuffle_seed: 0x5EED,
-            workers: 0,
-        }),
-    ]
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    assert!(got.iter().all(|v| v.is_finite()), "non-finite logits");
-    let scale = want.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
-    let diff = got.iter().zip(want).fold(0f64, |m, (&a, &b)| {
-        m.max((f64::from(a) - f64::from(b)).abs())
-    });
-    diff / scale
 }
 
 fn nmse(got: &[f32], want: &[f32]) -> f64 {
@@ -184,7 +115,7 @@ fn fed(run: &Run) -> &[u32] {
 fn paged_logits_equal_dense_and_reference() {
     let device = Device::emulated();
     for (n, v) in variants().into_iter().enumerate() {
-        let model = Model::random(config(v), 60 + n as u64, StorageDtype::F32).unwrap();
+        let model = Model::random(v.config(), 60 + n as u64, StorageDtype::F32).unwrap();
         let mut dense = Decoder::<f32>::new(&device, &model, options(v.mode, 0, None)).unwrap();
         assert_eq!(dense.free_kv_pages(), (None, None));
         let want = scenario(&mut dense, n);
@@ -221,7 +152,7 @@ fn paged_logits_equal_dense_and_reference() {
 fn paged_bf16_is_within_nmse_of_reference() {
     let device = Device::emulated();
     let v = variants()[3];
-    let model = Model::random(config(v), 7, StorageDtype::Bf16).unwrap();
+    let model = Model::random(v.config(), 7, StorageDtype::Bf16).unwrap();
     for page in [0, 1, 16] {
         let opts = options(v.mode, page, None);
         let mut dec = Decoder::<half::bf16>::new(&device, &model, opts).unwrap();
@@ -248,7 +179,7 @@ fn out_of_pages(e: DecoderError) -> (usize, usize) {
 fn a_small_pool_refuses_requests_and_stays_usable() {
     let device = Device::emulated();
     let v = variants()[1];
-    let model = Model::random(config(v), 11, StorageDtype::F32).unwrap();
+    let model = Model::random(v.config(), 11, StorageDtype::F32).unwrap();
     let mut dec = Decoder::<f32>::new(&device, &model, options(v.mode, 4, Some(6))).unwrap();
     assert_eq!(dec.free_kv_pages(), (Some(6), Some(6)));
     // 13 positions: 4 pages in each of 2 self rows.
@@ -292,7 +223,7 @@ fn a_fork_continues_independently() {
         .into_iter()
         .enumerate()
     {
-        let model = Model::random(config(v), 30 + n as u64, StorageDtype::F32).unwrap();
+        let model = Model::random(v.config(), 30 + n as u64, StorageDtype::F32).unwrap();
         for page in [0, 1, 4] {
             let device = if page == 4 { &shuffled } else { &device };
             let mut dec = Decoder::<f32>::new(device, &model, options(v.mode, page, None)).unwrap();
@@ -336,7 +267,7 @@ fn a_fork_continues_independently() {
 fn fork_refuses_unknown_ids_and_full_batches() {
     let device = Device::emulated();
     let v = variants()[1];
-    let model = Model::random(config(v), 5, StorageDtype::F32).unwrap();
+    let model = Model::random(v.config(), 5, StorageDtype::F32).unwrap();
     let mut dec = Decoder::<f32>::new(&device, &model, options(v.mode, 2, None)).unwrap();
     let (a, _) = dec.prefill(&tokens(3, 0)).unwrap();
     dec.fork(a).unwrap();
@@ -358,15 +289,8 @@ fn fork_refuses_unknown_ids_and_full_batches() {
 #[test]
 fn paged_recurrent_and_chunked_prefill_match_reference() {
     let device = Device::emulated();
-    let v = Variant {
-        sections: 2,
-        shared: true,
-        window: None,
-        sliding: None,
-        mix: false,
-        mode: ExecMode::Sequential,
-    };
-    let model = Model::random(config(v), 21, StorageDtype::F32).unwrap();
+    let v = Variant::new(2, true, None, None, false, ExecMode::Sequential);
+    let model = Model::random(v.config(), 21, StorageDtype::F32).unwrap();
     let toks = tokens(11 + 9, 3);
     let want = stagformer_ref::score(
         &model,

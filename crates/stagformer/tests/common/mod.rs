@@ -27,6 +27,25 @@ pub struct Variant {
 }
 
 impl Variant {
+    /// The variant of these fields, in their order.
+    pub fn new(
+        sections: usize,
+        shared: bool,
+        window: Option<usize>,
+        sliding: Option<usize>,
+        mix: bool,
+        mode: ExecMode,
+    ) -> Self {
+        Variant {
+            sections,
+            shared,
+            window,
+            sliding,
+            mix,
+            mode,
+        }
+    }
+
     /// A small random-weight config of this shape.
     pub fn config(self) -> Config {
         Config {
@@ -54,14 +73,7 @@ impl Variant {
 /// p = 1 … 4, shared and separate weights, cross windows None / 1 / 3, sliding windows, the
 /// output mix, and every execution mode (Batched where the weights are shared).
 pub fn variants() -> Vec<Variant> {
-    let v = |sections, shared, window, sliding, mix, mode| Variant {
-        sections,
-        shared,
-        window,
-        sliding,
-        mix,
-        mode,
-    };
+    let v = Variant::new;
     vec![
         v(1, false, None, None, false, ExecMode::Staggered),
         v(2, false, None, None, true, ExecMode::Sequential),
