@@ -10,12 +10,19 @@ use crate::status::Failure;
 /// # Safety
 /// A non-null `ptr` must point to `len` readable, initialized values that stay unmodified
 /// while the slice lives.
-pub(crate) unsafe fn slice<'a, T>(arg: &str, ptr: *const T, len: usize) -> Result<&'a [T], Failure> {
+pub(crate) unsafe fn slice<'a, T>(
+    arg: &str,
+    ptr: *const T,
+    len: usize,
+) -> Result<&'a [T], Failure> {
     if len == 0 {
         return Ok(&[]);
     }
     if ptr.is_null() {
-        return Err(Failure::arg(arg, format!("is null but {len} values are expected")));
+        return Err(Failure::arg(
+            arg,
+            format!("is null but {len} values are expected"),
+        ));
     }
     // SAFETY: non-null and, by this function's contract, valid for `len` reads.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
@@ -36,7 +43,10 @@ pub(crate) unsafe fn slice_mut<'a, T>(
         return Ok(&mut []);
     }
     if ptr.is_null() {
-        return Err(Failure::arg(arg, format!("is null but {needed} values are written")));
+        return Err(Failure::arg(
+            arg,
+            format!("is null but {needed} values are written"),
+        ));
     }
     if len < needed {
         return Err(Failure::arg(

@@ -278,7 +278,10 @@ impl StagDecoder {
         if row.flags & !(STAG_ROW_LOGITS | STAG_ROW_SAMPLE) != 0 {
             return Err(Failure::arg(
                 &format!("rows[{r}].flags"),
-                format!("{:#x} has bits other than STAG_ROW_LOGITS | STAG_ROW_SAMPLE", row.flags),
+                format!(
+                    "{:#x} has bits other than STAG_ROW_LOGITS | STAG_ROW_SAMPLE",
+                    row.flags
+                ),
             ));
         }
         // SAFETY: the caller's contract: a row's `tokens` holds `n_tokens` readable ids or is
@@ -296,4 +299,3 @@ impl StagDecoder {
             .with_sample(sample))
     }
 }
-

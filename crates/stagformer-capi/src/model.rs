@@ -40,7 +40,11 @@ impl StagModel {
 }
 
 /// The kernel device `device` opens, and whether it computes in bf16 (`None`: the cpu).
-fn resolve(device: StagDevice, gpu: u32, bf16: Option<bool>) -> Result<Option<(Device, bool)>, Failure> {
+fn resolve(
+    device: StagDevice,
+    gpu: u32,
+    bf16: Option<bool>,
+) -> Result<Option<(Device, bool)>, Failure> {
     let cuda = || Device::cuda(gpu as usize);
     Ok(match device {
         STAG_DEVICE_CPU => None,
@@ -153,7 +157,10 @@ pub unsafe extern "C" fn stag_score(
         // SAFETY: null is checked; otherwise the caller passes a live handle.
         let model = unsafe { model.as_ref() }.ok_or_else(|| Failure::arg("model", "is null"))?;
         if n_tokens == 0 {
-            return Err(Failure::arg("n_tokens", "is 0; at least one token is scored"));
+            return Err(Failure::arg(
+                "n_tokens",
+                "is 0; at least one token is scored",
+            ));
         }
         // SAFETY: the caller passes `n_tokens` readable ids or null (checked inside).
         let tokens = unsafe { slice("tokens", tokens, n_tokens) }?;
