@@ -420,6 +420,35 @@ fn decoder_steps_match_scoring_and_refuse_bad_rows() {
         );
         assert_eq!(stag_decoder_len(decoder, c, &mut len), StagStatus::Ok);
         assert_eq!(len, 0);
+
+        // The drawn token's logprob, into a buffer of its own when one is passed.
+        let rows = [row(c, &prompt, STAG_ROW_LOGITS | STAG_ROW_SAMPLE)];
+        let mut logprob = [f32::NAN; 1];
+        let mut with_logprobs = |logprobs_len| {
+            stag_decoder_step(
+                decoder,
+                rows.as_ptr(),
+                1,
+                logits.as_mut_ptr(),
+                v,
+                sampled.as_mut_ptr(),
+                1,
+                logprob.as_mut_ptr(),
+                logprobs_len,
+            )
+        };
+        fails(
+            with_logprobs(0),
+            StagStatus::InvalidArgument,
+            "logprobs: holds 0",
+        );
+        assert_eq!(with_logprobs(1), StagStatus::Ok, "{}", last_error());
+        let want_lp = stagformer_ref::sample::logprob(&logits[..v], sampled[0]);
+        assert!(
+            (f64::from(logprob[0]) - want_lp).abs() <= 1e-4,
+            "logprob {} vs {want_lp}",
+            logprob[0]
+        );
         stag_decoder_free(decoder);
     }
 }
@@ -442,4 +471,75 @@ fn the_last_error_is_per_thread() {
     assert_eq!(other.0, "");
     assert!(other.1.starts_with("model"), "{}", other.1);
     assert!(last_error().starts_with("path"), "{}", last_error());
+}
+
+/// A bf16 model on the emulated device: scoring and a decoder step run in bf16 and stay near
+/// the f32 reference. The weights here are f32, rounded to bf16 on upload, so the bound (a
+/// normalized mean squared error of 1e-2) only checks that the bf16 path is the same model.
+#[test]
+fn bf16_scores_and_steps_near_the_reference() {
+    let (_dir, path) = checkpoint();
+    let reference = load(&path, STAG_DEVICE_CPU);
+    let mut model = null_mut();
+    // SAFETY: a valid C string and a valid out-pointer.
+    let status = unsafe {
+        stag_model_load(
+            path.as_ptr(),
+            STAG_DEVICE_EMU,
+            0,
+            STAG_DTYPE_BF16,
+            &mut model,
+        )
+    };
+    assert_eq!(status, StagStatus::Ok, "{}", last_error());
+    let v = vocab(model);
+    let tokens = [9u32, 4, 200];
+    let mut want = vec![0f32; tokens.len() * v];
+    let mut got = vec![0f32; tokens.len() * v];
+    // SAFETY (every call): live handles, buffers as long as the lengths passed.
+    unsafe {
+        assert_eq!(
+            stag_score(reference, tokens.as_ptr(), 3, want.as_mut_ptr(), want.len()),
+            StagStatus::Ok
+        );
+        assert_eq!(
+            stag_score(model, tokens.as_ptr(), 3, got.as_mut_ptr(), got.len()),
+            StagStatus::Ok
+        );
+        let nmse = |got: &[f32], want: &[f32]| {
+            let err: f64 = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            err / want.iter().map(|b| f64::from(*b).powi(2)).sum::<f64>()
+        };
+        assert!(nmse(&got, &want) < 1e-2, "score nmse {}", nmse(&got, &want));
+
+        let decoder = new_decoder(model);
+        let seq = add(decoder);
+        let mut logits = vec![0f32; v];
+        let rows = [row(seq, &tokens, STAG_ROW_LOGITS)];
+        let status = stag_decoder_step(
+            decoder,
+            rows.as_ptr(),
+            1,
+            logits.as_mut_ptr(),
+            v,
+            null_mut(),
+            0,
+            null_mut(),
+            0,
+        );
+        assert_eq!(status, StagStatus::Ok, "{}", last_error());
+        let last = &want[2 * v..];
+        assert!(
+            nmse(&logits, last) < 1e-2,
+            "step nmse {}",
+            nmse(&logits, last)
+        );
+        stag_decoder_free(decoder);
+        stag_model_free(model);
+        stag_model_free(reference);
+    }
 }
