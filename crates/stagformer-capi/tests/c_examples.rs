@@ -36,13 +36,14 @@ fn lib_dir() -> PathBuf {
     deps.parent().expect("profile directory").to_path_buf()
 }
 
-/// `name` in the profile directory (where cargo copies the final libraries) or in `deps`.
+/// `name` as this build wrote it: in `deps` (the profile directory may hold a copy from an
+/// earlier `cargo build`, which is not rebuilt for a test).
 fn built(name: &str) -> PathBuf {
     let dir = lib_dir();
-    [dir.join(name), dir.join("deps").join(name)]
+    [dir.join("deps").join(name), dir.join(name)]
         .into_iter()
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} not found in {} (or deps/)", dir.display()))
+        .unwrap_or_else(|| panic!("{name} not found in {}/deps (or above)", dir.display()))
 }
 
 /// Compiles `examples/c/<source>` into `out` with `link` arguments; panics with the
