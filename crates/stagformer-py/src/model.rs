@@ -246,7 +246,8 @@ impl Model {
     /// The model's config.json as a dict.
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        py.import("json")?.call_method1("loads", (&self.config_json,))
+        py.import("json")?
+            .call_method1("loads", (&self.config_json,))
     }
 
     /// Where the model runs: "cpu reference" or the kernel device's name with its dtype.
@@ -340,7 +341,9 @@ impl Model {
     /// Token ids as text with the model directory's tokenizer.json (special tokens left out).
     fn detokenize(&self, ids: Vec<u32>) -> PyResult<String> {
         self.tokenizer()?;
-        self.codec.decode(&ids).map_err(|e| failure(format!("{e:#}")))
+        self.codec
+            .decode(&ids)
+            .map_err(|e| failure(format!("{e:#}")))
     }
 
     /// A batch decoder: up to `max_batch` sequences of up to `capacity` positions (default:
