@@ -271,3 +271,52 @@ def test_init_presets_dtypes_and_errors(tmp_path):
         stagformer.init(str(tmp_path / "x"), preset="tiny", dtype="f64")
     with pytest.raises(ValueError):
         stagformer.init(str(tmp_path / "x"), config=dict(_config(), hidden_size=15))
+
+
+def test_generate_stops_at_the_model_eos(tmp_path):
+    stagformer.init(str(tmp_path), config=_config(), seed=4)
+    prompt = [1, 2, 3]
+    free = stagformer.load(str(tmp_path), device="cpu")
+    assert free.eos_token_ids == []
+    full = free.generate(prompt, max_new_tokens=5)
+    assert len(full) == 5
+    # generation_config.json's eos_token_id ends generation by default; eos=[] ignores it.
+    with open(tmp_path / "generation_config.json", "w") as f:
+        json.dump({"eos_token_id": [full[1]]}, f)
+    for device in DEVICES:
+        m = stagformer.load(str(tmp_path), device=device)
+        assert m.eos_token_ids == [full[1]]
+        assert m.generate(prompt, max_new_tokens=5) == full[:full.index(full[1]) + 1]
+        assert m.generate(prompt, max_new_tokens=5, eos=[]) == full
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_decoder_capacity_is_bounded_by_the_model(ckpt, device):
+    path, model = ckpt
+    d = stagformer.load(path, device=device).decoder(max_batch=2, capacity=1024)
+    assert d.capacity == model.cfg.max_position_embeddings
+    s = d.add(_tokens(model, d.capacity - 1))
+    d.step([s], [1])
+    with pytest.raises(ValueError):
+        d.step([s], [1])  # every position used
+
+
+def test_error_messages_are_the_cli_messages(ckpt, stagformer_bin, tmp_path):
+    import subprocess
+
+    path, model = ckpt
+    m = stagformer.load(path, device="cpu")
+    bad = model.cfg.vocab_size + 3
+    with pytest.raises(ValueError) as err:
+        m.score([1, bad])
+    proc = subprocess.run([stagformer_bin, "score", "-m", path, "-d", "cpu", "-t", f"1,{bad}",
+                           "-o", str(tmp_path / "x.safetensors")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: {err.value}"
+    missing = str(tmp_path / "missing")
+    with pytest.raises(stagformer.Error) as err:
+        stagformer.load(missing, device="cpu")
+    proc = subprocess.run([stagformer_bin, "score", "-m", missing, "-d", "cpu", "-t", "1",
+                           "-o", str(tmp_path / "y.safetensors")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: {err.value}"

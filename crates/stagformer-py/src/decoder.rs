@@ -173,17 +173,19 @@ impl Core {
 pub struct Decoder {
     core: Core,
     vocab: usize,
+    capacity: usize,
     /// Every id handed out, removed ones included, so that a stale id reaches the library's
     /// own check (`StaleSequence`) instead of an unknown-id error of ours.
     ids: HashMap<u64, SeqId>,
 }
 
 impl Decoder {
-    /// A decoder around `core` for a model of `vocab` tokens.
-    pub fn new(core: Core, vocab: usize) -> Self {
+    /// A decoder around `core` for a model of `vocab` tokens, `capacity` positions a sequence.
+    pub fn new(core: Core, vocab: usize, capacity: usize) -> Self {
         Decoder {
             core,
             vocab,
+            capacity,
             ids: HashMap::new(),
         }
     }
@@ -309,5 +311,11 @@ impl Decoder {
     #[getter]
     fn vocab_size(&self) -> usize {
         self.vocab
+    }
+
+    /// Positions a sequence can hold (prompt and decoded tokens together).
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.capacity
     }
 }

@@ -346,25 +346,27 @@ impl Model {
             .map_err(|e| failure(format!("{e:#}")))
     }
 
-    /// A batch decoder: up to `max_batch` sequences of up to `capacity` positions (default:
-    /// the model's max_position_embeddings, at most 1024). `mode` schedules the kernel
-    /// decoder's steps ("staggered", "sequential", "batched", "grouped"; same results);
-    /// `recurrent` runs recurrent steps; `kv_page_size` 0 keeps dense KV caches.
-    #[pyo3(signature = (max_batch=8, capacity=None, mode="staggered", recurrent=false, kv_page_size=16))]
+    /// A batch decoder: up to `max_batch` sequences of up to `capacity` positions each, at
+    /// most the model's max_position_embeddings (a larger `capacity` is lowered to it, as
+    /// `generate` lowers `max_new_tokens`: no sequence could use the rest; the decoder's
+    /// `capacity` says what it got). `mode` schedules the kernel decoder's steps
+    /// ("staggered", "sequential", "batched", "grouped"; same results); `recurrent` runs
+    /// recurrent steps (shared weights, p = 2); `kv_page_size` 0 keeps dense KV caches.
+    #[pyo3(signature = (max_batch=8, capacity=1024, mode="staggered", recurrent=false, kv_page_size=16))]
     fn decoder(
         &self,
         py: Python<'_>,
         max_batch: usize,
-        capacity: Option<usize>,
+        capacity: usize,
         mode: &str,
         recurrent: bool,
         kv_page_size: usize,
     ) -> PyResult<Decoder> {
         let mode = args::exec_mode(mode)?;
-        let capacity = capacity.unwrap_or(self.config.max_position_embeddings.min(1024));
+        let capacity = capacity.min(self.config.max_position_embeddings);
         let core =
             py.allow_threads(|| self.core(max_batch, capacity, mode, recurrent, kv_page_size))?;
-        Ok(Decoder::new(core, self.config.vocab_size))
+        Ok(Decoder::new(core, self.config.vocab_size, capacity))
     }
 }
 
