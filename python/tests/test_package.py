@@ -320,3 +320,34 @@ def test_error_messages_are_the_cli_messages(ckpt, stagformer_bin, tmp_path):
                            "-o", str(tmp_path / "y.safetensors")], capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: {err.value}"
+
+
+def test_every_python_visible_item_has_a_docstring():
+    assert stagformer.__doc__ and stagformer.__version__
+    for name in ("load", "init", "Error", "Model", "Decoder"):
+        assert getattr(stagformer, name).__doc__, name
+    for cls in (stagformer.Model, stagformer.Decoder):
+        for name, item in vars(cls).items():
+            if not name.startswith("_"):
+                assert item.__doc__, f"{cls.__name__}.{name}"
+
+
+def test_one_model_from_many_threads(ckpt):
+    # The calls release the GIL; a Model is immutable and shared by the threads.
+    import threading
+
+    path, model = ckpt
+    m = stagformer.load(path, device="emu")
+    prompts = [_tokens(model, 3) for _ in range(4)]
+    want = [m.generate(p, max_new_tokens=4) for p in prompts]
+    got = [None] * len(prompts)
+
+    def run(i):
+        got[i] = m.generate(prompts[i], max_new_tokens=4)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == want

@@ -59,7 +59,10 @@ fn init(
     .map_err(|e| errors::with_context(format!("writing {}", out_dir.display()), e))
 }
 
-/// The module: `load`, `init`, the `Model` and `Decoder` classes and the `Error` exception.
+/// StagFormer checkpoints from Python: `load(path, device, dtype)` returns a `Model` that
+/// scores (numpy float32 logits), generates and makes batch `Decoder`s; `init(out_dir, ...)`
+/// writes a checkpoint with random weights. Bad requests raise `ValueError`, other failures
+/// `stagformer.Error`.
 #[pymodule]
 #[pyo3(name = "stagformer")]
 fn stagformer_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
