@@ -174,9 +174,10 @@ pub struct Decoder {
     core: Core,
     vocab: usize,
     capacity: usize,
-    /// Every id handed out, removed ones included, so that a stale id reaches the library's
-    /// own check (`StaleSequence`) instead of an unknown-id error of ours.
-    ids: HashMap<u64, SeqId>,
+    /// The last id handed out for each slot used (at most `max_batch` entries), removed or
+    /// not: an int naming it reaches the library's own checks (a removed one is its
+    /// `StaleSequence`); an int of an earlier generation of the slot is refused here.
+    ids: HashMap<usize, SeqId>,
 }
 
 impl Decoder {
@@ -192,17 +193,20 @@ impl Decoder {
 
     /// The int a Python caller sees for `id`.
     fn handle(&mut self, id: SeqId) -> u64 {
-        let key = ((id.slot() as u64) << 32) | u64::from(id.generation());
-        self.ids.insert(key, id);
-        key
+        self.ids.insert(id.slot(), id);
+        ((id.slot() as u64) << 32) | u64::from(id.generation())
     }
 
     /// The id behind a Python int.
     fn id(&self, handle: u64) -> PyResult<SeqId> {
-        self.ids
-            .get(&handle)
-            .copied()
-            .ok_or_else(|| bad_request(format!("unknown sequence id {handle}")))
+        let (slot, generation) = ((handle >> 32) as usize, handle as u32);
+        match self.ids.get(&slot) {
+            Some(&id) if id.generation() == generation => Ok(id),
+            Some(&id) if id.generation() > generation => Err(bad_request(format!(
+                "sequence {slot}.{generation} was removed (its slot holds sequence {id} now)"
+            ))),
+            _ => Err(bad_request(format!("unknown sequence id {handle}"))),
+        }
     }
 
     fn ids_of(&self, handles: &[u64]) -> PyResult<Vec<SeqId>> {
