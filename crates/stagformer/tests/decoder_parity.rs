@@ -1,6 +1,9 @@
 //! The kernel decoder on the emulated device against the CPU reference's forward logits, for
 //! the variant matrix and every execution mode that applies.
 
+mod common;
+
+use common::rel_err;
 use stagformer::{Decoder, DecoderOptions, ExecMode, GemvPath, Sampled, SamplingParams, SeqId};
 use stagformer_kernels::ops::sample::multi_block_launches;
 use stagformer_kernels::Device;
@@ -82,16 +85,6 @@ fn score_one<T: stagformer::Activation>(
         got.extend(dec.step(&[id], &[t]).unwrap());
     }
     got
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    assert!(got.iter().all(|v| v.is_finite()), "non-finite logits");
-    let scale = want.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
-    let diff = got.iter().zip(want).fold(0f64, |m, (&a, &b)| {
-        m.max((f64::from(a) - f64::from(b)).abs())
-    });
-    diff / scale
 }
 
 fn modes() -> [ExecMode; 2] {
