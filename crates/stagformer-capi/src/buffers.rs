@@ -24,8 +24,25 @@ pub(crate) unsafe fn slice<'a, T>(
             format!("is null but {len} values are expected"),
         ));
     }
-    // SAFETY: non-null and, by this function's contract, valid for `len` reads.
+    check_layout(arg, ptr, len)?;
+    // SAFETY: non-null, aligned, at most isize::MAX bytes (checked) and, by this function's
+    // contract, valid for `len` reads.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// What a slice of `len` values at `ptr` needs besides validity: alignment for `T` and at most
+/// `isize::MAX` bytes in all (a length no real buffer has is an argument error, not UB).
+fn check_layout<T>(arg: &str, ptr: *const T, len: usize) -> Result<(), Failure> {
+    if !ptr.is_aligned() {
+        return Err(Failure::arg(
+            arg,
+            format!("is not aligned to {} bytes", std::mem::align_of::<T>()),
+        ));
+    }
+    match len.checked_mul(std::mem::size_of::<T>()) {
+        Some(bytes) if bytes <= isize::MAX as usize => Ok(()),
+        _ => Err(Failure::arg(arg, format!("length {len} is too large"))),
+    }
 }
 
 /// A writable buffer `ptr` of `len` values that must hold at least `needed` (`arg` names
@@ -54,8 +71,9 @@ pub(crate) unsafe fn slice_mut<'a, T>(
             format!("holds {len} values; {needed} are written"),
         ));
     }
-    // SAFETY: non-null and, by this function's contract, valid for `len` writes; only the
-    // first `needed` (≤ len) are exposed.
+    check_layout(arg, ptr.cast_const(), needed)?;
+    // SAFETY: non-null, aligned, at most isize::MAX bytes (checked) and, by this function's
+    // contract, valid for `len` writes; only the first `needed` (≤ len) are exposed.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, needed) })
 }
 
