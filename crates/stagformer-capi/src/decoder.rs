@@ -6,7 +6,7 @@ use stagformer::{BatchRow, Decoder, DecoderOptions, PrefillLogits, RowOutput, Se
 
 use crate::buffers::{out, product, slice, slice_mut};
 use crate::model::{Engine, StagModel};
-use crate::status::{guard, Failure, StagStatus};
+use crate::status::{free_handle, guard, Failure, StagStatus};
 use crate::types::{StagExecMode, StagRow, StagSeqId, STAG_ROW_LOGITS, STAG_ROW_SAMPLE};
 
 /// A decoder of up to `max_batch` sequences (opaque), f32 or bf16 as its model was loaded.
@@ -127,12 +127,9 @@ pub unsafe extern "C" fn stag_decoder_new(
 /// `decoder` must be null or a handle from `stag_decoder_new` not yet freed.
 #[no_mangle]
 pub unsafe extern "C" fn stag_decoder_free(decoder: *mut StagDecoder) {
-    if !decoder.is_null() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: the caller hands back a live handle from Box::into_raw in stag_decoder_new.
-            drop(unsafe { Box::from_raw(decoder) });
-        }));
-    }
+    // SAFETY: the caller hands back null or a live handle from Box::into_raw in
+    // stag_decoder_new.
+    unsafe { free_handle(decoder) }
 }
 
 /// Adds an empty sequence and writes its id to `*out_seq`; a step's row gives it its first

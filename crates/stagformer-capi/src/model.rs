@@ -9,7 +9,7 @@ use stagformer_kernels::Device;
 use stagformer_ref::{score, Checkpoint, Model, ScoreMode, TensorSource};
 
 use crate::buffers::{out, product, slice, slice_mut, string};
-use crate::status::{guard, Failure, StagStatus};
+use crate::status::{free_handle, guard, Failure, StagStatus};
 use crate::types::{check_device, check_dtype, StagDevice, StagDtype, STAG_DEVICE_AUTO};
 use crate::types::{STAG_DEVICE_CPU, STAG_DEVICE_CUDA, STAG_DEVICE_EMU};
 
@@ -108,13 +108,9 @@ pub unsafe extern "C" fn stag_model_load(
 /// `model` must be null or a handle from `stag_model_load` not yet freed.
 #[no_mangle]
 pub unsafe extern "C" fn stag_model_free(model: *mut StagModel) {
-    if !model.is_null() {
-        // Dropping never panics into C: a panic in a destructor is caught and dropped here.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: the caller hands back a live handle from Box::into_raw in stag_model_load.
-            drop(unsafe { Box::from_raw(model) });
-        }));
-    }
+    // SAFETY: the caller hands back null or a live handle from Box::into_raw in
+    // stag_model_load.
+    unsafe { free_handle(model) }
 }
 
 /// The model's vocabulary size (the length of one logits row) in `*out_vocab`.

@@ -113,6 +113,20 @@ fn set_last_error(message: &str) {
     LAST_ERROR.with(|cell| *cell.borrow_mut() = text);
 }
 
+/// Drops the handle `ptr` that `Box::into_raw` made (null: nothing); a panic in a destructor
+/// is caught and dropped here, since a free function has no status to report it with.
+///
+/// # Safety
+/// `ptr` must be null or a pointer from `Box::into_raw` not yet freed.
+pub(crate) unsafe fn free_handle<T>(ptr: *mut T) {
+    if !ptr.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: by this function's contract, a live pointer from Box::into_raw.
+            drop(unsafe { Box::from_raw(ptr) });
+        }));
+    }
+}
+
 /// Runs an exported function's body: its failure becomes the status and the thread's last
 /// error, and a panic is caught here rather than unwinding into C.
 pub(crate) fn guard(body: impl FnOnce() -> Result<(), Failure>) -> StagStatus {
