@@ -2,7 +2,8 @@
 """Held-out perplexity of a checkpoint written by python/train.py, computed by `stagformer
 score` (the Rust reference or the kernels), not by PyTorch.
 
-The held-out windows are rebuilt as train.py built them (the same corpus files, the
+The held-out windows are the token ids of the checkpoint's heldout.json (train.py writes it),
+or, for a directory without one, rebuilt as train.py built them (the same corpus files, the
 checkpoint's tokenizer.json, the window length and token count train.json records); each
 window is scored by one `stagformer score --mode MODE` run and the next-token log-likelihoods
 are summed in float64. Prints one JSON object: tokens, perplexity, and the PyTorch perplexity
@@ -24,12 +25,19 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import heldout  # noqa: E402
 import stagformer_ref as ref  # noqa: E402
-import train  # noqa: E402
 
 
 def held_out_windows(model_dir: str, record: dict) -> np.ndarray:
+    """The evaluated windows [N, context] of `model_dir`."""
+    windows = heldout.read(model_dir)
+    if windows is not None:
+        return windows
+    # Rebuilding needs the corpus, the tokenizer and torch (train.py imports it).
     from tokenizers import Tokenizer
+
+    import train
 
     args = record["arguments"]
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))

@@ -17,7 +17,8 @@ Training: AdamW (β = 0.9, 0.95; weight decay 0.1 on matrices), linear warm-up t
 to 10 % of the peak rate, batches of random windows of `--context` + 1 tokens drawn with
 `--seed`, gradient clipping at 1.0. The held-out perplexity is computed over the first
 `--eval-tokens` held-out tokens in non-overlapping windows of `--context` (every token after
-the window's first is predicted); train.json records them with the result.
+the window's first is predicted); train.json records them with the result, and heldout.json
+holds the evaluated windows' token ids.
 
     python/train.py --out /tmp/stag-p2 --sections 2 --layers 2 --hidden 128 --steps 2000
 """
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import heldout  # noqa: E402
 import stagformer_ref as ref  # noqa: E402
 import stagformer_torch as st  # noqa: E402
 
@@ -219,6 +221,7 @@ def main(argv=None) -> int:
     }
     with open(os.path.join(args.out, "train.json"), "w") as f:
         json.dump(record, f, indent=2)
+    heldout.write(args.out, windows)
     print(json.dumps({"held_out_ppl_torch": record["held_out_ppl_torch"],
                       "parameters": params}))
     return 0
