@@ -50,8 +50,8 @@ Generate:
 cargo run --release -p stagformer-cli -- generate --model {path} --prompt "The list type" --max-new-tokens 48
 ```
 
-Retrain: `python/quality.py` (the budget of `docs/results/quality.md`, row `{row}`, seed {seed}),
-then `python/export_model.py`. Licence: the training text is © Python Software Foundation
+Retrain: `python/quality.py train` (run `{row}` of `docs/results/quality.md`, seed {seed}), then
+`python/export_model.py`. Licence: the training text is © Python Software Foundation
 under the PSF License Version 2 (code examples under the Zero-Clause BSD licence;
 `/usr/share/doc/python3.11/copyright`); these weights are derived from it and are released
 under the same terms. `train.json` records every argument and the training log.

@@ -46,11 +46,13 @@ def held_out_windows(model_dir: str, record: dict) -> np.ndarray:
 
 
 def score_nll(binary: str, model_dir: str, window: np.ndarray, mode: str, device: str,
-              out: str) -> float:
+              out: str, prompt_len: int = 1) -> float:
     """Summed −log p of window[1:] given its prefixes, from `stagformer score` logits."""
     tokens = ",".join(str(int(t)) for t in window[:-1])
     cmd = [binary, "score", "-m", model_dir, "-t", tokens, "--mode", mode, "-d", device,
            "-o", out]
+    if mode != "forward":
+        cmd += ["--prompt-len", str(prompt_len)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} ... failed:\n{proc.stderr[-2000:]}")
@@ -67,6 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bin", default="target/release/stagformer", help="the stagformer binary")
     ap.add_argument("--mode", default="forward", choices=["forward", "decode", "recurrent"])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--prompt-len", type=int, default=1,
+                    help="tokens of each window prefilled before the decode/recurrent steps")
     args = ap.parse_args(argv)
     with open(os.path.join(args.model, "train.json")) as f:
         record = json.load(f)
@@ -75,13 +79,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "logits.safetensors")
         for window in windows:
-            nll += score_nll(args.bin, args.model, window, args.mode, args.device, out)
+            nll += score_nll(args.bin, args.model, window, args.mode, args.device, out,
+                             args.prompt_len)
             count += len(window) - 1
     ppl = math.exp(nll / count)
     torch_ppl = record.get("held_out_ppl_torch")
     print(json.dumps({
         "model": args.model,
         "mode": args.mode,
+        "prompt_len": None if args.mode == "forward" else args.prompt_len,
         "device": args.device,
         "tokens": count,
         "perplexity": ppl,

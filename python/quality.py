@@ -36,8 +36,8 @@ ROWS: List[tuple] = [
     ("p2", "StagFormer p = 2 × 2, separate weights", ["--sections", "2", "--layers", "2"], None),
     ("p2-shared", "p = 2 × 2, shared weights", ["--sections", "2", "--layers", "2",
                                                 "--shared"], None),
-    ("p2-shared-recurrent", "p = 2 × 2 shared, recurrent inference", None,
-     ("p2-shared", "recurrent")),
+    ("p2-shared-recurrent", "p = 2 × 2 shared, recurrent inference after a 32-token prompt",
+     None, ("p2-shared", "recurrent")),
     ("p2-w1", "p = 2 × 2, cross window W = 1", ["--sections", "2", "--layers", "2",
                                                 "--window", "1"], None),
     ("p2-w16", "p = 2 × 2, cross window W = 16", ["--sections", "2", "--layers", "2",
@@ -109,9 +109,14 @@ def train(args) -> int:
     return 0
 
 
+# Recurrent inference: positions before it run both sections as in forward, later ones section 1
+# alone (docs/MODEL.md, "Recurrent mode").
+RECURRENT_PROMPT = 32
+
+
 def score_run(binary: str, model_dir: str, mode: str) -> float:
     cmd = [sys.executable, os.path.join(HERE, "perplexity.py"), "--model", model_dir, "--bin",
-           binary, "--mode", mode]
+           binary, "--mode", mode, "--prompt-len", str(RECURRENT_PROMPT)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
@@ -146,6 +151,18 @@ def table(args) -> int:
                      f"{spread(per_seed)} | {' / '.join(f'{p:.3f}' for p in per_seed)} | "
                      f"{torch_text} |")
         print(lines[-1], file=sys.stderr)
+    lines += ["", f"Longer runs ({LONG_STEPS} steps, seed 0; the shipped models):", "",
+              "| run | held-out ppl (`stagformer score`) | PyTorch ppl |", "|---|---|---|"]
+    for name in LONG_ROWS:
+        d = run_dir(args.out, long_name(name), 0)
+        if not os.path.exists(os.path.join(d, "train.json")):
+            continue
+        with open(os.path.join(d, "train.json")) as f:
+            record = json.load(f)
+        ppl = score_run(args.bin, d, "forward")
+        results[long_name(name)] = {"ppl": [ppl], "torch": [record["held_out_ppl_torch"]],
+                                    "parameters": record["parameters"], "mode": "forward"}
+        lines.append(f"| {long_name(name)} | {ppl:.3f} | {record['held_out_ppl_torch']:.3f} |")
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:

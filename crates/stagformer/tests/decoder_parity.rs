@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::rel_err;
+use common::{nmse, rel_err};
 use stagformer::{Decoder, DecoderOptions, ExecMode, GemvPath, Sampled, SamplingParams, SeqId};
 use stagformer_kernels::ops::sample::multi_block_launches;
 use stagformer_kernels::Device;
@@ -355,13 +355,7 @@ fn bf16_decoder_is_within_nmse_of_reference() {
         };
         let mut dec = Decoder::<half::bf16>::new(&device, &model, opts).unwrap();
         let got = score_one(&mut dec, &toks, 4);
-        let err: f64 = got
-            .iter()
-            .zip(&want)
-            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
-            .sum();
-        let norm: f64 = want.iter().map(|&b| f64::from(b).powi(2)).sum();
-        let nmse = err / norm;
+        let nmse = nmse(&got, &want);
         assert!(nmse <= 5e-4, "{mode:?} {gemv:?}: nmse {nmse:.2e}");
         assert!(nmse > 0.0, "bf16 run identical to f32: is it really bf16?");
     }

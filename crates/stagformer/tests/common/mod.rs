@@ -113,6 +113,18 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     diff / scale
 }
 
+/// Normalised mean squared error of `got` against `want`: Σ(got − want)² / Σ want².
+pub fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let err: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+        .sum();
+    let norm: f64 = want.iter().map(|&b| f64::from(b).powi(2)).sum();
+    err / norm
+}
+
 /// A sequence of the scenario: every token it holds, and the logits returned for them (row t:
 /// after token t), `None` where a call returned no row.
 pub struct Held {
