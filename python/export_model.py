@@ -61,7 +61,8 @@ under the same terms. `train.json` records every argument and the training log.
 def describe(cfg) -> str:
     p = cfg.stag_sections
     if p == 1:
-        return f"decoder-only transformer (a StagFormer with one section), {cfg.num_hidden_layers} layers"
+        return ("decoder-only transformer (a StagFormer with one section), "
+                f"{cfg.num_hidden_layers} layers")
     words = [f"StagFormer, p = {p} sections of {cfg.layers_per_section} layers",
              "shared weights" if cfg.stag_shared_weights else "separate weights",
              "unbounded cross-attention" if cfg.stag_cross_window is None
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
             size=os.path.getsize(os.path.join(args.out, "model.safetensors")) / 1e6,
             steps=a["steps"], batch=a["batch"], lr=a["lr"], warmup=a["warmup"], seed=a["seed"],
             ppl=record["held_out_ppl_torch"], ppl_f32=ppl_f32,
-            predicted=len(windows) * (windows.shape[1] - 1), windows=len(windows), path=args.out.rstrip("/"),
+            predicted=len(windows) * (windows.shape[1] - 1), windows=len(windows),
+            path=args.out.rstrip("/"),
             row=args.row or os.path.basename(args.run.rstrip("/"))))
     print(json.dumps({"out": args.out, "held_out_ppl_torch": record["held_out_ppl_torch"],
                       "held_out_ppl_torch_f32": ppl_f32}))

@@ -54,7 +54,7 @@ BUDGET = ["--hidden", "128", "--heads", "4", "--context", "128", "--batch", "16"
           "--eval-every", "80"]
 SEEDS = [0, 1]
 
-# The shipped checkpoints: the baseline and p = 2 rows under four times the steps, seed 0.
+# The shipped checkpoints: the 4-layer baseline and p = 2 under four times the steps, seed 0.
 LONG_STEPS = 960
 LONG_ROWS = ["baseline-L4", "p2"]
 
@@ -179,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     t.add_argument("--vocab", type=int, default=2048)
     t.add_argument("--jobs", type=int, default=2, help="runs at once")
     t.add_argument("--set", choices=["table", "long", "all"], default="all",
-                   help=f"the table's runs, the {LONG_STEPS}-step runs shipped, or both")
+                   help=f"the table's runs, the {LONG_STEPS}-step runs, or both")
     s = sub.add_parser("table", help="score every checkpoint and print the table (markdown)")
     s.add_argument("--out", required=True)
     s.add_argument("--bin", default="target/release/stagformer")
