@@ -4,8 +4,9 @@ bf16 (or f32), tokenizer.json, heldout.json, a train.json whose `held_out_ppl_to
 PyTorch perplexity of the weights as stored (bf16-rounded where bf16), and the model card
 README.md. `stagformer score` must reproduce that perplexity (python/tests/test_shipped_models.py).
 
-    .venv-torch/bin/python python/export_model.py --run /tmp/quality/p2-s0 \\
-        --out models/stagformer-p2-docs --title "StagFormer p = 2 × 2 (Python docs)"
+    .venv-torch/bin/python python/export_model.py --run /tmp/quality/p2-960-s0 \\
+        --out models/stagformer-p2-docs --title "StagFormer p = 2 × 2 on the Python docs" \\
+        --row p2-960
 """
 
 from __future__ import annotations
@@ -87,13 +88,14 @@ def main(argv=None) -> int:
     if windows is None:
         raise SystemExit(f"{args.run}: no {heldout.FILE}")
     module = st.load(args.run)
+    tok = Tokenizer.from_file(os.path.join(args.run, "tokenizer.json"))
+    eot = tok.token_to_id(train.EOT)
     os.makedirs(args.out, exist_ok=True)
-    module.save(args.out, dtype=args.dtype, extra_config={"bos_token_id": 0, "eos_token_id": 0})
+    module.save(args.out, dtype=args.dtype, extra_config={"bos_token_id": eot, "eos_token_id": eot})
     # Training windows follow <|endoftext|> at each document's start; a prompt gets it as BOS
     # (`encode(text, add_special_tokens=True)`, what `stagformer generate --prompt` does).
-    tok = Tokenizer.from_file(os.path.join(args.run, "tokenizer.json"))
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{train.EOT} $A", special_tokens=[(train.EOT, tok.token_to_id(train.EOT))])
+        single=f"{train.EOT} $A", special_tokens=[(train.EOT, eot)])
     tok.save(os.path.join(args.out, "tokenizer.json"))
     heldout.write(args.out, windows)
     stored = st.load(args.out)

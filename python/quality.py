@@ -11,7 +11,10 @@ p = 3 and p = 4 rows hold one layer per section, so they are as deep as the 2·L
 
     .venv-torch/bin/python python/quality.py train --out /tmp/quality --jobs 2
     .venv-torch/bin/python python/quality.py table --out /tmp/quality \\
-        --bin target/release/stagformer > docs/results/quality.md
+        --bin target/release/stagformer
+
+`table` prints the markdown tables; docs/results/quality.md holds them with the setup and what
+they show.
 
 `train` skips a run whose directory already holds train.json, so an interrupted run resumes.
 """
@@ -92,7 +95,6 @@ def train(args) -> int:
         tokenizer = os.path.join(args.out, "tokenizer.json")
         if not os.path.exists(tokenizer):
             import train as trainer
-            from tokenizers import Tokenizer  # noqa: F401
 
             files, _ = trainer.corpus_files(trainer.CORPUS)
             trainer.train_tokenizer(files, args.vocab).save(tokenizer)
